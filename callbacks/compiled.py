@@ -1,0 +1,70 @@
+"""One compiled function that reads some Keras variables and assigns others.
+
+The averaging callbacks update every average of every variable at once. Written
+with `keras.ops` on lists of variables, a plain Python call would run one
+eager op per variable per step; compiling the whole update turns it into one
+graph (TensorFlow) or one XLA program (JAX). This is the only place in
+`callbacks/` that names a backend: Keras has no public "compile this function"
+API, so the two backends' own compilers are used here and nowhere else.
+"""
+
+import keras
+
+
+def compile_update(fn, sources, targets):
+    """Returns `update(*args)` that runs `fn` compiled and assigns its results.
+
+    `fn(source_values, *args)` must be a pure function of tensors built with
+    `keras.ops`; it returns one new value per variable in `targets`, in order.
+
+    Args:
+        fn: pure function `(list_of_tensors, *args) -> list_of_tensors`.
+        sources: Keras variables whose current values are passed to `fn`.
+        targets: Keras variables that receive `fn`'s outputs.
+    """
+    sources = list(sources)
+    targets = list(targets)
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        @tf.function(autograph=False)
+        def update(*args):
+            values = fn([variable.value for variable in sources], *args)
+            for target, value in zip(targets, values):
+                target.assign(value)
+
+        return update
+    if backend == "jax":
+        import jax
+
+        compiled = jax.jit(fn)
+
+        def update(*args):
+            values = compiled([variable.value for variable in sources], *args)
+            # Under JAX an assignment swaps an array reference: no device work.
+            for target, value in zip(targets, values):
+                target.assign(value)
+
+        return update
+
+    def update(*args):
+        values = fn([variable.value for variable in sources], *args)
+        for target, value in zip(targets, values):
+            target.assign(value)
+
+    return update
+
+
+def compile_pure(fn):
+    """Compiles a pure tensor function `fn(*args) -> outputs` for the backend."""
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return tf.function(fn, autograph=False, reduce_retracing=True)
+    if backend == "jax":
+        import jax
+
+        return jax.jit(fn)
+    return fn
