@@ -57,6 +57,7 @@ class TrainConfig:
     limit_train: int | None = None
     full_train: bool = False
     validation_fraction: float = 0.2
+    split_seed: int = 0
     schedule: str = "cosine"
     warmup_epochs: int = 5
     label_noise: str = "worse"

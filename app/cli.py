@@ -1,0 +1,264 @@
+"""Command line of `python -m app.train`: flags -> a validated `TrainConfig`.
+
+Every user error becomes a `UsageError` with one line naming the fix, raised
+here before any data is read or any file is written.
+"""
+
+import argparse
+
+from app import config as config_lib
+from app.errors import UsageError
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse prints usage plus an error; we want the one error line only."""
+
+    def error(self, message):
+        raise UsageError(f"{message} (see --help)")
+
+
+def _positive_int(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text}")
+    return value
+
+
+def build_parser(prog="python -m app.train"):
+    parser = _OneLineParser(
+        prog=prog,
+        description=(
+            "Train a paper model with SGD (Nesterov) and several EMAs of its "
+            "weights at once; evaluate every average each epoch; write a run "
+            "directory (config, history.csv, summary.json, TensorBoard logs, "
+            "weights)."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    data = parser.add_argument_group("data")
+    data.add_argument(
+        "--dataset",
+        default="cifar10",
+        help=f"dataset, one of: {', '.join(config_lib.DATASETS)}",
+    )
+    data.add_argument(
+        "--label-noise",
+        default="worse",
+        help=(
+            "cifar10n training label: worse (~40%% noise, the paper's), aggre, "
+            "random1, random2, random3; test labels are always clean"
+        ),
+    )
+    data.add_argument(
+        "--data-dir",
+        default=None,
+        help="TFDS data directory (default: TFDS's own, or $TFDS_DATA_DIR)",
+    )
+    data.add_argument(
+        "--cifar-n-dir",
+        default=None,
+        help="directory with the CIFAR-N annotation files (cifar10n/cifar100n)",
+    )
+    data.add_argument(
+        "--limit-train",
+        type=_positive_int,
+        default=None,
+        help="keep only the first N training examples (smoke runs)",
+    )
+    data.add_argument(
+        "--full-train",
+        action="store_true",
+        help="train on 100%% of the training set and evaluate on the test set "
+        "(default: seeded 80/20 train/validation split, paper §4.1)",
+    )
+    data.add_argument(
+        "--split-seed",
+        type=int,
+        default=0,
+        help="seed of the 80/20 split (kept fixed across training seeds)",
+    )
+
+    train = parser.add_argument_group("training")
+    train.add_argument(
+        "--model",
+        default=None,
+        help="model name (default: resnet34 for cifar10n/cifar100n, else resnet18)",
+    )
+    train.add_argument(
+        "--epochs",
+        type=int,
+        default=None,
+        help="training epochs (default: 150 for tiny-imagenet, else 200)",
+    )
+    train.add_argument("--lr", type=float, default=0.1, help="initial learning rate")
+    train.add_argument("--batch-size", type=_positive_int, default=128, help="batch size")
+    train.add_argument(
+        "--weight-decay",
+        type=float,
+        default=None,
+        help="coupled L2 weight decay (default: 5e-4 for wrn*/vgg*, else 1e-4)",
+    )
+    train.add_argument("--momentum", type=float, default=0.9, help="Nesterov momentum")
+    train.add_argument(
+        "--schedule",
+        default="cosine",
+        help=f"learning-rate schedule, one of: {', '.join(config_lib.SCHEDULES)}",
+    )
+    train.add_argument(
+        "--warmup-epochs",
+        type=int,
+        default=None,
+        help="linear warm-up epochs (default: 5 for cosine, else 0)",
+    )
+    train.add_argument("--seed", type=int, default=0, help="random seed")
+    train.add_argument(
+        "--out",
+        default=None,
+        help="run directory (default: runs/<dataset>-<model>-<timestamp>)",
+    )
+
+    averaging = parser.add_argument_group("weight averaging")
+    averaging.add_argument(
+        "--ema-decays",
+        type=float,
+        nargs="*",
+        default=list(config_lib.DEFAULT_EMA_DECAYS),
+        help="EMA decays kept in parallel (none: no EMA)",
+    )
+    averaging.add_argument(
+        "--ema-every",
+        type=_positive_int,
+        default=16,
+        help="update the EMAs every N optimizer steps (effective decay a^(1/N))",
+    )
+    averaging.add_argument(
+        "--ema-bn",
+        default="eman",
+        help="EMA BatchNorm statistics: eman (EMA of the trained model's) or copy",
+    )
+    averaging.add_argument(
+        "--bn-recompute",
+        default="end",
+        help="recompute EMA BatchNorm statistics: none, epoch (every epoch, "
+        "for curves), end (once for the selected EMA models)",
+    )
+    averaging.add_argument("--swa", action="store_true", help="also keep an SWA average")
+    averaging.add_argument(
+        "--swa-start-epoch",
+        type=int,
+        default=None,
+        help="first epoch (1-based) averaged by SWA (default: after 75%% of the epochs)",
+    )
+    averaging.add_argument(
+        "--swa-lr",
+        type=float,
+        default=None,
+        help="constant SWA learning rate from the start epoch on "
+        "(default: keep the main schedule)",
+    )
+    averaging.add_argument(
+        "--swa-cycle-epochs",
+        type=_positive_int,
+        default=1,
+        help="SWA capture period in epochs (cycle length of the cyclic schedule)",
+    )
+    averaging.add_argument(
+        "--bootstrap-every-epochs",
+        type=int,
+        default=0,
+        help="every K epochs copy the slowest EMA into the SGD model "
+        "(paper App. C; 0: off)",
+    )
+    return parser
+
+
+def _choice(value, choices, what):
+    if value not in choices:
+        raise UsageError(f"unknown {what} {value!r}; choose from {', '.join(choices)}")
+    return value
+
+
+def parse_config(argv, model_names=None):
+    """Parses and validates `argv`; returns a frozen `TrainConfig`."""
+    args = build_parser().parse_args(argv)
+    _choice(args.dataset, config_lib.DATASETS, "dataset")
+    _choice(args.schedule, config_lib.SCHEDULES, "schedule")
+    _choice(args.label_noise, config_lib.LABEL_NOISE, "label noise")
+    _choice(args.ema_bn, config_lib.EMA_BN_MODES, "--ema-bn mode")
+    _choice(args.bn_recompute, config_lib.BN_RECOMPUTE_MODES, "--bn-recompute mode")
+    model = args.model or config_lib.default_model(args.dataset)
+    if model_names is not None:
+        _choice(model, tuple(model_names), "model")
+    epochs = args.epochs if args.epochs is not None else config_lib.default_epochs(args.dataset)
+    if epochs < 1:
+        raise UsageError(f"--epochs must be >= 1; got {epochs}")
+    if not args.lr > 0:
+        raise UsageError(f"--lr must be > 0; got {args.lr}")
+    if not 0.0 <= args.momentum < 1.0:
+        raise UsageError(f"--momentum must be in [0, 1); got {args.momentum}")
+    weight_decay = (
+        args.weight_decay
+        if args.weight_decay is not None
+        else config_lib.default_weight_decay(model)
+    )
+    if weight_decay < 0:
+        raise UsageError(f"--weight-decay must be >= 0; got {weight_decay}")
+    warmup_epochs = args.warmup_epochs
+    if warmup_epochs is None:
+        warmup_epochs = min(5, epochs - 1) if args.schedule == "cosine" else 0
+    if not 0 <= warmup_epochs < epochs:
+        raise UsageError(
+            f"--warmup-epochs must be in [0, epochs); got {warmup_epochs} "
+            f"with --epochs {epochs}"
+        )
+    decays = tuple(args.ema_decays)
+    bad = [decay for decay in decays if not 0.0 < decay < 1.0]
+    if bad:
+        raise UsageError(
+            f"--ema-decays must be in (0, 1); got {', '.join(map(str, bad))}"
+        )
+    if len(set(decays)) != len(decays):
+        raise UsageError(f"--ema-decays has duplicates: {' '.join(map(str, decays))}")
+    swa_start_epoch = args.swa_start_epoch
+    if args.swa:
+        if swa_start_epoch is None:
+            # SWA paper §4.1: conventional training for 75 % of the budget.
+            swa_start_epoch = max(1, int(0.75 * epochs) + 1)
+        if not 1 <= swa_start_epoch <= epochs:
+            raise UsageError(
+                f"--swa-start-epoch must be in [1, {epochs}]; got {swa_start_epoch}"
+            )
+        if args.swa_lr is not None and not args.swa_lr > 0:
+            raise UsageError(f"--swa-lr must be > 0; got {args.swa_lr}")
+    if args.bootstrap_every_epochs < 0:
+        raise UsageError("--bootstrap-every-epochs must be >= 0")
+    if args.bootstrap_every_epochs and not decays:
+        raise UsageError("--bootstrap-every-epochs needs at least one --ema-decays value")
+    return config_lib.TrainConfig(
+        dataset=args.dataset,
+        model=model,
+        epochs=epochs,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        weight_decay=weight_decay,
+        momentum=args.momentum,
+        seed=args.seed,
+        data_dir=args.data_dir,
+        cifar_n_dir=args.cifar_n_dir,
+        out=args.out,
+        limit_train=args.limit_train,
+        full_train=args.full_train,
+        split_seed=args.split_seed,
+        schedule=args.schedule,
+        warmup_epochs=warmup_epochs,
+        label_noise=args.label_noise,
+        ema_decays=decays,
+        ema_every_steps=args.ema_every,
+        ema_bn=args.ema_bn,
+        bn_recompute=args.bn_recompute,
+        swa=args.swa,
+        swa_start_epoch=swa_start_epoch if args.swa else None,
+        swa_lr=args.swa_lr,
+        swa_cycle_epochs=args.swa_cycle_epochs,
+        bootstrap_every_epochs=args.bootstrap_every_epochs,
+    )
