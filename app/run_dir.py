@@ -1,0 +1,99 @@
+"""The run directory: where a run's config, history, summary and weights live.
+
+See docs/run-directory.md for the layout. `check` runs before any expensive
+work and never writes; `create` writes `config.json` and `command.txt`.
+"""
+
+import datetime
+import json
+import os
+import shlex
+
+from app.config import TrainConfig
+from app.errors import UsageError
+from app.history import atomic_write_text
+
+CONFIG_FILE = "config.json"
+COMMAND_FILE = "command.txt"
+SUMMARY_FILE = "summary.json"
+HISTORY_FILE = "history.csv"
+WEIGHTS_DIR = "weights"
+
+
+def default_path(config):
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return os.path.join("runs", f"{config.dataset}-{config.model}-{stamp}")
+
+
+def _comparable(config_dict):
+    # `out` names the place, not the run; `data_dir` may move between machines.
+    return {
+        key: value
+        for key, value in config_dict.items()
+        if key not in ("out", "data_dir", "cifar_n_dir", "evaluation_split")
+    }
+
+
+def check(path, config):
+    """Raises UsageError if `path` cannot hold this run. Writes nothing."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise UsageError(f"--out {path} is a file; choose a directory path")
+    if not os.path.isdir(path) or not os.listdir(path):
+        parent = os.path.dirname(os.path.abspath(path))
+        while not os.path.exists(parent):
+            parent = os.path.dirname(parent)
+        if not os.access(parent, os.W_OK):
+            raise UsageError(f"--out {path}: no write permission in {parent}; choose another --out")
+        return
+    config_path = os.path.join(path, CONFIG_FILE)
+    if not os.path.exists(config_path):
+        raise UsageError(
+            f"--out {path} already exists and is not a run directory; "
+            "choose an empty or new --out"
+        )
+    try:
+        with open(config_path, encoding="utf-8") as handle:
+            saved = json.load(handle)
+    except (OSError, ValueError):
+        raise UsageError(f"--out {path} holds an unreadable {CONFIG_FILE}; choose another --out")
+    ours = _comparable(TrainConfig.to_dict(config))
+    theirs = _comparable(saved)
+    differing = sorted(key for key in ours if theirs.get(key) != _jsonable(ours[key]))
+    if differing:
+        raise UsageError(
+            f"--out {path} holds a different run (differs in: {', '.join(differing)}); "
+            "choose another --out"
+        )
+    if os.path.exists(os.path.join(path, SUMMARY_FILE)):
+        raise UsageError(
+            f"--out {path} holds a finished run with this config; choose another --out"
+        )
+    if not os.access(path, os.W_OK):
+        raise UsageError(f"--out {path}: no write permission; choose another --out")
+
+
+def _jsonable(value):
+    return json.loads(json.dumps(value))
+
+
+def create(path, config, argv, extra=None):
+    """Creates the directory and writes config.json and command.txt."""
+    os.makedirs(os.path.join(path, WEIGHTS_DIR), exist_ok=True)
+    values = config.to_dict()
+    values.update(extra or {})
+    atomic_write_text(
+        os.path.join(path, CONFIG_FILE), json.dumps(values, indent=2, sort_keys=True) + "\n"
+    )
+    command = "python -m app.train " + shlex.join(argv)
+    atomic_write_text(os.path.join(path, COMMAND_FILE), command + "\n")
+
+
+def write_summary(path, summary):
+    atomic_write_text(
+        os.path.join(path, SUMMARY_FILE), json.dumps(summary, indent=2, sort_keys=True) + "\n"
+    )
+
+
+def load_config(path):
+    with open(os.path.join(path, CONFIG_FILE), encoding="utf-8") as handle:
+        return TrainConfig.from_dict(json.load(handle))

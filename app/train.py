@@ -1,0 +1,237 @@
+"""`python -m app.train`: SGD + several EMAs (and SWA) in one run.
+
+Trains a paper model with PyTorch-style Nesterov SGD and coupled L2 weight
+decay (FIDELITY.md), keeps every requested average beside it, evaluates all
+of them on the validation split after each epoch, and writes a run directory
+(docs/run-directory.md): config.json, command.txt, history.csv, summary.json,
+tensorboard/, weights/.
+
+Example:
+
+    python -m app.train --dataset cifar10 --model resnet20 \
+        --data-dir ../shared/data/tfds --limit-train 4000 --epochs 4
+"""
+
+import os
+import sys
+import time
+
+from app import cli
+from app import run_dir as run_directory
+from app.errors import UsageError
+
+
+def main(argv=None):
+    """Runs the command line; returns the summary dict (exit status 2 on bad input)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        config, data, path = prepare(argv)
+    except UsageError as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2)
+    return train(config, data, path, argv)
+
+
+def prepare(argv):
+    """Everything that can fail because of the user, before any expensive work."""
+    import models  # imported here so that `--help` stays instant
+
+    config = cli.parse_config(argv, model_names=models.model_names())
+    path = config.out or run_directory.default_path(config)
+    run_directory.check(path, config)
+
+    from app import data as data_lib
+
+    data_lib.check_data_available(config)
+    data = data_lib.load_data(config)
+    return config, data, path
+
+
+def build_callbacks(config, data, model, schedule, path):
+    """The averaging callbacks, in the order their logs must be produced."""
+    from callbacks.batch_norm import BatchNormRecompute
+    from callbacks.ema import MultiEMA
+    from callbacks.swa import SWA
+
+    averaging = {}
+    if config.ema_decays:
+        averaging["ema"] = MultiEMA(
+            decays=config.ema_decays,
+            every_steps=config.ema_every_steps,
+            warmup=config.ema_warmup,
+            bn_mode=config.ema_bn,
+            validation_data=data.validation,
+        )
+        if config.bn_recompute != "none" and _has_batch_norm(model):
+            averaging["bn"] = BatchNormRecompute(
+                averaging["ema"],
+                train_data=data.train,
+                validation_data=data.validation,
+                every_epoch=config.bn_recompute == "epoch",
+                at_end=True,
+            )
+    if config.swa:
+        averaging["swa"] = SWA(
+            start_epoch=config.swa_start_epoch - 1,
+            cycle_epochs=config.swa_cycle_epochs,
+            train_data=data.train,
+            validation_data=data.validation,
+        )
+    return averaging
+
+
+def _has_batch_norm(model):
+    import keras
+
+    return any(isinstance(layer, keras.layers.BatchNormalization) for layer in model.layers)
+
+
+def build_schedule(config, steps_per_epoch):
+    from app.schedules import TrainingSchedule
+
+    schedule = TrainingSchedule(
+        config.schedule,
+        config.lr,
+        steps_per_epoch=steps_per_epoch,
+        epochs=config.epochs,
+        warmup_epochs=config.warmup_epochs,
+    )
+    if config.swa and config.swa_lr is not None:
+        from callbacks.swa import swa_schedule
+
+        schedule = swa_schedule(
+            schedule,
+            start_step=(config.swa_start_epoch - 1) * steps_per_epoch,
+            swa_lr=config.swa_lr,
+            cycle_steps=config.swa_cycle_epochs * steps_per_epoch,
+        )
+    return schedule
+
+
+def build_model_for(config, data, schedule):
+    import keras
+
+    import models
+    from app.optimizer import TorchSGD
+
+    model = models.build_model(config.model, data.num_classes, image_size=data.image_size)
+    model.compile(
+        optimizer=TorchSGD(
+            learning_rate=schedule,
+            momentum=config.momentum,
+            nesterov=True,
+            l2=config.weight_decay,
+        ),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+    )
+    return model
+
+
+def train(config, data, path, argv):
+    import keras
+
+    from app.history import RunLogger
+    from callbacks.bootstrap import EMABootstrap
+
+    keras.utils.set_random_seed(config.seed)
+    run_directory.create(path, config, argv, extra={"evaluation_split": data.evaluation_split})
+    schedule = build_schedule(config, data.steps_per_epoch)
+    model = build_model_for(config, data, schedule)
+    averaging = build_callbacks(config, data, model, schedule, path)
+    logger = RunLogger(path, schedule, config.epochs)
+    callbacks = list(averaging.values()) + [logger]
+    if config.bootstrap_every_epochs:
+        callbacks.append(
+            EMABootstrap(averaging["ema"], every_epochs=config.bootstrap_every_epochs)
+        )
+    _print_header(config, data, model, path)
+    started = time.time()
+    model.fit(
+        data.train,
+        epochs=config.epochs,
+        validation_data=data.validation,
+        callbacks=callbacks,
+        verbose="auto",
+    )
+    summary = finish(config, data, model, averaging, logger.rows, path)
+    summary["wall_time_seconds"] = round(time.time() - started, 1)
+    run_directory.write_summary(path, summary)
+    _print_summary(summary, path)
+    return summary
+
+
+def finish(config, data, model, averaging, rows, path):
+    """Saves every model and builds summary.json."""
+    weights_dir = os.path.join(path, run_directory.WEIGHTS_DIR)
+    model.save_weights(os.path.join(weights_dir, "final.weights.h5"))
+    summary = {
+        "evaluation_split": data.evaluation_split,
+        "epochs_completed": len(rows),
+        "sgd": sgd_summary(rows),
+    }
+    if "ema" in averaging:
+        averaging["ema"].save_selected(weights_dir)
+        summary["ema"] = averaging["ema"].summary()
+    if "bn" in averaging:
+        averaging["bn"].save(weights_dir)
+        for key, entry in averaging["bn"].summary().items():
+            for criterion, metrics in entry.items():
+                summary["ema"][key][criterion]["bn_recomputed"] = metrics
+    if "swa" in averaging:
+        averaging["swa"].save(weights_dir)
+        summary["swa"] = averaging["swa"].summary()
+    return summary
+
+
+def sgd_summary(rows):
+    def at(row):
+        return {"epoch": int(row["epoch"]), "val_loss": row["val_loss"], "val_accuracy": row["val_accuracy"]}
+
+    return {
+        "final": at(rows[-1]),
+        "best_val_accuracy": at(max(rows, key=lambda row: row["val_accuracy"])),
+        "lowest_val_loss": at(min(rows, key=lambda row: row["val_loss"])),
+    }
+
+
+def _print_header(config, data, model, path):
+    print(
+        f"{config.dataset} ({data.num_train_examples} train / "
+        f"{data.num_validation_examples} {data.evaluation_split}), {config.model} "
+        f"({model.count_params():,} parameters), {config.epochs} epochs x "
+        f"{data.steps_per_epoch} steps, lr {config.lr} {config.schedule}, "
+        f"EMA decays {', '.join(f'{d:g}' for d in config.ema_decays) or 'none'} "
+        f"every {config.ema_every_steps} steps -> {path}",
+        flush=True,
+    )
+
+
+def _print_summary(summary, path):
+    split = summary["evaluation_split"]
+    lines = [f"\nSummary ({split} split) — run directory: {path}"]
+    lines.append(f"{'model':<24}{'epoch':>6}{'accuracy':>10}{'loss':>9}")
+
+    def line(name, entry):
+        lines.append(
+            f"{name:<24}{entry.get('epoch', ''):>6}"
+            f"{entry['val_accuracy']:>10.4f}{entry['val_loss']:>9.4f}"
+        )
+
+    sgd = summary["sgd"]
+    line("SGD (final)", sgd["final"])
+    line("SGD (best acc.)", sgd["best_val_accuracy"])
+    for key, entry in summary.get("ema", {}).items():
+        for criterion, label in (("best_val_accuracy", "acc."), ("lowest_val_loss", "loss")):
+            line(f"EMA {key} ({label})", entry[criterion])
+            if "bn_recomputed" in entry[criterion]:
+                line(f"  + BN recomputed", entry[criterion]["bn_recomputed"])
+    if "swa" in summary:
+        line("SWA (BN recomputed)", summary["swa"])
+    lines.append(f"wall time {summary.get('wall_time_seconds', 0):.0f} s; "
+                 f"details: {os.path.join(path, run_directory.SUMMARY_FILE)}")
+    print("\n".join(lines), flush=True)
+
+
+if __name__ == "__main__":
+    main()
