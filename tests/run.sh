@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# The project's test command (README "Test"): the whole suite on the
+# TensorFlow backend, then the backend-neutral averaging callbacks and models
+# on the JAX backend.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python -m pytest -q tests
+KERAS_BACKEND=jax python -m pytest -q tests/test_ema.py tests/test_batch_norm.py tests/test_swa.py
