@@ -1,0 +1,81 @@
+"""Command-line parsing: defaults from the paper's setup, one-line errors."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from app import cli
+from app.errors import UsageError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MODELS = ("resnet18", "resnet20", "resnet34", "wrn28_10", "vgg16", "preresnet164")
+
+
+def parse(*argv):
+    return cli.parse_config(list(argv), model_names=MODELS)
+
+
+def test_defaults_follow_the_paper():
+    config = parse()
+    assert (config.dataset, config.model, config.epochs) == ("cifar10", "resnet18", 200)
+    assert (config.batch_size, config.weight_decay, config.momentum) == (128, 1e-4, 0.9)
+    assert config.ema_decays == (0.968, 0.984, 0.992, 0.996, 0.998)
+    assert (config.ema_every_steps, config.schedule, config.warmup_epochs) == (16, "cosine", 5)
+    assert parse("--dataset", "cifar10n").model == "resnet34"
+    assert parse("--dataset", "cifar100n").model == "resnet34"
+    assert parse("--dataset", "tiny-imagenet").epochs == 150
+    assert parse("--model", "wrn28_10").weight_decay == 5e-4
+    assert parse("--model", "vgg16").weight_decay == 5e-4
+    assert parse("--schedule", "constant").warmup_epochs == 0
+    assert parse("--swa", "--epochs", "200").swa_start_epoch == 151
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--dataset", "cifar100-n"], "unknown dataset 'cifar100-n'; choose from cifar10, cifar100"),
+        (["--model", "resnet50"], "unknown model 'resnet50'; choose from resnet18"),
+        (["--schedule", "cyclic"], "unknown schedule 'cyclic'"),
+        (["--lr", "0"], "--lr must be > 0"),
+        (["--lr", "-0.1"], "--lr must be > 0"),
+        (["--epochs", "0"], "--epochs must be >= 1"),
+        (["--ema-decays", "0.9", "1.2"], "--ema-decays must be in (0, 1); got 1.2"),
+        (["--label-noise", "worst"], "unknown label noise 'worst'"),
+        (["--limit-train", "-5"], "expected an integer >= 1"),
+        (["--lr", "abc"], "invalid float value: 'abc'"),
+        (["--no-such-flag"], "unrecognized arguments: --no-such-flag"),
+    ],
+)
+def test_bad_input_is_one_line_naming_the_fix(argv, message):
+    with pytest.raises(UsageError) as error:
+        parse(*argv)
+    assert message in str(error.value)
+    assert "\n" not in str(error.value)
+
+
+def test_help_lists_every_flag_with_its_default():
+    text = cli.build_parser().format_help()
+    for flag in ("--dataset", "--model", "--epochs", "--lr", "--batch-size", "--weight-decay",
+                 "--seed", "--data-dir", "--out", "--limit-train", "--full-train", "--schedule",
+                 "--label-noise", "--ema-decays", "--ema-every", "--ema-bn", "--bn-recompute",
+                 "--swa", "--swa-start-epoch", "--swa-lr", "--swa-cycle-epochs",
+                 "--bootstrap-every-epochs"):
+        assert flag in text
+    assert "(default: 0.1)" in text  # --lr
+
+
+def test_command_line_error_exit_status_and_no_traceback(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "app.train", "--dataset", "imagenet", "--out", str(tmp_path / "run")],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    error_lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert error_lines == [
+        "error: unknown dataset 'imagenet'; choose from cifar10, cifar100, cifar10n, "
+        "cifar100n, tiny-imagenet"
+    ]
+    assert not (tmp_path / "run").exists()
