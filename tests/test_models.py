@@ -47,7 +47,8 @@ def _count_basic_resnet(num_classes, widths, depths, projection_shortcuts):
     in_channels = widths[0]
     for stage, (width, depth) in enumerate(zip(widths, depths)):
         for block in range(depth):
-            count += _conv(in_channels, width, 3) + _bn(width) + _conv(width, width, 3) + _bn(width)
+            count += _conv(in_channels, width, 3) + _bn(width)
+            count += _conv(width, width, 3) + _bn(width)
             changes_shape = in_channels != width or (stage > 0 and block == 0)
             if changes_shape and projection_shortcuts:
                 count += _conv(in_channels, width, 1) + _bn(width)
@@ -62,7 +63,8 @@ def _count_wide_resnet(num_classes, depth, width_factor):
     for width in (16 * width_factor, 32 * width_factor, 64 * width_factor):
         # The first block of a stage has a 1x1 shortcut conv; every block has 2 BN + 2 convs.
         count += _conv(in_channels, width, 1)
-        count += _bn(in_channels) + _conv(in_channels, width, 3) + _bn(width) + _conv(width, width, 3)
+        count += _bn(in_channels) + _conv(in_channels, width, 3)
+        count += _bn(width) + _conv(width, width, 3)
         count += (blocks - 1) * (2 * _bn(width) + 2 * _conv(width, width, 3))
         in_channels = width
     return count + _bn(in_channels) + _linear(in_channels, num_classes)
@@ -253,3 +255,12 @@ def test_invalid_sizes_raise_before_building(argument):
 
 def test_model_names_sorted():
     assert model_names() == sorted(MODELS)
+
+
+def test_option_a_model_survives_save_and_load(tmp_path):
+    model = build_model("resnet20", 10)
+    images = np.random.default_rng(0).standard_normal((2, 32, 32, 3)).astype("float32")
+    path = tmp_path / "resnet20.keras"
+    model.save(path)
+    reloaded = keras.saving.load_model(path)
+    np.testing.assert_array_equal(np.asarray(reloaded(images)), np.asarray(model(images)))
