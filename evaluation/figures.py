@@ -1,0 +1,161 @@
+"""The paper's Figures 1a, 1b and 2 from history.csv files, mean over seeds (matplotlib, Agg).
+
+- Fig. 1a: validation accuracy of SGD and of the best EMA at each epoch
+  (`ema_best_val_accuracy`: the maximum over decays, BN as tracked during
+  training, as in the paper's caption), with the learning rate on a second axis.
+- Fig. 1b: every decay's `ema_<d>_val_accuracy`, and `ema_<d>_bn_val_accuracy`
+  dashed when the run recomputed BN statistics every epoch.
+- Fig. 2 (label noise, cifar10n / cifar100n): as Fig. 1a, but the EMA of one
+  decay (the reported one, by default the largest), as the paper's caption says
+  "The decay rate used for the EMA is α=0.998".
+
+The paper smooths Fig. 1 with a sliding window of 5 epochs; `smoothing_window`
+(a trailing mean) does the same when asked. Defaults to 1 (raw curves).
+"""
+
+import math
+
+import numpy as np
+
+FIGURE_SIZE_INCHES = (7.0, 4.5)
+DOTS_PER_INCH = 100  # 700 x 450 pixels
+DATASET_TITLES = {
+    "cifar10": "CIFAR-10",
+    "cifar100": "CIFAR-100",
+    "cifar10n": "CIFAR-10N",
+    "cifar100n": "CIFAR-100N",
+    "tiny-imagenet": "Tiny-ImageNet",
+}
+LABEL_NOISE_DATASETS = ("cifar10n", "cifar100n")
+
+
+def mean_curve(runs, column):
+    """(epochs, mean over seeds) of one history column; NaN where no seed has a value."""
+    epochs = sorted({int(row["epoch"]) for run in runs for row in run.history})
+    values = np.full((len(runs), len(epochs)), np.nan)
+    position = {epoch: index for index, epoch in enumerate(epochs)}
+    for row_index, run in enumerate(runs):
+        for row in run.history:
+            values[row_index, position[int(row["epoch"])]] = row.get(column, math.nan)
+    counts = np.sum(np.isfinite(values), axis=0)
+    sums = np.nansum(values, axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.array(epochs), np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+
+
+def smooth(values, window):
+    """Trailing mean over the last `window` finite values (NaN stays NaN)."""
+    if window <= 1:
+        return values
+    result = np.full_like(values, np.nan)
+    for index in range(len(values)):
+        if np.isfinite(values[index]):
+            recent = values[max(0, index - window + 1) : index + 1]
+            result[index] = np.mean(recent[np.isfinite(recent)])
+    return result
+
+
+def has_column(runs, column):
+    return any(column in run.history[0] for run in runs if run.history)
+
+
+def dataset_title(group):
+    title = DATASET_TITLES.get(group.dataset, group.dataset)
+    if group.dataset == "cifar10n":
+        title += f" ('{group.config.get('label_noise', 'worse')}' training labels)"
+    elif group.dataset == "cifar100n":
+        title += " (noisy training labels)"
+    return title
+
+
+def _split_label(group):
+    split = group.config.get("evaluation_split", "validation")
+    return "test" if split == "test" else "validation"
+
+
+def _seeds_text(group):
+    count = len(group.runs)
+    return f"mean of {count} seeds" if count > 1 else "1 seed"
+
+
+def _new_figure():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
+
+    figure, axes = pyplot.subplots(figsize=FIGURE_SIZE_INCHES, dpi=DOTS_PER_INCH)
+    return pyplot, figure, axes
+
+
+def _label_epochs(axes, group):
+    from matplotlib.ticker import MaxNLocator
+
+    axes.set_xlabel("epoch")
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes.set_ylabel(f"{_split_label(group)} accuracy (%)")
+    axes.grid(alpha=0.3)
+
+
+def _save(pyplot, figure, path):
+    figure.tight_layout()  # not bbox_inches="tight": keeps the pixel size fixed
+    figure.savefig(path, dpi=DOTS_PER_INCH)
+    pyplot.close(figure)
+
+
+def plot_ema_vs_sgd(group, path, ema_column, ema_label, smoothing_window=1):
+    """Fig. 1a / Fig. 2: SGD and one EMA curve, learning rate on a second y-axis."""
+    pyplot, figure, axes = _new_figure()
+    epochs, sgd = mean_curve(group.runs, "val_accuracy")
+    lines = axes.plot(epochs, 100 * smooth(sgd, smoothing_window), color="tab:blue", label="SGD")
+    if has_column(group.runs, ema_column):
+        _, ema = mean_curve(group.runs, ema_column)
+        lines += axes.plot(epochs, 100 * smooth(ema, smoothing_window), color="tab:red", label=ema_label)
+    _label_epochs(axes, group)
+    if has_column(group.runs, "lr"):
+        lr_axes = axes.twinx()
+        _, lr = mean_curve(group.runs, "lr")
+        lines += lr_axes.plot(epochs, lr, color="gray", linestyle=":", label="learning rate η")
+        lr_axes.set_ylabel("learning rate η")
+        lr_axes.set_ylim(bottom=0)
+    axes.legend(lines, [line.get_label() for line in lines], loc="lower right")
+    axes.set_title(f"{dataset_title(group)} / {group.model}\n{ema_label} vs SGD, {_seeds_text(group)}")
+    _save(pyplot, figure, path)
+    return path
+
+
+def ema_decay_keys(runs):
+    """The decays (as written in the column names, e.g. '0.998') found in history.csv, sorted."""
+    keys = set()
+    for run in runs:
+        for column in run.history[0] if run.history else ():
+            if column.startswith("ema_") and column.endswith("_val_accuracy") and "_bn_" not in column:
+                middle = column[len("ema_") : -len("_val_accuracy")]
+                try:
+                    float(middle)
+                except ValueError:
+                    continue  # ema_best_val_accuracy
+                keys.add(middle)
+    return sorted(keys, key=float)
+
+
+def plot_decays(group, path, smoothing_window=1):
+    """Fig. 1b: each decay's EMA accuracy; BN-recomputed versions dashed in the same colour."""
+    pyplot, figure, axes = _new_figure()
+    colours = pyplot.get_cmap("tab10")
+    decays = ema_decay_keys(group.runs)
+    for index, key in enumerate(decays):
+        colour = colours(index % 10)
+        epochs, values = mean_curve(group.runs, f"ema_{key}_val_accuracy")
+        axes.plot(epochs, 100 * smooth(values, smoothing_window), color=colour, label=f"α={key}")
+        if has_column(group.runs, f"ema_{key}_bn_val_accuracy"):
+            epochs, values = mean_curve(group.runs, f"ema_{key}_bn_val_accuracy")
+            axes.plot(
+                epochs, 100 * smooth(values, smoothing_window), color=colour, linestyle="--",
+                label=f"α={key}, BN recomputed",
+            )
+    _label_epochs(axes, group)
+    axes.legend(loc="lower right", fontsize="small", ncol=2 if len(decays) > 3 else 1)
+    axes.set_title(f"{dataset_title(group)} / {group.model}\nEMA per decay, {_seeds_text(group)}")
+    _save(pyplot, figure, path)
+    return path

@@ -1,0 +1,181 @@
+"""Reading run directories (docs/run-directory.md) back, and grouping seeds by (dataset, model).
+
+A RUN_DIR given to the report is either one run (it holds `config.json`) or a
+multi-seed directory holding `seed-<k>/` run directories. Runs from all
+arguments are grouped by the `dataset` and `model` of their `config.json`; the
+rest of the config must agree within a group (apart from the seed and the
+paths), since averaging over seeds of different setups would mislead.
+
+Everything here is cheap and raises `UsageError` (one line naming the fix)
+before any figure is drawn.
+"""
+
+import csv
+import dataclasses
+import json
+import math
+import os
+import re
+
+from app.errors import UsageError
+
+CONFIG_FILE = "config.json"
+HISTORY_FILE = "history.csv"
+SUMMARY_FILE = "summary.json"
+EVALUATION_FILE = "evaluation.json"  # per run: Table 5 (shape: evaluation/report.py)
+TRANSFER_FILE = "transfer.json"  # per run: Table 4
+CONSISTENCY_FILE = "consistency.json"  # per multi-seed directory: Table 3
+_SEED_DIRECTORY = re.compile(r"seed-(\d+)$")
+# Config keys that may differ between the seeds of one group.
+_PER_RUN_KEYS = ("seed", "out", "data_dir", "cifar_n_dir")
+
+
+@dataclasses.dataclass
+class Run:
+    path: str
+    config: dict
+    history: list  # one dict per epoch; empty cells are NaN
+    summary: dict
+    evaluation: dict | None = None
+    transfer: dict | None = None
+
+
+@dataclasses.dataclass
+class Group:
+    dataset: str
+    model: str
+    runs: list
+    consistency: list  # (directory, consistency.json contents) pairs
+
+    @property
+    def config(self):
+        return self.runs[0].config
+
+    @property
+    def seeds(self):
+        return [run.config.get("seed") for run in self.runs]
+
+    @property
+    def name(self):
+        return f"{self.dataset}-{self.model}"
+
+
+def _read_json(path, run_path, required):
+    if not os.path.exists(path):
+        if required:
+            raise UsageError(
+                f"{run_path} has no {os.path.basename(path)} (training unfinished?); "
+                "wait for `python -m app.train` to finish or leave this run out"
+            )
+        return None
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except (OSError, ValueError):
+        raise UsageError(f"{path} is not readable JSON; rewrite it or leave this run out")
+
+
+def read_history(path):
+    """history.csv as a list of dicts of floats; empty cells (e.g. SWA before its start) are NaN."""
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            return [
+                {key: (float(value) if value not in ("", None) else math.nan) for key, value in row.items()}
+                for row in csv.DictReader(handle)
+            ]
+    except OSError:
+        raise UsageError(f"{path} is missing or unreadable; pass run directories written by `python -m app.train`")
+    except ValueError:
+        raise UsageError(f"{path} holds a non-numeric cell; rewrite it or leave this run out")
+
+
+def read_run(path):
+    config = _read_json(os.path.join(path, CONFIG_FILE), path, required=True)
+    summary = _read_json(os.path.join(path, SUMMARY_FILE), path, required=True)
+    if not isinstance(summary.get("sgd"), dict) or "final" not in summary["sgd"]:
+        raise UsageError(f"{path}/{SUMMARY_FILE} has no sgd.final entry; pass runs written by `python -m app.train`")
+    return Run(
+        path=path,
+        config=config,
+        history=read_history(os.path.join(path, HISTORY_FILE)),
+        summary=summary,
+        evaluation=_read_json(os.path.join(path, EVALUATION_FILE), path, required=False),
+        transfer=_read_json(os.path.join(path, TRANSFER_FILE), path, required=False),
+    )
+
+
+def _seed_directories(path):
+    found = []
+    for name in os.listdir(path):
+        match = _SEED_DIRECTORY.match(name)
+        if match and os.path.isdir(os.path.join(path, name)):
+            found.append((int(match.group(1)), os.path.join(path, name)))
+    return [directory for _, directory in sorted(found)]
+
+
+def expand(path):
+    """The run directories behind one RUN_DIR argument, and its consistency.json (or None)."""
+    if not os.path.isdir(path):
+        raise UsageError(f"run directory {path} does not exist; pass directories written by `python -m app.train`")
+    if os.path.exists(os.path.join(path, CONFIG_FILE)):
+        return [path], None
+    seeds = _seed_directories(path)
+    if not seeds:
+        raise UsageError(
+            f"{path} holds neither {CONFIG_FILE} nor seed-<k>/ run directories; "
+            "pass directories written by `python -m app.train`"
+        )
+    return seeds, _read_json(os.path.join(path, CONSISTENCY_FILE), path, required=False)
+
+
+def _shared(config):
+    return {key: value for key, value in config.items() if key not in _PER_RUN_KEYS}
+
+
+def load_groups(paths):
+    """Reads every run behind `paths`; returns `Group`s in the order their first run was given."""
+    if not paths:
+        raise UsageError("no run directory given; pass at least one RUN_DIR")
+    groups = {}
+    seen = {}
+    for argument in paths:
+        directories, consistency = expand(argument)
+        keys = set()
+        for directory in directories:
+            real = os.path.realpath(directory)
+            if real in seen:
+                raise UsageError(f"run {directory} is given twice (also as {seen[real]}); pass each run once")
+            seen[real] = directory
+            run = read_run(directory)
+            for field in ("dataset", "model"):
+                if field not in run.config:
+                    raise UsageError(f"{directory}/{CONFIG_FILE} has no {field!r}; pass runs written by `python -m app.train`")
+            key = (run.config["dataset"], run.config["model"])
+            group = groups.setdefault(key, Group(dataset=key[0], model=key[1], runs=[], consistency=[]))
+            _check_compatible(group, run)
+            group.runs.append(run)
+            keys.add(key)
+        if consistency is not None:
+            if len(keys) != 1:
+                raise UsageError(f"{argument} mixes datasets or models; keep one setup per multi-seed directory")
+            groups[keys.pop()].consistency.append((argument, consistency))
+    return list(groups.values())
+
+
+def _check_compatible(group, run):
+    if not group.runs:
+        return
+    first = group.runs[0]
+    ours, theirs = _shared(first.config), _shared(run.config)
+    differing = sorted(key for key in set(ours) | set(theirs) if ours.get(key) != theirs.get(key))
+    if differing:
+        raise UsageError(
+            f"runs {first.path} and {run.path} are both {group.dataset}/{group.model} but differ in "
+            f"{', '.join(differing)}; report them separately"
+        )
+    seed = run.config.get("seed")
+    for other in group.runs:
+        if other.config.get("seed") == seed:
+            raise UsageError(
+                f"runs {other.path} and {run.path} have the same seed {seed}; pass each seed once"
+            )
