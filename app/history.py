@@ -79,6 +79,8 @@ class RunLogger(keras.callbacks.Callback):
         self._writer = tensorboard_logging.ScalarWriter(
             os.path.join(self.run_dir, "tensorboard")
         )
+        if not self.rows:
+            self._writer.summary(tensorboard_logging.layout_summary())
         self._start = time.time()
         self._first_epoch = None
 

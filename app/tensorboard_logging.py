@@ -15,6 +15,10 @@ import time
 
 from tensorboard.compat.proto import event_pb2
 from tensorboard.compat.proto import summary_pb2
+from tensorboard.compat.proto import tensor_pb2
+from tensorboard.compat.proto import types_pb2
+from tensorboard.plugins.custom_scalar import layout_pb2
+from tensorboard.plugins.custom_scalar import metadata as custom_scalar_metadata
 from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
 _AVERAGE_KEY = re.compile(r"^(?P<model>(ema|swa)\S*?)_(?P<metric>val_\w+)$")
@@ -30,6 +34,58 @@ def tag_for(key):
     if key.startswith("val_"):
         return f"{key}/sgd"
     return f"{key}/train"
+
+
+# Custom-scalars dashboard: (category, [(chart title, [tag regexes])]).
+LAYOUT = (
+    (
+        "EMA vs SGD",  # the paper's Fig. 1a
+        (
+            ("validation accuracy", (r"^val_accuracy/(sgd|ema_best|swa)$",)),
+            ("validation loss", (r"^val_loss/(sgd|swa)$", r"^val_loss/ema_[0-9.]+$")),
+        ),
+    ),
+    (
+        "EMA decays",  # the paper's Fig. 1b: each decay, with and without BN recompute
+        (
+            ("validation accuracy", (r"^val_accuracy/ema_[0-9.]+(_bn)?$",)),
+            ("validation loss", (r"^val_loss/ema_[0-9.]+(_bn)?$",)),
+        ),
+    ),
+    ("learning rate", (("learning rate", (r"^learning_rate$",)),)),
+    ("training", (("training accuracy and loss", (r"^(accuracy|loss)/train$",)),)),
+)
+
+
+def layout_summary(layout=LAYOUT):
+    """The custom-scalars layout as a `Summary` proto (no TensorFlow needed)."""
+    proto = layout_pb2.Layout(
+        category=[
+            layout_pb2.Category(
+                title=category,
+                chart=[
+                    layout_pb2.Chart(
+                        title=title,
+                        multiline=layout_pb2.MultilineChartContent(tag=list(tags)),
+                    )
+                    for title, tags in charts
+                ],
+            )
+            for category, charts in layout
+        ]
+    )
+    tensor = tensor_pb2.TensorProto(
+        dtype=types_pb2.DT_STRING, string_val=[proto.SerializeToString()]
+    )
+    return summary_pb2.Summary(
+        value=[
+            summary_pb2.Summary.Value(
+                tag=custom_scalar_metadata.CONFIG_SUMMARY_TAG,
+                metadata=custom_scalar_metadata.create_summary_metadata(),
+                tensor=tensor,
+            )
+        ]
+    )
 
 
 class ScalarWriter:
@@ -49,6 +105,9 @@ class ScalarWriter:
             event_pb2.Event(wall_time=time.time(), step=int(step), summary=summary)
         )
         self._writer.flush()
+
+    def summary(self, summary, step=0):
+        self.add_event(event_pb2.Event(wall_time=time.time(), step=int(step), summary=summary))
 
     def add_event(self, event):
         self._writer.add_event(event)

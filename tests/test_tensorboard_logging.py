@@ -2,7 +2,7 @@
 
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from app.tensorboard_logging import ScalarWriter, tag_for
+from app.tensorboard_logging import ScalarWriter, layout_summary, tag_for
 
 
 def test_tag_layout_puts_sgd_and_averages_on_one_prefix():
@@ -25,3 +25,25 @@ def test_scalars_read_back_with_event_accumulator(tmp_path):
     assert sorted(events.Tags()["scalars"]) == ["val_accuracy/ema_0.998", "val_accuracy/sgd"]
     got = [(e.step, round(e.value, 6)) for e in events.Scalars("val_accuracy/ema_0.998")]
     assert got == [(1, 0.6), (2, 0.65)]
+
+
+def test_custom_scalars_layout_reads_back_with_the_plugin_proto(tmp_path):
+    from tensorboard.plugins.custom_scalar import layout_pb2, metadata
+
+    writer = ScalarWriter(str(tmp_path))
+    writer.summary(layout_summary())
+    writer.close()
+    events = EventAccumulator(str(tmp_path))
+    events.Reload()
+    tensor = events.Tensors(metadata.CONFIG_SUMMARY_TAG)[0].tensor_proto
+    layout = layout_pb2.Layout.FromString(tensor.string_val[0])
+    titles = [category.title for category in layout.category]
+    assert titles == ["EMA vs SGD", "EMA decays", "learning rate", "training"]
+    fig_1a = layout.category[0].chart[0].multiline.tag
+    import re
+
+    assert [t for t in ["val_accuracy/sgd", "val_accuracy/ema_best", "val_accuracy/ema_0.998"]
+            if any(re.match(p, t) for p in fig_1a)] == ["val_accuracy/sgd", "val_accuracy/ema_best"]
+    fig_1b = layout.category[1].chart[0].multiline.tag
+    assert all(any(re.match(p, t) for p in fig_1b)
+               for t in ["val_accuracy/ema_0.968", "val_accuracy/ema_0.998_bn"])
