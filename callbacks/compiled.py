@@ -68,3 +68,45 @@ def compile_pure(fn):
 
         return jax.jit(fn)
     return fn
+
+
+def compile_in_place_update(fn, targets, sources):
+    """Like `compile_update`, for targets whose new value depends on their own.
+
+    `fn(target_values, source_values, *args)` returns one new value per target.
+    Under JAX the targets' current buffers are donated to the compiled
+    program, so XLA can write the results in place: the update never holds two
+    copies of the targets (for a running average, that second copy would be as
+    large as all the averages). Under TensorFlow this is `compile_update`
+    (TensorFlow has no donation; each variable's assignment inside the graph
+    frees its old buffer).
+
+    Args:
+        fn: pure function `(target_tensors, source_tensors, *args) -> tensors`.
+        targets: Keras variables read by `fn` and assigned its outputs; they
+            must not appear in `sources`.
+        sources: other Keras variables whose current values `fn` reads.
+    """
+    targets = list(targets)
+    sources = list(sources)
+    if keras.backend.backend() == "jax":
+        import jax
+
+        compiled = jax.jit(fn, donate_argnums=0)
+
+        def update(*args):
+            values = compiled(
+                [variable.value for variable in targets],
+                [variable.value for variable in sources],
+                *args,
+            )
+            # The old buffers are gone (donated): reassign all before any read.
+            for target, value in zip(targets, values):
+                target.assign(value)
+
+        return update
+
+    def split_fn(values, *args):
+        return fn(values[: len(targets)], values[len(targets) :], *args)
+
+    return compile_update(split_fn, targets + sources, targets)
