@@ -1,0 +1,422 @@
+"""Exact BatchNorm statistics for averaged weights.
+
+Averaged weights (SWA, EMA) come without BatchNorm statistics that match them.
+SWA (Izmailov et al. 2018, §3.2 and Algorithm 1) recomputes them with one pass
+over the training data in training mode after training; Morales-Brotons et al.
+(§3.4, Fig. 1b) show that large-window EMAs fail without that recomputation
+and recover fully with it. `recompute_batch_norm` does the pass as an exact
+cumulative average (every example weighs the same); `BatchNormRecompute`
+applies it to every EMA of a `MultiEMA`, every epoch (curves) and/or once for
+the selected EMA models after training (tables).
+"""
+
+import itertools
+import os
+import weakref
+
+import keras
+import numpy as np
+from keras import ops
+
+from callbacks.compiled import compile_pure
+
+# `MultiEMA.selected_weights` criterion -> key of `MultiEMA.summary()` entries.
+CRITERIA = {"accuracy": "best_val_accuracy", "loss": "lowest_val_loss"}
+_FILE_SUFFIX = {"accuracy": "acc", "loss": "loss"}
+
+# model -> (signature of its variables and BN layers, compiled batch step)
+_COMPILED_STEPS = weakref.WeakKeyDictionary()
+
+
+def recompute_batch_norm(model, data, batch_size=None, steps=None):
+    """Sets every BatchNorm layer's statistics to their exact value over `data`.
+
+    The reference algorithm (SWA's `bn_update`, PyTorch's
+    `torch.optim.swa_utils.update_bn`) resets the statistics and runs the
+    model in training mode batch by batch, so that each layer normalizes with
+    its batch's statistics under the fixed weights. Here every batch's
+    per-channel mean and (biased) variance are merged exactly (Chan et al.'s
+    pairwise update of count, mean and sum of squared deviations, weighted by
+    batch size): the result is the dataset mean and the dataset (population)
+    variance of each layer's inputs, whatever the batch sizes, the spread of
+    the batch means included. PyTorch's `update_bn` (`momentum=None`, a
+    running average over batches) gives every batch the same weight, a short
+    last batch too, and averages the batches' unbiased variances; SWA's
+    `bn_update` weights batches by size but also averages unbiased batch
+    variances. For shuffled batches those agree with the dataset variance in
+    expectation (the unbiased batch variance estimates it); they differ by
+    sampling noise, and systematically for ordered batches. Over a dataset
+    the population/unbiased distinction (N vs N - 1) is negligible.
+
+    Only the `moving_mean` / `moving_variance` of trainable BatchNorm layers
+    change (Keras runs frozen ones in inference mode; they keep their
+    statistics). Weights, other layers' state, the layers' `momentum` and the
+    optimizer are left as they were. Dropout and other random layers run in
+    training mode, as in the reference. Inputs of a convolutional BN have the
+    same spatial size in every batch, so weighting by batch size weighs every
+    activation equally; masks are not supported.
+
+    Example:
+
+    ```python
+    with swa.swapped_in():
+        recompute_batch_norm(model, x_train, batch_size=128)
+    ```
+
+    Args:
+        model: a built Keras model.
+        data: the inputs: a NumPy array or backend tensor of examples, or an
+            `(x, y)` / `(x, y, sample_weight)` tuple of those (batched by
+            `batch_size`, `y` ignored), or a finite iterable of batches (e.g.
+            a `tf.data.Dataset` without `repeat()`, or use `steps`) whose
+            elements are `x` or `(x, y[, w])`.
+        batch_size: batch size for array `data`; required for it and unused
+            for an iterable of batches. Defaults to `None`.
+        steps: use at most this many batches. Defaults to `None` (all).
+
+    Returns:
+        The number of examples used (0 for a model without BatchNorm).
+    """
+    _check_steps(steps)
+    layers = _batch_norm_layers(model)
+    if not layers:
+        return 0
+    batches = _batches(data, batch_size, steps)
+    step = _compiled_step(model, layers)
+    momenta = [layer.momentum for layer in layers]
+    try:
+        # Keras updates `moving = moving * momentum + batch * (1 - momentum)`;
+        # with momentum 0 the "moving" outputs are exactly the batch moments.
+        for layer in layers:
+            layer.momentum = 0.0
+        count, means, squared_deviations = _accumulate(model, layers, step, batches)
+    finally:
+        for layer, momentum in zip(layers, momenta):
+            layer.momentum = momentum
+    if count == 0:
+        raise ValueError("Argument `data` yielded no batches. Expected at least one.")
+    for layer, mean, deviations in zip(layers, means, squared_deviations):
+        layer.moving_mean.assign(mean)
+        layer.moving_variance.assign(deviations / float(count))
+    return count
+
+
+class BatchNormRecompute(keras.callbacks.Callback):
+    """Recomputes the BatchNorm statistics of every EMA of a `MultiEMA`.
+
+    With `every_epoch=True`, at the end of every epoch and for every decay
+    `d`, the EMA is swapped into the model, its BatchNorm statistics are
+    recomputed over `train_data` (`recompute_batch_norm`) and it is evaluated
+    on `validation_data`; the logs get `ema_<d>_bn_val_loss`,
+    `ema_<d>_bn_val_accuracy` (every compiled metric), `d` formatted with
+    `f"{d:g}"` (Morales-Brotons et al. Fig. 1b). The EMA's own statistics and
+    the trained weights are left as they were.
+
+    With `at_end=True`, after training, for every decay and both selection
+    criteria of `MultiEMA` (best validation accuracy, lowest validation loss),
+    the selected EMA weights get recomputed statistics and are evaluated;
+    the results are in `results` / `summary()` and `save(directory)` writes
+    them (paper Table 1: "EMA models' BN statistics are recomputed once").
+    A decay/criterion that `MultiEMA` did not select (no epoch evaluated) is
+    skipped. The model keeps its trained weights. Evaluation uses the model's
+    own compiled test function (`model.evaluate`). Place this callback after
+    the `MultiEMA` in the callback list.
+
+    Example:
+
+    ```python
+    ema = MultiEMA(decays=(0.968, 0.998), validation_data=(x_val, y_val))
+    bn = BatchNormRecompute(ema, (x_train, y_train), (x_val, y_val), batch_size=128)
+    model.fit(x_train, y_train, epochs=20, batch_size=128,
+              validation_data=(x_val, y_val), callbacks=[ema, bn])
+    bn.save("weights/")
+    ```
+
+    Args:
+        ema: the `MultiEMA` callback of the same fit.
+        train_data: data for the recomputation, as for `recompute_batch_norm`;
+            an iterable must be re-iterable (e.g. a `tf.data.Dataset`).
+        validation_data: `(x, y)` tuple or dataset passed to `model.evaluate`.
+        every_epoch: recompute and evaluate every EMA after every epoch.
+            Defaults to `False`.
+        at_end: recompute and evaluate the selected EMA models after training.
+            Defaults to `True`.
+        steps: use at most this many batches per recomputation. Defaults to
+            `None` (one full pass).
+        batch_size: batch size for array data (recomputation and evaluation).
+            Defaults to `None` (required when `train_data` is an array).
+    """
+
+    def __init__(
+        self,
+        ema,
+        train_data,
+        validation_data,
+        every_epoch=False,
+        at_end=True,
+        steps=None,
+        batch_size=None,
+    ):
+        super().__init__()
+        for name in ("decays", "swapped_in", "selected_weights"):
+            if not hasattr(ema, name):
+                raise ValueError(
+                    f"Invalid value for argument `ema`. Received: ema={ema!r}. "
+                    f"Expected a `MultiEMA` (it has no `{name}`)."
+                )
+        if validation_data is None:
+            raise ValueError(
+                "Invalid value for argument `validation_data`. Received: "
+                "validation_data=None. Expected an `(x, y)` tuple or a dataset."
+            )
+        _check_steps(steps)
+        _batches(train_data, batch_size, steps)  # validates only; lazy
+        self.ema = ema
+        self.train_data = train_data
+        self.validation_data = validation_data
+        self.every_epoch = bool(every_epoch)
+        self.at_end = bool(at_end)
+        self.steps = steps
+        self.batch_size = batch_size
+        self.results = {}
+        self._selected = {}
+
+    def on_train_begin(self, logs=None):
+        # Allow instances to be re-used.
+        self.results = {}
+        self._selected = {}
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.every_epoch and logs is not None:
+            logs.update(self._evaluate_every_ema())
+
+    def on_train_end(self, logs=None):
+        if self.at_end:
+            self._recompute_selected()
+
+    def summary(self):
+        """`{f"{d:g}": {"best_val_accuracy": metrics, "lowest_val_loss": metrics}}`,
+        metrics like `{"val_loss": ..., "val_accuracy": ...}` after recomputation."""
+        return {key: dict(entry) for key, entry in self.results.items()}
+
+    def save(self, directory):
+        """Writes `ema_<d>_acc_bn.weights.h5` and `ema_<d>_loss_bn.weights.h5`.
+
+        Returns the list of paths written.
+        """
+        if not self._selected:
+            raise ValueError(
+                "Nothing to save: `BatchNormRecompute.save()` needs a finished "
+                "`fit` with `at_end=True`."
+            )
+        os.makedirs(directory, exist_ok=True)
+        paths = []
+        for (decay, criterion), weights in self._selected.items():
+            name = f"ema_{decay:g}_{_FILE_SUFFIX[criterion]}_bn.weights.h5"
+            path = os.path.join(directory, name)
+            _save_weights(self.model, weights, path)
+            paths.append(path)
+        return paths
+
+    def _evaluate_every_ema(self):
+        logs = {}
+        for decay in self.ema.decays:
+            with self.ema.swapped_in(decay):
+                metrics = self._recompute_and_evaluate(keep_statistics=False)
+            logs.update({f"ema_{decay:g}_bn_val_{k}": v for k, v in metrics.items()})
+        return logs
+
+    def _recompute_selected(self):
+        trained = _read(self.model.weights)
+        try:
+            for decay in self.ema.decays:
+                for criterion in CRITERIA:
+                    self._recompute_one_selected(decay, criterion)
+        finally:
+            _write(self.model.weights, trained)
+
+    def _recompute_one_selected(self, decay, criterion):
+        if self.ema.summary()[f"{decay:g}"][CRITERIA[criterion]] is None:
+            return  # MultiEMA evaluated no epoch: nothing was selected
+        _write(self.model.weights, self.ema.selected_weights(decay, criterion))
+        metrics = self._recompute_and_evaluate(keep_statistics=True)
+        self._selected[(decay, criterion)] = _read(self.model.weights)
+        entry = self.results.setdefault(f"{decay:g}", {})
+        entry[CRITERIA[criterion]] = {f"val_{k}": v for k, v in metrics.items()}
+
+    def _recompute_and_evaluate(self, keep_statistics):
+        statistics = _statistics_variables(self.model)
+        saved = _read(statistics)
+        try:
+            recompute_batch_norm(self.model, self.train_data, self.batch_size, self.steps)
+            return _evaluate(self.model, self.validation_data, self.batch_size)
+        finally:
+            if not keep_statistics:
+                # Whatever `swapped_in` does on exit, the EMA keeps its own
+                # statistics (Cai et al.'s moving average of the student's).
+                _write(statistics, saved)
+
+
+def _evaluate(model, data, batch_size=None):
+    """`model.evaluate` on an `(x, y[, w])` tuple or a dataset; floats by name."""
+    if isinstance(data, tuple):
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        result = model.evaluate(
+            x, y, sample_weight=sample_weight, batch_size=batch_size,
+            verbose=0, return_dict=True,
+        )
+    else:
+        result = model.evaluate(data, verbose=0, return_dict=True)
+    return {name: float(value) for name, value in result.items()}
+
+
+def _read(variables):
+    return [np.array(ops.convert_to_numpy(variable)) for variable in variables]
+
+
+def _write(variables, values):
+    for variable, value in zip(variables, values):
+        variable.assign(value)
+
+
+def _save_weights(model, weights, path):
+    trained = _read(model.weights)
+    try:
+        _write(model.weights, weights)
+        model.save_weights(path)
+    finally:
+        _write(model.weights, trained)
+
+
+def _check_steps(steps):
+    if steps is not None and (not isinstance(steps, int) or steps < 1):
+        raise ValueError(
+            f"Invalid value for argument `steps`. Received: steps={steps}. "
+            "Expected `None` or an integer >= 1."
+        )
+
+
+def _batch_norm_layers(model):
+    # Keras has no public recursive walk over nested layers (`Model.layers`
+    # lists direct children only); `_flatten_layers` is the one it uses itself.
+    layers = [
+        layer
+        for layer in model._flatten_layers(include_self=False)
+        if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable
+    ]
+    for layer in layers:
+        if layer.renorm:
+            raise ValueError(
+                f"BatchNormalization layer {layer.name!r} uses renorm=True, "
+                "which `recompute_batch_norm` does not support."
+            )
+    return layers
+
+
+def _statistics_variables(model):
+    statistics = []
+    for layer in _batch_norm_layers(model):
+        statistics += [layer.moving_mean, layer.moving_variance]
+    return statistics
+
+
+def _is_array(value):
+    return isinstance(value, np.ndarray) or ops.is_tensor(value)
+
+
+def _batches(data, batch_size, steps):
+    """Checks `data` now; returns an iterator over at most `steps` input batches."""
+    if isinstance(data, tuple):
+        data = keras.utils.unpack_x_y_sample_weight(data)[0]
+        if not _is_array(data):
+            raise ValueError(
+                "Invalid value for argument `data`. Received a tuple whose first "
+                f"element is {type(data).__name__}. Expected `(x, y)` with an "
+                "array `x`, an array, or an iterable of batches."
+            )
+    if _is_array(data):
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(
+                f"Invalid value for argument `batch_size`. Received: "
+                f"batch_size={batch_size}. Expected an integer >= 1 when the "
+                "data is an array."
+            )
+        size = int(data.shape[0])
+        batches = (data[start : start + batch_size] for start in range(0, size, batch_size))
+    elif hasattr(data, "__iter__"):
+        batches = _inputs_of_batches(data)
+    else:
+        raise ValueError(
+            f"Invalid value for argument `data`. Received: {type(data).__name__}. "
+            "Expected an array, an `(x, y)` tuple of arrays, or an iterable of batches."
+        )
+    return itertools.islice(batches, steps)
+
+
+def _inputs_of_batches(data):
+    # A generator function: `iter(data)` waits for the first batch requested
+    # (a new tf.data iterator starts prefetching and advances shuffle seeds).
+    for batch in data:
+        if isinstance(batch, tuple):
+            batch = keras.utils.unpack_x_y_sample_weight(batch)[0]
+        yield batch
+
+
+def _compiled_step(model, layers):
+    """One compiled batch update of the per-layer (count, mean, M2) merge."""
+    signature = tuple(
+        id(item)
+        for item in model.trainable_variables + model.non_trainable_variables + layers
+    )
+    cached = _COMPILED_STEPS.get(model)
+    if cached is not None and cached[0] == signature:
+        return cached[1]
+    position = {id(variable): i for i, variable in enumerate(model.non_trainable_variables)}
+    indices = [(position[id(l.moving_mean)], position[id(l.moving_variance)]) for l in layers]
+    # A strong reference from the cached value would keep the model alive.
+    model_reference = weakref.ref(model)
+
+    def step(trainable, non_trainable, count, means, deviations, x, size):
+        _, non_trainable = model_reference().stateless_call(
+            trainable, non_trainable, x, training=True
+        )
+        total = count + size
+        new_means, new_deviations = [], []
+        for (mean_index, variance_index), mean, deviation in zip(indices, means, deviations):
+            # Chan et al. (1979): merge (count, mean, M2) with the batch's.
+            delta = non_trainable[mean_index] - mean
+            new_means.append(mean + delta * (size / total))
+            new_deviations.append(
+                deviation
+                + non_trainable[variance_index] * size
+                + ops.square(delta) * (count * size / total)
+            )
+        return non_trainable, total, new_means, new_deviations
+
+    compiled = compile_pure(step)
+    _COMPILED_STEPS[model] = (signature, compiled)
+    return compiled
+
+
+def _accumulate(model, layers, step, batches):
+    trainable = [variable.value for variable in model.trainable_variables]
+    non_trainable = [variable.value for variable in model.non_trainable_variables]
+    # Reset (as the reference does): a NaN/inf statistic times momentum 0 is NaN.
+    reset = {id(l.moving_mean) for l in layers} | {id(l.moving_variance) for l in layers}
+    non_trainable = [
+        ops.zeros_like(value) if id(variable) in reset else value
+        for variable, value in zip(model.non_trainable_variables, non_trainable)
+    ]
+    count = ops.zeros((), "float32")
+    means = [ops.zeros(layer.moving_mean.shape, "float32") for layer in layers]
+    deviations = [ops.zeros(layer.moving_mean.shape, "float32") for layer in layers]
+    examples = 0
+    for x in batches:
+        x = keras.tree.map_structure(ops.convert_to_tensor, x)
+        size = int(keras.tree.flatten(x)[0].shape[0])
+        non_trainable, count, means, deviations = step(
+            trainable, non_trainable, count, means, deviations, x,
+            ops.convert_to_tensor(float(size), "float32"),
+        )
+        examples += size
+    return examples, means, deviations
