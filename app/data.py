@@ -66,6 +66,10 @@ CIFAR10N_LABELS = {
     "random3": "random_label3",
 }
 CROP_PADDING = 4
+# Augmentation seeds differ from the shuffling seeds of the same run.
+AUGMENTATION_SEED_OFFSET = 1_000_003
+# The one-pass copy of the training data (BatchNorm recompute) uses its own epoch index.
+STATISTICS_EPOCH = -1
 NETWORK_PROBE_SECONDS = 5.0
 
 
@@ -116,11 +120,16 @@ class Arrays:
 class Data:
     """Batched tf.data pipelines of (float32 normalized images, int32 labels).
 
-    `train` is shuffled and augmented anew each epoch; `validation` and `test`
-    are neither, and keep their last partial batch.
+    `train` is an endless stream, shuffled and augmented anew each epoch: pass
+    `steps_per_epoch` to `fit`. `train_from(epoch, skip_batches)` starts the
+    same stream later (resume). `train_one_pass` is one finite, augmented
+    pass with its own order, for BatchNorm statistics. `validation` and `test`
+    are neither shuffled nor augmented, and keep their last partial batch.
     """
 
     train: object
+    train_from: object
+    train_one_pass: object
     validation: object
     test: object
     num_classes: int
@@ -255,8 +264,17 @@ def make_data(arrays, batch_size, seed):
         )
     else:  # full_train: one copy of the test images
         validation = test
+    train_from = functools.partial(
+        train_dataset, arrays.train_images, arrays.train_labels, mean, std, batch_size, seed
+    )
+
+    def resume_at(epoch, skip_batches=0):
+        return train_from(start_epoch=epoch, skip_batches=skip_batches)
+
     return Data(
-        train=train_dataset(arrays.train_images, arrays.train_labels, mean, std, batch_size, seed),
+        train=train_from(),
+        train_from=resume_at,
+        train_one_pass=train_from(start_epoch=STATISTICS_EPOCH, num_epochs=1),
         validation=validation,
         test=test,
         num_classes=arrays.num_classes,
@@ -272,20 +290,39 @@ def make_data(arrays, batch_size, seed):
     )
 
 
-def train_dataset(images, labels, mean, std, batch_size, seed):
-    """Shuffled (anew each epoch), augmented, normalized batches; last one partial."""
+def train_dataset(
+    images, labels, mean, std, batch_size, seed, start_epoch=0, skip_batches=0, num_epochs=None
+):
+    """Shuffled, augmented, normalized batches, epoch after epoch (last batch partial).
+
+    Every epoch's order and augmentation are a function of `(seed, epoch)` only
+    (stateless random ops), so a run resumed at epoch `e`, batch `b` sees
+    exactly the batches the uninterrupted run would have: start the stream
+    with `start_epoch=e, skip_batches=b`. Iterating the stream for a BatchNorm
+    recompute or an evaluation never moves the training order either.
+
+    Args:
+        num_epochs: epochs in the stream; None (default) for an endless one,
+            to be cut into epochs by `fit(steps_per_epoch=...)`.
+    """
     tf = _tensorflow()
     images, labels = _constants(tf, images, labels)
-    indices = tf.data.Dataset.range(len(labels))
-    indices = indices.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
-    indices = indices.batch(batch_size)
-    seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+    num_examples = len(labels)
+    steps = math.ceil(num_examples / batch_size)
+    end = start_epoch + num_epochs if num_epochs is not None else 2**62
 
-    def load(index, augmentation_seed):
+    def epoch_batches(epoch):
+        keys = tf.random.stateless_uniform([num_examples], tf.stack([tf.constant(seed, tf.int64), epoch]))
+        order = tf.data.Dataset.from_tensor_slices(tf.argsort(keys)).batch(batch_size)
+        positions = tf.data.Dataset.range(steps).map(lambda step: epoch * steps + step)
+        return tf.data.Dataset.zip((order, positions))
+
+    def load(index, position):
+        augmentation_seed = tf.stack([tf.constant(seed + AUGMENTATION_SEED_OFFSET, tf.int64), position])
         batch = random_crop_flip(tf.gather(images, index), augmentation_seed)
         return _normalize(tf, batch, mean, std), tf.gather(labels, index)
 
-    batches = tf.data.Dataset.zip((indices, seeds))
+    batches = tf.data.Dataset.range(start_epoch, end).flat_map(epoch_batches).skip(skip_batches)
     return batches.map(load, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
 

@@ -65,7 +65,7 @@ def build_callbacks(config, data, model, schedule, path):
         if config.bn_recompute != "none" and _has_batch_norm(model):
             averaging["bn"] = BatchNormRecompute(
                 averaging["ema"],
-                train_data=data.train,
+                train_data=data.train_one_pass,
                 validation_data=data.validation,
                 every_epoch=config.bn_recompute == "epoch",
                 at_end=True,
@@ -74,7 +74,7 @@ def build_callbacks(config, data, model, schedule, path):
         averaging["swa"] = SWA(
             start_epoch=config.swa_start_epoch - 1,
             cycle_epochs=config.swa_cycle_epochs,
-            train_data=data.train,
+            train_data=data.train_one_pass,
             validation_data=data.validation,
         )
     return averaging
@@ -103,7 +103,10 @@ def build_schedule(config, steps_per_epoch):
             schedule,
             start_step=(config.swa_start_epoch - 1) * steps_per_epoch,
             swa_lr=config.swa_lr,
-            cycle_steps=config.swa_cycle_epochs * steps_per_epoch,
+            # One-epoch cycles mean a constant SWA rate (SWA paper §4.1).
+            cycle_steps=(
+                config.swa_cycle_epochs * steps_per_epoch if config.swa_cycle_epochs > 1 else None
+            ),
         )
     return schedule
 
@@ -149,6 +152,7 @@ def train(config, data, path, argv):
     started = time.time()
     model.fit(
         data.train,
+        steps_per_epoch=data.steps_per_epoch,
         epochs=config.epochs,
         validation_data=data.validation,
         callbacks=callbacks,

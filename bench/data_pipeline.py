@@ -68,7 +68,7 @@ def main(argv=None):
         "import_seconds": round(import_seconds, 2),
         "load_seconds": round(load_seconds, 2),
         "build_seconds": round(build_seconds, 2),
-        "train_images_per_second": round(images_per_second(pipelines.train, args.batches)),
+        "train_images_per_second": round(images_per_second(pipelines.train.take(args.batches), args.batches)),
         "evaluation_images_per_second": round(
             images_per_second(pipelines.validation, args.batches)
         ),

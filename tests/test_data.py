@@ -31,9 +31,10 @@ def _arrays(num_examples=10, size=8, seed=0):
     )
 
 
-def _train(arrays, batch_size, seed):
+def _train(arrays, batch_size, seed, **position):
     return data.train_dataset(
-        arrays.train_images, arrays.train_labels, arrays.mean, arrays.std, batch_size, seed
+        arrays.train_images, arrays.train_labels, arrays.mean, arrays.std, batch_size, seed,
+        **position,
     )
 
 
@@ -87,8 +88,9 @@ def test_train_epochs_are_reshuffled_permutations_reproducible_from_the_seed():
     arrays = _arrays(num_examples=10)
 
     def epochs(seed, count=2):
-        dataset = _train(arrays, batch_size=4, seed=seed)
-        return [[np.asarray(y).tolist() for _, y in dataset] for _ in range(count)]
+        dataset = _train(arrays, batch_size=4, seed=seed, num_epochs=count)
+        labels = [np.asarray(y).tolist() for _, y in dataset]
+        return [labels[3 * epoch : 3 * epoch + 3] for epoch in range(count)]
 
     first, second = epochs(seed=0)
     assert [len(batch) for batch in first] == [4, 4, 2]
@@ -98,10 +100,20 @@ def test_train_epochs_are_reshuffled_permutations_reproducible_from_the_seed():
     assert epochs(seed=1)[0] != first
 
 
+def test_a_stream_started_later_sees_exactly_the_remaining_batches():
+    arrays = _arrays(num_examples=10)
+    whole = list(_train(arrays, batch_size=4, seed=5, num_epochs=3))
+    resumed = list(_train(arrays, batch_size=4, seed=5, start_epoch=1, skip_batches=2, num_epochs=2))
+    assert len(whole) == 9 and len(resumed) == 4
+    for (x_whole, y_whole), (x_resumed, y_resumed) in zip(whole[5:], resumed):
+        np.testing.assert_array_equal(np.asarray(y_whole), np.asarray(y_resumed))
+        np.testing.assert_array_equal(np.asarray(x_whole), np.asarray(x_resumed))
+
+
 def test_train_images_are_flipped_random_windows_of_the_zero_padded_image():
     arrays = _arrays(num_examples=64)
     offsets, flips = [], []
-    for images, labels in _train(arrays, batch_size=32, seed=0):
+    for images, labels in _train(arrays, batch_size=32, seed=0, num_epochs=1):
         for image, label in zip(_unnormalize(images, arrays.mean, arrays.std), np.asarray(labels)):
             padded = np.pad(arrays.train_images[label], [(4, 4), (4, 4), (0, 0)])
             matches = []
@@ -130,7 +142,8 @@ def test_random_crop_flip_pads_with_zeros():
 def test_make_data_counts_steps_with_the_last_partial_batch():
     arrays = _arrays(num_examples=10)
     result = data.make_data(arrays, batch_size=4, seed=0)
-    assert result.steps_per_epoch == 3 == len(list(result.train))
+    assert result.steps_per_epoch == 3 == len(list(result.train_one_pass))
+    assert len(list(result.train.take(7))) == 7  # endless: fit cuts it into epochs
     assert (result.num_train_examples, result.num_validation_examples) == (10, 10)
 
 
