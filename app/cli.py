@@ -66,6 +66,13 @@ def build_parser(prog="python -m app.train"):
         help="keep only the first N training examples (smoke runs)",
     )
     data.add_argument(
+        "--limit-validation",
+        type=_positive_int,
+        default=None,
+        help="evaluate on only the first N examples of the validation (or, with "
+        "--full-train, test) split each epoch (smoke runs)",
+    )
+    data.add_argument(
         "--full-train",
         action="store_true",
         help="train on 100%% of the training set and evaluate on the test set "
@@ -247,6 +254,7 @@ def parse_config(argv, model_names=None):
         cifar_n_dir=args.cifar_n_dir,
         out=args.out,
         limit_train=args.limit_train,
+        limit_validation=args.limit_validation,
         full_train=args.full_train,
         split_seed=args.split_seed,
         schedule=args.schedule,

@@ -55,6 +55,7 @@ class TrainConfig:
     cifar_n_dir: str | None = None
     out: str | None = None
     limit_train: int | None = None
+    limit_validation: int | None = None
     full_train: bool = False
     validation_fraction: float = 0.2
     split_seed: int = 0

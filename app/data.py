@@ -164,6 +164,15 @@ def load_arrays(config):
         )
         validation_images, validation_labels = images[validation_index], labels[validation_index]
     train_index = train_index[: _check_limit(config, len(train_index))]
+    if config.limit_validation is not None:
+        if config.limit_validation > len(validation_labels):
+            raise UsageError(
+                f"--limit-validation {config.limit_validation} is larger than the "
+                f"{len(validation_labels)} examples of the {'test' if config.full_train else 'validation'} "
+                f"split; use at most {len(validation_labels)}"
+            )
+        validation_images = validation_images[: config.limit_validation]
+        validation_labels = validation_labels[: config.limit_validation]
     train_images = images[train_index]
     mean, std = channel_stats(train_images)
     return Arrays(

@@ -100,7 +100,8 @@ class RunLogger(keras.callbacks.Callback):
         scalars["learning_rate"] = row["lr"]
         self._writer.scalars(scalars, step=row["epoch"])
         if self.verbose:
-            print(self._epoch_line(epoch, row), flush=True)
+            # A line of its own: Keras's progress bar has not ended its line yet.
+            print("\n" + self._epoch_line(epoch, row), flush=True)
 
     def on_train_end(self, logs=None):
         if self._writer is not None:

@@ -156,6 +156,7 @@ def train(config, data, path, argv):
         epochs=config.epochs,
         validation_data=data.validation,
         callbacks=callbacks,
+        shuffle=False,  # the stream is shuffled per epoch, reproducibly (app/data.py)
         verbose="auto",
     )
     summary = finish(config, data, model, averaging, logger.rows, path)

@@ -1,0 +1,146 @@
+"""`python -m app.train` end to end on the real CIFAR-10 data (tiny budget)."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from app import train
+from app.history import read_history
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TFDS_DIR = os.path.join(os.path.dirname(ROOT), "shared", "data", "tfds")
+pytestmark = pytest.mark.skipif(
+    not os.path.isdir(os.path.join(TFDS_DIR, "cifar10")), reason="no prepared cifar10"
+)
+SMALL = [
+    "--dataset", "cifar10", "--model", "resnet20", "--data-dir", TFDS_DIR,
+    "--limit-train", "256", "--limit-validation", "256", "--batch-size", "64",
+    "--epochs", "3", "--ema-decays", "0.9", "0.99", "--ema-every", "2",
+]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("runs") / "run")
+    argv = SMALL + ["--swa", "--swa-start-epoch", "2", "--out", out]
+    summary = train.main(argv)
+    return out, argv, summary
+
+
+def test_run_directory_holds_everything(run):
+    out, argv, _ = run
+    assert sorted(os.listdir(out)) == [
+        "command.txt", "config.json", "history.csv", "summary.json", "tensorboard", "weights"
+    ]
+    config = json.load(open(os.path.join(out, "config.json")))
+    assert config["lr"] == 0.1 and config["ema_decays"] == [0.9, 0.99]
+    assert config["evaluation_split"] == "validation"
+    assert open(os.path.join(out, "command.txt")).read().split()[3:] == argv
+    assert sorted(os.listdir(os.path.join(out, "weights"))) == sorted(
+        ["final.weights.h5", "swa.weights.h5"]
+        + [f"ema_{d}_{c}{bn}.weights.h5" for d in ("0.9", "0.99") for c in ("acc", "loss") for bn in ("", "_bn")]
+    )
+
+
+def test_history_has_one_row_per_epoch_and_a_column_per_model(run):
+    out, _, _ = run
+    rows = read_history(os.path.join(out, "history.csv"))
+    assert [row["epoch"] for row in rows] == [1, 2, 3]
+    header = open(os.path.join(out, "history.csv")).readline().strip().split(",")
+    assert header[:6] == ["epoch", "lr", "train_loss", "train_accuracy", "val_loss", "val_accuracy"]
+    for column in ("ema_0.9_val_loss", "ema_0.99_val_accuracy", "ema_best_val_accuracy",
+                   "swa_val_accuracy"):
+        assert column in header
+    for row in rows:
+        assert row["ema_best_val_accuracy"] == max(row["ema_0.9_val_accuracy"], row["ema_0.99_val_accuracy"])
+    assert rows[0]["swa_val_accuracy"] is None and rows[1]["swa_val_accuracy"] is not None
+
+
+def test_summary_selects_the_epochs_history_shows(run):
+    out, _, summary = run
+    assert summary == json.load(open(os.path.join(out, "summary.json")))
+    rows = read_history(os.path.join(out, "history.csv"))
+    accuracy = [row["val_accuracy"] for row in rows]
+    assert summary["sgd"]["best_val_accuracy"]["epoch"] == int(np.argmax(accuracy)) + 1
+    assert summary["sgd"]["final"]["val_loss"] == rows[-1]["val_loss"]
+    for decay in ("0.9", "0.99"):
+        entry = summary["ema"][decay]
+        losses = [row[f"ema_{decay}_val_loss"] for row in rows]
+        assert entry["lowest_val_loss"]["epoch"] == int(np.argmin(losses)) + 1
+        assert entry["lowest_val_loss"]["val_loss"] == pytest.approx(min(losses))
+        assert entry["effective_per_step_decay"] == pytest.approx(float(decay) ** 0.5)
+        assert set(entry["best_val_accuracy"]["bn_recomputed"]) == {"val_loss", "val_accuracy"}
+    assert summary["swa"]["models_averaged"] == 2 and summary["swa"]["start_epoch"] == 2
+
+
+def test_tensorboard_scalars_equal_history(run):
+    out, _, _ = run
+    rows = read_history(os.path.join(out, "history.csv"))
+    events = EventAccumulator(os.path.join(out, "tensorboard"))
+    events.Reload()
+    pairs = {"val_accuracy/sgd": "val_accuracy", "val_accuracy/ema_0.99": "ema_0.99_val_accuracy",
+             "val_accuracy/ema_best": "ema_best_val_accuracy", "learning_rate": "lr",
+             "loss/train": "train_loss"}
+    for tag, column in pairs.items():
+        scalars = events.Scalars(tag)
+        assert [event.step for event in scalars] == [1, 2, 3]
+        np.testing.assert_allclose([e.value for e in scalars], [row[column] for row in rows], rtol=1e-6)
+
+
+def test_saved_ema_weights_reproduce_the_logged_metric(run):
+    import keras
+
+    import models
+    from app import data as data_lib
+    from app.run_dir import load_config
+
+    out, _, summary = run
+    config = load_config(out)
+    data = data_lib.load_data(config)
+    model = models.build_model("resnet20", 10)
+    model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
+    _load_model_weights(model, os.path.join(out, "weights", "ema_0.99_loss.weights.h5"))
+    metrics = model.evaluate(data.validation, verbose=0, return_dict=True)
+    assert metrics["loss"] == pytest.approx(summary["ema"]["0.99"]["lowest_val_loss"]["val_loss"], rel=1e-4)
+
+
+def _load_model_weights(model, path):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the file also holds optimizer variables
+        model.load_weights(path)
+
+
+def test_rerunning_into_a_finished_run_is_refused(run, capsys):
+    out, argv, _ = run
+    before = open(os.path.join(out, "history.csv")).read()
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(argv)
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip().startswith("error: --out")
+    with pytest.raises(SystemExit):
+        train.main([a if a != "0.99" else "0.995" for a in argv])
+    assert "holds a different run (differs in: ema_decays)" in capsys.readouterr().err
+    assert open(os.path.join(out, "history.csv")).read() == before
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--limit-train", "40001"], "--limit-train 40001 is larger than the 80% training split of cifar10 (40000 examples); use at most 40000"),
+        (["--limit-validation", "10001"], "--limit-validation 10001 is larger than the 10000 examples"),
+    ],
+)
+def test_limits_above_the_split_fail_before_writing(tmp_path, capsys, extra, message):
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(SMALL + extra + ["--out", str(out)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and message in err and "\n" not in err
+    assert not out.exists()
