@@ -119,6 +119,18 @@ def build_parser(prog="python -m app.train"):
     )
     train.add_argument("--seed", type=int, default=0, help="random seed")
     train.add_argument(
+        "--deterministic",
+        action="store_true",
+        help="deterministic ops: the same seed gives identical weights and metrics (slower)",
+    )
+    train.add_argument(
+        "--checkpoint-every-steps",
+        type=_positive_int,
+        default=None,
+        help="also checkpoint every N optimizer steps within an epoch "
+        "(a checkpoint is always written at every epoch end)",
+    )
+    train.add_argument(
         "--out",
         default=None,
         help="run directory (default: runs/<dataset>-<model>-<timestamp>)",
@@ -269,4 +281,6 @@ def parse_config(argv, model_names=None):
         swa_lr=args.swa_lr,
         swa_cycle_epochs=args.swa_cycle_epochs,
         bootstrap_every_epochs=args.bootstrap_every_epochs,
+        checkpoint_every_steps=args.checkpoint_every_steps,
+        deterministic=args.deterministic,
     )

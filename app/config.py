@@ -73,6 +73,8 @@ class TrainConfig:
     swa_lr: float | None = None
     swa_cycle_epochs: int = 1
     bootstrap_every_epochs: int = 0
+    checkpoint_every_steps: int | None = None
+    deterministic: bool = False
 
     def to_dict(self):
         return dataclasses.asdict(self)

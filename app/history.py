@@ -81,6 +81,10 @@ class RunLogger(keras.callbacks.Callback):
         )
         if not self.rows:
             self._writer.summary(tensorboard_logging.layout_summary())
+        else:
+            # Resumed: drop any row written after the checkpoint, in both outputs.
+            atomic_write_text(os.path.join(self.run_dir, "history.csv"), rows_to_csv(self.rows))
+            self._writer.session_start(step=len(self.rows) + 1)
         self._start = time.time()
         self._first_epoch = None
 

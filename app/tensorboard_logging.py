@@ -109,6 +109,16 @@ class ScalarWriter:
     def summary(self, summary, step=0):
         self.add_event(event_pb2.Event(wall_time=time.time(), step=int(step), summary=summary))
 
+    def session_start(self, step):
+        """Marks a restart: TensorBoard's reader drops earlier events with step >= `step`."""
+        self.add_event(
+            event_pb2.Event(
+                wall_time=time.time(),
+                step=int(step),
+                session_log=event_pb2.SessionLog(status=event_pb2.SessionLog.START),
+            )
+        )
+
     def add_event(self, event):
         self._writer.add_event(event)
         self._writer.flush()

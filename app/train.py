@@ -26,10 +26,10 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
         config, data, path = prepare(argv)
+        return train(config, data, path, argv)
     except UsageError as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2)
-    return train(config, data, path, argv)
 
 
 def prepare(argv):
@@ -134,36 +134,105 @@ def build_model_for(config, data, schedule):
 def train(config, data, path, argv):
     import keras
 
+    from app import checkpoint
     from app.history import RunLogger
     from callbacks.bootstrap import EMABootstrap
+    from callbacks.divergence import DivergenceGuard, TrainingDiverged
 
     keras.utils.set_random_seed(config.seed)
-    run_directory.create(path, config, argv, extra={"evaluation_split": data.evaluation_split})
+    if config.deterministic:
+        _enable_determinism()
+    checkpoint_dir = os.path.join(path, checkpoint.DIRECTORY)
+    resumed = checkpoint.load(checkpoint_dir)  # UsageError if unreadable
+    if resumed is None:
+        run_directory.create(path, config, argv, extra={"evaluation_split": data.evaluation_split})
     schedule = build_schedule(config, data.steps_per_epoch)
     model = build_model_for(config, data, schedule)
     averaging = build_callbacks(config, data, model, schedule, path)
-    logger = RunLogger(path, schedule, config.epochs)
-    callbacks = list(averaging.values()) + [logger]
+    stateful = {name: cb for name, cb in averaging.items() if hasattr(cb, "get_state")}
+    logger = RunLogger(path, schedule, config.epochs, rows=resumed[0]["rows"] if resumed else None)
+    # The guard first: a diverged step must never reach an average or a checkpoint.
+    callbacks = [DivergenceGuard(weights_every_steps=config.ema_every_steps)]
+    callbacks += list(averaging.values()) + [logger]
     if config.bootstrap_every_epochs:
         callbacks.append(
             EMABootstrap(averaging["ema"], every_epochs=config.bootstrap_every_epochs)
         )
+    callbacks.append(
+        checkpoint.RunCheckpoint(
+            checkpoint_dir, stateful, logger, every_steps=config.checkpoint_every_steps
+        )
+    )
+    start_epoch, skip_batches, contents = 0, 0, None
+    if resumed is not None:
+        meta, contents = resumed
+        checkpoint.restore(model, contents)
+        for name, callback in stateful.items():
+            callback.set_state(contents["states"][name])
+        start_epoch = meta["epoch"]
+        skip_batches = meta["global_step"] - start_epoch * data.steps_per_epoch
+        print(f"resuming {path} at epoch {start_epoch + 1}, step {skip_batches + 1}", flush=True)
     _print_header(config, data, model, path)
     started = time.time()
-    model.fit(
-        data.train,
-        steps_per_epoch=data.steps_per_epoch,
-        epochs=config.epochs,
-        validation_data=data.validation,
-        callbacks=callbacks,
-        shuffle=False,  # the stream is shuffled per epoch, reproducibly (app/data.py)
-        verbose="auto",
-    )
+    try:
+        _fit(config, data, model, callbacks, start_epoch, skip_batches, contents)
+    except TrainingDiverged as error:
+        print(
+            f"error: {error}; no average or checkpoint took it in, the last good "
+            f"checkpoint is in {checkpoint_dir}; lower --lr (was {config.lr})",
+            file=sys.stderr,
+        )
+        raise SystemExit(1)
     summary = finish(config, data, model, averaging, logger.rows, path)
     summary["wall_time_seconds"] = round(time.time() - started, 1)
     run_directory.write_summary(path, summary)
     _print_summary(summary, path)
     return summary
+
+
+def _fit(config, data, model, callbacks, start_epoch, skip_batches, contents):
+    """One `fit`, or two when resuming mid-epoch (the rest of that epoch, then the others)."""
+    from app import checkpoint
+
+    common = dict(
+        validation_data=data.validation,
+        shuffle=False,  # the stream is shuffled per epoch, reproducibly (app/data.py)
+        verbose="auto",
+    )
+    if skip_batches:
+        # Keras builds the compiled metrics lazily; one evaluation batch builds
+        # them, so that the saved accumulators can be put back (fit resets them first).
+        model.evaluate(data.validation.take(1), verbose=0)
+        first = [checkpoint.RestoreMetrics(contents)]
+        first += [checkpoint.HookFilter(cb, train_end=False) for cb in callbacks]
+        model.fit(
+            data.train_from(start_epoch, skip_batches),
+            steps_per_epoch=data.steps_per_epoch - skip_batches,
+            initial_epoch=start_epoch,
+            epochs=start_epoch + 1,
+            callbacks=first,
+            **common,
+        )
+        callbacks = [checkpoint.HookFilter(cb, train_begin=False) for cb in callbacks]
+        start_epoch += 1
+    model.fit(
+        data.train_from(start_epoch),
+        steps_per_epoch=data.steps_per_epoch,
+        initial_epoch=start_epoch,
+        epochs=config.epochs,
+        callbacks=callbacks,
+        **common,
+    )
+
+
+def _enable_determinism():
+    """Deterministic kernels (TensorFlow backend; JAX on CPU is deterministic already)."""
+    import keras
+
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()
 
 
 def finish(config, data, model, averaging, rows, path):

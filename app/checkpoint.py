@@ -1,0 +1,268 @@
+"""Checkpoints of a whole run, written atomically, for an exact resume.
+
+Keras's `BackupAndRestore` restarts the interrupted epoch and saves no
+callback state, so the averages would be lost. A checkpoint here holds
+everything the rest of the run depends on:
+
+- the model's variables (weights, BatchNorm statistics, seed states),
+- the optimizer's variables (iteration count, momentum buffers),
+- the compiled metrics' accumulators (mid-epoch checkpoints),
+- every averaging callback's `get_state()` (EMAs, counters, selections, SWA),
+- the position (epoch, step in epoch) and the history rows so far.
+
+The data order needs no state: epoch `e` of the training stream is a
+function of `(seed, e)` (app/data.py), so a resumed run starts the stream at
+the saved epoch and batch and sees each batch exactly once.
+
+Files: `<run>/checkpoint/last.npz` and `previous.npz`. A save writes a
+temporary file, fsyncs it, moves `last` to `previous`, then renames the
+temporary file to `last`: a crash at any point leaves a readable checkpoint.
+"""
+
+import json
+import os
+import zipfile
+
+import keras
+import numpy as np
+
+from app.errors import UsageError
+
+FORMAT_VERSION = 1
+DIRECTORY = "checkpoint"
+LAST = "last.npz"
+PREVIOUS = "previous.npz"
+
+
+# Flattening nested states (dicts, lists, arrays, scalars) into npz entries.
+
+
+def _flatten(value, prefix, arrays):
+    if isinstance(value, dict):
+        return {"dict": {key: _flatten(item, f"{prefix}/{key}", arrays) for key, item in value.items()}}
+    if isinstance(value, (list, tuple)):
+        return {"list": [_flatten(item, f"{prefix}/{i}", arrays) for i, item in enumerate(value)]}
+    if isinstance(value, np.ndarray) or hasattr(value, "shape") and not isinstance(value, np.generic):
+        arrays[prefix] = np.asarray(value)
+        return {"array": prefix}
+    if isinstance(value, np.generic):
+        return {"scalar": value.item()}
+    return {"scalar": value}
+
+
+def _unflatten(skeleton, arrays):
+    if "dict" in skeleton:
+        return {key: _unflatten(item, arrays) for key, item in skeleton["dict"].items()}
+    if "list" in skeleton:
+        return [_unflatten(item, arrays) for item in skeleton["list"]]
+    if "array" in skeleton:
+        return arrays[skeleton["array"]]
+    return skeleton["scalar"]
+
+
+def _values(variables):
+    return [np.array(keras.ops.convert_to_numpy(variable)) for variable in variables]
+
+
+def metric_variables(model):
+    return [variable for metric in model.metrics for variable in metric.variables]
+
+
+def save(directory, model, states, meta):
+    """Writes one checkpoint atomically (see the module docstring)."""
+    os.makedirs(directory, exist_ok=True)
+    arrays = {}
+    skeleton = _flatten(
+        {
+            "model": _values(model.weights),
+            "optimizer": _values(model.optimizer.variables),
+            "metrics": _values(metric_variables(model)),
+            "states": states,
+        },
+        "run",
+        arrays,
+    )
+    header = {"format": FORMAT_VERSION, "meta": meta, "skeleton": skeleton}
+    arrays["header"] = np.array(json.dumps(header))
+    temporary = os.path.join(directory, "saving.npz.tmp")
+    with open(temporary, "wb") as handle:
+        np.savez(handle, **arrays)
+        handle.flush()
+        os.fsync(handle.fileno())
+    last = os.path.join(directory, LAST)
+    if os.path.exists(last):
+        os.replace(last, os.path.join(directory, PREVIOUS))
+    os.replace(temporary, last)
+
+
+def _read(path):
+    with np.load(path, allow_pickle=False) as contents:
+        arrays = {key: contents[key] for key in contents.files}
+    header = json.loads(str(arrays.pop("header")))
+    if header.get("format") != FORMAT_VERSION:
+        raise ValueError(f"format {header.get('format')}")
+    return header["meta"], _unflatten(header["skeleton"], arrays)
+
+
+def load(directory):
+    """Returns `(meta, contents)` of the newest readable checkpoint, or None if none exists.
+
+    Raises UsageError when checkpoint files exist but none can be read.
+    """
+    candidates = [os.path.join(directory, name) for name in (LAST, PREVIOUS)]
+    existing = [path for path in candidates if os.path.exists(path)]
+    if not existing:
+        return None
+    problems = []
+    for path in existing:
+        try:
+            return _read(path)
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
+            problems.append(f"{os.path.basename(path)}: {type(error).__name__}")
+    raise UsageError(
+        f"the checkpoint in {directory} is truncated or not ours ({'; '.join(problems)}); "
+        "delete that folder to start the run over, or choose another --out"
+    )
+
+
+def restore(model, contents):
+    """Assigns the saved model and optimizer variables (metrics: `RestoreMetrics`)."""
+    if not model.optimizer.built:
+        model.optimizer.build(model.trainable_variables)
+    groups = (("model", model.weights), ("optimizer", model.optimizer.variables))
+    _check_shapes(groups, contents)
+    for name, variables in groups:
+        for variable, value in zip(variables, contents[name]):
+            variable.assign(value)
+
+
+def _check_shapes(groups, contents):
+    for name, variables in groups:
+        saved = contents[name]
+        shapes = [tuple(variable.shape) for variable in variables]
+        if [tuple(value.shape) for value in saved] != shapes:
+            raise UsageError(
+                f"the checkpoint's {name} variables do not match this model; "
+                "it belongs to another run: choose another --out"
+            )
+
+
+def restore_metrics(model, contents):
+    """Assigns the saved metric accumulators (they exist once `fit` has built the metrics)."""
+    variables = metric_variables(model)
+    _check_shapes((("metrics", variables),), contents)
+    for variable, value in zip(variables, contents["metrics"]):
+        variable.assign(value)
+
+
+class RunCheckpoint(keras.callbacks.Callback):
+    """Saves the run at every epoch end and every `every_steps` optimizer steps.
+
+    Place it last: at an epoch end it must see the logger's history row and
+    every averaging callback's state after that epoch.
+
+    Args:
+        directory: where `last.npz` / `previous.npz` go.
+        stateful: dict name -> callback with `get_state()`.
+        logger: the `RunLogger` (its `rows` are saved).
+        every_steps: also save mid-epoch every N optimizer steps (None: off).
+        meta: extra JSON-able metadata stored in each checkpoint.
+    """
+
+    def __init__(self, directory, stateful, logger, every_steps=None, meta=None):
+        super().__init__()
+        self.directory = directory
+        self.stateful = stateful
+        self.logger = logger
+        self.every_steps = every_steps
+        self.meta = dict(meta or {})
+        self._epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+        self._steps_in_epoch = (self.params or {}).get("steps")
+
+    def on_train_batch_end(self, batch, logs=None):
+        # The epoch's last step is saved by on_epoch_end, after its evaluation.
+        if not self.every_steps or batch + 1 == self._steps_in_epoch:
+            return
+        step = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+        if step % self.every_steps == 0:
+            self._save(epoch=self._epoch, global_step=step)
+
+    def on_epoch_end(self, epoch, logs=None):
+        step = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+        self._save(epoch=epoch + 1, global_step=step)
+
+    def _save(self, epoch, global_step):
+        states = {name: callback.get_state() for name, callback in self.stateful.items()}
+        meta = dict(self.meta, epoch=epoch, global_step=global_step, rows=self.logger.rows)
+        save(self.directory, self.model, states, meta)
+
+
+class HookFilter(keras.callbacks.Callback):
+    """Forwards every hook to `callback` except, optionally, train begin/end.
+
+    A run resumed mid-epoch is two `fit` calls: the rest of the interrupted
+    epoch, then the remaining epochs. To the wrapped callbacks they must look
+    like one: the first call skips `on_train_end`, the second `on_train_begin`.
+    """
+
+    def __init__(self, callback, train_begin=True, train_end=True):
+        super().__init__()
+        self.callback = callback
+        self.train_begin = train_begin
+        self.train_end = train_end
+
+    def set_model(self, model):
+        super().set_model(model)
+        self.callback.set_model(model)
+
+    def set_params(self, params):
+        super().set_params(params)
+        self.callback.set_params(params)
+
+    def on_train_begin(self, logs=None):
+        if self.train_begin:
+            self.callback.on_train_begin(logs)
+
+    def on_train_end(self, logs=None):
+        if self.train_end:
+            self.callback.on_train_end(logs)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.callback.on_epoch_begin(epoch, logs)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.callback.on_epoch_end(epoch, logs)
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self.callback.on_train_batch_begin(batch, logs)
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.callback.on_train_batch_end(batch, logs)
+
+    def on_test_begin(self, logs=None):
+        self.callback.on_test_begin(logs)
+
+    def on_test_end(self, logs=None):
+        self.callback.on_test_end(logs)
+
+    def on_test_batch_begin(self, batch, logs=None):
+        self.callback.on_test_batch_begin(batch, logs)
+
+    def on_test_batch_end(self, batch, logs=None):
+        self.callback.on_test_batch_end(batch, logs)
+
+
+class RestoreMetrics(keras.callbacks.Callback):
+    """At the first epoch begin (after fit reset them), puts back saved metric accumulators."""
+
+    def __init__(self, contents):
+        super().__init__()
+        self.contents = contents
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self.contents is not None:
+            restore_metrics(self.model, self.contents)
+            self.contents = None
