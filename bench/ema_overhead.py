@@ -1,0 +1,393 @@
+"""What `MultiEMA` costs: update time, evaluation time, memory.
+
+Claim: (the measured figures are filled in with the results commit.)
+
+Method, on the real CIFAR-10, ResNet-20, batch 128, TensorFlow backend, one run:
+1. Update: interleaved `fit`s (rotating order) of the same compiled model
+   without an EMA, with `MultiEMA` (5 decays, T=16, EMAN BN) and with T=1.
+   MultiEMA gets no validation data and `fit` none, so it never evaluates:
+   only its updates are timed. Reported per fit: `fit` wall time, the training
+   loop (on_train_begin to on_train_end) and the steady ms/step (end of step 1
+   to end of the last step), each as an overhead paired within a round. The
+   fused update itself is timed through the callback's own hooks
+   (`on_epoch_begin`, then `on_train_batch_end(T - 1)`: exactly one update),
+   giving the predicted overhead update_ms / (T * step_ms).
+2. Evaluation: MultiEMA's `on_epoch_end` (5 swaps, 5 `evaluate`s, selection
+   with a host copy per improved EMA) vs one `model.evaluate` on the same
+   validation data, alternated; swap and host copy timed apart.
+3. Memory: the bytes of the averages (from `get_state()`) vs the averaged
+   variables, re-derived here (trainable weights + BatchNorm statistics).
+"""
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+import warnings
+
+ROOT = __file__.rsplit("/bench/", 1)[0]
+sys.path.insert(0, ROOT)  # run as a script from anywhere
+
+from app.config import TrainConfig  # noqa: E402
+
+DEFAULT_DATA_DIR = os.path.normpath(os.path.join(ROOT, os.pardir, "shared", "data", "tfds"))
+DEFAULT_OUT = os.path.join(ROOT, "bench", "results", "ema_overhead.json")
+NO_EVALUATION_WARNING = "MultiEMA evaluated no EMA"
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", default=DEFAULT_DATA_DIR, help="TFDS data directory holding cifar10")
+    parser.add_argument("--model", default="resnet20")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--limit-train", type=int, default=4096, help="train examples (one epoch)")
+    parser.add_argument("--limit-validation", type=int, default=2560)
+    parser.add_argument("--epochs", type=int, default=1, help="epochs per timed fit")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of timed fits")
+    parser.add_argument("--update-calls", type=int, default=50, help="timed fused update calls")
+    parser.add_argument("--evaluation-rounds", type=int, default=3)
+    parser.add_argument("--swap-calls", type=int, default=20)
+    parser.add_argument("--every-steps", type=int, default=16, help="T of the EMA under test")
+    parser.add_argument("--out", default=DEFAULT_OUT, help="JSON results file")
+    args = parser.parse_args(argv)
+    for name in ("batch_size", "limit_train", "limit_validation", "epochs", "rounds", "update_calls",
+                 "evaluation_rounds", "swap_calls", "every_steps"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1; received {getattr(args, name)}")
+    return args
+
+
+def make_step_clock():
+    """A callback timing the training loop and every step; placed last."""
+    import keras
+
+    class StepClock(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            self.train_begin = time.perf_counter()
+            self.batch_ends = []
+
+        def on_train_batch_end(self, batch, logs=None):
+            # Last among the callbacks: a step includes the EMA update.
+            self.batch_ends.append(time.perf_counter())
+
+        def on_train_end(self, logs=None):
+            self.train_end = time.perf_counter()
+
+        def train_loop_seconds(self):
+            # fit() minus its set-up and its teardown: after on_train_end,
+            # deleting the tf.data iterator sometimes waits seconds (see the
+            # notes at the top), the same with or without an EMA.
+            return self.train_end - self.train_begin
+
+        def steady_ms_per_step(self):
+            # From the end of the first step to the end of the last: no
+            # iterator start-up, no first-step dispatch.
+            ends = self.batch_ends
+            return 1e3 * (ends[-1] - ends[0]) / (len(ends) - 1)
+
+    return StepClock()
+
+
+def spread(values):
+    """Median, min, max and all values, rounded for the JSON."""
+    return {
+        "median": round(statistics.median(values), 4),
+        "min": round(min(values), 4),
+        "max": round(max(values), 4),
+        "values": [round(v, 4) for v in values],
+    }
+
+
+def timed(fn):
+    started = time.perf_counter()
+    fn()
+    return time.perf_counter() - started
+
+
+def load_averages():
+    one, five, fifteen = os.getloadavg()
+    return {"1min": round(one, 2), "5min": round(five, 2), "15min": round(fifteen, 2)}
+
+
+def git_commit():
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def script_changed_since_commit():
+    try:
+        return bool(subprocess.run(
+            ["git", "status", "--porcelain", "--", "bench/ema_overhead.py"],
+            cwd=ROOT, capture_output=True, text=True, check=True,
+        ).stdout.strip())
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+# 1) Update overhead.
+
+
+def measure_update_overhead(args, model, data, log):
+    """Interleaved fits without EMA, with EMA every T steps, with EMA every step."""
+    from callbacks.ema import MultiEMA
+
+    every_steps = args.every_steps
+    configurations = {
+        "no_ema": None,
+        f"ema_T{every_steps}": MultiEMA(every_steps=every_steps, bn_mode="eman"),
+        "ema_T1": MultiEMA(every_steps=1, bn_mode="eman"),
+    }
+    names = list(configurations)
+    steps = data.steps_per_epoch * args.epochs
+    clock = make_step_clock()
+
+    def fit(name, steps_per_epoch, epochs):
+        ema = configurations[name]
+        callbacks = [clock] if ema is None else [ema, clock]
+        # No validation data anywhere: MultiEMA then only updates (it warns
+        # at train end that it evaluated nothing; that is the point here).
+        seconds = timed(
+            lambda: model.fit(
+                data.train, epochs=epochs, steps_per_epoch=steps_per_epoch, callbacks=callbacks, verbose=0
+            )
+        )
+        return {"fit_seconds": seconds, "train_loop_seconds": clock.train_loop_seconds(),
+                "steady_ms_per_step": clock.steady_ms_per_step()}
+
+    # Warm-up: compiles the train step and traces each EMA's fused update.
+    for name in names:
+        ema = configurations[name]
+        timing = fit(name, 2 if ema is None else ema.every_steps + 1, 1)
+        log(f"warm-up fit {name}: {timing['fit_seconds']:.1f} s")
+
+    measures = ("fit_seconds", "train_loop_seconds", "steady_ms_per_step")
+    table = {measure: {name: [] for name in names} for measure in measures}
+    for round_index in range(args.rounds):
+        order = names[round_index % len(names):] + names[: round_index % len(names)]
+        for name in order:
+            timing = fit(name, data.steps_per_epoch, args.epochs)
+            for measure in measures:
+                table[measure][name].append(timing[measure])
+            log(f"round {round_index + 1} {name}: fit {timing['fit_seconds']:.2f} s, train loop "
+                f"{timing['train_loop_seconds']:.2f} s, {timing['steady_ms_per_step']:.1f} ms/step")
+
+    def overhead_percent(measure, name):
+        # Paired within a round: both fits saw nearly the same load.
+        pairs = zip(table[measure][name], table[measure]["no_ema"])
+        return spread([100.0 * (a / b - 1.0) for a, b in pairs])
+
+    ema_name = f"ema_T{every_steps}"
+    update_ms, hook_us = measure_update_call(configurations[ema_name], args.update_calls)
+    step_ms = statistics.median(table["steady_ms_per_step"]["no_ema"])
+    return {
+        "steps_per_fit": steps,
+        **{measure: {name: spread(values) for name, values in table[measure].items()} for measure in measures},
+        "overhead_percent": {
+            measure: {name: overhead_percent(measure, name) for name in names if name != "no_ema"}
+            for measure in measures
+        },
+        "update_call_ms": update_ms,
+        "hook_us_per_step_without_update": hook_us,
+        "predicted_overhead_percent": {
+            ema_name: round(100.0 * update_ms["median"] / (every_steps * step_ms), 3),
+            "ema_T1": round(100.0 * update_ms["median"] / step_ms, 3),
+        },
+    }
+
+
+def measure_update_call(ema, calls):
+    """Times the fused update through the callback's own hooks, as fit calls them.
+
+    `on_epoch_begin` then `on_train_batch_end(T - 1)` advances exactly T steps:
+    one update of all averages. The callback's `params` and model are those of
+    the fits above.
+    """
+    update_seconds = []
+    for epoch in range(calls):
+        ema.on_epoch_begin(epoch)
+        update_seconds.append(timed(lambda: ema.on_train_batch_end(ema.every_steps - 1)))
+    hook_seconds = []
+    for epoch in range(ema.every_steps - 1):  # one step each: never reaches a multiple of T
+        ema.on_epoch_begin(epoch)
+        hook_seconds.append(timed(lambda: ema.on_train_batch_end(0)))
+    return (
+        spread([1e3 * s for s in update_seconds]),
+        spread([1e6 * s for s in hook_seconds]),
+    )
+
+
+# 2) Evaluation.
+
+
+def measure_evaluation(args, model, data, log):
+    """MultiEMA's epoch-end work (5 swaps, evaluations, selections) vs one evaluate()."""
+    from callbacks import swap
+    from callbacks.ema import MultiEMA
+
+    ema = MultiEMA(bn_mode="eman", validation_data=data.validation)
+    ema.set_model(model)
+    ema.on_train_begin()  # builds the averages (all equal to the weights now)
+
+    def sgd_evaluate():
+        model.evaluate(data.validation, verbose=0, return_dict=True)
+
+    def ema_epoch_end():
+        # After a train begin every EMA's first evaluation is its best so
+        # far: each of the 5 selections keeps a host copy of the weights, as
+        # in early training when every epoch improves (the costlier case).
+        ema.on_train_begin()
+        return timed(lambda: ema.on_epoch_end(0, {}))
+
+    sgd_evaluate()
+    ema_epoch_end()  # traces the swap
+    tasks = {"sgd_evaluate": lambda: timed(sgd_evaluate), "ema_epoch_end": ema_epoch_end}
+    names = list(tasks)
+    seconds = {name: [] for name in names}
+    for round_index in range(args.evaluation_rounds):
+        for name in names if round_index % 2 == 0 else names[::-1]:
+            seconds[name].append(tasks[name]())
+            log(f"round {round_index + 1} {name}: {seconds[name][-1]:.2f} s")
+    summary = ema.summary()
+    selections = sum(
+        per_decay[criterion] is not None for per_decay in summary.values()
+        for criterion in ("best_val_accuracy", "lowest_val_loss")
+    )
+
+    decay = ema.decays[-1]
+
+    def swap_in_and_out():
+        with ema.swapped_in(decay):
+            pass
+
+    swap_ms = [1e3 * timed(swap_in_and_out) for _ in range(args.swap_calls)]
+    host_copy_ms = [1e3 * timed(lambda: swap.host_copy(model.weights)) for _ in range(args.swap_calls)]
+    num_averages = len(ema.decays)
+    sgd_seconds = statistics.median(seconds["sgd_evaluate"])
+    return {
+        "validation_examples": data.num_validation_examples,
+        "num_averages": num_averages,
+        "seconds": {name: spread(values) for name, values in seconds.items()},
+        # Paired within a round.
+        "ratio_ema_epoch_end_to_sgd_evaluate": spread(
+            [a / b for a, b in zip(seconds["ema_epoch_end"], seconds["sgd_evaluate"])]
+        ),
+        "swap_in_and_out_ms": spread(swap_ms),
+        "host_copy_of_model_weights_ms": spread(host_copy_ms),
+        "selections_kept_after_last_epoch_end": selections,
+        # 5 evaluations + 5 swaps + one host copy per selected EMA.
+        "predicted_ema_epoch_end_seconds": round(
+            num_averages * sgd_seconds
+            + num_averages * statistics.median(swap_ms) / 1e3
+            + num_averages * statistics.median(host_copy_ms) / 1e3,
+            3,
+        ),
+    }, ema
+
+
+# 3) Memory.
+
+
+def measure_memory(model, ema):
+    """Bytes of the averages (from the callback's public state) vs the model's."""
+    import keras
+    import numpy as np
+
+    def nbytes(variables):
+        return sum(int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize for v in variables)
+
+    # Re-derived independently of the callback: trainable weights plus the
+    # BatchNorm moving statistics (bn_mode="eman"). ResNet-20's layers are flat.
+    statistics_variables = [
+        v
+        for layer in model.layers
+        if isinstance(layer, keras.layers.BatchNormalization)
+        for v in layer.non_trainable_weights
+    ]
+    averaged_bytes = nbytes(model.trainable_weights) + nbytes(statistics_variables)
+    state = ema.get_state()
+    average_bytes = sum(value.nbytes for key, value in state.items() if key.startswith("average/"))
+    model_bytes = nbytes(model.weights)
+    return {
+        "model_weights_bytes": model_bytes,
+        "model_weights_count": len(model.weights),
+        "averaged_variables_bytes": averaged_bytes,
+        "averages_bytes": average_bytes,
+        "averages_over_averaged": round(average_bytes / averaged_bytes, 4),
+        "averages_over_model_weights": round(average_bytes / model_bytes, 4),
+        # Besides the averages: during an evaluation the swap holds one backup
+        # of the averaged variables; in host memory each selected epoch keeps a
+        # copy of all model weights, at most 2 per decay (accuracy and loss).
+        "swap_backup_bytes_transient": averaged_bytes,
+        "selected_host_copies_bytes_at_most": 2 * len(ema.decays) * model_bytes,
+    }
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parse_args(argv)
+    if os.environ.setdefault("KERAS_BACKEND", "tensorflow") != "tensorflow":
+        raise SystemExit(f"error: this benchmark measures the TensorFlow backend; unset KERAS_BACKEND "
+                         f"(it is {os.environ['KERAS_BACKEND']!r})")
+    config = TrainConfig(
+        dataset="cifar10", model=args.model, data_dir=args.data_dir, batch_size=args.batch_size,
+        limit_train=args.limit_train, limit_validation=args.limit_validation, lr=0.01,
+    )
+    from app import data as data_lib
+
+    data_lib.check_data_available(config)
+    load_before = load_averages()
+    started = time.perf_counter()
+
+    def log(message):
+        print(f"[{time.perf_counter() - started:6.1f} s, load {os.getloadavg()[0]:.1f}] {message}", flush=True)
+
+    import keras
+
+    from app.train import build_model_for
+
+    data = data_lib.load_data(config)
+    keras.utils.set_random_seed(config.seed)
+    # The app's own model and optimizer (TorchSGD, coupled L2), constant rate.
+    model = build_model_for(config, data, schedule=config.lr)
+    log(f"data and model ready; {data.steps_per_epoch} steps per epoch")
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=NO_EVALUATION_WARNING)
+        update = measure_update_overhead(args, model, data, log)
+    evaluation, ema = measure_evaluation(args, model, data, log)
+    memory = measure_memory(model, ema)
+    import tensorflow as tf
+
+    result = {
+        "argv": argv,
+        "command": "python bench/ema_overhead.py " + " ".join(argv),
+        "config": config.to_dict(),
+        "git_commit": git_commit(),
+        "script_changed_since_commit": script_changed_since_commit(),
+        "backend": keras.backend.backend(),
+        "versions": {"keras": keras.__version__, "tensorflow": tf.__version__, "python": platform.python_version()},
+        "cpu_count": os.cpu_count(),
+        "load_average_before": load_before,
+        "load_average_after": load_averages(),
+        "total_seconds": round(time.perf_counter() - started, 1),
+        "update": update,
+        "evaluation": evaluation,
+        "memory": memory,
+    }
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w") as file:
+        json.dump(result, file, indent=2)
+    print(json.dumps(result, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    main()
