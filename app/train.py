@@ -177,9 +177,14 @@ def train(config, data, path, argv):
     try:
         _fit(config, data, model, callbacks, start_epoch, skip_batches, contents)
     except TrainingDiverged as error:
+        kept = (
+            f"the last good checkpoint is kept in {checkpoint_dir}"
+            if os.path.exists(os.path.join(checkpoint_dir, checkpoint.LAST))
+            else "no checkpoint had been written yet"
+        )
         print(
-            f"error: {error}; no average or checkpoint took it in, the last good "
-            f"checkpoint is in {checkpoint_dir}; lower --lr (was {config.lr})",
+            f"error: {error}; no average or checkpoint took it in, {kept}; "
+            f"lower --lr (was {config.lr})",
             file=sys.stderr,
         )
         raise SystemExit(1)

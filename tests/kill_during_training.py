@@ -2,6 +2,7 @@
 
 KILL_AT_STEP=k: right after optimizer step k (after any checkpoint at that step).
 KILL_AT_EPOCH=e: right after epoch e's checkpoint was written.
+NAN_AT_STEP=k: the images of training step k (of a run started from scratch) are NaN.
 """
 
 import os
@@ -11,6 +12,7 @@ import sys
 import keras
 
 from app import checkpoint
+from app import data
 from app import train
 
 
@@ -34,6 +36,24 @@ def main():
         if epoch + 1 == kill_epoch:
             _die()
 
+    nan_step = int(os.environ.get("NAN_AT_STEP", 0))
+    if nan_step:
+        make_stream = data.train_dataset
+
+        def train_dataset(*args, **kwargs):
+            stream = make_stream(*args, **kwargs)
+            if kwargs.get("start_epoch", 0) != 0 or kwargs.get("num_epochs") is not None:
+                return stream
+            import tensorflow as tf
+
+            def poison(index, batch):
+                images, labels = batch
+                poisoned = tf.fill(tf.shape(images), float("nan"))
+                return tf.where(index + 1 == nan_step, poisoned, images), labels
+
+            return stream.enumerate().map(poison)
+
+        data.train_dataset = train_dataset
     checkpoint.RunCheckpoint.on_train_batch_end = on_train_batch_end
     checkpoint.RunCheckpoint.on_epoch_end = on_epoch_end
     train.main(sys.argv[1:])

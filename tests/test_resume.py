@@ -1,0 +1,165 @@
+"""Reliability: kill -9 and resume equals an uninterrupted run; divergence; bad checkpoints.
+
+Each run is a real `python -m app.train` process on real CIFAR-10 (tiny budget,
+ResNet-20, 4 steps per epoch, deterministic kernels).
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TFDS_DIR = os.path.join(os.path.dirname(ROOT), "shared", "data", "tfds")
+pytestmark = pytest.mark.skipif(
+    not os.path.isdir(os.path.join(TFDS_DIR, "cifar10")), reason="no prepared cifar10"
+)
+ARGS = [
+    "--dataset", "cifar10", "--model", "resnet20", "--data-dir", TFDS_DIR,
+    "--limit-train", "128", "--batch-size", "32", "--limit-validation", "64",
+    "--epochs", "3", "--ema-decays", "0.9", "0.99", "--ema-every", "2",
+    "--swa", "--swa-start-epoch", "2", "--checkpoint-every-steps", "3", "--deterministic",
+]
+ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONUNBUFFERED="1")
+
+
+def run(out, *extra, module="app.train", env=None):
+    return subprocess.run(
+        [sys.executable, "-m", module, *ARGS, *extra, "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, env=dict(ENV, **(env or {})),
+    )
+
+
+def checkpoint_arrays(out, name="last.npz"):
+    with np.load(os.path.join(out, "checkpoint", name)) as contents:
+        arrays = {key: contents[key] for key in contents.files}
+    header = json.loads(str(arrays.pop("header")))
+    return arrays, header["meta"]
+
+
+def scalar_steps(out, tag):
+    events = EventAccumulator(os.path.join(out, "tensorboard"))
+    events.Reload()
+    return [(event.step, event.value) for event in events.Scalars(tag)]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    out = tmp_path_factory.mktemp("full") / "run"
+    result = run(out)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return out
+
+
+def assert_same_run(out, uninterrupted):
+    want, want_meta = checkpoint_arrays(uninterrupted)
+    got, got_meta = checkpoint_arrays(out)
+    assert sorted(got) == sorted(want)
+    # Weights, optimizer slots, metric accumulators, every EMA/SWA average,
+    # their counters and selections: bitwise.
+    unequal = [key for key in want if not np.array_equal(got[key], want[key])]
+    assert unequal == []
+    assert got_meta == want_meta  # history rows, epoch, global step
+    assert (out / "history.csv").read_text() == (uninterrupted / "history.csv").read_text()
+    for tag in ("val_accuracy/sgd", "val_accuracy/ema_0.99", "learning_rate"):
+        steps = scalar_steps(out, tag)
+        assert [step for step, _ in steps] == [1, 2, 3]  # none duplicated, none missing
+        assert steps == scalar_steps(uninterrupted, tag)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary == {
+        **json.loads((uninterrupted / "summary.json").read_text()),
+        "wall_time_seconds": summary["wall_time_seconds"],
+    }
+
+
+@pytest.mark.parametrize(
+    "kill",
+    [
+        {"KILL_AT_STEP": "8"},  # in epoch 2 (steps 5-8), 2 steps after the step-6 checkpoint
+        {"KILL_AT_EPOCH": "2"},  # right after the epoch-2 checkpoint
+    ],
+    ids=["mid-epoch", "epoch-boundary"],
+)
+def test_kill_and_resume_equals_the_uninterrupted_run(uninterrupted, tmp_path, kill):
+    out = tmp_path / "run"
+    killed = run(out, module="tests.kill_during_training", env=kill)
+    assert killed.returncode == -9
+    assert not (out / "summary.json").exists()
+    if "KILL_AT_EPOCH" in kill:
+        # The same kill, then a crash that truncated the newest checkpoint file.
+        truncated = tmp_path / "truncated"
+        shutil.copytree(out, truncated)
+        last = truncated / "checkpoint" / "last.npz"
+        last.write_bytes(last.read_bytes()[:1000])
+    resumed = run(out)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resuming" in resumed.stdout
+    assert_same_run(out, uninterrupted)
+    if "KILL_AT_EPOCH" in kill:
+        resumed = run(truncated)  # falls back to previous.npz (step 6) and replays
+        assert resumed.returncode == 0, resumed.stderr[-2000:]
+        assert "at epoch 2, step 3" in resumed.stdout
+        assert_same_run(truncated, uninterrupted)
+
+
+def test_a_different_seed_gives_different_weights(uninterrupted, tmp_path):
+    out = tmp_path / "run"
+    assert run(out, "--seed", "1").returncode == 0
+    got, _ = checkpoint_arrays(out)
+    want, _ = checkpoint_arrays(uninterrupted)
+    assert not np.array_equal(got["run/model/0"], want["run/model/0"])
+
+
+def test_unreadable_or_foreign_checkpoints_are_one_line_errors(uninterrupted, tmp_path):
+    out = tmp_path / "run"
+    assert run(out, module="tests.kill_during_training", env={"KILL_AT_STEP": "4"}).returncode == -9
+    for name in ("last.npz", "previous.npz"):
+        path = out / "checkpoint" / name
+        if path.exists():
+            path.write_bytes(b"not a checkpoint")
+    before = {path.name: path.read_bytes() for path in out.rglob("*") if path.is_file()}
+    result = run(out)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith(
+        f"error: the checkpoint in {out / 'checkpoint'} is truncated or not ours"
+    )
+    assert {path.name: path.read_bytes() for path in out.rglob("*") if path.is_file()} == before
+
+    # A readable checkpoint of another model, copied in by mistake.
+    foreign = tmp_path / "foreign"
+    shutil.copytree(out, foreign)
+    arrays, _ = checkpoint_arrays(uninterrupted)
+    header = np.load(os.path.join(uninterrupted, "checkpoint", "last.npz"))["header"]
+    arrays["run/model/0"] = np.zeros((1, 1, 1, 1), np.float32)
+    np.savez(foreign / "checkpoint" / "last.npz", header=header, **arrays)
+    (foreign / "checkpoint" / "previous.npz").unlink(missing_ok=True)
+    result = run(foreign)
+    assert result.returncode == 2
+    assert "do not match this model; it belongs to another run" in result.stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("how", ["absurd-lr", "nan-batch"])
+def test_divergence_stops_before_any_average_or_checkpoint_sees_it(tmp_path, how):
+    out = tmp_path / "run"
+    if how == "absurd-lr":
+        result = run(out, "--lr", "1e30")
+    else:
+        result = run(out, module="tests.kill_during_training", env={"NAN_AT_STEP": "6"})
+    assert result.returncode == 1, result.stderr[-2000:]
+    last_line = result.stderr.strip().splitlines()[-1]
+    assert last_line.startswith("error: training diverged at epoch")
+    assert "lower --lr" in last_line and "Traceback" not in result.stderr
+    assert not (out / "summary.json").exists()
+    for name in ("last.npz", "previous.npz"):
+        if (out / "checkpoint" / name).exists():
+            arrays, _ = checkpoint_arrays(out, name)
+            assert all(np.isfinite(value).all() for value in arrays.values() if value.dtype.kind == "f")
+    if how == "nan-batch":
+        # Step 6 is in epoch 2: epoch 1's checkpoint and history survive.
+        _, meta = checkpoint_arrays(out)
+        assert meta["epoch"] >= 1 and len(meta["rows"]) == 1
