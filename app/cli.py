@@ -119,6 +119,19 @@ def build_parser(prog="python -m app.train"):
     )
     train.add_argument("--seed", type=int, default=0, help="random seed")
     train.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=None,
+        help="independent runs, one per seed, into OUT/seed-<k>/ (replaces --seed)",
+    )
+    train.add_argument(
+        "--precision",
+        default="float32",
+        help="Keras dtype policy: float32, mixed_float16, mixed_bfloat16 "
+        "(the averages stay float32)",
+    )
+    train.add_argument(
         "--deterministic",
         action="store_true",
         help="deterministic ops: the same seed gives identical weights and metrics (slower)",
@@ -205,6 +218,9 @@ def parse_config(argv, model_names=None):
     _choice(args.label_noise, config_lib.LABEL_NOISE, "label noise")
     _choice(args.ema_bn, config_lib.EMA_BN_MODES, "--ema-bn mode")
     _choice(args.bn_recompute, config_lib.BN_RECOMPUTE_MODES, "--bn-recompute mode")
+    _choice(args.precision, config_lib.PRECISIONS, "precision")
+    if args.seeds is not None and len(set(args.seeds)) != len(args.seeds):
+        raise UsageError(f"--seeds has duplicates: {' '.join(map(str, args.seeds))}")
     model = args.model or config_lib.default_model(args.dataset)
     if model_names is not None:
         _choice(model, tuple(model_names), "model")
@@ -262,6 +278,8 @@ def parse_config(argv, model_names=None):
         weight_decay=weight_decay,
         momentum=args.momentum,
         seed=args.seed,
+        seeds=tuple(args.seeds or ()),
+        precision=args.precision,
         data_dir=args.data_dir,
         cifar_n_dir=args.cifar_n_dir,
         out=args.out,

@@ -13,6 +13,7 @@ SCHEDULES = ("cosine", "constant", "multistep", "step", "linear")
 LABEL_NOISE = ("worse", "aggre", "random1", "random2", "random3")
 EMA_BN_MODES = ("eman", "copy")
 BN_RECOMPUTE_MODES = ("none", "epoch", "end")
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 
 # Paper Table 22: CIFAR-10/100 200 epochs, Tiny-ImageNet 150.
 DEFAULT_EPOCHS = {"tiny-imagenet": 150}
@@ -51,6 +52,8 @@ class TrainConfig:
     weight_decay: float = 1e-4
     momentum: float = 0.9
     seed: int = 0
+    seeds: tuple = ()
+    precision: str = "float32"
     data_dir: str | None = None
     cifar_n_dir: str | None = None
     out: str | None = None
@@ -86,6 +89,7 @@ class TrainConfig:
     def from_dict(cls, values):
         names = {field.name for field in dataclasses.fields(cls)}
         values = {key: value for key, value in values.items() if key in names}
-        if "ema_decays" in values:
-            values["ema_decays"] = tuple(values["ema_decays"])
+        for key in ("ema_decays", "seeds"):
+            if key in values:
+                values[key] = tuple(values[key])
         return cls(**values)

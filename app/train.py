@@ -25,26 +25,47 @@ def main(argv=None):
     """Runs the command line; returns the summary dict (exit status 2 on bad input)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        config, data, path = prepare(argv)
-        return train(config, data, path, argv)
+        runs = prepare(argv)
+        if len(runs) == 1 and not runs[0][0].seeds:
+            config, path = runs[0]
+            return train(config, load_data(config), path, argv)
+        # --seeds: independent runs into OUT/seed-<k>/, one after the other.
+        return {config.seed: train(config, load_data(config), path, argv) for config, path in runs}
     except UsageError as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2)
 
 
 def prepare(argv):
-    """Everything that can fail because of the user, before any expensive work."""
+    """Everything that can fail because of the user, before any expensive work.
+
+    Returns `[(config, run_path)]`: one run, or one per `--seeds` value.
+    """
+    import dataclasses
+
     import models  # imported here so that `--help` stays instant
+    from app import data as data_lib
 
     config = cli.parse_config(argv, model_names=models.model_names())
     path = config.out or run_directory.default_path(config)
-    run_directory.check(path, config)
+    if config.seeds:
+        runs = [
+            (dataclasses.replace(config, seed=seed, out=os.path.join(path, f"seed-{seed}")),
+             os.path.join(path, f"seed-{seed}"))
+            for seed in config.seeds
+        ]
+    else:
+        runs = [(config, path)]
+    for run_config, run_path in runs:
+        run_directory.check(run_path, run_config)
+    data_lib.check_data_available(config)
+    return runs
 
+
+def load_data(config):
     from app import data as data_lib
 
-    data_lib.check_data_available(config)
-    data = data_lib.load_data(config)
-    return config, data, path
+    return data_lib.load_data(config)
 
 
 def build_callbacks(config, data, model, schedule, path):
@@ -140,6 +161,7 @@ def train(config, data, path, argv):
     from callbacks.divergence import DivergenceGuard, TrainingDiverged
 
     keras.utils.set_random_seed(config.seed)
+    keras.mixed_precision.set_global_policy(config.precision)
     if config.deterministic:
         _enable_determinism()
     checkpoint_dir = os.path.join(path, checkpoint.DIRECTORY)

@@ -30,6 +30,8 @@ def test_defaults_follow_the_paper():
     assert parse("--model", "vgg16").weight_decay == 5e-4
     assert parse("--schedule", "constant").warmup_epochs == 0
     assert parse("--swa", "--epochs", "200").swa_start_epoch == 151
+    assert parse("--seeds", "0", "1", "2").seeds == (0, 1, 2)
+    assert parse().precision == "float32"
 
 
 @pytest.mark.parametrize(
@@ -46,6 +48,9 @@ def test_defaults_follow_the_paper():
         (["--limit-train", "-5"], "expected an integer >= 1"),
         (["--lr", "abc"], "invalid float value: 'abc'"),
         (["--no-such-flag"], "unrecognized arguments: --no-such-flag"),
+        (["--precision", "float8"], "unknown precision 'float8'; choose from float32, mixed_float16, mixed_bfloat16"),
+        (["--seeds", "1", "1"], "--seeds has duplicates: 1 1"),
+        (["--ema-bn", "swap"], "unknown --ema-bn mode 'swap'; choose from eman, copy"),
     ],
 )
 def test_bad_input_is_one_line_naming_the_fix(argv, message):
