@@ -8,6 +8,7 @@ import datetime
 import json
 import os
 import shlex
+import tempfile
 
 from app.config import TrainConfig
 from app.errors import UsageError
@@ -39,11 +40,10 @@ def check(path, config):
     if os.path.exists(path) and not os.path.isdir(path):
         raise UsageError(f"--out {path} is a file; choose a directory path")
     if not os.path.isdir(path) or not os.listdir(path):
-        parent = os.path.dirname(os.path.abspath(path))
-        while not os.path.exists(parent):
-            parent = os.path.dirname(parent)
-        if not os.access(parent, os.W_OK):
-            raise UsageError(f"--out {path}: no write permission in {parent}; choose another --out")
+        target = os.path.abspath(path)
+        while not os.path.exists(target):
+            target = os.path.dirname(target)
+        _check_writable(path, target)
         return
     config_path = os.path.join(path, CONFIG_FILE)
     if not os.path.exists(config_path):
@@ -68,8 +68,21 @@ def check(path, config):
         raise UsageError(
             f"--out {path} holds a finished run with this config; choose another --out"
         )
-    if not os.access(path, os.W_OK):
-        raise UsageError(f"--out {path}: no write permission; choose another --out")
+    _check_writable(path, path)
+
+
+def _check_writable(path, directory):
+    """Probes `directory` by creating and removing a temporary folder in it.
+
+    A real attempt rather than `os.access`: root passes every permission test,
+    yet read-only mounts and pseudo file systems still refuse.
+    """
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".write-probe-", dir=directory))
+    except OSError as error:
+        raise UsageError(
+            f"--out {path}: cannot write in {directory} ({error.strerror}); choose another --out"
+        )
 
 
 def _jsonable(value):

@@ -43,3 +43,16 @@ def test_a_foreign_directory_is_refused(tmp_path):
     with pytest.raises(UsageError, match="not a run directory"):
         run_dir.check(str(tmp_path), TrainConfig())
     assert (tmp_path / "mine.txt").read_text() == "precious"
+
+
+def test_an_unwritable_place_is_refused_before_anything_is_written(tmp_path):
+    # /proc refuses new folders even to root, for whom permission bits never do.
+    with pytest.raises(UsageError, match=r"--out /proc/weight-averaging-run: cannot write in /proc"):
+        run_dir.check("/proc/weight-averaging-run", TrainConfig())
+    readonly = tmp_path / "readonly"
+    readonly.mkdir()
+    os.chmod(readonly, 0o500)
+    if os.access(readonly, os.W_OK):  # root: the probe itself is what we test above
+        return
+    with pytest.raises(UsageError, match="cannot write in"):
+        run_dir.check(str(readonly / "run"), TrainConfig())
