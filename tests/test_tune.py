@@ -1,0 +1,325 @@
+"""app.tune and tuning/: the search's result against the trials' own records.
+
+Every check reads back what the search wrote (KerasTuner's trial.json, each
+trial's history.csv, TensorBoard event files) independently of the code that
+wrote it. Data: synthetic 8x8 images whose class is their brightest channel
+(`synthetic_arrays`), put in place of app.data's loader, so no dataset is
+needed; ResNet-20, 2 epochs of 4 steps.
+"""
+
+import contextlib
+import csv
+import glob
+import json
+import math
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from app import data as data_lib
+from app import tune
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TRAIN_FLAGS = [
+    "--dataset", "cifar10", "--model", "resnet20", "--epochs", "2", "--batch-size", "16",
+    "--ema-every", "1", "--ema-decays", "0.9", "0.99",
+]
+LRS = [0.05, 1e6, 0.2]  # the middle one diverges
+GRID = ["--lrs", "0.05", "1e6", "0.2"]
+
+
+def synthetic_arrays(num_train=64, num_validation=32, size=8, seed=0):
+    rng = np.random.default_rng(seed)
+
+    def split(num_examples):
+        labels = rng.integers(0, 3, num_examples).astype(np.int32)
+        images = rng.integers(0, 128, (num_examples, size, size, 3))
+        for channel in range(3):
+            images[labels == channel, :, :, channel] += 127
+        return images.astype(np.uint8), labels
+
+    train_images, train_labels = split(num_train)
+    validation_images, validation_labels = split(num_validation)
+    test_images, test_labels = split(8)
+    mean, std = data_lib.channel_stats(train_images)
+    return data_lib.Arrays(
+        train_images, train_labels, validation_images, validation_labels,
+        test_images, test_labels, 10, "validation", mean, std,
+    )
+
+
+@contextlib.contextmanager
+def synthetic_data():
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(data_lib, "check_data_available", lambda config: None)
+        patch.setattr(data_lib, "load_arrays", lambda config: synthetic_arrays())
+        yield
+
+
+def run_with_synthetic_data(argv):
+    """Entry point of the subprocesses of the distributed test."""
+    with synthetic_data():
+        return tune.main(argv)
+
+
+def read_trials(tuner_dir):
+    """KerasTuner's own records: {trial_id: trial.json as a dict}."""
+    trials = {}
+    for path in glob.glob(os.path.join(tuner_dir, "trial_*", "trial.json")):
+        with open(path, encoding="utf-8") as handle:
+            record = json.load(handle)
+        trials[record["trial_id"]] = record
+    return trials
+
+
+def read_history(trial_dir):
+    with open(os.path.join(trial_dir, "history.csv"), newline="", encoding="utf-8") as handle:
+        return [{key: float(value) for key, value in row.items() if value} for row in csv.DictReader(handle)]
+
+
+def read_json(path):
+    with open(path, encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory):
+    tuner_dir = str(tmp_path_factory.mktemp("search") / "c10")
+    with synthetic_data():
+        returned = tune.main(TRAIN_FLAGS + GRID + ["--tuner-dir", tuner_dir])
+    return tuner_dir, returned
+
+
+def test_best_json_names_the_trial_with_the_highest_objective(searched):
+    tuner_dir, returned = searched
+    best = read_json(os.path.join(tuner_dir, "best.json"))
+    assert best == json.loads(json.dumps(returned))
+    trials = read_trials(tuner_dir)
+    assert sorted(t["hyperparameters"]["values"]["lr"] for t in trials.values()) == sorted(LRS)
+    scores = {
+        t["hyperparameters"]["values"]["lr"]: t["score"]
+        for t in trials.values()
+        if t["status"] == "COMPLETED"
+    }
+    assert best["objective"] == max(scores.values())
+    assert scores[best["lr"]] == max(scores.values())
+    assert best["objective_name"] == "ema"
+    assert best["command"] == (
+        "python -m app.train " + " ".join(TRAIN_FLAGS) + f" --lr {best['lr']!r} --full-train"
+    )
+
+
+def test_the_objective_is_the_max_over_epochs_of_ema_best_val_accuracy(searched):
+    tuner_dir, _ = searched
+    best = read_json(os.path.join(tuner_dir, "best.json"))
+    for trial_id, record in read_trials(tuner_dir).items():
+        if record["status"] != "COMPLETED":
+            continue
+        rows = read_history(os.path.join(tuner_dir, f"trial_{trial_id}"))
+        assert len(rows) == 2
+        for row in rows:  # MultiEMA's maximum over decays, re-derived
+            assert row["ema_best_val_accuracy"] == max(row["ema_0.9_val_accuracy"], row["ema_0.99_val_accuracy"])
+        curve = [row["ema_best_val_accuracy"] for row in rows]
+        assert record["score"] == max(curve)
+        if trial_id == best["trial_id"]:
+            epoch = curve.index(max(curve))  # the first epoch reaching it
+            assert best["epoch"] == epoch + 1
+            assert best["decay"] == min(
+                d for d in (0.9, 0.99) if rows[epoch][f"ema_{d:g}_val_accuracy"] == max(curve)
+            )
+            weights = os.path.join(tuner_dir, f"trial_{trial_id}", "weights")
+            assert os.listdir(weights) == [f"ema_{best['decay']:g}_acc.weights.h5"]
+
+
+def test_a_diverging_trial_is_failed_and_the_search_goes_on(searched):
+    tuner_dir, returned = searched
+    by_lr = {t["hyperparameters"]["values"]["lr"]: t for t in read_trials(tuner_dir).values()}
+    diverged = by_lr[1e6]
+    assert diverged["status"] == "FAILED"
+    assert diverged["message"].startswith("diverged: training loss")
+    assert diverged["score"] is None
+    losses = [row["train_loss"] for row in read_history(os.path.join(tuner_dir, f"trial_{diverged['trial_id']}"))]
+    assert not np.isfinite(losses[-1])
+    # The trial after it ran to the end.
+    assert int(by_lr[0.2]["trial_id"]) > int(diverged["trial_id"])
+    assert by_lr[0.2]["status"] == "COMPLETED"
+    assert returned["trials"] == {"completed": 2, "failed": 1, "other": 0}
+
+
+def test_hparams_summaries_are_in_the_event_files(searched):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    tuner_dir, _ = searched
+
+    def hparams_data(logdir, tag):
+        accumulator = EventAccumulator(logdir)
+        accumulator.Reload()
+        content = accumulator.PluginTagToContent("hparams")[tag]
+        return accumulator, plugin_data_pb2.HParamsPluginData.FromString(content)
+
+    _, experiment = hparams_data(tuner_dir, "_hparams_/experiment")
+    (info,) = experiment.experiment.hparam_infos
+    assert info.name == "lr"
+    assert [value.number_value for value in info.domain_discrete.values] == sorted(LRS)
+    metric_tags = [metric.name.tag for metric in experiment.experiment.metric_infos]
+    assert metric_tags[0] == "tuning/objective"
+    for trial_id, record in read_trials(tuner_dir).items():
+        logdir = os.path.join(tuner_dir, f"trial_{trial_id}", "tensorboard")
+        accumulator, session = hparams_data(logdir, "_hparams_/session_start_info")
+        lr = record["hyperparameters"]["values"]["lr"]
+        assert session.session_start_info.hparams["lr"].number_value == lr
+        if record["status"] == "COMPLETED":
+            (objective,) = accumulator.Scalars("tuning/objective")
+            assert objective.value == pytest.approx(record["score"], rel=1e-6)
+        else:
+            assert "tuning/objective" not in accumulator.Tags()["scalars"]
+
+
+def test_an_interrupted_search_resumes_to_the_same_best(searched, tmp_path, monkeypatch):
+    """Killed during its second trial, then resumed: the same result as `searched`.
+
+    The grid leaves out the diverging rate of `searched`, which failed there.
+    """
+    from tuning.hypermodel import OneShotHyperModel
+
+    tuner_dir = str(tmp_path / "c10")
+    argv = TRAIN_FLAGS + ["--lrs", "0.05", "0.2", "--tuner-dir", tuner_dir]
+    fit = OneShotHyperModel.fit
+
+    def killed_in_the_second_trial(self, hp, model, *args, **kwargs):
+        if hp.values["lr"] == 0.2:
+            raise KeyboardInterrupt  # not an Exception: KerasTuner does not catch it
+        return fit(self, hp, model, *args, **kwargs)
+
+    with synthetic_data():
+        monkeypatch.setattr(OneShotHyperModel, "fit", killed_in_the_second_trial)
+        with pytest.raises(KeyboardInterrupt):
+            tune.main(argv)
+        monkeypatch.setattr(OneShotHyperModel, "fit", fit)
+        assert [t["status"] for _, t in sorted(read_trials(tuner_dir).items())] == ["COMPLETED", "RUNNING"]
+        first_history = os.path.join(tuner_dir, "trial_0", "history.csv")
+        stamp = os.stat(first_history).st_mtime_ns
+        resumed = tune.main(argv)
+    uninterrupted = read_json(os.path.join(searched[0], "best.json"))
+    for key in ("lr", "objective", "epoch", "decay", "command"):
+        assert resumed[key] == uninterrupted[key]
+    assert {t["status"] for t in read_trials(tuner_dir).values()} == {"COMPLETED"}
+    assert os.stat(first_history).st_mtime_ns == stamp  # the finished trial did not rerun
+
+
+def test_grid_oracle_resumes_after_finished_trials(tmp_path):
+    """KerasTuner 1.4.8's GridSearchOracle stops here (keras-tuner#1055)."""
+    import keras_tuner
+
+    from tuning.oracles import build_oracle
+
+    ran = []
+
+    class Quadratic(keras_tuner.Tuner):
+        def run_trial(self, trial, *args, **kwargs):
+            x = trial.hyperparameters.Choice("x", [3.0, 1.0, 2.0])
+            ran.append(x)
+            return {"score": -((x - 2.0) ** 2)}
+
+    def search(max_trials):
+        tuner = Quadratic(
+            oracle=build_oracle("grid", "score", max_trials, seed=0),
+            directory=str(tmp_path), project_name="grid",
+        )
+        tuner.search(verbose=0)
+        return tuner
+
+    search(max_trials=1)
+    tuner = search(max_trials=3)
+    assert ran == [3.0, 1.0, 2.0]
+    assert tuner.get_best_hyperparameters()[0].values == {"x": 2.0}
+
+
+def _free_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_a_distributed_search_with_a_chief_and_two_workers(tmp_path):
+    tuner_dir = str(tmp_path / "c10")
+    argv = TRAIN_FLAGS[:5] + ["1"] + TRAIN_FLAGS[6:] + ["--lrs", "0.05", "0.2", "--tuner-dir", tuner_dir]
+    code = "import sys; from tests.test_tune import run_with_synthetic_data; run_with_synthetic_data(sys.argv[1:])"
+    port = str(_free_port())
+    processes = {}
+    for tuner_id in ("chief", "tuner0", "tuner1"):
+        environ = dict(
+            os.environ, KERASTUNER_TUNER_ID=tuner_id, KERASTUNER_ORACLE_IP="127.0.0.1",
+            KERASTUNER_ORACLE_PORT=port, TF_CPP_MIN_LOG_LEVEL="2", OMP_NUM_THREADS="1",
+        )
+        processes[tuner_id] = subprocess.Popen(
+            [sys.executable, "-c", code, *argv], cwd=ROOT, env=environ,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+    outputs = {}
+    try:
+        for tuner_id, process in processes.items():
+            outputs[tuner_id] = process.communicate(timeout=240)[0]
+    finally:
+        for process in processes.values():
+            if process.poll() is None:
+                process.kill()
+    for tuner_id, process in processes.items():
+        assert process.returncode == 0, f"{tuner_id}:\n{outputs[tuner_id][-3000:]}"
+    ran = {}
+    for worker in ("tuner0", "tuner1"):
+        line = next(l for l in outputs[worker].splitlines() if l.startswith(f"worker {worker} finished"))
+        ran[worker] = line.split("ran trials: ")[1].split(";")[0].split()
+    assert sorted(ran["tuner0"] + ran["tuner1"]) == ["0", "1"]  # each trial ran once
+    trials = read_trials(tuner_dir)
+    assert {t["status"] for t in trials.values()} == {"COMPLETED"}
+    best = read_json(os.path.join(tuner_dir, "best.json"))
+    scores = {t["hyperparameters"]["values"]["lr"]: t["score"] for t in trials.values()}
+    assert best["objective"] == max(scores.values()) == scores[best["lr"]]
+    assert "Best learning rate" in outputs["chief"]
+    assert "Epoch 1/1" not in outputs["chief"]  # the chief trains nothing
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--lrs", "0.1", "0"], "--lrs must be > 0; got 0.0"),
+        (["--lrs", "-0.1"], "--lrs must be > 0; got -0.1"),
+        (["--full-train"], "drop --full-train"),
+        (["--lr", "0.1"], "app.tune does not take --lr; use --lrs"),
+        (["--out", "x"], "use --tuner-dir"),
+        (["--oracle", "random", "--lrs", "0.1"], "give its ends, two values > 0"),
+        (["--oracle", "hyperband"], "unknown --oracle 'hyperband'"),
+        (["--objective", "swa"], "unknown --objective 'swa'"),
+        (["--ema-decays"], "--objective ema needs --ema-decays"),
+        (["--lrs", "0.1", "0.1"], "--lrs has duplicates"),
+        (["--max-trials", "0"], "--max-trials must be >= 1"),
+        (["--batch-size", "64", "--batch-sizes", "64", "128"], "give either --batch-size or --batch-sizes"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line_before_loading_data(flags, message, tmp_path, monkeypatch, capsys):
+    def never(config):
+        raise AssertionError("data loaded before the input was checked")
+
+    monkeypatch.setattr(data_lib, "load_arrays", never)
+    monkeypatch.setattr(data_lib, "check_data_available", never)
+    with pytest.raises(SystemExit) as exit_info:
+        tune.main(["--model", "resnet20", "--tuner-dir", str(tmp_path / "t")] + flags)
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: ") and error.count("\n") == 1
+    assert message in error
+
+
+def test_resuming_with_other_settings_exits_2(searched, monkeypatch, capsys):
+    monkeypatch.setattr(data_lib, "load_arrays", lambda config: pytest.fail("data loaded"))
+    argv = TRAIN_FLAGS[:5] + ["3"] + TRAIN_FLAGS[6:] + GRID + ["--tuner-dir", searched[0]]
+    with pytest.raises(SystemExit) as exit_info:
+        tune.main(argv)
+    assert exit_info.value.code == 2
+    assert "differs in: epochs, warmup_epochs); pass --overwrite" in capsys.readouterr().err

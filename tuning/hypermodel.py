@@ -1,0 +1,273 @@
+"""`OneShotHyperModel`: the paper's one-shot tuning (§3.1) as a KerasTuner HyperModel.
+
+Morales-Brotons et al. (§3.1, "Hyperparameters tuning") tune EMA training
+with one run per initial learning rate: a cosine schedule sweeps the rate
+down while 5 EMAs (decays 0.968 ... 0.998) are evaluated on the 20 %
+validation split after every epoch, and early stopping picks the best epoch,
+so the decay and the final learning rate (the strength of the implicit
+regularization) are tuned on the go. What remains to search is the initial
+learning rate. A trial here is that one run: the objective is the best
+validation accuracy of any EMA at any epoch, the maximum over epochs of
+`ema_best_val_accuracy`. Evidence: tests/test_tune.py reads each trial's own
+history.csv back and re-derives the objective, its epoch and decay.
+"""
+
+import dataclasses
+import math
+import os
+import shutil
+
+import keras
+import keras_tuner
+import numpy as np
+
+from app import data as data_lib
+from app import run_dir as run_directory
+from app import train
+from callbacks import swap
+from tuning import hparams_logging
+
+# --objective -> the epoch-log key whose maximum over epochs is the objective.
+OBJECTIVES = {"ema": "ema_best_val_accuracy", "sgd": "val_accuracy"}
+# Hyperparameter -> the app.train flag that sets it.
+TRAIN_FLAGS = {"lr": "--lr", "weight_decay": "--weight-decay", "batch_size": "--batch-size"}
+SAMPLINGS = ("grid", "log-uniform")
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchSpace:
+    """What a search varies; everything else comes from the `TrainConfig`.
+
+    `sampling="grid"`: `hp.Choice` over the given values. `"log-uniform"`:
+    `hp.Float(..., sampling="log")` between the smallest and the largest value
+    (random and Bayesian search). Batch sizes are always a `hp.Choice`.
+    An empty tuple leaves that setting as the `TrainConfig` has it.
+    """
+
+    lrs: tuple
+    weight_decays: tuple = ()
+    batch_sizes: tuple = ()
+    sampling: str = "grid"
+
+
+class OneShotHyperModel(keras_tuner.HyperModel):
+    """One trial = one `app.train` run on the 80/20 split, scored by early stopping.
+
+    `build(hp)` declares the search space, seeds Keras with the config's seed
+    (every trial starts from the same initial weights) and returns the model
+    compiled as `app.train` compiles it. `fit(hp, model)` builds the trial's
+    tf.data pipelines (its batch size may be searched; the data order is a
+    function of the seed and the epoch only, so the same in every trial, in
+    any order or process), trains with the `MultiEMA` callback and `TerminateOnNaN`, and
+    returns the `History`: KerasTuner takes the objective as the best epoch of
+    `OBJECTIVES[objective]`. A diverging trial (a NaN or infinite training
+    loss) raises `keras_tuner.errors.FailedTrialError`: KerasTuner records it
+    as failed and the search goes on.
+
+    With `trial_dir` (passed by `OneShotTuner`) the trial also writes an
+    `app.train` run directory there: config.json, command.txt (the
+    `app.train` command of this trial), history.csv, summary.json (with the
+    `"objective"`), tensorboard/ (with HParams), and the EMA that achieved the
+    objective as weights/ema_<d>_acc.weights.h5.
+
+    Example:
+
+    ```python
+    hypermodel = OneShotHyperModel(config, data.load_arrays(config), SearchSpace(lrs=(0.05, 0.1, 0.2)))
+    tuner = OneShotTuner(oracle=build_oracle("grid", OBJECTIVES["ema"], 3, seed=0),
+                         hypermodel=hypermodel, directory="tuning-runs", project_name="c10")
+    tuner.search()
+    ```
+
+    Args:
+        config: the `TrainConfig` of every trial, but for what `space` varies.
+            Must not be `full_train`: trials are scored on the validation split.
+        arrays: the run's data, `app.data.load_arrays(config)`.
+        space: a `SearchSpace`.
+        objective: `"ema"` (the paper's) or `"sgd"` (best `val_accuracy` of
+            the trained model). Defaults to `"ema"`.
+        train_argv: the `app.train` flags of `config`, for command.txt. Defaults to ().
+    """
+
+    def __init__(self, config, arrays, space, objective="ema", train_argv=()):
+        super().__init__(name="one_shot")
+        if config.full_train or arrays.evaluation_split != "validation":
+            raise ValueError(
+                "Invalid value for argument `config`: full_train=True. Trials must be "
+                "scored on the validation split, never on the test set."
+            )
+        if objective not in OBJECTIVES:
+            raise ValueError(
+                f"Invalid value for argument `objective`. Received: objective={objective!r}. "
+                f"Expected one of {tuple(OBJECTIVES)}."
+            )
+        if objective == "ema" and not config.ema_decays:
+            raise ValueError("The `ema` objective needs `config.ema_decays`.")
+        if space.sampling not in SAMPLINGS:
+            raise ValueError(
+                f"Invalid value for argument `space`. Received: sampling={space.sampling!r}. "
+                f"Expected one of {SAMPLINGS}."
+            )
+        self.config = config
+        self.arrays = arrays
+        self.space = space
+        self.objective = objective
+        self.train_argv = tuple(train_argv)
+
+    def trial_config(self, hp):
+        """Declares the search space in `hp`; returns the trial's `TrainConfig`."""
+        changes = {"lr": _declare_positive(hp, "lr", self.space.lrs, self.space.sampling)}
+        if self.space.weight_decays:
+            changes["weight_decay"] = _declare_positive(
+                hp, "weight_decay", self.space.weight_decays, self.space.sampling
+            )
+        if self.space.batch_sizes:
+            changes["batch_size"] = hp.Choice("batch_size", list(self.space.batch_sizes))
+        return dataclasses.replace(self.config, **changes)
+
+    def build(self, hp):
+        config = self.trial_config(hp)
+        keras.utils.set_random_seed(config.seed)
+        if config.deterministic:
+            _enable_determinism()
+        steps_per_epoch = math.ceil(len(self.arrays.train_labels) / config.batch_size)
+        schedule = train.build_schedule(config, steps_per_epoch)
+        return train.build_model_for(config, self.arrays, schedule)
+
+    def fit(self, hp, model, *args, trial_dir=None, callbacks=None, verbose="auto", **kwargs):
+        if args:
+            raise ValueError(
+                "OneShotHyperModel builds each trial's datasets from its `arrays`; "
+                "call `search()` without data."
+            )
+        config = self.trial_config(hp)
+        data = data_lib.make_data(self.arrays, batch_size=config.batch_size, seed=config.seed)
+        schedule = train.build_schedule(config, data.steps_per_epoch)
+        # Only the EMAs: BN recomputation and SWA do not change the trajectory.
+        averaging_config = dataclasses.replace(config, bn_recompute="none", swa=False)
+        ema = train.build_callbacks(averaging_config, data, model, schedule, None).get("ema")
+        ours = [ema] if ema is not None else []
+        ours.append(keras.callbacks.TerminateOnNaN())
+        logger = None
+        if trial_dir is not None:
+            logger = self._start_trial_directory(trial_dir, config, hp, schedule)
+            ours.append(logger)
+        after = []
+        if config.bootstrap_every_epochs:
+            from callbacks.bootstrap import EMABootstrap
+
+            after.append(EMABootstrap(ema, every_epochs=config.bootstrap_every_epochs))
+        history = model.fit(
+            data.train,  # an endless stream, cut into epochs by steps_per_epoch
+            steps_per_epoch=data.steps_per_epoch,
+            epochs=config.epochs,
+            validation_data=data.validation,
+            shuffle=False,  # the stream is shuffled per epoch, reproducibly (app/data.py)
+            callbacks=ours + list(callbacks or []) + after,
+            verbose=verbose,
+            **kwargs,
+        )
+        _check_finite(history.history, config)
+        result = objective_of(history.history, self.objective, config.ema_decays)
+        if trial_dir is not None:
+            self._finish_trial_directory(trial_dir, model, ema, logger.rows, result, hp)
+        print(_result_line(result, hp.values), flush=True)
+        return history
+
+    def _start_trial_directory(self, trial_dir, config, hp, schedule):
+        from app.history import RunLogger
+
+        # An interrupted trial reruns in the same directory: start its curves afresh.
+        shutil.rmtree(os.path.join(trial_dir, "tensorboard"), ignore_errors=True)
+        argv = list(self.train_argv) + hyperparameter_flags(hp.values)
+        run_directory.create(trial_dir, config, argv, extra={"evaluation_split": "validation"})
+        hparams_logging.write_session(
+            os.path.join(trial_dir, "tensorboard"), hp.values, os.path.basename(trial_dir)
+        )
+        return RunLogger(trial_dir, schedule, config.epochs)
+
+    def _finish_trial_directory(self, trial_dir, model, ema, rows, result, hp):
+        summary = {
+            "evaluation_split": "validation",
+            "epochs_completed": len(rows),
+            "hyperparameters": dict(hp.values),
+            "objective": result,
+            "sgd": train.sgd_summary(rows),
+        }
+        if ema is not None:
+            summary["ema"] = ema.summary()
+        run_directory.write_summary(trial_dir, summary)
+        if result["decay"] is not None:
+            weights = ema.selected_weights(result["decay"], "accuracy")
+            path = os.path.join(
+                trial_dir, run_directory.WEIGHTS_DIR, f"ema_{result['decay']:g}_acc.weights.h5"
+            )
+            with swap.swapped(model.weights, lambda: model.set_weights(weights)):
+                model.save_weights(path)
+        hparams_logging.write_result(
+            os.path.join(trial_dir, "tensorboard"), result["value"], result["epoch"], result["decay"]
+        )
+
+
+def objective_of(history, objective, decays=()):
+    """The objective of one trial from its epoch logs (`History.history`).
+
+    Returns a dict: `name` ("ema"/"sgd"), `metric` (the log key), `value`
+    (its maximum over epochs), `epoch` (1-based, the first epoch reaching it,
+    KerasTuner's choice too), and `decay`: for "ema" the smallest of `decays`
+    whose `ema_<d>_val_accuracy` reaches the value at that epoch, else None.
+    """
+    metric = OBJECTIVES[objective]
+    values = np.asarray(history[metric], dtype="float64")
+    index = int(np.argmax(values))
+    decay = None
+    if objective == "ema":
+        decay = min(
+            d for d in decays if history[f"ema_{d:g}_val_accuracy"][index] == values[index]
+        )
+    return {
+        "name": objective,
+        "metric": metric,
+        "value": float(values[index]),
+        "epoch": index + 1,
+        "decay": decay,
+    }
+
+
+def hyperparameter_flags(values):
+    """The `app.train` flags that set hyperparameter `values` (`{name: value}`)."""
+    flags = []
+    for name, value in values.items():
+        flags += [TRAIN_FLAGS[name], repr(value)]
+    return flags
+
+
+def _declare_positive(hp, name, values, sampling):
+    if sampling == "grid":
+        return hp.Choice(name, [float(v) for v in values])
+    return hp.Float(name, min_value=float(min(values)), max_value=float(max(values)), sampling="log")
+
+
+def _enable_determinism():
+    # As app.train does for --deterministic (JAX on CPU is deterministic already).
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()
+
+
+def _check_finite(history, config):
+    losses = np.asarray(history.get("loss", []), dtype="float64")
+    if not np.all(np.isfinite(losses)):
+        raise keras_tuner.errors.FailedTrialError(
+            f"diverged: training loss {losses[-1]} in epoch {len(losses)} with lr "
+            f"{config.lr:g} (stopped by TerminateOnNaN)"
+        )
+
+
+def _result_line(result, values):
+    settings = ", ".join(f"{name} {value:g}" for name, value in values.items())
+    where = f"epoch {result['epoch']}"
+    if result["decay"] is not None:
+        where += f", EMA decay {result['decay']:g}"
+    return f"trial ({settings}): objective {result['metric']} {result['value']:.4f} at {where}"
