@@ -62,32 +62,33 @@ def parse_args(argv):
 
 
 def make_step_clock():
-    """A callback timing the training loop and every step; placed last."""
+    """A callback timing the training loop and its steps, in wall and CPU time; placed last."""
     import keras
 
     class StepClock(keras.callbacks.Callback):
         def on_train_begin(self, logs=None):
-            self.train_begin = time.perf_counter()
+            self.train_begin = now()
             self.batch_ends = []
 
         def on_train_batch_end(self, batch, logs=None):
             # Last among the callbacks: a step includes the EMA update.
-            self.batch_ends.append(time.perf_counter())
+            self.batch_ends.append(now())
 
         def on_train_end(self, logs=None):
-            self.train_end = time.perf_counter()
+            self.train_end = now()
 
-        def train_loop_seconds(self):
-            # fit() minus its set-up and its teardown: after on_train_end,
-            # deleting the tf.data iterator sometimes waits seconds (see the
-            # notes at the top), the same with or without an EMA.
-            return self.train_end - self.train_begin
-
-        def steady_ms_per_step(self):
-            # From the end of the first step to the end of the last: no
-            # iterator start-up, no first-step dispatch.
-            ends = self.batch_ends
-            return 1e3 * (ends[-1] - ends[0]) / (len(ends) - 1)
+        def timing(self):
+            # The loop, not fit(): no set-up, no iterator teardown. Steady:
+            # from the end of the first step to the end of the last.
+            (wall_begin, cpu_begin), (wall_end, cpu_end) = self.train_begin, self.train_end
+            (first_wall, first_cpu), (last_wall, last_cpu) = self.batch_ends[0], self.batch_ends[-1]
+            intervals = len(self.batch_ends) - 1
+            return {
+                "train_loop_seconds": wall_end - wall_begin,
+                "train_loop_cpu_seconds": cpu_end - cpu_begin,
+                "steady_ms_per_step": 1e3 * (last_wall - first_wall) / intervals,
+                "steady_cpu_ms_per_step": 1e3 * (last_cpu - first_cpu) / intervals,
+            }
 
     return StepClock()
 
@@ -102,10 +103,18 @@ def spread(values):
     }
 
 
+def now():
+    """(wall, CPU) seconds; CPU time is the process's, all threads, and is
+    less sensitive than wall time to other jobs on the shared cores."""
+    return time.perf_counter(), time.process_time()
+
+
 def timed(fn):
-    started = time.perf_counter()
+    """(wall, CPU) seconds that `fn()` took."""
+    wall, cpu = now()
     fn()
-    return time.perf_counter() - started
+    wall_end, cpu_end = now()
+    return wall_end - wall, cpu_end - cpu
 
 
 def load_averages():
@@ -137,6 +146,8 @@ def script_changed_since_commit():
 
 def measure_update_overhead(args, model, data, log):
     """Interleaved fits without EMA, with EMA every T steps, with EMA every step."""
+    import tensorflow as tf
+
     from callbacks.ema import MultiEMA
 
     every_steps = args.every_steps
@@ -149,18 +160,24 @@ def measure_update_overhead(args, model, data, log):
     steps = data.steps_per_epoch * args.epochs
     clock = make_step_clock()
 
+    # The app's train stream, with tf.data autotuning off: with it on,
+    # deleting the iterator at the end of fit() sometimes blocks for seconds,
+    # seemingly until autotune's next optimization tick (fit() wall times
+    # cluster at 10.3, 20.5, 41.1 s). The work per batch is unchanged, and
+    # the pipeline runs >= 70x faster than the model (bench/data_pipeline.py).
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    train = data.train.with_options(options)
+
     def fit(name, steps_per_epoch, epochs):
         ema = configurations[name]
         callbacks = [clock] if ema is None else [ema, clock]
         # No validation data anywhere: MultiEMA then only updates (it warns
         # at train end that it evaluated nothing; that is the point here).
-        seconds = timed(
-            lambda: model.fit(
-                data.train, epochs=epochs, steps_per_epoch=steps_per_epoch, callbacks=callbacks, verbose=0
-            )
+        fit_seconds, _ = timed(
+            lambda: model.fit(train, epochs=epochs, steps_per_epoch=steps_per_epoch, callbacks=callbacks, verbose=0)
         )
-        return {"fit_seconds": seconds, "train_loop_seconds": clock.train_loop_seconds(),
-                "steady_ms_per_step": clock.steady_ms_per_step()}
+        return {"fit_seconds": fit_seconds, **clock.timing()}
 
     # Warm-up: compiles the train step and traces each EMA's fused update.
     for name in names:
@@ -168,7 +185,8 @@ def measure_update_overhead(args, model, data, log):
         timing = fit(name, 2 if ema is None else ema.every_steps + 1, 1)
         log(f"warm-up fit {name}: {timing['fit_seconds']:.1f} s")
 
-    measures = ("fit_seconds", "train_loop_seconds", "steady_ms_per_step")
+    measures = ("fit_seconds", "train_loop_seconds", "train_loop_cpu_seconds", "steady_ms_per_step",
+                "steady_cpu_ms_per_step")
     table = {measure: {name: [] for name in names} for measure in measures}
     for round_index in range(args.rounds):
         order = names[round_index % len(names):] + names[: round_index % len(names)]
@@ -177,7 +195,8 @@ def measure_update_overhead(args, model, data, log):
             for measure in measures:
                 table[measure][name].append(timing[measure])
             log(f"round {round_index + 1} {name}: fit {timing['fit_seconds']:.2f} s, train loop "
-                f"{timing['train_loop_seconds']:.2f} s, {timing['steady_ms_per_step']:.1f} ms/step")
+                f"{timing['train_loop_seconds']:.2f} s ({timing['train_loop_cpu_seconds']:.2f} CPU s), "
+                f"{timing['steady_ms_per_step']:.1f} ms/step ({timing['steady_cpu_ms_per_step']:.1f} CPU ms)")
 
     def overhead_percent(measure, name):
         # Paired within a round: both fits saw nearly the same load.
@@ -185,8 +204,9 @@ def measure_update_overhead(args, model, data, log):
         return spread([100.0 * (a / b - 1.0) for a, b in pairs])
 
     ema_name = f"ema_T{every_steps}"
-    update_ms, hook_us = measure_update_call(configurations[ema_name], args.update_calls)
+    update_ms, update_cpu_ms, hook_us = measure_update_call(configurations[ema_name], args.update_calls)
     step_ms = statistics.median(table["steady_ms_per_step"]["no_ema"])
+    step_cpu_ms = statistics.median(table["steady_cpu_ms_per_step"]["no_ema"])
     return {
         "steps_per_fit": steps,
         **{measure: {name: spread(values) for name, values in table[measure].items()} for measure in measures},
@@ -195,10 +215,16 @@ def measure_update_overhead(args, model, data, log):
             for measure in measures
         },
         "update_call_ms": update_ms,
+        "update_call_cpu_ms": update_cpu_ms,
         "hook_us_per_step_without_update": hook_us,
+        # update_ms / (T * step_ms), from the medians.
         "predicted_overhead_percent": {
             ema_name: round(100.0 * update_ms["median"] / (every_steps * step_ms), 3),
             "ema_T1": round(100.0 * update_ms["median"] / step_ms, 3),
+        },
+        "predicted_cpu_overhead_percent": {
+            ema_name: round(100.0 * update_cpu_ms["median"] / (every_steps * step_cpu_ms), 3),
+            "ema_T1": round(100.0 * update_cpu_ms["median"] / step_cpu_ms, 3),
         },
     }
 
@@ -210,17 +236,18 @@ def measure_update_call(ema, calls):
     one update of all averages. The callback's `params` and model are those of
     the fits above.
     """
-    update_seconds = []
+    updates = []
     for epoch in range(calls):
         ema.on_epoch_begin(epoch)
-        update_seconds.append(timed(lambda: ema.on_train_batch_end(ema.every_steps - 1)))
-    hook_seconds = []
+        updates.append(timed(lambda: ema.on_train_batch_end(ema.every_steps - 1)))
+    hooks = []
     for epoch in range(ema.every_steps - 1):  # one step each: never reaches a multiple of T
         ema.on_epoch_begin(epoch)
-        hook_seconds.append(timed(lambda: ema.on_train_batch_end(0)))
+        hooks.append(timed(lambda: ema.on_train_batch_end(0)))
     return (
-        spread([1e3 * s for s in update_seconds]),
-        spread([1e6 * s for s in hook_seconds]),
+        spread([1e3 * wall for wall, _ in updates]),
+        spread([1e3 * cpu for _, cpu in updates]),
+        spread([1e6 * wall for wall, _ in hooks]),
     )
 
 
@@ -232,12 +259,15 @@ def measure_evaluation(args, model, data, log):
     from callbacks import swap
     from callbacks.ema import MultiEMA
 
+    # The app's validation stream as it is (autotuned): each evaluate() pays
+    # its iterator's set-up and teardown, MultiEMA's five as well.
     ema = MultiEMA(bn_mode="eman", validation_data=data.validation)
     ema.set_model(model)
     ema.on_train_begin()  # builds the averages (all equal to the weights now)
+    decay = ema.decays[-1]
 
     def sgd_evaluate():
-        model.evaluate(data.validation, verbose=0, return_dict=True)
+        return timed(lambda: model.evaluate(data.validation, verbose=0, return_dict=True))
 
     def ema_epoch_end():
         # After a train begin every EMA's first evaluation is its best so
@@ -246,45 +276,52 @@ def measure_evaluation(args, model, data, log):
         ema.on_train_begin()
         return timed(lambda: ema.on_epoch_end(0, {}))
 
-    sgd_evaluate()
-    ema_epoch_end()  # traces the swap
-    tasks = {"sgd_evaluate": lambda: timed(sgd_evaluate), "ema_epoch_end": ema_epoch_end}
+    def swap_in_and_out():
+        with ema.swapped_in(decay):
+            pass
+
+    sgd_evaluate()  # evaluate() is compiled once, for both
+    swap_in_and_out()  # traces the compiled take of one average
+    tasks = {"sgd_evaluate": sgd_evaluate, "ema_epoch_end": ema_epoch_end}
     names = list(tasks)
-    seconds = {name: [] for name in names}
+    wall = {name: [] for name in names}
+    cpu = {name: [] for name in names}
     for round_index in range(args.evaluation_rounds):
         for name in names if round_index % 2 == 0 else names[::-1]:
-            seconds[name].append(tasks[name]())
-            log(f"round {round_index + 1} {name}: {seconds[name][-1]:.2f} s")
+            wall_seconds, cpu_seconds = tasks[name]()
+            wall[name].append(wall_seconds)
+            cpu[name].append(cpu_seconds)
+            log(f"round {round_index + 1} {name}: {wall_seconds:.2f} s ({cpu_seconds:.2f} CPU s)")
     summary = ema.summary()
     selections = sum(
         per_decay[criterion] is not None for per_decay in summary.values()
         for criterion in ("best_val_accuracy", "lowest_val_loss")
     )
 
-    decay = ema.decays[-1]
-
-    def swap_in_and_out():
-        with ema.swapped_in(decay):
-            pass
-
-    swap_ms = [1e3 * timed(swap_in_and_out) for _ in range(args.swap_calls)]
-    host_copy_ms = [1e3 * timed(lambda: swap.host_copy(model.weights)) for _ in range(args.swap_calls)]
+    swaps = [timed(swap_in_and_out) for _ in range(args.swap_calls)]
+    host_copies = [timed(lambda: swap.host_copy(model.weights)) for _ in range(args.swap_calls)]
+    swap_ms = [1e3 * w for w, _ in swaps]
+    host_copy_ms = [1e3 * w for w, _ in host_copies]
     num_averages = len(ema.decays)
-    sgd_seconds = statistics.median(seconds["sgd_evaluate"])
+
+    def paired_ratio(table):
+        # Paired within a round.
+        return spread([a / b for a, b in zip(table["ema_epoch_end"], table["sgd_evaluate"])])
+
     return {
         "validation_examples": data.num_validation_examples,
         "num_averages": num_averages,
-        "seconds": {name: spread(values) for name, values in seconds.items()},
-        # Paired within a round.
-        "ratio_ema_epoch_end_to_sgd_evaluate": spread(
-            [a / b for a, b in zip(seconds["ema_epoch_end"], seconds["sgd_evaluate"])]
-        ),
+        "seconds": {name: spread(values) for name, values in wall.items()},
+        "cpu_seconds": {name: spread(values) for name, values in cpu.items()},
+        "ratio_ema_epoch_end_to_sgd_evaluate": paired_ratio(wall),
+        "cpu_ratio_ema_epoch_end_to_sgd_evaluate": paired_ratio(cpu),
         "swap_in_and_out_ms": spread(swap_ms),
+        "swap_in_and_out_cpu_ms": spread([1e3 * c for _, c in swaps]),
         "host_copy_of_model_weights_ms": spread(host_copy_ms),
         "selections_kept_after_last_epoch_end": selections,
-        # 5 evaluations + 5 swaps + one host copy per selected EMA.
+        # 5 evaluations + 5 swaps + one host copy per selected EMA (all 5 here).
         "predicted_ema_epoch_end_seconds": round(
-            num_averages * sgd_seconds
+            num_averages * statistics.median(wall["sgd_evaluate"])
             + num_averages * statistics.median(swap_ms) / 1e3
             + num_averages * statistics.median(host_copy_ms) / 1e3,
             3,
