@@ -68,8 +68,9 @@ def build_parser():
         "Tune the initial learning rate of EMA training in one shot (paper §3.1): "
         "one app.train run per trial on the 80/20 split, scored by the best validation "
         "accuracy of any EMA at any epoch; writes best.json with the final-run command. "
-        "Takes app.train's flags, except --lr (searched: --lrs), --out (--tuner-dir) "
-        "and --full-train (added to the final-run command)."
+        "Takes app.train's flags, except --lr (searched: --lrs), --out (--tuner-dir), "
+        "--seeds (one seed per trial: --seed) and --full-train (added to the final-run "
+        "command)."
     )
     _add_tuning_flags(parser.add_argument_group("tuning (app.tune only)"))
     return parser
@@ -142,6 +143,8 @@ def parse_config(argv, model_names=None, environ=None):
         if given and getattr(args, plural[2:].replace("-", "_")) is not None:
             raise UsageError(f"give either {flag} or {plural}, not both")
     train = cli.parse_config(train_argv, model_names=model_names)
+    if train.seeds:
+        raise UsageError("a trial trains one seed: give --seed, not --seeds")
     if train.full_train:
         raise UsageError(
             "app.tune scores trials on the validation split: drop --full-train "

@@ -54,8 +54,8 @@ class OneShotHyperModel(keras_tuner.HyperModel):
     """One trial = one `app.train` run on the 80/20 split, scored by early stopping.
 
     `build(hp)` declares the search space, seeds Keras with the config's seed
-    (every trial starts from the same initial weights) and returns the model
-    compiled as `app.train` compiles it. `fit(hp, model)` builds the trial's
+    (every trial starts from the same initial weights), sets its precision
+    policy and returns the model compiled as `app.train` compiles it. `fit(hp, model)` builds the trial's
     tf.data pipelines (its batch size may be searched; the data order is a
     function of the seed and the epoch only, so the same in every trial, in
     any order or process), trains with the `MultiEMA` callback and `TerminateOnNaN`, and
@@ -128,6 +128,7 @@ class OneShotHyperModel(keras_tuner.HyperModel):
     def build(self, hp):
         config = self.trial_config(hp)
         keras.utils.set_random_seed(config.seed)
+        keras.mixed_precision.set_global_policy(config.precision)
         if config.deterministic:
             _enable_determinism()
         steps_per_epoch = math.ceil(len(self.arrays.train_labels) / config.batch_size)
