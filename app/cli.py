@@ -97,7 +97,16 @@ def build_parser(prog="python -m app.train"):
         default=None,
         help="training epochs (default: 150 for tiny-imagenet, else 200)",
     )
-    train.add_argument("--lr", type=float, default=0.1, help="initial learning rate")
+    train.add_argument(
+        "--lr", type=float, default=None, help="initial learning rate (default: 0.1)"
+    )
+    train.add_argument(
+        "--lr-from",
+        default=None,
+        metavar="TUNER_DIR",
+        help="take the initial learning rate (and any other tuned value) from "
+        "TUNER_DIR/best.json written by python -m app.tune",
+    )
     train.add_argument("--batch-size", type=_positive_int, default=128, help="batch size")
     train.add_argument(
         "--weight-decay",
@@ -210,6 +219,30 @@ def _choice(value, choices, what):
     return value
 
 
+def _apply_tuned(args):
+    """Fills --lr (and a tuned --weight-decay / --batch-size) from a tuner's best.json."""
+    import json
+    import os
+
+    if args.lr is not None:
+        raise UsageError("give --lr or --lr-from, not both")
+    path = os.path.join(args.lr_from, "best.json")
+    try:
+        with open(path, encoding="utf-8") as handle:
+            best = json.load(handle)
+        args.lr = float(best["lr"])
+    except (OSError, ValueError, KeyError, TypeError):
+        raise UsageError(
+            f"--lr-from: no readable best.json with an 'lr' in {args.lr_from}; "
+            "run python -m app.tune first, or pass that search's --tuner-dir"
+        )
+    tuned = best.get("hyperparameters") or {}
+    if args.weight_decay is None and "weight_decay" in tuned:
+        args.weight_decay = float(tuned["weight_decay"])
+    if "batch_size" in tuned and args.batch_size == 128:
+        args.batch_size = int(tuned["batch_size"])
+
+
 def parse_config(argv, model_names=None):
     """Parses and validates `argv`; returns a frozen `TrainConfig`."""
     args = build_parser().parse_args(argv)
@@ -227,6 +260,10 @@ def parse_config(argv, model_names=None):
     epochs = args.epochs if args.epochs is not None else config_lib.default_epochs(args.dataset)
     if epochs < 1:
         raise UsageError(f"--epochs must be >= 1; got {epochs}")
+    if args.lr_from is not None:
+        _apply_tuned(args)
+    if args.lr is None:
+        args.lr = 0.1
     if not args.lr > 0:
         raise UsageError(f"--lr must be > 0; got {args.lr}")
     if not 0.0 <= args.momentum < 1.0:

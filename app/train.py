@@ -163,7 +163,7 @@ def train(config, data, path, argv):
     keras.utils.set_random_seed(config.seed)
     keras.mixed_precision.set_global_policy(config.precision)
     if config.deterministic:
-        _enable_determinism()
+        enable_determinism()
     checkpoint_dir = os.path.join(path, checkpoint.DIRECTORY)
     resumed = checkpoint.load(checkpoint_dir)  # UsageError if unreadable
     if resumed is None:
@@ -252,7 +252,7 @@ def _fit(config, data, model, callbacks, start_epoch, skip_batches, contents):
     )
 
 
-def _enable_determinism():
+def enable_determinism():
     """Deterministic kernels (TensorFlow backend; JAX on CPU is deterministic already)."""
     import keras
 

@@ -84,3 +84,13 @@ def test_command_line_error_exit_status_and_no_traceback(tmp_path):
         "cifar100n, tiny-imagenet"
     ]
     assert not (tmp_path / "run").exists()
+
+
+def test_lr_from_reads_the_tuner_best_json(tmp_path):
+    (tmp_path / "best.json").write_text('{"lr": 0.05, "hyperparameters": {"lr": 0.05, "weight_decay": 0.0005}}')
+    config = parse("--lr-from", str(tmp_path))
+    assert (config.lr, config.weight_decay) == (0.05, 0.0005)
+    with pytest.raises(UsageError, match="give --lr or --lr-from, not both"):
+        parse("--lr-from", str(tmp_path), "--lr", "0.1")
+    with pytest.raises(UsageError, match="no readable best.json with an 'lr' in .*run python -m app.tune first"):
+        parse("--lr-from", str(tmp_path / "missing"))

@@ -130,7 +130,9 @@ class OneShotHyperModel(keras_tuner.HyperModel):
         keras.utils.set_random_seed(config.seed)
         keras.mixed_precision.set_global_policy(config.precision)
         if config.deterministic:
-            _enable_determinism()
+            from app.train import enable_determinism
+
+            enable_determinism()
         steps_per_epoch = math.ceil(len(self.arrays.train_labels) / config.batch_size)
         schedule = train.build_schedule(config, steps_per_epoch)
         return train.build_model_for(config, self.arrays, schedule)
@@ -247,14 +249,6 @@ def _declare_positive(hp, name, values, sampling):
     if sampling == "grid":
         return hp.Choice(name, [float(v) for v in values])
     return hp.Float(name, min_value=float(min(values)), max_value=float(max(values)), sampling="log")
-
-
-def _enable_determinism():
-    # As app.train does for --deterministic (JAX on CPU is deterministic already).
-    if keras.backend.backend() == "tensorflow":
-        import tensorflow as tf
-
-        tf.config.experimental.enable_op_determinism()
 
 
 def _check_finite(history, config):
