@@ -224,7 +224,8 @@ def _fit(config, data, model, callbacks, start_epoch, skip_batches, contents):
     common = dict(
         validation_data=data.validation,
         shuffle=False,  # the stream is shuffled per epoch, reproducibly (app/data.py)
-        verbose="auto",
+        # Keras's live progress bar on a terminal; one line per epoch in a log file.
+        verbose=1 if sys.stdout.isatty() else 2,
     )
     if skip_batches:
         # Keras builds the compiled metrics lazily; one evaluation batch builds
