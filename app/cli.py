@@ -7,14 +7,7 @@ here before any data is read or any file is written.
 import argparse
 
 from app import config as config_lib
-from app.errors import UsageError
-
-
-class _OneLineParser(argparse.ArgumentParser):
-    """argparse prints usage plus an error; we want the one error line only."""
-
-    def error(self, message):
-        raise UsageError(f"{message} (see --help)")
+from app.errors import OneLineArgumentParser, UsageError
 
 
 def _positive_int(text):
@@ -25,7 +18,7 @@ def _positive_int(text):
 
 
 def build_parser(prog="python -m app.train"):
-    parser = _OneLineParser(
+    parser = OneLineArgumentParser(
         prog=prog,
         description=(
             "Train a paper model with SGD (Nesterov) and several EMAs of its "

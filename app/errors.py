@@ -1,5 +1,7 @@
 """Errors a user can cause: reported as one line, exit status 2, no traceback."""
 
+import argparse
+
 
 class UsageError(Exception):
     """Bad input from the user. The message names the fix, in one line.
@@ -7,3 +9,14 @@ class UsageError(Exception):
     Raised anywhere before expensive work starts; `app` entry points turn it
     into `error: <message>` on stderr and exit status 2.
     """
+
+
+class OneLineArgumentParser(argparse.ArgumentParser):
+    """argparse prints its usage and then the error; the entry points want one line.
+
+    Parsing errors become `UsageError`, which every `app` entry point prints as
+    `error: <message>` with exit status 2.
+    """
+
+    def error(self, message):
+        raise UsageError(f"{message} (see --help)")

@@ -14,18 +14,11 @@ Example:
 import argparse
 import sys
 
-from app.errors import UsageError
-
-
-class _OneLineParser(argparse.ArgumentParser):
-    """argparse prints usage plus an error; we want the one error line only."""
-
-    def error(self, message):
-        raise UsageError(f"{message} (see --help)")
+from app.errors import OneLineArgumentParser, UsageError
 
 
 def build_parser():
-    parser = _OneLineParser(
+    parser = OneLineArgumentParser(
         prog="python -m app.report",
         description="Tables (Markdown + CSV) and figures (PNG) in the paper's shape from training runs.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,

@@ -13,7 +13,7 @@ import os
 
 from app import cli
 from app import config as config_lib
-from app.errors import UsageError
+from app.errors import OneLineArgumentParser, UsageError
 
 DEFAULT_TUNER_ROOT = "tuning-runs"
 TUNING_FILE = "tuning.json"
@@ -121,18 +121,13 @@ def _add_tuning_flags(group):
     )
 
 
-class _OneLineParser(argparse.ArgumentParser):
-    def error(self, message):
-        raise UsageError(f"{message} (see --help)")
-
-
 def parse_config(argv, model_names=None, environ=None):
     """Parses and validates `argv`; returns a frozen `TuneConfig`."""
     argv = list(argv)
     if "-h" in argv or "--help" in argv:
         build_parser().print_help()
         raise SystemExit(0)
-    parser = _OneLineParser(add_help=False, allow_abbrev=False)
+    parser = OneLineArgumentParser(add_help=False, allow_abbrev=False)
     _add_tuning_flags(parser)
     args, train_argv = parser.parse_known_args(argv)
     for flag, instead in (("--lr", "--lrs"), ("--out", "--tuner-dir")):
