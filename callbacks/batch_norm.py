@@ -10,6 +10,7 @@ applies it to every EMA of a `MultiEMA`, every epoch (curves) and/or once for
 the selected EMA models after training (tables).
 """
 
+import hashlib
 import itertools
 import os
 import weakref
@@ -228,6 +229,9 @@ class BatchNormRecompute(keras.callbacks.Callback):
 
     def _recompute_selected(self):
         trained = _read(self.model.weights)
+        # Selections often coincide (acc. and loss at one epoch; every decay
+        # while the warm-up min(α, (t+1)/(t+10)) still rules): compute each once.
+        self._done = {}
         try:
             for decay in self.ema.decays:
                 for criterion in CRITERIA:
@@ -238,9 +242,13 @@ class BatchNormRecompute(keras.callbacks.Callback):
     def _recompute_one_selected(self, decay, criterion):
         if self.ema.summary()[f"{decay:g}"][CRITERIA[criterion]] is None:
             return  # MultiEMA evaluated no epoch: nothing was selected
-        _write(self.model.weights, self.ema.selected_weights(decay, criterion))
-        metrics = self._recompute_and_evaluate(keep_statistics=True)
-        self._selected[(decay, criterion)] = _read(self.model.weights)
+        selected = self.ema.selected_weights(decay, criterion)
+        digest = _digest(selected)
+        if digest not in self._done:
+            _write(self.model.weights, selected)
+            metrics = self._recompute_and_evaluate(keep_statistics=True)
+            self._done[digest] = (metrics, _read(self.model.weights))
+        metrics, self._selected[(decay, criterion)] = self._done[digest]
         entry = self.results.setdefault(f"{decay:g}", {})
         entry[CRITERIA[criterion]] = {f"val_{k}": v for k, v in metrics.items()}
 
@@ -268,6 +276,13 @@ def _evaluate(model, data, batch_size=None):
     else:
         result = model.evaluate(data, verbose=0, return_dict=True)
     return {name: float(value) for name, value in result.items()}
+
+
+def _digest(arrays):
+    digest = hashlib.sha256()
+    for array in arrays:
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
 
 
 def _read(variables):
