@@ -1,0 +1,166 @@
+"""`python -m app.consistency RUN_DIR`: prediction consistency between seeds (paper §4.4, Table 3).
+
+RUN_DIR holds `seed-<k>/` runs of one setup (`python -m app.train --seeds ...`),
+at least two. For the SGD model at the end of training (`baseline`) and for
+the EMA (by default early-stopped at the lowest validation loss, the largest
+decay, BatchNorm statistics recomputed once after training, as the paper's
+Table 3), every seed predicts the test split; then churn (fraction of test
+samples whose top-1 class differs) and the Jensen-Shannon divergence (natural
+log, mean over samples) are averaged over all pairs of seeds, and the accuracy
+over seeds. Writes RUN_DIR/consistency.json (shape: evaluation/report.py) and
+prints the table. Evidence: tests/test_consistency.py counts the churn
+directly from the two seeds' saved weights.
+
+Example:
+
+    python -m app.consistency runs/cifar100-resnet18 --limit-test 2000
+"""
+
+import argparse
+import json
+import os
+import sys
+
+from app.errors import UsageError
+
+CONSISTENCY_FILE = "consistency.json"
+CRITERIA = {"loss": "ema_loss", "accuracy": "ema_acc"}
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse prints usage plus an error; we want the one error line only."""
+
+    def error(self, message):
+        raise UsageError(f"{message} (see --help)")
+
+
+def _positive_int(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text}")
+    return value
+
+
+def build_parser():
+    parser = _OneLineParser(
+        prog="python -m app.consistency",
+        description="Pairwise churn and JS divergence between seeds, SGD baseline vs EMA (Table 3).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="a directory of seed-<k>/ run directories")
+    parser.add_argument("--ema-decay", type=float, default=None,
+                        help="EMA decay compared (default: the largest the runs kept)")
+    parser.add_argument("--criterion", choices=sorted(CRITERIA), default="loss",
+                        help="the EMA early-stopped at lowest validation loss (the paper's) or best accuracy")
+    parser.add_argument("--limit-test", type=_positive_int, default=None,
+                        help="use the first N test examples only (smoke runs)")
+    parser.add_argument("--data-dir", default=None, help="TFDS data directory (default: the runs')")
+    parser.add_argument("--batch-size", type=_positive_int, default=None,
+                        help="prediction batch size (default: the runs')")
+    return parser
+
+
+def main(argv=None):
+    """Runs the command line; returns the consistency dict (exit status 2 on bad input)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        return measure(prepare(argv))
+    except UsageError as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def prepare(argv):
+    """Everything that can fail because of the user, before any prediction."""
+    args = build_parser().parse_args(argv)
+    if args.ema_decay is not None and not 0 < args.ema_decay < 1:
+        raise UsageError(f"--ema-decay must be in (0, 1); got {args.ema_decay:g}")
+    from evaluation import predictions, runs
+
+    if not os.path.isdir(args.run_dir) or os.path.exists(os.path.join(args.run_dir, runs.CONFIG_FILE)):
+        raise UsageError(f"{args.run_dir} is not a directory of seed-<k>/ runs; "
+                         "pass the --out of `python -m app.train --seeds 0 1 2`")
+    groups = runs.load_groups([args.run_dir])  # one setup, distinct seeds, finished runs
+    if len(groups) != 1:
+        raise UsageError(f"{args.run_dir} mixes datasets or models; keep one setup per multi-seed directory")
+    group = groups[0]
+    if len(group.runs) < 2:
+        raise UsageError(f"{args.run_dir} holds {len(group.runs)} seed; train at least 2 (--seeds 0 1)")
+    method = CRITERIA[args.criterion]
+    seeds = []
+    for run in group.runs:
+        decay_key = predictions.choose_decay(run, args.ema_decay)
+        if decay_key is None:
+            raise UsageError(f"{run.path} kept no EMA; train with --ema-decays")
+        chosen = predictions.method_weights(run, decay_key)
+        if method not in chosen:
+            raise UsageError(f"{run.path} selected no EMA by {args.criterion}; train for at least one epoch")
+        seeds.append({"run": run, "weights": {"baseline": chosen["baseline"], method: chosen[method]}})
+    names = {tuple(seed["weights"].values()) for seed in seeds}
+    if len(names) != 1:
+        raise UsageError(f"the seeds in {args.run_dir} saved different EMA models ({sorted(names)}); "
+                         "train every seed with the same flags")
+    config = predictions.run_config(group.runs[0], args.data_dir)
+    predictions.check_data(config, args.limit_test)
+    return {"directory": args.run_dir, "config": config, "seeds": seeds, "decay_key": decay_key,
+            "criterion": args.criterion, "limit_test": args.limit_test, "batch_size": args.batch_size}
+
+
+def measure(plan):
+    """Predicts the test split with every seed's models; writes consistency.json; prints the table."""
+    from evaluation import metrics, predictions
+
+    # Seeds differ only in `seed` (checked by load_groups): one copy of the data serves all.
+    data = predictions.load_run_data(plan["config"], limit_test=plan["limit_test"], batch_size=plan["batch_size"])
+    labels = data.test.labels
+    probabilities = {}  # method -> [per seed (N, classes)]
+    accuracies = {}
+    for seed in plan["seeds"]:
+        predictor = predictions.RunPredictor(seed["run"], plan["config"], data)
+        for method, name in seed["weights"].items():
+            logits = predictor.logits(name, data.test)
+            probabilities.setdefault(method, []).append(metrics.softmax(logits))
+            accuracies.setdefault(method, []).append(metrics.accuracy(logits, labels))
+    models = {}
+    for method, name in plan["seeds"][0]["weights"].items():
+        models[method] = {
+            "weights": name,
+            "accuracy": float(sum(accuracies[method]) / len(accuracies[method])),
+            "accuracy_by_seed": accuracies[method],
+            "churn": metrics.pairwise_mean(metrics.churn, probabilities[method]),
+            "js_divergence": metrics.pairwise_mean(metrics.jensen_shannon_divergence, probabilities[method]),
+        }
+    method = CRITERIA[plan["criterion"]]
+    models[method].update(decay=float(plan["decay_key"]), bn_recomputed=models[method]["weights"].endswith("_bn"))
+    seeds = [seed["run"].config.get("seed") for seed in plan["seeds"]]
+    result = {
+        "split": "test",
+        "test_examples": len(labels),
+        "seeds": seeds,
+        "pairs": len(seeds) * (len(seeds) - 1) // 2,
+        "criterion": plan["criterion"],
+        "models": models,
+    }
+    from app.history import atomic_write_text
+
+    path = os.path.join(plan["directory"], CONSISTENCY_FILE)
+    atomic_write_text(path, json.dumps(result, indent=2) + "\n")
+    print(format_table(result, path), flush=True)
+    return result
+
+
+def format_table(result, path):
+    lines = [f"\nPrediction consistency on {result['test_examples']} test examples, seeds "
+             f"{', '.join(map(str, result['seeds']))} ({result['pairs']} pairs)"]
+    lines.append(f"{'model':<30}{'accuracy (%)':>13}{'churn (%)':>11}{'JS div.':>10}")
+    for method, entry in result["models"].items():
+        label = "SGD (final)" if method == "baseline" else f"EMA {entry['decay']:g} ({result['criterion']})" + (
+            " + BN recomputed" if entry["bn_recomputed"] else "")
+        lines.append(f"{label:<30}{entry['accuracy'] * 100:>13.2f}{entry['churn'] * 100:>11.2f}"
+                     f"{entry['js_divergence']:>10.4f}")
+    lines.append(f"-> {path}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,181 @@
+"""`python -m app.evaluate RUN_DIR`: test accuracy, NLL and calibration of every saved model.
+
+Paper §4.6 / Table 5 and App. B: for the SGD model at the end of training, the
+EMA early-stopped at best validation accuracy and at lowest validation loss
+(every decay the run kept, BatchNorm statistics as tracked and recomputed once
+after training) and SWA where present, on the test split: accuracy, NLL, ECE
+with M=100 equal-mass bins (Nixon et al. 2019) and ECE after temperature
+scaling (Guo et al. 2017) with T fitted by NLL on the run's 20 % hold-out
+(as the run saw it: its `--limit-validation` applies).
+A `--full-train` run has no hold-out: its temperature fields are null (fitting
+T on the test split it is measured on would flatter it).
+
+Writes RUN_DIR/evaluation.json (shape: evaluation/report.py) and prints a
+table. `models` holds the paper's methods (`baseline`, `ema_acc`, `ema_loss`
+of one decay, `--ema-decay` or the largest, BN recomputed; `swa`) for Table 5;
+`by_weights` holds every weights file's numbers (App. B). A RUN_DIR holding
+`seed-<k>/` runs is evaluated seed by seed. Evidence: tests/test_evaluate.py
+recomputes the numbers from the saved weights with NumPy.
+
+Example:
+
+    python -m app.evaluate runs/cifar100-resnet18 --limit-test 1000
+"""
+
+import argparse
+import json
+import os
+import sys
+
+from app.errors import UsageError
+
+EVALUATION_FILE = "evaluation.json"
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse prints usage plus an error; we want the one error line only."""
+
+    def error(self, message):
+        raise UsageError(f"{message} (see --help)")
+
+
+def _positive_int(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text}")
+    return value
+
+
+def build_parser():
+    parser = _OneLineParser(
+        prog="python -m app.evaluate",
+        description="Test accuracy, NLL, ECE and ECE after temperature scaling of a run's saved models.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("run_dir", metavar="RUN_DIR",
+                        help="a run directory, or a directory of seed-<k>/ run directories")
+    parser.add_argument("--ema-decay", type=float, default=None,
+                        help="EMA decay of the `ema_acc`/`ema_loss` entries (default: the largest the run kept)")
+    parser.add_argument("--limit-test", type=_positive_int, default=None,
+                        help="evaluate on the first N test examples only (smoke runs)")
+    parser.add_argument("--data-dir", default=None, help="TFDS data directory (default: the run's)")
+    parser.add_argument("--batch-size", type=_positive_int, default=None,
+                        help="prediction batch size (default: the run's)")
+    return parser
+
+
+def main(argv=None):
+    """Runs the command line; returns {run path: evaluation dict} (exit status 2 on bad input)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        plans = prepare(argv)
+        return {plan["run"].path: evaluate(plan) for plan in plans}
+    except UsageError as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def prepare(argv):
+    """Everything that can fail because of the user, for every seed, before any prediction."""
+    from evaluation import predictions
+
+    args = build_parser().parse_args(argv)
+    if args.ema_decay is not None and not 0 < args.ema_decay < 1:
+        raise UsageError(f"--ema-decay must be in (0, 1); got {args.ema_decay:g}")
+    plans = []
+    for run in predictions.expand_runs(args.run_dir):
+        names = predictions.saved_weights(run)
+        decay_key = predictions.choose_decay(run, args.ema_decay)
+        config = predictions.run_config(run, args.data_dir)
+        predictions.check_data(config, args.limit_test)
+        plans.append({"run": run, "config": config, "names": names, "decay_key": decay_key,
+                      "methods": predictions.method_weights(run, decay_key, names),
+                      "limit_test": args.limit_test, "batch_size": args.batch_size})
+    return plans
+
+
+def evaluate(plan):
+    """Predicts with every saved model of one run, writes evaluation.json, prints the table."""
+    from evaluation import predictions
+
+    run, config = plan["run"], plan["config"]
+    data = predictions.load_run_data(config, limit_test=plan["limit_test"], batch_size=plan["batch_size"])
+    predictor = predictions.RunPredictor(run, config, data)
+    by_weights = {}
+    for name in plan["names"]:
+        test_logits = predictor.logits(name, data.test)
+        holdout_logits = None if data.validation is None else predictor.logits(name, data.validation)
+        by_weights[name] = {"weights": predictions.relative_weights_path(name),
+                            **model_metrics(test_logits, data, holdout_logits)}
+    models = {}
+    for method, name in plan["methods"].items():
+        models[method] = dict(by_weights[name])
+        if method.startswith("ema_"):
+            models[method].update(decay=float(plan["decay_key"]), bn_recomputed=name.endswith("_bn"))
+    result = {
+        "split": "test",
+        "test_examples": len(data.test),
+        "temperature_fitted_on": None if data.validation is None else "validation",
+        "validation_examples": None if data.validation is None else len(data.validation),
+        "ece_bins": _ece_bins(),
+        "ema_decay": plan["decay_key"],
+        "models": models,
+        "by_weights": by_weights,
+    }
+    if data.validation is None:
+        result["note"] = ("trained with --full-train: no hold-out split to fit a temperature on, "
+                          "so temperature and ece_temperature_scaled are null")
+    from app.history import atomic_write_text
+
+    atomic_write_text(os.path.join(run.path, EVALUATION_FILE), json.dumps(result, indent=2) + "\n")
+    print(format_table(run.path, result), flush=True)
+    return result
+
+
+def _ece_bins():
+    from evaluation import metrics
+
+    return metrics.ECE_BINS
+
+
+def model_metrics(test_logits, data, holdout_logits=None):
+    """`evaluation.metrics.calibration`'s entries; without a hold-out the temperature ones are None."""
+    from evaluation import metrics
+
+    labels = data.test.labels
+    if holdout_logits is not None:
+        return metrics.calibration(test_logits, labels, holdout_logits, data.validation.labels)
+    return {
+        "accuracy": metrics.accuracy(test_logits, labels),
+        "loss": metrics.negative_log_likelihood(test_logits, labels),
+        "ece": metrics.expected_calibration_error(metrics.softmax(test_logits), labels),
+        "temperature": None,
+        "ece_temperature_scaled": None,
+    }
+
+
+def format_table(path, result):
+    from evaluation import predictions
+
+    reported = {entry["weights"]: method for method, entry in result["models"].items()}
+    lines = [f"\n{path}: {result['test_examples']} test examples, ECE with "
+             f"{result['ece_bins']} equal-mass bins, temperature fitted on "
+             f"{result['temperature_fitted_on'] or '— (no hold-out: --full-train)'}"]
+    lines.append(f"{'model':<34}{'accuracy':>9}{'NLL':>8}{'ECE':>8}{'T':>7}{'ECE w/ TS':>11}  table")
+
+    def number(value, scale, digits):
+        return "—" if value is None else f"{value * scale:.{digits}f}"
+
+    for name, entry in result["by_weights"].items():
+        lines.append(
+            f"{predictions.describe(name):<34}{number(entry['accuracy'], 100, 2):>9}"
+            f"{number(entry['loss'], 1, 4):>8}{number(entry['ece'], 100, 2):>8}"
+            f"{number(entry['temperature'], 1, 3):>7}{number(entry['ece_temperature_scaled'], 100, 2):>11}"
+            f"  {reported.get(entry['weights'], '')}"
+        )
+    lines.append(f"(accuracy and ECE in %) -> {os.path.join(path, EVALUATION_FILE)}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

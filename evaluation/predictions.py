@@ -1,0 +1,253 @@
+"""A finished run's saved models and their predictions (shared by app.evaluate/consistency/transfer).
+
+A run directory (docs/run-directory.md) holds the trained SGD model and every
+average it kept, as Keras weights files. This module finds them (from what
+`summary.json` says was saved, so a missing file is an error, not a silently
+missing row), rebuilds the run's model once, loads each weights file into it
+and predicts logits on the run's data, re-created from its `config.json` by
+the data layer (app/data.py: the same split, normalization and hold-out).
+
+Names: a saved model is named by its file's stem, `final`, `ema_<d>_acc`,
+`ema_<d>_acc_bn`, `ema_<d>_loss`, `ema_<d>_loss_bn`, `swa`. The paper's
+methods map onto them as `baseline` -> `final`, `ema_acc` / `ema_loss` ->
+`ema_<d>_{acc,loss}_bn` (BatchNorm recomputed once after training, paper
+§4.2; the tracked statistics where the run recomputed none, e.g. VGG-16).
+
+Everything that can fail because of the user (`check_*`, `saved_weights`,
+`method_weights`) is cheap and raises `UsageError` before any data is read.
+"""
+
+import contextlib
+import dataclasses
+import os
+
+import numpy as np
+
+from app import run_dir as run_directory
+from app.errors import UsageError
+from evaluation import runs
+
+WEIGHTS_SUFFIX = ".weights.h5"
+_CRITERIA = (("acc", "best_val_accuracy"), ("loss", "lowest_val_loss"))
+
+
+def expand_runs(path):
+    """The finished runs behind RUN_DIR (itself, or its `seed-<k>/`), read; `UsageError` if none."""
+    directories, _ = runs.expand(path)
+    return [runs.read_run(directory) for directory in directories]
+
+
+def weights_path(run_path, name):
+    return os.path.join(run_path, run_directory.WEIGHTS_DIR, name + WEIGHTS_SUFFIX)
+
+
+def relative_weights_path(name):
+    return f"{run_directory.WEIGHTS_DIR}/{name}{WEIGHTS_SUFFIX}"
+
+
+def saved_weights(run):
+    """Stems of every weights file `summary.json` says the run saved, in table order.
+
+    Raises:
+        UsageError: if one of them is missing.
+    """
+    names = ["final"]
+    for key, entry in run.summary.get("ema", {}).items():
+        for suffix, criterion in _CRITERIA:
+            if entry.get(criterion) is None:
+                continue  # never selected (no epoch evaluated)
+            names.append(f"ema_{key}_{suffix}")
+            if "bn_recomputed" in entry[criterion]:
+                names.append(f"ema_{key}_{suffix}_bn")
+    if "swa" in run.summary:
+        names.append("swa")
+    for name in names:
+        if not os.path.isfile(weights_path(run.path, name)):
+            raise UsageError(
+                f"{weights_path(run.path, name)} is missing although summary.json lists it; "
+                "restore the file or train the run again"
+            )
+    return names
+
+
+def choose_decay(run, requested=None):
+    """The summary key (e.g. '0.998') of the EMA decay to report: `requested`, else the largest kept."""
+    from evaluation import report
+
+    return report.choose_decay(runs.Group(run.config.get("dataset"), run.config.get("model"), [run], []), requested)
+
+
+def method_weights(run, decay_key, names=None):
+    """{method: stem} for `baseline`, `ema_acc`, `ema_loss` (BN recomputed where saved) and `swa`."""
+    names = saved_weights(run) if names is None else names
+    methods = {"baseline": "final"}
+    if decay_key is not None:
+        for suffix, _ in _CRITERIA:
+            stem = f"ema_{decay_key}_{suffix}"
+            if stem + "_bn" in names:
+                methods[f"ema_{suffix}"] = stem + "_bn"
+            elif stem in names:
+                methods[f"ema_{suffix}"] = stem
+    if "swa" in names:
+        methods["swa"] = "swa"
+    return methods
+
+
+def describe(name):
+    """A table label for a weights stem: 'EMA 0.998 (loss) + BN recomputed'."""
+    if name == "final":
+        return "SGD (final)"
+    if name == "swa":
+        return "SWA (BN recomputed)"
+    _, decay, criterion, *bn = name.split("_")
+    label = f"EMA {decay} ({'acc.' if criterion == 'acc' else 'loss'})"
+    return label + (" + BN recomputed" if bn else "")
+
+
+def run_config(run, data_dir=None):
+    """The run's `TrainConfig`, with `data_dir` replaced when given (data may move between machines)."""
+    config = run_directory.load_config(run.path)
+    if data_dir is not None:
+        config = dataclasses.replace(config, data_dir=data_dir)
+    return config
+
+
+def check_data(config, limit_test=None):
+    """Fails in one line if the data is not available (app/data.py) or `limit_test` too large; cheap."""
+    from app import data as data_lib
+
+    builder = data_lib.check_data_available(config)
+    if limit_test is not None and builder.info.splits.get("test") is not None:
+        # Known without reading the data where the dataset is prepared; else checked after loading.
+        check_limit("--limit-test", limit_test, builder.info.splits["test"].num_examples)
+
+
+def check_limit(flag, limit, available):
+    if limit is not None and limit > available:
+        raise UsageError(f"{flag} {limit} is larger than the {available} examples there; use at most {available}")
+
+
+# The one most recent `load_arrays` result: the seeds of a multi-seed directory
+# (and the commands run one after another in one process) share their data,
+# and decoding CIFAR's 60,000 images takes seconds; one entry bounds the memory.
+_DATA_FIELDS = ("dataset", "data_dir", "cifar_n_dir", "label_noise", "full_train",
+                "validation_fraction", "split_seed", "limit_train", "limit_validation")
+_cached_arrays = {}
+
+
+def load_arrays(config):
+    """`app.data.load_arrays(config)`, reused while the data-defining fields stay the same."""
+    from app import data as data_lib
+
+    key = tuple(getattr(config, field) for field in _DATA_FIELDS)
+    if key not in _cached_arrays:
+        _cached_arrays.clear()
+        _cached_arrays[key] = data_lib.load_arrays(config)
+    return _cached_arrays[key]
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+    """Evaluation batches (normalized, in order) and their labels as NumPy."""
+
+    dataset: object
+    labels: np.ndarray
+
+    def __len__(self):
+        return len(self.labels)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunData:
+    """A run's hold-out (None with `full_train`) and test split, as the run saw them."""
+
+    validation: Split | None
+    test: Split
+    num_classes: int
+    image_size: int
+    mean: np.ndarray
+    std: np.ndarray
+
+
+def load_run_data(config, limit_test=None, batch_size=None):
+    """The run's validation (its 20 % hold-out, `limit_validation` kept) and test splits.
+
+    Normalized with the run's own training statistics (app/data.py). With
+    `full_train` the run had no hold-out: `validation` is None.
+
+    Args:
+        config: the run's `TrainConfig`.
+        limit_test: keep the first N test examples. Defaults to None (all).
+        batch_size: prediction batch size. Defaults to the run's.
+    """
+    from app import data as data_lib
+
+    arrays = load_arrays(config)
+    check_limit("--limit-test", limit_test, len(arrays.test_labels))
+    batch_size = batch_size or config.batch_size
+
+    def split(images, labels, limit=None):
+        images, labels = images[:limit], labels[:limit]
+        return Split(data_lib.evaluation_dataset(images, labels, arrays.mean, arrays.std, batch_size), labels)
+
+    return RunData(
+        validation=None if config.full_train else split(arrays.validation_images, arrays.validation_labels),
+        test=split(arrays.test_images, arrays.test_labels, limit_test),
+        num_classes=arrays.num_classes,
+        image_size=arrays.image_size,
+        mean=arrays.mean,
+        std=arrays.std,
+    )
+
+
+@contextlib.contextmanager
+def float32_policy():
+    """Builds layers in float32 whatever policy the process uses (a run may train in mixed precision)."""
+    import keras
+
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("float32")
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+def build_model(config, num_classes, image_size):
+    """The run's architecture, uncompiled, in float32 (the weights files fit it)."""
+    import models
+
+    with float32_policy():
+        return models.build_model(config.model, num_classes, image_size=image_size)
+
+
+def load_weights(model, run, name):
+    """Loads a saved weights file into `model`; a foreign or corrupt file is a `UsageError`."""
+    path = weights_path(run.path, name)
+    try:
+        model.load_weights(path)
+    except (OSError, ValueError) as error:
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise UsageError(f"{path} does not fit the run's {run.config.get('model')} ({reason}); "
+                         "restore the file or train the run again") from None
+
+
+def predict_logits(model, split):
+    """float32 (N, classes) logits of `model` in inference mode."""
+    return np.asarray(model.predict(split.dataset, verbose=0), dtype=np.float32)
+
+
+class RunPredictor:
+    """One rebuilt model per run; `logits(name, split)` loads a weights file and predicts (cached)."""
+
+    def __init__(self, run, config, run_data):
+        self.run = run
+        self.model = build_model(config, run_data.num_classes, run_data.image_size)
+        self._cache = {}
+
+    def logits(self, name, split):
+        key = (name, id(split))
+        if key not in self._cache:
+            load_weights(self.model, self.run, name)
+            self._cache[key] = predict_logits(self.model, split)
+        return self._cache[key]

@@ -1,0 +1,54 @@
+"""Session-scoped fixtures shared by test files.
+
+`tiny_seed_runs`: one real `python -m app.train --seeds 0 1` on CIFAR-10
+(ResNet-20, 128 training / 128 validation examples, 2 epochs, one EMA of
+decay 0.9 updated every 2 steps, BatchNorm recomputed at the end), trained
+once per session (~30-60 s on 2 CPU cores) and read by the evaluation
+commands' tests (test_evaluate.py, test_consistency.py, test_transfer.py).
+Those tests write their own files into it (evaluation.json, transfer.json,
+consistency.json) and must not change what training wrote.
+"""
+
+import os
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TFDS_DIR = os.path.join(os.path.dirname(ROOT), "shared", "data", "tfds")
+TINY_RUN_ARGS = [
+    "--dataset", "cifar10", "--model", "resnet20", "--data-dir", TFDS_DIR,
+    "--limit-train", "128", "--limit-validation", "128", "--batch-size", "64",
+    "--epochs", "2", "--ema-decays", "0.9", "--ema-every", "2",
+]
+TINY_SEEDS = (0, 1)
+
+
+@pytest.fixture(scope="session")
+def tiny_seed_runs(tmp_path_factory):
+    """Path of a directory holding seed-0/ and seed-1/ finished tiny CIFAR-10 runs."""
+    if not os.path.isdir(os.path.join(TFDS_DIR, "cifar10")):
+        pytest.skip("no prepared cifar10 in shared/data/tfds")
+    from app import train
+
+    out = str(tmp_path_factory.mktemp("tiny_runs") / "cifar10-resnet20")
+    train.main(TINY_RUN_ARGS + ["--seeds", *map(str, TINY_SEEDS), "--out", out])
+    return out
+
+
+def normalized_test_images(run_path, limit):
+    """The first `limit` test images and labels, normalized in NumPy with the run's training statistics.
+
+    An independent path to the model's inputs (not app/data.py's tf.data
+    pipeline): the channel mean/std of the exact training images the run
+    used, recomputed here in float64.
+    """
+    from app import run_dir
+    from evaluation import predictions
+
+    # The decoded images themselves come from the data layer (cached there).
+    arrays = predictions.load_arrays(run_dir.load_config(run_path))
+    pixels = arrays.train_images.reshape(-1, 3).astype(np.float64) / 255.0
+    mean, std = pixels.mean(axis=0), pixels.std(axis=0)
+    images = (arrays.test_images[:limit].astype(np.float64) / 255.0 - mean) / std
+    return images.astype(np.float32), arrays.test_labels[:limit], arrays

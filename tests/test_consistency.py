@@ -1,0 +1,72 @@
+"""`python -m app.consistency` on two real tiny CIFAR-10 seeds, against a direct NumPy count."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+import models
+from app import consistency
+from tests.conftest import TINY_SEEDS, normalized_test_images
+
+LIMIT_TEST = 100
+
+
+def _probabilities(model, run_path, name, images):
+    model.load_weights(os.path.join(run_path, "weights", f"{name}.weights.h5"))
+    logits = model.predict(images, batch_size=128, verbose=0).astype(np.float64)
+    probabilities = np.exp(logits - logits.max(1, keepdims=True))
+    return probabilities / probabilities.sum(1, keepdims=True)
+
+
+def _js(p, q):
+    m = (p + q) / 2
+    with np.errstate(divide="ignore", invalid="ignore"):
+        kl_p = np.where(p > 0, p * np.log(p / m), 0.0).sum(1)
+        kl_q = np.where(q > 0, q * np.log(q / m), 0.0).sum(1)
+    return np.mean(kl_p / 2 + kl_q / 2)
+
+
+def test_churn_and_js_equal_a_direct_count_between_the_seeds(tiny_seed_runs):
+    result = consistency.main([tiny_seed_runs, "--limit-test", str(LIMIT_TEST)])
+    assert json.load(open(os.path.join(tiny_seed_runs, "consistency.json"))) == json.loads(json.dumps(result))
+    assert result["split"] == "test" and result["seeds"] == list(TINY_SEEDS) and result["pairs"] == 1
+    assert list(result["models"]) == ["baseline", "ema_loss"]
+    assert result["models"]["ema_loss"]["weights"] == "ema_0.9_loss_bn"  # paper Table 3: BN recomputed
+    images, labels, _ = normalized_test_images(os.path.join(tiny_seed_runs, "seed-0"), LIMIT_TEST)
+    model = models.build_model("resnet20", 10, image_size=32)
+    for method, entry in result["models"].items():
+        first, second = (
+            _probabilities(model, os.path.join(tiny_seed_runs, f"seed-{seed}"), entry["weights"], images)
+            for seed in TINY_SEEDS
+        )
+        assert entry["churn"] == np.count_nonzero(first.argmax(1) != second.argmax(1)) / LIMIT_TEST
+        assert entry["js_divergence"] == pytest.approx(_js(first, second), rel=1e-3, abs=1e-6)
+        accuracies = [np.mean(p.argmax(1) == labels) for p in (first, second)]
+        assert entry["accuracy_by_seed"] == accuracies
+        assert entry["accuracy"] == pytest.approx(np.mean(accuracies))
+
+
+def test_criterion_flag_compares_the_best_accuracy_ema(tiny_seed_runs):
+    result = consistency.main([tiny_seed_runs, "--limit-test", "32", "--criterion", "accuracy"])
+    assert list(result["models"]) == ["baseline", "ema_acc"]
+    assert result["models"]["ema_acc"]["weights"] == "ema_0.9_acc_bn" and result["criterion"] == "accuracy"
+
+
+@pytest.mark.parametrize("case", ["one_run", "one_seed", "bad_decay", "bad_criterion"])
+def test_bad_input_is_one_line_and_exit_2(tiny_seed_runs, tmp_path, capsys, case):
+    single_seed = tmp_path / "single"
+    single_seed.mkdir()
+    os.symlink(os.path.join(tiny_seed_runs, "seed-0"), single_seed / "seed-0")
+    argv, expected = {
+        "one_run": ([os.path.join(tiny_seed_runs, "seed-0")], "not a directory of seed-<k>/ runs"),
+        "one_seed": ([str(single_seed)], "holds 1 seed; train at least 2"),
+        "bad_decay": ([tiny_seed_runs, "--ema-decay", "0.99"], "choose from 0.9"),
+        "bad_criterion": ([tiny_seed_runs, "--criterion", "best"], "invalid choice"),
+    }[case]
+    with pytest.raises(SystemExit) as exit_info:
+        consistency.main(argv)
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and error[0].startswith("error: ") and expected in error[0]

@@ -1,0 +1,115 @@
+"""`python -m app.evaluate` on real tiny CIFAR-10 runs, against recomputation from the saved weights."""
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+import models
+from app import evaluate
+from evaluation import metrics
+from tests.conftest import TINY_SEEDS, normalized_test_images
+
+LIMIT_TEST = 100
+NAMES = ["final", "ema_0.9_acc", "ema_0.9_acc_bn", "ema_0.9_loss", "ema_0.9_loss_bn"]
+
+
+@pytest.fixture(scope="module")
+def evaluated(tiny_seed_runs):
+    return evaluate.main([tiny_seed_runs, "--limit-test", str(LIMIT_TEST)])
+
+
+def _logits(model, run_path, name, images):
+    model.load_weights(os.path.join(run_path, "weights", f"{name}.weights.h5"))
+    return model.predict(images, batch_size=128, verbose=0)
+
+
+def test_every_seed_is_evaluated_and_written(tiny_seed_runs, evaluated):
+    paths = [os.path.join(tiny_seed_runs, f"seed-{seed}") for seed in TINY_SEEDS]
+    assert sorted(evaluated) == paths
+    for path in paths:
+        on_disk = json.load(open(os.path.join(path, "evaluation.json")))
+        assert on_disk == json.loads(json.dumps(evaluated[path]))
+        assert on_disk["split"] == "test" and on_disk["test_examples"] == LIMIT_TEST
+        assert on_disk["temperature_fitted_on"] == "validation" and on_disk["validation_examples"] == 128
+        assert on_disk["ece_bins"] == 100 and on_disk["ema_decay"] == "0.9"
+        assert list(on_disk["by_weights"]) == NAMES
+        models_ = on_disk["models"]
+        assert list(models_) == ["baseline", "ema_acc", "ema_loss"]  # no SWA in this run
+        assert models_["baseline"]["weights"] == "weights/final.weights.h5"
+        # The paper's tables use the EMA with BatchNorm recomputed once (App. B has both).
+        assert models_["ema_loss"]["weights"] == "weights/ema_0.9_loss_bn.weights.h5"
+        assert models_["ema_loss"]["bn_recomputed"] is True and models_["ema_loss"]["decay"] == 0.9
+        for method, entry in models_.items():
+            name = entry["weights"][len("weights/"):-len(".weights.h5")]
+            numbers = {k: v for k, v in entry.items() if k not in ("decay", "bn_recomputed")}
+            assert numbers == on_disk["by_weights"][name]
+            assert set(numbers) == {"weights", "accuracy", "loss", "ece", "temperature", "ece_temperature_scaled"}
+
+
+def test_numbers_equal_a_numpy_recomputation_from_the_saved_weights(tiny_seed_runs, evaluated):
+    path = os.path.join(tiny_seed_runs, "seed-0")
+    images, labels, arrays = normalized_test_images(path, LIMIT_TEST)
+    pixels = arrays.train_images.reshape(-1, 3).astype(np.float64) / 255.0
+    holdout = ((arrays.validation_images / 255.0 - pixels.mean(0)) / pixels.std(0)).astype(np.float32)
+    model = models.build_model("resnet20", 10, image_size=32)
+    for name in NAMES:
+        entry = evaluated[path]["by_weights"][name]
+        logits = _logits(model, path, name, images).astype(np.float64)
+        log_probabilities = logits - logits.max(1, keepdims=True)
+        log_probabilities -= np.log(np.exp(log_probabilities).sum(1, keepdims=True))
+        assert entry["accuracy"] == np.mean(np.argmax(logits, 1) == labels)
+        assert entry["loss"] == pytest.approx(-np.mean(log_probabilities[np.arange(len(labels)), labels]), rel=1e-4)
+        assert entry["ece"] == pytest.approx(
+            metrics.expected_calibration_error(np.exp(log_probabilities), labels), abs=1e-4)
+        temperature = metrics.fit_temperature(_logits(model, path, name, holdout), arrays.validation_labels)
+        assert entry["temperature"] == pytest.approx(temperature, rel=1e-3)
+        assert entry["ece_temperature_scaled"] == pytest.approx(
+            metrics.expected_calibration_error(metrics.softmax(logits / temperature), labels), abs=1e-3)
+
+
+def test_full_train_run_leaves_temperature_scaling_out(tiny_seed_runs, tmp_path, capsys):
+    # The same weights, declared a --full-train run: there is no hold-out to fit T on.
+    path = str(tmp_path / "full")
+    shutil.copytree(os.path.join(tiny_seed_runs, "seed-0"), path)
+    config = json.load(open(os.path.join(path, "config.json")))
+    config.update(full_train=True, evaluation_split="test", limit_validation=None)
+    json.dump(config, open(os.path.join(path, "config.json"), "w"))
+    result = evaluate.main([path, "--limit-test", "64"])[path]
+    assert result["temperature_fitted_on"] is None and "full-train" in result["note"]
+    for entry in result["by_weights"].values():
+        assert entry["temperature"] is None and entry["ece_temperature_scaled"] is None
+        assert 0 <= entry["ece"] <= 1 and entry["loss"] > 0
+    assert "no hold-out" in capsys.readouterr().out
+
+
+def _fails(argv, capsys, monkeypatch):
+    from app import data as data_lib
+
+    def expensive(*args, **kwargs):
+        raise AssertionError("data was read before the input was checked")
+
+    monkeypatch.setattr(data_lib, "load_arrays", expensive)
+    with pytest.raises(SystemExit) as exit_info:
+        evaluate.main(argv)
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and error[0].startswith("error: ")
+    return error[0]
+
+
+def test_bad_input_is_one_line_and_exit_2_before_any_data(tiny_seed_runs, tmp_path, capsys, monkeypatch):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert "seed-<k>" in _fails([str(empty)], capsys, monkeypatch)
+    assert "does not exist" in _fails([str(tmp_path / "nowhere")], capsys, monkeypatch)
+    assert "choose from 0.9" in _fails([tiny_seed_runs, "--ema-decay", "0.5"], capsys, monkeypatch)
+    assert "at most 10000" in _fails([tiny_seed_runs, "--limit-test", "20000"], capsys, monkeypatch)
+    broken = str(tmp_path / "broken")
+    shutil.copytree(os.path.join(tiny_seed_runs, "seed-0"), broken)
+    os.remove(os.path.join(broken, "weights", "ema_0.9_loss_bn.weights.h5"))
+    assert "ema_0.9_loss_bn.weights.h5 is missing" in _fails([broken], capsys, monkeypatch)
+    os.remove(os.path.join(broken, "summary.json"))
+    assert "no summary.json" in _fails([broken], capsys, monkeypatch)
