@@ -197,6 +197,12 @@ def build_parser(prog="python -m app.train"):
         help="SWA capture period in epochs (cycle length of the cyclic schedule)",
     )
     averaging.add_argument(
+        "--track-stability",
+        action="store_true",
+        help="per-epoch prediction stability of SGD and each EMA and the "
+        "EMA-SGD weight distance (Adda et al.; one extra prediction pass per model)",
+    )
+    averaging.add_argument(
         "--bootstrap-every-epochs",
         type=int,
         default=0,
@@ -329,6 +335,7 @@ def parse_config(argv, model_names=None):
         swa_lr=args.swa_lr,
         swa_cycle_epochs=args.swa_cycle_epochs,
         bootstrap_every_epochs=args.bootstrap_every_epochs,
+        track_stability=args.track_stability,
         checkpoint_every_steps=args.checkpoint_every_steps,
         deterministic=args.deterministic,
     )

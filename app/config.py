@@ -76,6 +76,7 @@ class TrainConfig:
     swa_lr: float | None = None
     swa_cycle_epochs: int = 1
     bootstrap_every_epochs: int = 0
+    track_stability: bool = False
     checkpoint_every_steps: int | None = None
     deterministic: bool = False
 

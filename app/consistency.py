@@ -21,17 +21,10 @@ import json
 import os
 import sys
 
-from app.errors import UsageError
+from app.errors import OneLineArgumentParser, UsageError
 
 CONSISTENCY_FILE = "consistency.json"
 CRITERIA = {"loss": "ema_loss", "accuracy": "ema_acc"}
-
-
-class _OneLineParser(argparse.ArgumentParser):
-    """argparse prints usage plus an error; we want the one error line only."""
-
-    def error(self, message):
-        raise UsageError(f"{message} (see --help)")
 
 
 def _positive_int(text):
@@ -42,7 +35,7 @@ def _positive_int(text):
 
 
 def build_parser():
-    parser = _OneLineParser(
+    parser = OneLineArgumentParser(
         prog="python -m app.consistency",
         description="Pairwise churn and JS divergence between seeds, SGD baseline vs EMA (Table 3).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,

@@ -27,16 +27,9 @@ import json
 import os
 import sys
 
-from app.errors import UsageError
+from app.errors import OneLineArgumentParser, UsageError
 
 EVALUATION_FILE = "evaluation.json"
-
-
-class _OneLineParser(argparse.ArgumentParser):
-    """argparse prints usage plus an error; we want the one error line only."""
-
-    def error(self, message):
-        raise UsageError(f"{message} (see --help)")
 
 
 def _positive_int(text):
@@ -47,7 +40,7 @@ def _positive_int(text):
 
 
 def build_parser():
-    parser = _OneLineParser(
+    parser = OneLineArgumentParser(
         prog="python -m app.evaluate",
         description="Test accuracy, NLL, ECE and ECE after temperature scaling of a run's saved models.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,

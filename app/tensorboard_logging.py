@@ -21,7 +21,9 @@ from tensorboard.plugins.custom_scalar import layout_pb2
 from tensorboard.plugins.custom_scalar import metadata as custom_scalar_metadata
 from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
-_AVERAGE_KEY = re.compile(r"^(?P<model>(ema|swa)\S*?)_(?P<metric>val_\w+)$")
+_AVERAGE_KEY = re.compile(
+    r"^(?P<model>(ema|swa)\S*?)_(?P<metric>val_\w+|prediction_stability|weight_distance)$"
+)
 
 
 def tag_for(key):
@@ -31,7 +33,7 @@ def tag_for(key):
     match = _AVERAGE_KEY.match(key)
     if match:
         return f"{match['metric']}/{match['model']}"
-    if key.startswith("val_"):
+    if key.startswith("val_") or key == "prediction_stability":
         return f"{key}/sgd"
     return f"{key}/train"
 
@@ -53,6 +55,13 @@ LAYOUT = (
         ),
     ),
     ("learning rate", (("learning rate", (r"^learning_rate$",)),)),
+    (
+        "stability",  # Adda et al.: prediction stability, EMA-SGD weight distance
+        (
+            ("prediction stability", (r"^prediction_stability/",)),
+            ("weight distance to SGD", (r"^weight_distance/",)),
+        ),
+    ),
     ("training", (("training accuracy and loss", (r"^(accuracy|loss)/train$",)),)),
 )
 

@@ -91,6 +91,12 @@ def build_callbacks(config, data, model, schedule, path):
                 every_epoch=config.bn_recompute == "epoch",
                 at_end=True,
             )
+    if config.track_stability:
+        from callbacks.stability import PredictionStability
+
+        averaging["stability"] = PredictionStability(
+            validation_data=data.validation, ema=averaging.get("ema")
+        )
     if config.swa:
         averaging["swa"] = SWA(
             start_epoch=config.swa_start_epoch - 1,

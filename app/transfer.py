@@ -43,20 +43,13 @@ import sys
 
 import numpy as np
 
-from app.errors import UsageError
+from app.errors import OneLineArgumentParser, UsageError
 
 TRANSFER_FILE = "transfer.json"
 TARGETS = ("cifar10", "cifar100", "tiny-imagenet")  # clean labels only
 METHODS = ("baseline", "ema_acc", "ema_loss")  # paper Table 4
 # Settings that must agree with a transfer.json already in the run directory.
 SETTINGS = ("epochs", "lr", "momentum", "batch_size", "seed", "augmentation")
-
-
-class _OneLineParser(argparse.ArgumentParser):
-    """argparse prints usage plus an error; we want the one error line only."""
-
-    def error(self, message):
-        raise UsageError(f"{message} (see --help)")
 
 
 def _positive_int(text):
@@ -67,7 +60,7 @@ def _positive_int(text):
 
 
 def build_parser():
-    parser = _OneLineParser(
+    parser = OneLineArgumentParser(
         prog="python -m app.transfer",
         description="Linear evaluation of a run's frozen backbone on another dataset (Table 4).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,

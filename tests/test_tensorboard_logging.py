@@ -13,6 +13,9 @@ def test_tag_layout_puts_sgd_and_averages_on_one_prefix():
     assert tag_for("swa_val_accuracy") == "val_accuracy/swa"
     assert tag_for("accuracy") == "accuracy/train"
     assert tag_for("lr") == "learning_rate"
+    assert tag_for("prediction_stability") == "prediction_stability/sgd"
+    assert tag_for("ema_0.998_prediction_stability") == "prediction_stability/ema_0.998"
+    assert tag_for("ema_0.998_weight_distance") == "weight_distance/ema_0.998"
 
 
 def test_scalars_read_back_with_event_accumulator(tmp_path):
@@ -38,7 +41,7 @@ def test_custom_scalars_layout_reads_back_with_the_plugin_proto(tmp_path):
     tensor = events.Tensors(metadata.CONFIG_SUMMARY_TAG)[0].tensor_proto
     layout = layout_pb2.Layout.FromString(tensor.string_val[0])
     titles = [category.title for category in layout.category]
-    assert titles == ["EMA vs SGD", "EMA decays", "learning rate", "training"]
+    assert titles == ["EMA vs SGD", "EMA decays", "learning rate", "stability", "training"]
     fig_1a = layout.category[0].chart[0].multiline.tag
     import re
 

@@ -25,7 +25,7 @@ SMALL = [
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("runs") / "run")
-    argv = SMALL + ["--swa", "--swa-start-epoch", "2", "--out", out]
+    argv = SMALL + ["--swa", "--swa-start-epoch", "2", "--track-stability", "--out", out]
     summary = train.main(argv)
     return out, argv, summary
 
@@ -33,7 +33,7 @@ def run(tmp_path_factory):
 def test_run_directory_holds_everything(run):
     out, argv, _ = run
     assert sorted(os.listdir(out)) == [
-        "command.txt", "config.json", "history.csv", "summary.json", "tensorboard", "weights"
+        "checkpoint", "command.txt", "config.json", "history.csv", "summary.json", "tensorboard", "weights"
     ]
     config = json.load(open(os.path.join(out, "config.json")))
     assert config["lr"] == 0.1 and config["ema_decays"] == [0.9, 0.99]
@@ -57,6 +57,12 @@ def test_history_has_one_row_per_epoch_and_a_column_per_model(run):
     for row in rows:
         assert row["ema_best_val_accuracy"] == max(row["ema_0.9_val_accuracy"], row["ema_0.99_val_accuracy"])
     assert rows[0]["swa_val_accuracy"] is None and rows[1]["swa_val_accuracy"] is not None
+    # --track-stability (Adda et al.): undefined at the first epoch, a fraction after.
+    assert np.isnan(rows[0]["prediction_stability"])
+    for row in rows[1:]:
+        for key in ("prediction_stability", "ema_0.9_prediction_stability"):
+            assert 0.0 <= row[key] <= 1.0
+    assert all(row["ema_0.99_weight_distance"] > 0 for row in rows)
 
 
 def test_summary_selects_the_epochs_history_shows(run):
