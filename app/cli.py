@@ -7,14 +7,7 @@ here before any data is read or any file is written.
 import argparse
 
 from app import config as config_lib
-from app.errors import OneLineArgumentParser, UsageError
-
-
-def _positive_int(text):
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text}")
-    return value
+from app.errors import OneLineArgumentParser, UsageError, positive_int
 
 
 def build_parser(prog="python -m app.train"):
@@ -54,13 +47,13 @@ def build_parser(prog="python -m app.train"):
     )
     data.add_argument(
         "--limit-train",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         help="keep only the first N training examples (smoke runs)",
     )
     data.add_argument(
         "--limit-validation",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         help="evaluate on only the first N examples of the validation (or, with "
         "--full-train, test) split each epoch (smoke runs)",
@@ -100,7 +93,7 @@ def build_parser(prog="python -m app.train"):
         help="take the initial learning rate (and any other tuned value) from "
         "TUNER_DIR/best.json written by python -m app.tune",
     )
-    train.add_argument("--batch-size", type=_positive_int, default=128, help="batch size")
+    train.add_argument("--batch-size", type=positive_int, default=128, help="batch size")
     train.add_argument(
         "--weight-decay",
         type=float,
@@ -140,7 +133,7 @@ def build_parser(prog="python -m app.train"):
     )
     train.add_argument(
         "--checkpoint-every-steps",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         help="also checkpoint every N optimizer steps within an epoch "
         "(a checkpoint is always written at every epoch end)",
@@ -161,7 +154,7 @@ def build_parser(prog="python -m app.train"):
     )
     averaging.add_argument(
         "--ema-every",
-        type=_positive_int,
+        type=positive_int,
         default=16,
         help="update the EMAs every N optimizer steps (effective decay a^(1/N))",
     )
@@ -192,7 +185,7 @@ def build_parser(prog="python -m app.train"):
     )
     averaging.add_argument(
         "--swa-cycle-epochs",
-        type=_positive_int,
+        type=positive_int,
         default=1,
         help="SWA capture period in epochs (cycle length of the cyclic schedule)",
     )

@@ -21,17 +21,10 @@ import json
 import os
 import sys
 
-from app.errors import OneLineArgumentParser, UsageError
+from app.errors import OneLineArgumentParser, UsageError, positive_int
 
 CONSISTENCY_FILE = "consistency.json"
 CRITERIA = {"loss": "ema_loss", "accuracy": "ema_acc"}
-
-
-def _positive_int(text):
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text}")
-    return value
 
 
 def build_parser():
@@ -45,10 +38,10 @@ def build_parser():
                         help="EMA decay compared (default: the largest the runs kept)")
     parser.add_argument("--criterion", choices=sorted(CRITERIA), default="loss",
                         help="the EMA early-stopped at lowest validation loss (the paper's) or best accuracy")
-    parser.add_argument("--limit-test", type=_positive_int, default=None,
+    parser.add_argument("--limit-test", type=positive_int, default=None,
                         help="use the first N test examples only (smoke runs)")
     parser.add_argument("--data-dir", default=None, help="TFDS data directory (default: the runs')")
-    parser.add_argument("--batch-size", type=_positive_int, default=None,
+    parser.add_argument("--batch-size", type=positive_int, default=None,
                         help="prediction batch size (default: the runs')")
     return parser
 

@@ -27,16 +27,9 @@ import json
 import os
 import sys
 
-from app.errors import OneLineArgumentParser, UsageError
+from app.errors import OneLineArgumentParser, UsageError, positive_int
 
 EVALUATION_FILE = "evaluation.json"
-
-
-def _positive_int(text):
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text}")
-    return value
 
 
 def build_parser():
@@ -49,10 +42,10 @@ def build_parser():
                         help="a run directory, or a directory of seed-<k>/ run directories")
     parser.add_argument("--ema-decay", type=float, default=None,
                         help="EMA decay of the `ema_acc`/`ema_loss` entries (default: the largest the run kept)")
-    parser.add_argument("--limit-test", type=_positive_int, default=None,
+    parser.add_argument("--limit-test", type=positive_int, default=None,
                         help="evaluate on the first N test examples only (smoke runs)")
     parser.add_argument("--data-dir", default=None, help="TFDS data directory (default: the run's)")
-    parser.add_argument("--batch-size", type=_positive_int, default=None,
+    parser.add_argument("--batch-size", type=positive_int, default=None,
                         help="prediction batch size (default: the run's)")
     return parser
 

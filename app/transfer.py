@@ -43,20 +43,13 @@ import sys
 
 import numpy as np
 
-from app.errors import OneLineArgumentParser, UsageError
+from app.errors import OneLineArgumentParser, UsageError, positive_int
 
 TRANSFER_FILE = "transfer.json"
 TARGETS = ("cifar10", "cifar100", "tiny-imagenet")  # clean labels only
 METHODS = ("baseline", "ema_acc", "ema_loss")  # paper Table 4
 # Settings that must agree with a transfer.json already in the run directory.
 SETTINGS = ("epochs", "lr", "momentum", "batch_size", "seed", "augmentation")
-
-
-def _positive_int(text):
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text}")
-    return value
 
 
 def build_parser():
@@ -68,16 +61,16 @@ def build_parser():
     parser.add_argument("run_dir", metavar="RUN_DIR",
                         help="a run directory, or a directory of seed-<k>/ run directories")
     parser.add_argument("--dataset", required=True, help=f"target dataset, one of: {', '.join(TARGETS)}")
-    parser.add_argument("--epochs", type=_positive_int, default=50, help="epochs of head training (paper: 50)")
+    parser.add_argument("--epochs", type=positive_int, default=50, help="epochs of head training (paper: 50)")
     parser.add_argument("--lr", type=float, default=0.01, help="constant learning rate of the head (paper: 0.01)")
     parser.add_argument("--momentum", type=float, default=0.9, help="Nesterov momentum (paper: 0.9)")
-    parser.add_argument("--batch-size", type=_positive_int, default=128, help="head training batch size")
+    parser.add_argument("--batch-size", type=positive_int, default=128, help="head training batch size")
     parser.add_argument("--seed", type=int, default=0, help="seed of the head's initialization and batch order")
     parser.add_argument("--ema-decay", type=float, default=None,
                         help="EMA decay transferred (default: the largest the run kept)")
-    parser.add_argument("--limit-train", type=_positive_int, default=None,
+    parser.add_argument("--limit-train", type=positive_int, default=None,
                         help="train the head on the first N target training examples (smoke runs)")
-    parser.add_argument("--limit-test", type=_positive_int, default=None,
+    parser.add_argument("--limit-test", type=positive_int, default=None,
                         help="evaluate on the first N target test examples (smoke runs)")
     parser.add_argument("--data-dir", default=None,
                         help="TFDS data directory for both datasets (default: the run's)")
