@@ -68,9 +68,9 @@ def load_data(config):
     return data_lib.load_data(config)
 
 
-def build_callbacks(config, data, model, schedule, path):
+def build_callbacks(config, data, model):
     """The averaging callbacks, in the order their logs must be produced."""
-    from callbacks.batch_norm import BatchNormRecompute
+    from callbacks.batch_norm import BatchNormRecompute, batch_norm_layers
     from callbacks.ema import MultiEMA
     from callbacks.swa import SWA
 
@@ -83,7 +83,7 @@ def build_callbacks(config, data, model, schedule, path):
             bn_mode=config.ema_bn,
             validation_data=data.validation,
         )
-        if config.bn_recompute != "none" and _has_batch_norm(model):
+        if config.bn_recompute != "none" and batch_norm_layers(model):
             averaging["bn"] = BatchNormRecompute(
                 averaging["ema"],
                 train_data=data.train_one_pass,
@@ -105,12 +105,6 @@ def build_callbacks(config, data, model, schedule, path):
             validation_data=data.validation,
         )
     return averaging
-
-
-def _has_batch_norm(model):
-    import keras
-
-    return any(isinstance(layer, keras.layers.BatchNormalization) for layer in model.layers)
 
 
 def build_schedule(config, steps_per_epoch):
@@ -176,7 +170,7 @@ def train(config, data, path, argv):
         run_directory.create(path, config, argv, extra={"evaluation_split": data.evaluation_split})
     schedule = build_schedule(config, data.steps_per_epoch)
     model = build_model_for(config, data, schedule)
-    averaging = build_callbacks(config, data, model, schedule, path)
+    averaging = build_callbacks(config, data, model)
     stateful = {name: cb for name, cb in averaging.items() if hasattr(cb, "get_state")}
     logger = RunLogger(path, schedule, config.epochs, rows=resumed[0]["rows"] if resumed else None)
     # The guard first: a diverged step must never reach an average or a checkpoint.
@@ -333,7 +327,7 @@ def _print_summary(summary, path):
         for criterion, label in (("best_val_accuracy", "acc."), ("lowest_val_loss", "loss")):
             line(f"EMA {key} ({label})", entry[criterion])
             if "bn_recomputed" in entry[criterion]:
-                line(f"  + BN recomputed", entry[criterion]["bn_recomputed"])
+                line("  + BN recomputed", entry[criterion]["bn_recomputed"])
     if "swa" in summary:
         line("SWA (BN recomputed)", summary["swa"])
     lines.append(f"wall time {summary.get('wall_time_seconds', 0):.0f} s; "

@@ -79,7 +79,7 @@ def recompute_batch_norm(model, data, batch_size=None, steps=None):
         The number of examples used (0 for a model without BatchNorm).
     """
     _check_steps(steps)
-    layers = _batch_norm_layers(model)
+    layers = batch_norm_layers(model)
     if not layers:
         return 0
     batches = _batches(data, batch_size, steps)
@@ -311,7 +311,8 @@ def _check_steps(steps):
         )
 
 
-def _batch_norm_layers(model):
+def batch_norm_layers(model):
+    """The BatchNormalization layers, nested ones included, that a recompute updates."""
     # Keras has no public recursive walk over nested layers (`Model.layers`
     # lists direct children only); `_flatten_layers` is the one it uses itself.
     layers = [
@@ -330,7 +331,7 @@ def _batch_norm_layers(model):
 
 def _statistics_variables(model):
     statistics = []
-    for layer in _batch_norm_layers(model):
+    for layer in batch_norm_layers(model):
         statistics += [layer.moving_mean, layer.moving_variance]
     return statistics
 

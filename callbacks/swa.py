@@ -15,7 +15,7 @@ import os
 import keras
 from keras import ops
 
-from callbacks.batch_norm import _batch_norm_layers
+from callbacks.batch_norm import batch_norm_layers
 from callbacks.batch_norm import _batches
 from callbacks.batch_norm import _check_steps
 from callbacks.batch_norm import _evaluate
@@ -117,7 +117,7 @@ class SWA(keras.callbacks.Callback):
         self._pending_state = None
 
     def on_train_begin(self, logs=None):
-        if self.train_data is None and _batch_norm_layers(self.model):
+        if self.train_data is None and batch_norm_layers(self.model):
             raise ValueError(
                 "`SWA` needs `train_data` to recompute the BatchNorm statistics "
                 "of the average (SWA paper §3.2); pass train_data=..."

@@ -6,7 +6,6 @@ the search. Every user error is a one-line `UsageError`, raised before any
 data is read or any file is written.
 """
 
-import argparse
 import dataclasses
 import json
 import os

@@ -148,7 +148,7 @@ class OneShotHyperModel(keras_tuner.HyperModel):
         schedule = train.build_schedule(config, data.steps_per_epoch)
         # Only the EMAs: BN recomputation and SWA do not change the trajectory.
         averaging_config = dataclasses.replace(config, bn_recompute="none", swa=False)
-        ema = train.build_callbacks(averaging_config, data, model, schedule, None).get("ema")
+        ema = train.build_callbacks(averaging_config, data, model).get("ema")
         ours = [ema] if ema is not None else []
         ours.append(keras.callbacks.TerminateOnNaN())
         logger = None
