@@ -23,6 +23,11 @@ from callbacks import swap
 
 DEFAULT_DECAYS = (0.968, 0.984, 0.992, 0.996, 0.998)  # paper §4.1
 BN_MODES = ("eman", "copy")
+# What `t` counts in the decay warm-up min(α, (t+1)/(t+10)): the paper's
+# optimizer steps (Eq. (1) indexes SGD iterates; §4.1), the EMA updates (one
+# per `every_steps`; this project's behaviour before it followed the paper),
+# or no warm-up (Adda et al.).
+WARMUP_MODES = ("steps", "updates", "none")
 CRITERIA = ("accuracy", "loss")
 _FILE_SUFFIXES = {"accuracy": "acc", "loss": "loss"}
 
@@ -33,8 +38,11 @@ class MultiEMA(keras.callbacks.Callback):
     At train begin every average starts at the model's weights. Every
     `every_steps` optimizer steps all averages of all variables are updated
     in one compiled call: `x_ema <- a_t * x_ema + (1 - a_t) * x`, where
-    `a_t = min(a, (t + 1) / (t + 10))` with warm-up (`t` counts EMA updates
-    from 0), else `a`. The effective per-step decay is `a ** (1 / every_steps)`
+    `a_t = min(a, (t + 1) / (t + 10))` with warm-up, else `a`. By default `t`
+    is the 0-based index of the optimizer step just taken (paper Eq. (1) and
+    §4.1, as ema-pytorch and timm count), so decay `a` leaves the warm-up
+    after step `(10a - 1) / (1 - a)` whatever `every_steps` is
+    (`warmup_release_step`). The effective per-step decay is `a ** (1 / every_steps)`
     (`effective_decays`). The trainable variables are averaged; with
     `bn_mode="eman"` so are the moving statistics of BatchNormalization layers
     (with `"copy"` an EMA uses the trained model's current statistics); no
@@ -67,8 +75,11 @@ class MultiEMA(keras.callbacks.Callback):
             `steps_per_execution > 1` the update happens at the end of the
             execution in which a multiple of `every_steps` is reached.
             Defaults to 16.
-        warmup: whether to warm the decay up as `min(a, (t+1)/(t+10))`.
-            Defaults to `True`.
+        warmup: the decay warm-up `min(a, (t+1)/(t+10))`: `"steps"` (`t`
+            counts optimizer steps, the paper's), `"updates"` (`t` counts EMA
+            updates: the warm-up lasts `every_steps` times longer) or
+            `"none"`. `True` means `"steps"`, `False` `"none"`. Defaults to
+            `"steps"`.
         bn_mode: `"eman"` (the EMA's BatchNorm moving statistics are an EMA,
             same decay and warm-up, of the trained model's) or `"copy"` (the
             EMA uses the trained model's current statistics). Defaults to
@@ -87,7 +98,7 @@ class MultiEMA(keras.callbacks.Callback):
         self,
         decays=DEFAULT_DECAYS,
         every_steps=16,
-        warmup=True,
+        warmup="steps",
         bn_mode="eman",
         validation_data=None,
         validation_batch_size=None,
@@ -101,7 +112,7 @@ class MultiEMA(keras.callbacks.Callback):
                 "Invalid value for argument `bn_mode`. "
                 f"Received: bn_mode={bn_mode!r}. Expected one of {BN_MODES}."
             )
-        self.warmup = bool(warmup)
+        self.warmup = _checked_warmup(warmup)
         self.bn_mode = bn_mode
         self.validation_data = validation_data
         self.validation_batch_size = validation_batch_size
@@ -250,6 +261,8 @@ class MultiEMA(keras.callbacks.Callback):
         """
         for name in ("every_steps", "warmup", "bn_mode"):
             saved, current = _python(state[name]), getattr(self, name)
+            if name == "warmup":
+                saved = _checked_warmup(saved)
             if saved != current:
                 raise ValueError(_mismatch_message(name, saved, current))
         saved = tuple(float(d) for d in np.asarray(state["decays"]))
@@ -348,16 +361,32 @@ class MultiEMA(keras.callbacks.Callback):
         self._step = step
         if due:
             self._synced_model()
-            self._update_averages(self._decays_at(self._num_updates))
+            self._update_averages(self._decay_factors())
             self._num_updates += 1
 
-    def _decays_at(self, update_index):
+    def decays_at(self, step, num_updates=None):
+        """The decays `a_t` (float64) of an update made after optimizer step `step`.
+
+        `step` counts optimizer steps from 1; `num_updates` (the updates made
+        before this one) matters only with `warmup="updates"` and defaults to
+        `step // every_steps - 1`.
+        """
         decays = np.asarray(self.decays, dtype="float64")
-        if self.warmup:
-            # decay warm-up min(α, (t+1)/(t+10)), paper §4.1
-            warm = (update_index + 1) / (update_index + 10)
-            decays = np.minimum(decays, warm)
-        return decays.astype("float32")
+        if self.warmup == "none":
+            return decays
+        if self.warmup == "steps":
+            t = step - 1  # the iterate's index t, paper Eq. (1)
+        else:
+            t = step // self.every_steps - 1 if num_updates is None else num_updates
+        # decay warm-up min(α, (t+1)/(t+10)), paper §4.1
+        return np.minimum(decays, (t + 1) / (t + 10))
+
+    def _decay_factors(self):
+        # Both factors are formed in float64 and only then rounded: rounding
+        # a to float32 first would put a relative error of up to ~1e-4 into
+        # the small 1 - a.
+        decays = self.decays_at(self._step, self._num_updates)
+        return np.stack([decays, 1.0 - decays]).astype("float32")
 
     # Evaluating and selecting.
 
@@ -487,6 +516,19 @@ def _checked_decays(decays):
     return values
 
 
+def _checked_warmup(warmup):
+    if warmup is True:
+        return "steps"
+    if warmup is False or warmup is None:
+        return "none"
+    if warmup not in WARMUP_MODES:
+        raise ValueError(
+            "Invalid value for argument `warmup`. Received: "
+            f"warmup={warmup!r}. Expected one of {WARMUP_MODES} (or a bool)."
+        )
+    return warmup
+
+
 def _checked_every_steps(every_steps):
     if (
         isinstance(every_steps, bool)
@@ -560,13 +602,26 @@ def _batch_norm_statistics(model):
     }
 
 
-def _ema_step(averages, currents, decays):
+def _ema_step(averages, currents, factors):
     new_averages = []
     for average, current in zip(averages, currents):
-        decay = keras.ops.reshape(decays, (-1,) + (1,) * len(current.shape))
+        shape = (-1,) + (1,) * len(current.shape)
+        decay = keras.ops.reshape(factors[0], shape)
+        rest = keras.ops.reshape(factors[1], shape)  # 1 - decay, from float64
         current = keras.ops.cast(current, "float32")
-        new_averages.append(decay * average + (1.0 - decay) * current)
+        new_averages.append(decay * average + rest * current)
     return new_averages
+
+
+def warmup_release_step(decay):
+    """The first optimizer step index `t` at which `(t+1)/(t+10) >= decay`.
+
+    From there on the warm-up no longer holds `decay` back (`warmup="steps"`):
+    0.968 -> 272, 0.984 -> 553, 0.992 -> 1115, 0.996 -> 2240, 0.998 -> 4490.
+    """
+    # Exact in rationals: t >= (10a - 1) / (1 - a); a small tolerance absorbs
+    # the binary representation of a decimal decay.
+    return max(0, int(np.ceil((10.0 * decay - 1.0) / (1.0 - decay) - 1e-9)))
 
 
 def _broadcast(value, num_decays):

@@ -18,7 +18,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from callbacks.ema import MultiEMA  # noqa: E402
+from callbacks.ema import DEFAULT_DECAYS, MultiEMA, warmup_release_step  # noqa: E402
 
 NUM_FEATURES = 4
 NUM_CLASSES = 3
@@ -144,7 +144,12 @@ def eman_run(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def copy_run(tmp_path_factory):
-    return train(tmp_path_factory.mktemp("copy"), bn_mode="copy", warmup=False)
+    return train(tmp_path_factory.mktemp("copy"), bn_mode="copy", warmup="none")
+
+
+@pytest.fixture(scope="module")
+def updates_run(tmp_path_factory):
+    return train(tmp_path_factory.mktemp("updates"), warmup="updates")
 
 
 def averaged_mask(model, bn_mode):
@@ -156,6 +161,12 @@ def averaged_mask(model, bn_mode):
     return [id(v) in averaged for v in model.weights]
 
 
+def warmed_decay(decay, warmup, step, update_index):
+    """Paper §4.1: min(α, (t+1)/(t+10)), t = the SGD iterate's index (step - 1)."""
+    t = {"steps": step - 1, "updates": update_index}.get(warmup)
+    return decay if t is None else min(decay, (t + 1) / (t + 10))
+
+
 def expected_ema_weights(trajectory, decay, warmup, mask, steps):
     """NumPy re-derivation of an EMA after `steps` steps (float64)."""
     average = [w.astype("float64") for w in trajectory[0]]  # x0_EMA = x0
@@ -163,8 +174,7 @@ def expected_ema_weights(trajectory, decay, warmup, mask, steps):
     for step in range(1, steps + 1):
         if step % EVERY_STEPS:
             continue
-        t = update_index
-        a = min(decay, (t + 1) / (t + 10)) if warmup else decay
+        a = warmed_decay(decay, warmup, step, update_index)
         weights = trajectory[step]
         average = [a * m + (1 - a) * w for m, w in zip(average, weights)]
         update_index += 1
@@ -184,10 +194,13 @@ def numpy_evaluation(weights, data):
     return loss, accuracy
 
 
-@pytest.mark.parametrize("mode", ["eman", "copy"])
-def test_averages_match_numpy_rederivation(mode, eman_run, copy_run):
-    run = eman_run if mode == "eman" else copy_run
-    warmup = mode == "eman"  # the copy run also checks warmup=False
+@pytest.mark.parametrize(
+    "mode, warmup", [("eman", "steps"), ("copy", "none"), ("eman", "updates")]
+)
+def test_averages_match_numpy_rederivation(
+    mode, warmup, eman_run, copy_run, updates_run
+):
+    run = {"steps": eman_run, "none": copy_run, "updates": updates_run}[warmup]
     trajectory = run.recorder.steps
     assert len(trajectory) == EPOCHS * STEPS_PER_EPOCH + 1
     mask = averaged_mask(run.model, mode)
@@ -217,7 +230,10 @@ def test_batch_norm_statistics(mode, eman_run, copy_run):
             np.testing.assert_array_equal(ema[i], final[i])
         return
     # EMAN: an EMA, same decay and warm-up, of the recorded moving statistics.
-    a_values = [min(DECAYS[-1], (t + 1) / (t + 10)) for t in range(5)]
+    a_values = [
+        warmed_decay(DECAYS[-1], "steps", (k + 1) * EVERY_STEPS, k)
+        for k in range(5)
+    ]
     for i in stats:
         average = run.recorder.steps[0][i].astype("float64")
         for t, a in enumerate(a_values):
@@ -408,7 +424,7 @@ def test_steps_per_execution():
     state = ema.get_state()
     assert (state["step"], state["num_updates"]) == (STEPS_PER_EPOCH, 1)
     mask = averaged_mask(model, "eman")
-    a = min(0.5, 1 / 10)
+    a = min(0.5, (3 + 1) / (3 + 10))  # x_4 enters at t = 3 (paper Eq. (1))
     with ema.swapped_in(0.5):
         got = model.get_weights()
     for g, x0, x, last, keep in zip(
@@ -526,3 +542,38 @@ def test_public_api_errors():
     state["bn_mode"] = "eman"
     with pytest.raises(ValueError, match="every_steps=16, but this MultiEMA"):
         ema.set_state(state)
+
+
+def test_warmup_release_step_matches_brute_force():
+    for decay in (0.5, 0.968, 0.984, 0.992, 0.996, 0.998):
+        t = 0
+        while (t + 1) / (t + 10) < decay:
+            t += 1
+        assert warmup_release_step(decay) == t
+    assert [warmup_release_step(d) for d in DEFAULT_DECAYS] == [
+        272, 553, 1115, 2240, 4490  # paper §4.1 protocol, in optimizer steps
+    ]
+
+
+def test_warmup_counts_steps_or_updates():
+    steps = MultiEMA(decays=(0.99,), every_steps=16)
+    updates = MultiEMA(decays=(0.99,), every_steps=16, warmup="updates")
+    off = MultiEMA(decays=(0.99,), every_steps=16, warmup=False)
+    # Update after step 32: t = 31 in steps, t = 1 in updates.
+    assert steps.decays_at(32)[0] == pytest.approx(32 / 41)
+    assert updates.decays_at(32)[0] == pytest.approx(2 / 11)
+    assert off.decays_at(32)[0] == 0.99
+    assert MultiEMA(warmup=True).warmup == "steps"
+
+
+def test_one_minus_decay_is_formed_before_rounding():
+    ema = MultiEMA(decays=(0.998, 0.9999), every_steps=1, warmup="none")
+    ema._step = 1
+    decay, rest = ema._decay_factors()
+    np.testing.assert_array_equal(
+        rest, np.float32(1.0 - np.array([0.998, 0.9999]))
+    )
+    # The old form, 1 - float32(a), is off by 1.3e-5 / 1.7e-4 relative.
+    old = 1.0 - np.float32([0.998, 0.9999]).astype("float64")
+    assert np.all(np.abs(old / (1 - np.array([0.998, 0.9999])) - 1) > 1e-5)
+    np.testing.assert_allclose(rest / (1 - np.array([0.998, 0.9999])), 1, rtol=1e-7)
