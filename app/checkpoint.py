@@ -95,6 +95,11 @@ def save(directory, model, states, meta):
     os.replace(temporary, last)
 
 
+def read(path):
+    """`(meta, contents)` of one checkpoint file (raises on a bad file)."""
+    return _read(path)
+
+
 def _read(path):
     with np.load(path, allow_pickle=False) as contents:
         arrays = {key: contents[key] for key in contents.files}

@@ -65,6 +65,12 @@ def build_parser(prog="python -m app.train"):
         "(default: seeded 80/20 train/validation split, paper §4.1)",
     )
     data.add_argument(
+        "--validation-fraction",
+        type=float,
+        default=0.2,
+        help="held-out fraction of the training set (paper: 0.2; Adda et al.: 0.1, 45k/5k)",
+    )
+    data.add_argument(
         "--split-seed",
         type=int,
         default=0,
@@ -100,7 +106,12 @@ def build_parser(prog="python -m app.train"):
         default=None,
         help="coupled L2 weight decay (default: 5e-4 for wrn*/vgg*, else 1e-4)",
     )
-    train.add_argument("--momentum", type=float, default=0.9, help="Nesterov momentum")
+    train.add_argument("--momentum", type=float, default=0.9, help="momentum")
+    train.add_argument(
+        "--no-nesterov",
+        action="store_true",
+        help="plain (heavy-ball) momentum instead of the paper's Nesterov (Adda et al.)",
+    )
     train.add_argument(
         "--schedule",
         default="cosine",
@@ -159,6 +170,20 @@ def build_parser(prog="python -m app.train"):
         help="update the EMAs every N optimizer steps (effective decay a^(1/N))",
     )
     averaging.add_argument(
+        "--ema-warmup",
+        default="steps",
+        help="decay warm-up min(a, (t+1)/(t+10)): t counts optimizer steps "
+        "(steps, paper §4.1), EMA updates (updates), or no warm-up (none, Adda et al.)",
+    )
+    averaging.add_argument(
+        "--stop-epochs-from",
+        default=None,
+        metavar="RUN",
+        help="final run (--full-train): keep each EMA at the epochs selected on the "
+        "validation run RUN (its summary.json), paper §4.1; without it a --full-train "
+        "run selects on the test set and says so",
+    )
+    averaging.add_argument(
         "--ema-bn",
         default="eman",
         help="EMA BatchNorm statistics: eman (EMA of the trained model's) or copy",
@@ -169,19 +194,25 @@ def build_parser(prog="python -m app.train"):
         help="recompute EMA BatchNorm statistics: none, epoch (every epoch, "
         "for curves), end (once for the selected EMA models)",
     )
-    averaging.add_argument("--swa", action="store_true", help="also keep an SWA average")
+    averaging.add_argument(
+        "--swa",
+        action="store_true",
+        help="after training, branch SWA off the baseline's checkpoint at 75%% of the "
+        "epochs: the rest of the budget at a constant (or cyclic) SWA learning rate, "
+        "averaging every epoch (SWA paper §4.1), in RUN/swa/",
+    )
     averaging.add_argument(
         "--swa-start-epoch",
         type=int,
         default=None,
-        help="first epoch (1-based) averaged by SWA (default: after 75%% of the epochs)",
+        help="first epoch (1-based) of the SWA branch (default: after 75%% of the epochs)",
     )
     averaging.add_argument(
         "--swa-lr",
         type=float,
         default=None,
-        help="constant SWA learning rate from the start epoch on "
-        "(default: keep the main schedule)",
+        help="SWA learning rate of the branch (default: 0.05 for cifar100/cifar100n/"
+        "tiny-imagenet, else 0.01; SWA paper App. A)",
     )
     averaging.add_argument(
         "--swa-cycle-epochs",
@@ -235,6 +266,48 @@ def _apply_tuned(args):
         args.batch_size = int(tuned["batch_size"])
 
 
+def stop_epochs_from(run, decays, epochs):
+    """The EMA epochs a validation run selected: {"<decay>": {"accuracy": e, "loss": e}}."""
+    import json
+    import os
+
+    path = os.path.join(run, "summary.json")
+    try:
+        with open(path, encoding="utf-8") as handle:
+            summary = json.load(handle)
+        ema = summary["ema"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise UsageError(
+            f"--stop-epochs-from: no finished run with EMAs in {run} (no readable "
+            "summary.json); give the validation run's directory"
+        )
+    if summary.get("evaluation_split") != "validation":
+        raise UsageError(
+            f"--stop-epochs-from: {run} was evaluated on the "
+            f"{summary.get('evaluation_split')} split; give a run on the 80/20 validation split"
+        )
+    selected = {}
+    for decay in decays:
+        entry = ema.get(f"{decay:g}")
+        if entry is None:
+            raise UsageError(
+                f"--stop-epochs-from: {run} has no EMA of decay {decay:g}; "
+                f"use its decays: --ema-decays {' '.join(ema)}"
+            )
+        selected[f"{decay:g}"] = {
+            criterion: entry[key]["epoch"]
+            for criterion, key in (("accuracy", "best_val_accuracy"), ("loss", "lowest_val_loss"))
+            if entry.get(key)
+        }
+        late = [e for e in selected[f"{decay:g}"].values() if e > epochs]
+        if late:
+            raise UsageError(
+                f"--stop-epochs-from: {run} selected epoch {max(late)} for decay "
+                f"{decay:g}, beyond --epochs {epochs}; use the validation run's --epochs"
+            )
+    return selected
+
+
 def parse_config(argv, model_names=None):
     """Parses and validates `argv`; returns a frozen `TrainConfig`."""
     args = build_parser().parse_args(argv)
@@ -242,6 +315,7 @@ def parse_config(argv, model_names=None):
     _choice(args.schedule, config_lib.SCHEDULES, "schedule")
     _choice(args.label_noise, config_lib.LABEL_NOISE, "label noise")
     _choice(args.ema_bn, config_lib.EMA_BN_MODES, "--ema-bn mode")
+    _choice(args.ema_warmup, config_lib.EMA_WARMUP_MODES, "--ema-warmup mode")
     _choice(args.bn_recompute, config_lib.BN_RECOMPUTE_MODES, "--bn-recompute mode")
     _choice(args.precision, config_lib.PRECISIONS, "precision")
     if args.seeds is not None and len(set(args.seeds)) != len(args.seeds):
@@ -292,8 +366,26 @@ def parse_config(argv, model_names=None):
             raise UsageError(
                 f"--swa-start-epoch must be in [1, {epochs}]; got {swa_start_epoch}"
             )
-        if args.swa_lr is not None and not args.swa_lr > 0:
+        if args.swa_lr is None:
+            args.swa_lr = config_lib.default_swa_lr(args.dataset)
+        if not args.swa_lr > 0:
             raise UsageError(f"--swa-lr must be > 0; got {args.swa_lr}")
+        if swa_start_epoch < 2:
+            raise UsageError(
+                f"--swa-start-epoch must be >= 2 (the branch starts from a baseline "
+                f"checkpoint); got {swa_start_epoch}"
+            )
+    if args.full_train:
+        args.validation_fraction = 0.2  # unused, kept comparable across runs
+    elif not 0.0 < args.validation_fraction < 1.0:
+        raise UsageError(
+            f"--validation-fraction must be in (0, 1); got {args.validation_fraction}"
+        )
+    select_epochs = None
+    if args.stop_epochs_from is not None:
+        if not args.full_train:
+            raise UsageError("--stop-epochs-from is for the final --full-train run; add --full-train")
+        select_epochs = stop_epochs_from(args.stop_epochs_from, decays, epochs)
     if args.bootstrap_every_epochs < 0:
         raise UsageError("--bootstrap-every-epochs must be >= 0")
     if args.bootstrap_every_epochs and not decays:
@@ -306,6 +398,7 @@ def parse_config(argv, model_names=None):
         batch_size=args.batch_size,
         weight_decay=weight_decay,
         momentum=args.momentum,
+        nesterov=not args.no_nesterov,
         seed=args.seed,
         seeds=tuple(args.seeds or ()),
         precision=args.precision,
@@ -315,12 +408,16 @@ def parse_config(argv, model_names=None):
         limit_train=args.limit_train,
         limit_validation=args.limit_validation,
         full_train=args.full_train,
+        validation_fraction=args.validation_fraction,
         split_seed=args.split_seed,
         schedule=args.schedule,
         warmup_epochs=warmup_epochs,
         label_noise=args.label_noise,
         ema_decays=decays,
         ema_every_steps=args.ema_every,
+        ema_warmup=args.ema_warmup,
+        ema_select_epochs=select_epochs,
+        stop_epochs_from=args.stop_epochs_from,
         ema_bn=args.ema_bn,
         bn_recompute=args.bn_recompute,
         swa=args.swa,

@@ -12,6 +12,7 @@ DATASETS = ("cifar10", "cifar100", "cifar10n", "cifar100n", "tiny-imagenet")
 SCHEDULES = ("cosine", "constant", "multistep", "step", "linear")
 LABEL_NOISE = ("worse", "aggre", "random1", "random2", "random3")
 EMA_BN_MODES = ("eman", "copy")
+EMA_WARMUP_MODES = ("steps", "updates", "none")
 BN_RECOMPUTE_MODES = ("none", "epoch", "end")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 
@@ -25,6 +26,14 @@ DEFAULT_WEIGHT_DECAY = 1e-4
 DEFAULT_MODEL = {"cifar10n": "resnet34", "cifar100n": "resnet34"}
 DEFAULT_MODEL_OTHER = "resnet18"
 DEFAULT_EMA_DECAYS = (0.968, 0.984, 0.992, 0.996, 0.998)  # paper §4.1
+# SWA paper App. A, ResNets: constant SWA learning rate 0.01 on CIFAR-10,
+# 0.05 on CIFAR-100 (used here for every 100+-class dataset).
+SWA_LR_BY_DATASET = {"cifar100": 0.05, "cifar100n": 0.05, "tiny-imagenet": 0.05}
+DEFAULT_SWA_LR = 0.01
+
+
+def default_swa_lr(dataset):
+    return SWA_LR_BY_DATASET.get(dataset, DEFAULT_SWA_LR)
 
 
 def default_epochs(dataset):
@@ -51,6 +60,7 @@ class TrainConfig:
     batch_size: int = 128
     weight_decay: float = 1e-4
     momentum: float = 0.9
+    nesterov: bool = True
     seed: int = 0
     seeds: tuple = ()
     precision: str = "float32"
@@ -68,11 +78,16 @@ class TrainConfig:
     # Weight averaging (callbacks/); an empty tuple turns EMA off.
     ema_decays: tuple = DEFAULT_EMA_DECAYS
     ema_every_steps: int = 16
-    ema_warmup: bool = True
+    ema_warmup: str = "steps"
+    # The final run's EMA epochs, chosen on a validation run (paper §4.1):
+    # {"<decay>": {"accuracy": epoch, "loss": epoch}}, 1-based; None: select
+    # on this run's evaluation split.
+    ema_select_epochs: dict | None = None
+    stop_epochs_from: str | None = None
     ema_bn: str = "eman"
     bn_recompute: str = "end"
     swa: bool = False
-    swa_start_epoch: int | None = None
+    swa_start_epoch: int | None = None  # first epoch of the SWA branch (1-based)
     swa_lr: float | None = None
     swa_cycle_epochs: int = 1
     bootstrap_every_epochs: int = 0
@@ -93,4 +108,6 @@ class TrainConfig:
         for key in ("ema_decays", "seeds"):
             if key in values:
                 values[key] = tuple(values[key])
+        if isinstance(values.get("ema_warmup"), bool):  # before it named its unit
+            values["ema_warmup"] = "steps" if values["ema_warmup"] else "none"
         return cls(**values)

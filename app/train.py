@@ -82,6 +82,7 @@ def build_callbacks(config, data, model):
             warmup=config.ema_warmup,
             bn_mode=config.ema_bn,
             validation_data=data.validation,
+            select_epochs=_select_epochs(config),
         )
         if config.bn_recompute != "none" and batch_norm_layers(model):
             averaging["bn"] = BatchNormRecompute(
@@ -97,39 +98,29 @@ def build_callbacks(config, data, model):
         averaging["stability"] = PredictionStability(
             validation_data=data.validation, ema=averaging.get("ema")
         )
-    if config.swa:
-        averaging["swa"] = SWA(
-            start_epoch=config.swa_start_epoch - 1,
-            cycle_epochs=config.swa_cycle_epochs,
-            train_data=data.train_one_pass,
-            validation_data=data.validation,
-        )
     return averaging
+
+
+def _select_epochs(config):
+    """MultiEMA's fixed selections (0-based epochs) from the config's 1-based ones."""
+    if config.ema_select_epochs is None:
+        return None
+    return {
+        float(decay): {criterion: epoch - 1 for criterion, epoch in epochs.items()}
+        for decay, epochs in config.ema_select_epochs.items()
+    }
 
 
 def build_schedule(config, steps_per_epoch):
     from app.schedules import TrainingSchedule
 
-    schedule = TrainingSchedule(
+    return TrainingSchedule(
         config.schedule,
         config.lr,
         steps_per_epoch=steps_per_epoch,
         epochs=config.epochs,
         warmup_epochs=config.warmup_epochs,
     )
-    if config.swa and config.swa_lr is not None:
-        from callbacks.swa import swa_schedule
-
-        schedule = swa_schedule(
-            schedule,
-            start_step=(config.swa_start_epoch - 1) * steps_per_epoch,
-            swa_lr=config.swa_lr,
-            # One-epoch cycles mean a constant SWA rate (SWA paper §4.1).
-            cycle_steps=(
-                config.swa_cycle_epochs * steps_per_epoch if config.swa_cycle_epochs > 1 else None
-            ),
-        )
-    return schedule
 
 
 def build_model_for(config, data, schedule):
@@ -143,7 +134,7 @@ def build_model_for(config, data, schedule):
         optimizer=TorchSGD(
             learning_rate=schedule,
             momentum=config.momentum,
-            nesterov=True,
+            nesterov=config.nesterov,
             l2=config.weight_decay,
         ),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
@@ -185,6 +176,11 @@ def train(config, data, path, argv):
             checkpoint_dir, stateful, logger, every_steps=config.checkpoint_every_steps
         )
     )
+    if config.swa:
+        from app import swa_branch
+
+        # The SWA branch starts from the baseline as it was at this epoch end.
+        callbacks.append(swa_branch.KeepBranchPoint(checkpoint_dir, config.swa_start_epoch - 1))
     start_epoch, skip_batches, contents = 0, 0, None
     if resumed is not None:
         meta, contents = resumed
@@ -211,6 +207,10 @@ def train(config, data, path, argv):
         )
         raise SystemExit(1)
     summary = finish(config, data, model, averaging, logger.rows, path)
+    if config.swa:
+        from app import swa_branch
+
+        summary["swa"] = swa_branch.train_branch(config, data, path)
     summary["wall_time_seconds"] = round(time.time() - started, 1)
     run_directory.write_summary(path, summary)
     _print_summary(summary, path)
@@ -275,15 +275,24 @@ def finish(config, data, model, averaging, rows, path):
     if "ema" in averaging:
         averaging["ema"].save_selected(weights_dir)
         summary["ema"] = averaging["ema"].summary()
+        selected_on = _selected_on(config, data)
+        for entry in summary["ema"].values():
+            for criterion in ("best_val_accuracy", "lowest_val_loss"):
+                if entry[criterion] is not None:
+                    entry[criterion]["selected_on"] = selected_on
     if "bn" in averaging:
         averaging["bn"].save(weights_dir)
         for key, entry in averaging["bn"].summary().items():
             for criterion, metrics in entry.items():
                 summary["ema"][key][criterion]["bn_recomputed"] = metrics
-    if "swa" in averaging:
-        averaging["swa"].save(weights_dir)
-        summary["swa"] = averaging["swa"].summary()
     return summary
+
+
+def _selected_on(config, data):
+    """Which split chose the EMA epochs (paper §4.1: never the test set)."""
+    if config.ema_select_epochs is not None:
+        return f"validation (run {config.stop_epochs_from})"
+    return data.evaluation_split
 
 
 def sgd_summary(rows):

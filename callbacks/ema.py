@@ -90,6 +90,13 @@ class MultiEMA(keras.callbacks.Callback):
             `None`.
         validation_batch_size: batch size for tuple `validation_data`.
             Defaults to `None` (Keras' default, 32).
+        select_epochs: `None` to select, per decay, the epochs of best
+            validation accuracy and lowest validation loss; or a mapping
+            `{decay: {"accuracy": epoch, "loss": epoch}}` (0-based epochs)
+            fixing the selected epochs in advance, as the paper's final run
+            on the full training set does with the epochs chosen on the
+            validation run (§4.1: "early stopping is not tuned again on the
+            test set"). Defaults to `None`.
         verbose: if 1, print the effective per-step decays at train begin.
             Defaults to 0.
     """
@@ -102,6 +109,7 @@ class MultiEMA(keras.callbacks.Callback):
         bn_mode="eman",
         validation_data=None,
         validation_batch_size=None,
+        select_epochs=None,
         verbose=0,
     ):
         super().__init__()
@@ -116,6 +124,7 @@ class MultiEMA(keras.callbacks.Callback):
         self.bn_mode = bn_mode
         self.validation_data = validation_data
         self.validation_batch_size = validation_batch_size
+        self.select_epochs = _checked_select_epochs(select_epochs, self.decays)
         self.verbose = verbose
         self.effective_decays = tuple(
             decay ** (1.0 / self.every_steps) for decay in self.decays
@@ -140,6 +149,7 @@ class MultiEMA(keras.callbacks.Callback):
             bn_mode=self.bn_mode,
             validation_data=self.validation_data,
             validation_batch_size=self.validation_batch_size,
+            select_epochs=self.select_epochs,
             verbose=self.verbose,
         )
 
@@ -420,12 +430,17 @@ class MultiEMA(keras.callbacks.Callback):
         )
 
     def _select(self, index, epoch, loss, accuracy):
-        best = self._selected["accuracy"][index]
-        better_accuracy = accuracy is not None and (
-            best is None or accuracy > best["val_accuracy"]
-        )
-        lowest = self._selected["loss"][index]
-        lower_loss = lowest is None or loss < lowest["val_loss"]
+        if self.select_epochs is not None:
+            fixed = self.select_epochs[self.decays[index]]
+            better_accuracy = fixed.get("accuracy") == epoch
+            lower_loss = fixed.get("loss") == epoch
+        else:
+            best = self._selected["accuracy"][index]
+            better_accuracy = accuracy is not None and (
+                best is None or accuracy > best["val_accuracy"]
+            )
+            lowest = self._selected["loss"][index]
+            lower_loss = lowest is None or loss < lowest["val_loss"]
         if not (better_accuracy or lower_loss):
             return
         selected = {
@@ -514,6 +529,30 @@ def _checked_decays(decays):
     if len({f"{d:g}" for d in values}) != len(values):
         raise ValueError(message + "distinct values (to 6 significant digits).")
     return values
+
+
+def _checked_select_epochs(select_epochs, decays):
+    if select_epochs is None:
+        return None
+    message = (
+        "Invalid value for argument `select_epochs`. Received: "
+        f"select_epochs={select_epochs!r}. Expected "
+    )
+    try:
+        fixed = {
+            float(decay): {str(c): int(e) for c, e in epochs.items()}
+            for decay, epochs in select_epochs.items()
+        }
+    except (AttributeError, TypeError, ValueError):
+        raise ValueError(message + "{decay: {criterion: epoch}}.") from None
+    if set(fixed) != set(decays):
+        raise ValueError(message + f"one entry per decay in {decays}.")
+    for epochs in fixed.values():
+        if not set(epochs) <= set(CRITERIA) or min(epochs.values(), default=0) < 0:
+            raise ValueError(
+                message + f"criteria from {CRITERIA} mapped to epochs >= 0."
+            )
+    return fixed
 
 
 def _checked_warmup(warmup):

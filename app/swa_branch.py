@@ -1,0 +1,124 @@
+"""SWA as the SWA paper runs it: a branch off the baseline, not a change to it.
+
+Izmailov et al. (2018) §4.1: conventional SGD for about 75 % of the budget,
+then, from those weights, a constant (or cyclic) SWA learning rate for the
+rest, capturing the weights once per epoch (or at each cycle's end) and
+recomputing the BatchNorm statistics of the average at the end (§3.2). So
+that the baseline and its EMAs (Table 1's other columns) stay one unchanged
+cosine run, the SWA phase runs after the baseline has finished, from the
+baseline's checkpoint at the end of epoch `swa_start_epoch - 1`, in
+`RUN/swa/` (its own history.csv, TensorBoard logs and checkpoint; it resumes
+like the main run). The final average is saved as `RUN/weights/swa.weights.h5`.
+The branch trains `epochs - swa_start_epoch + 1` more epochs: SWA costs that
+much more compute than the baseline, as in the SWA paper's "budget" tables,
+where the SWA run's total epochs equal the baseline's and the first 75 % of
+them are the same conventional phase.
+"""
+
+import os
+import shutil
+
+import keras
+
+from app import checkpoint
+
+BRANCH_POINT = "swa-branch.npz"
+DIRECTORY = "swa"
+
+
+class KeepBranchPoint(keras.callbacks.Callback):
+    """After `RunCheckpoint` saved epoch `epoch` (1-based count), keeps a copy of it."""
+
+    def __init__(self, checkpoint_dir, epoch):
+        super().__init__()
+        self.checkpoint_dir = checkpoint_dir
+        self.epoch = epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch + 1 != self.epoch:
+            return
+        temporary = os.path.join(self.checkpoint_dir, BRANCH_POINT + ".tmp")
+        shutil.copyfile(os.path.join(self.checkpoint_dir, checkpoint.LAST), temporary)
+        os.replace(temporary, os.path.join(self.checkpoint_dir, BRANCH_POINT))
+
+
+def branch_schedule(config, steps_per_epoch):
+    """The SWA phase's learning rate: constant, or cyclic with `swa_cycle_epochs` > 1."""
+    from app.train import build_schedule
+    from callbacks.swa import swa_schedule
+
+    return swa_schedule(
+        build_schedule(config, steps_per_epoch),
+        start_step=(config.swa_start_epoch - 1) * steps_per_epoch,
+        swa_lr=config.swa_lr,
+        # One-epoch cycles mean a constant SWA rate (SWA paper §4.1).
+        cycle_steps=(
+            config.swa_cycle_epochs * steps_per_epoch if config.swa_cycle_epochs > 1 else None
+        ),
+    )
+
+
+def train_branch(config, data, run_path):
+    """Runs (or resumes) the SWA branch; returns its summary entry."""
+    from app.history import RunLogger
+    from app.train import build_model_for
+    from callbacks.divergence import DivergenceGuard
+    from callbacks.swa import SWA
+
+    path = os.path.join(run_path, DIRECTORY)
+    checkpoint_dir = os.path.join(path, checkpoint.DIRECTORY)
+    os.makedirs(path, exist_ok=True)
+    start_epoch = config.swa_start_epoch - 1
+    resumed = checkpoint.load(checkpoint_dir)
+    if resumed is None:
+        branch_point = os.path.join(run_path, checkpoint.DIRECTORY, BRANCH_POINT)
+        meta, contents = checkpoint.read(branch_point)
+        assert meta["epoch"] == start_epoch, (meta["epoch"], start_epoch)
+    else:
+        meta, contents = resumed
+    keras.utils.set_random_seed(config.seed + 1)
+    schedule = branch_schedule(config, data.steps_per_epoch)
+    model = build_model_for(config, data, schedule)
+    checkpoint.restore(model, contents)
+    swa = SWA(
+        start_epoch=start_epoch,
+        cycle_epochs=config.swa_cycle_epochs,
+        train_data=data.train_one_pass,
+        validation_data=data.validation,
+    )
+    if resumed is not None:
+        swa.set_state(contents["states"]["swa"])
+    logger = RunLogger(path, schedule, config.epochs, rows=meta["rows"] if resumed else None)
+    callbacks = [
+        DivergenceGuard(weights_every_steps=config.ema_every_steps),
+        swa,
+        logger,
+        checkpoint.RunCheckpoint(checkpoint_dir, {"swa": swa}, logger),
+    ]
+    print(
+        f"SWA branch from epoch {start_epoch} of the baseline: epochs "
+        f"{config.swa_start_epoch}-{config.epochs} at SWA lr {config.swa_lr:g}"
+        f"{f' (cycles of {config.swa_cycle_epochs} epochs)' if config.swa_cycle_epochs > 1 else ''}"
+        f" -> {path}",
+        flush=True,
+    )
+    model.fit(
+        data.train_from(meta["epoch"]),
+        steps_per_epoch=data.steps_per_epoch,
+        initial_epoch=meta["epoch"],
+        epochs=config.epochs,
+        callbacks=callbacks,
+        validation_data=data.validation,
+        shuffle=False,
+        verbose=2,
+    )
+    swa.save(os.path.join(run_path, "weights"))
+    summary = swa.summary()
+    summary["branch"] = {
+        "from_epoch": start_epoch,
+        "swa_lr": config.swa_lr,
+        "directory": DIRECTORY,
+        "final_sgd_val_accuracy": logger.rows[-1]["val_accuracy"],
+        "final_sgd_val_loss": logger.rows[-1]["val_loss"],
+    }
+    return summary
