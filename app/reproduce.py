@@ -275,17 +275,24 @@ def _check_data(claims, setups, steps, data_dir):
             if step.command == "train":
                 needed[step.argv] = claim
     for argv, claim in needed.items():
-        config = cli.parse_config([a for a in argv if not _is_stop_epochs(argv, a)])
+        config = cli.parse_config(_without_later_inputs(argv))
         try:
             data_lib.check_data_available(config)
         except UsageError as error:
             raise UsageError(f"{claim} needs {config.dataset}, which is not available: {error}")
 
 
-def _is_stop_epochs(argv, value):
-    # The validation run does not exist yet when a claim is planned.
-    index = [i for i, a in enumerate(argv) if a == "--stop-epochs-from"]
-    return bool(index) and (value == "--stop-epochs-from" or value == argv[index[0] + 1])
+def _without_later_inputs(argv):
+    """`argv` without the flags naming what earlier steps write (a validation run, a tuner's best.json)."""
+    kept, skip = [], False
+    for value in argv:
+        if skip:
+            skip = False
+        elif value in ("--stop-epochs-from", "--lr-from"):
+            skip = True
+        else:
+            kept.append(value)
+    return kept
 
 
 def main(argv=None):

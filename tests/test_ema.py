@@ -577,3 +577,39 @@ def test_one_minus_decay_is_formed_before_rounding():
     old = 1.0 - np.float32([0.998, 0.9999]).astype("float64")
     assert np.all(np.abs(old / (1 - np.array([0.998, 0.9999])) - 1) > 1e-5)
     np.testing.assert_allclose(rest / (1 - np.array([0.998, 0.9999])), 1, rtol=1e-7)
+
+
+def test_fixed_select_epochs_keep_the_ema_of_those_epochs(tmp_path, eman_run):
+    """Paper §4.1: the final run keeps each EMA at the epoch chosen on the
+    validation run, whatever its own evaluation split says."""
+    fixed = {d: {"accuracy": 0, "loss": 1} for d in DECAYS}
+    run = train(tmp_path, select_epochs=fixed)
+    for decay in DECAYS:
+        for got, want in zip(  # the same trajectory as the free run
+            run.after.ema_weights[-1][decay], eman_run.after.ema_weights[-1][decay]
+        ):
+            np.testing.assert_array_equal(got, want)
+        for criterion, epoch in fixed[decay].items():
+            got = run.ema.selected_weights(decay, criterion)
+            for g, want in zip(got, run.after.ema_weights[epoch][decay]):
+                np.testing.assert_array_equal(g, want)
+        summary = run.ema.summary()[f"{decay:g}"]
+        assert summary["best_val_accuracy"]["epoch"] == 1
+        assert summary["lowest_val_loss"]["epoch"] == 2
+        assert summary["lowest_val_loss"]["val_loss"] == pytest.approx(
+            run.after.logs[1][f"ema_{decay:g}_val_loss"]
+        )
+    # The free run selects by its own metrics: some of its epochs differ.
+    free = {
+        (d, c): eman_run.ema.summary()[f"{d:g}"][k]["epoch"]
+        for d in DECAYS
+        for c, k in (("accuracy", "best_val_accuracy"), ("loss", "lowest_val_loss"))
+    }
+    assert any(free[(d, c)] - 1 != fixed[d][c] for d, c in free)
+
+
+def test_select_epochs_validation():
+    with pytest.raises(ValueError, match="one entry per decay"):
+        MultiEMA(decays=(0.9, 0.99), select_epochs={0.9: {"loss": 1}})
+    with pytest.raises(ValueError, match="criteria from"):
+        MultiEMA(decays=(0.9,), select_epochs={0.9: {"recall": 1}})

@@ -33,7 +33,8 @@ def run(tmp_path_factory):
 def test_run_directory_holds_everything(run):
     out, argv, _ = run
     assert sorted(os.listdir(out)) == [
-        "checkpoint", "command.txt", "config.json", "history.csv", "summary.json", "tensorboard", "weights"
+        "checkpoint", "command.txt", "config.json", "history.csv", "summary.json", "swa", "tensorboard",
+        "weights",
     ]
     config = json.load(open(os.path.join(out, "config.json")))
     assert config["lr"] == 0.1 and config["ema_decays"] == [0.9, 0.99]
@@ -51,12 +52,11 @@ def test_history_has_one_row_per_epoch_and_a_column_per_model(run):
     assert [row["epoch"] for row in rows] == [1, 2, 3]
     header = open(os.path.join(out, "history.csv")).readline().strip().split(",")
     assert header[:6] == ["epoch", "lr", "train_loss", "train_accuracy", "val_loss", "val_accuracy"]
-    for column in ("ema_0.9_val_loss", "ema_0.99_val_accuracy", "ema_best_val_accuracy",
-                   "swa_val_accuracy"):
+    for column in ("ema_0.9_val_loss", "ema_0.99_val_accuracy", "ema_best_val_accuracy"):
         assert column in header
+    assert "swa_val_accuracy" not in header  # SWA is a branch with its own history
     for row in rows:
         assert row["ema_best_val_accuracy"] == max(row["ema_0.9_val_accuracy"], row["ema_0.99_val_accuracy"])
-    assert rows[0]["swa_val_accuracy"] is None and rows[1]["swa_val_accuracy"] is not None
     # --track-stability (Adda et al.): undefined at the first epoch, a fraction after.
     assert np.isnan(rows[0]["prediction_stability"])
     for row in rows[1:]:
@@ -80,6 +80,25 @@ def test_summary_selects_the_epochs_history_shows(run):
         assert entry["effective_per_step_decay"] == pytest.approx(float(decay) ** 0.5)
         assert set(entry["best_val_accuracy"]["bn_recomputed"]) == {"val_loss", "val_accuracy"}
     assert summary["swa"]["models_averaged"] == 2 and summary["swa"]["start_epoch"] == 2
+
+
+def test_swa_branches_off_the_baseline_at_a_constant_rate(run):
+    """SWA paper §4.1: from the baseline's weights after epoch 1, epochs 2-3 at the SWA lr."""
+    from app import checkpoint
+
+    out, _, summary = run
+    meta, contents = checkpoint.read(os.path.join(out, "checkpoint", "swa-branch.npz"))
+    assert meta["epoch"] == 1
+    baseline = read_history(os.path.join(out, "history.csv"))
+    assert meta["rows"] == baseline[:1]  # the baseline as it was after epoch 1
+    branch = read_history(os.path.join(out, "swa", "history.csv"))
+    assert [row["epoch"] for row in branch] == [2, 3]
+    assert [row["lr"] for row in branch] == pytest.approx([0.01, 0.01])  # SWA paper App. A, CIFAR-10
+    assert branch[0]["val_accuracy"] != baseline[1]["val_accuracy"]  # a different trajectory
+    assert summary["swa"]["branch"]["from_epoch"] == 1
+    assert summary["swa"]["branch"]["final_sgd_val_accuracy"] == branch[-1]["val_accuracy"]
+    # The baseline's own schedule is untouched: cosine to 0 at the end.
+    assert baseline[-1]["lr"] < 0.01
 
 
 def test_tensorboard_scalars_equal_history(run):

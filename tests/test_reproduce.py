@@ -1,0 +1,131 @@
+"""`python -m app.reproduce` end to end on the tiny budget (real CIFAR-10, seconds per run).
+
+The claims' tables are recomputed here from the run directories they read
+(history.csv, summary.json), not from the builders' own code paths.
+"""
+
+import csv
+import json
+import os
+
+import numpy as np
+import pytest
+
+from app import reproduce
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TFDS_DIR = os.path.join(os.path.dirname(ROOT), "shared", "data", "tfds")
+needs_cifar10 = pytest.mark.skipif(
+    not os.path.isdir(os.path.join(TFDS_DIR, "cifar10")),
+    reason="needs the prepared cifar10 in ../shared/data/tfds",
+)
+
+
+def _csv(path):
+    with open(path, newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _history(path):
+    return _csv(os.path.join(path, "history.csv"))
+
+
+def _summary(path):
+    with open(os.path.join(path, "summary.json"), encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("reproduce"))
+    common = ["--budget", "tiny", "--seeds", "0", "1", "--out", out, "--data-dir", TFDS_DIR]
+    results = {claim: reproduce.main([claim, *common])[claim] for claim in ("fig1a", "table1")}
+    return os.path.join(out, "tiny"), results, common
+
+
+@needs_cifar10
+def test_fig1a_table_is_the_validation_runs_history(tiny):
+    base, results, _ = tiny
+    history = _history(os.path.join(base, "protocol", "validation"))
+    rows = _csv(os.path.join(base, "fig1a", "fig1a.csv"))
+    assert [int(r["epoch"]) for r in rows] == [int(h["epoch"]) for h in history]
+    for row, h in zip(rows, history):
+        assert float(row["sgd_val_accuracy"]) == pytest.approx(float(h["val_accuracy"]))
+        per_decay = {d: float(h[f"ema_{d}_val_accuracy"]) for d in ("0.5", "0.9")}
+        assert float(row["ema_best_val_accuracy"]) == pytest.approx(max(per_decay.values()))
+        assert per_decay[row["best_decay"]] == pytest.approx(max(per_decay.values()))
+    assert os.path.getsize(os.path.join(base, "fig1a", "fig1a.png")) > 10_000
+    assert results["fig1a"]["verdict"] in ("holds", "does not hold", "unclear")
+
+
+@needs_cifar10
+def test_table1_is_the_mean_over_the_final_runs(tiny):
+    base, results, _ = tiny
+    finals = [os.path.join(base, "protocol", "final", f"seed-{s}") for s in (0, 1)]
+    summaries = [_summary(p) for p in finals]
+    rows = {r["method"]: r for r in _csv(os.path.join(base, "table1", "table1.csv"))}
+
+    def check(method, values):
+        assert float(rows[method]["accuracy_mean"]) == pytest.approx(np.mean(values))
+        assert float(rows[method]["accuracy_std"]) == pytest.approx(np.std(values, ddof=1))
+
+    check("baseline", [s["sgd"]["final"]["val_accuracy"] for s in summaries])
+    # EMA of the largest decay, at the epochs chosen on the validation run, BN recomputed.
+    validation = _summary(os.path.join(base, "protocol", "validation"))
+    for method, key in (("ema_acc", "best_val_accuracy"), ("ema_loss", "lowest_val_loss")):
+        for summary in summaries:
+            entry = summary["ema"]["0.9"][key]
+            assert entry["epoch"] == validation["ema"]["0.9"][key]["epoch"]
+            assert entry["selected_on"].startswith("validation")
+        check(method, [s["ema"]["0.9"][key]["bn_recomputed"]["val_accuracy"] for s in summaries])
+    check("swa", [s["swa"]["val_accuracy"] for s in summaries])
+    for final in finals:  # each final run logged its test curve every epoch
+        assert len(_history(final)) == 3
+    text = open(os.path.join(base, "table1", "table1.md"), encoding="utf-8").read()
+    assert "77.63 ± 0.14" in text and "Verdict" in text
+
+
+@needs_cifar10
+def test_rerun_skips_finished_steps(tiny, capsys):
+    base, _, common = tiny
+    before = os.path.getmtime(os.path.join(base, "protocol", "final", "seed-0", "summary.json"))
+    reproduce.main(["table1", *common])
+    out = capsys.readouterr().out
+    assert out.count("done already") == 2 and "running:" not in out
+    assert os.path.getmtime(os.path.join(base, "protocol", "final", "seed-0", "summary.json")) == before
+
+
+def test_dry_run_prints_the_commands_and_runs_nothing(tmp_path, capsys):
+    result = reproduce.main(["table3", "--budget", "small", "--out", str(tmp_path), "--dry-run"])
+    out = capsys.readouterr().out
+    lines = [line for line in out.splitlines() if line.startswith("python -m app.")]
+    assert [line.split()[2] for line in lines] == ["app.train", "app.train", "app.consistency"]
+    assert "--stop-epochs-from" in lines[1] and "--seeds 0 1 2" in lines[1]
+    # 30 epochs x 10,000 images (validation run), 3 final runs with an 8-epoch SWA branch.
+    assert result["train_images"] == 30 * 10000 + 3 * (30 + 8) * 10000
+    assert not os.listdir(tmp_path)
+
+
+def test_list_names_every_claim_with_the_papers_numbers(capsys):
+    reproduce.main(["--list"])
+    out = capsys.readouterr().out
+    assert [line.split()[0] for line in out.splitlines()] == list(reproduce.CLAIMS)
+    assert "77.63" in out and "86.4" in out
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["table9"], "unknown claim 'table9'; choose from fig1a"),
+        (["table1", "--budget", "huge"], "unknown budget 'huge'"),
+        ([], "name a claim (see --list) or all"),
+        (["table1", "--budget", "paper", "--data-dir", TFDS_DIR], "table1 needs cifar100, which is not available"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, argv, message):
+    with pytest.raises(SystemExit) as exit_info:
+        reproduce.main(argv + ["--out", str(tmp_path / "out")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and err.count("\n") == 1
+    assert not (tmp_path / "out").exists()
