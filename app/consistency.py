@@ -18,6 +18,7 @@ Example:
 
 import argparse
 import json
+import math
 import os
 import sys
 
@@ -116,6 +117,8 @@ def measure(plan):
             "churn": metrics.pairwise_mean(metrics.churn, probabilities[method]),
             "js_divergence": metrics.pairwise_mean(metrics.jensen_shannon_divergence, probabilities[method]),
         }
+        # The paper's Table 3 gives no unit and reaches 0.85 > ln 2: report both.
+        models[method]["js_divergence_bits"] = models[method]["js_divergence"] / math.log(2)
     method = CRITERIA[plan["criterion"]]
     models[method].update(decay=float(plan["decay_key"]), bn_recomputed=models[method]["weights"].endswith("_bn"))
     seeds = [seed["run"].config.get("seed") for seed in plan["seeds"]]
@@ -125,6 +128,7 @@ def measure(plan):
         "seeds": seeds,
         "pairs": len(seeds) * (len(seeds) - 1) // 2,
         "criterion": plan["criterion"],
+        "js_divergence_unit": "nats (natural log); js_divergence_bits in bits (log base 2)",
         "models": models,
     }
     from app.history import atomic_write_text
@@ -138,12 +142,12 @@ def measure(plan):
 def format_table(result, path):
     lines = [f"\nPrediction consistency on {result['test_examples']} test examples, seeds "
              f"{', '.join(map(str, result['seeds']))} ({result['pairs']} pairs)"]
-    lines.append(f"{'model':<30}{'accuracy (%)':>13}{'churn (%)':>11}{'JS div.':>10}")
+    lines.append(f"{'model':<30}{'accuracy (%)':>13}{'churn (%)':>11}{'JS (nats)':>10}{'JS (bits)':>10}")
     for method, entry in result["models"].items():
         label = "SGD (final)" if method == "baseline" else f"EMA {entry['decay']:g} ({result['criterion']})" + (
             " + BN recomputed" if entry["bn_recomputed"] else "")
         lines.append(f"{label:<30}{entry['accuracy'] * 100:>13.2f}{entry['churn'] * 100:>11.2f}"
-                     f"{entry['js_divergence']:>10.4f}")
+                     f"{entry['js_divergence']:>10.4f}{entry['js_divergence'] / math.log(2):>10.4f}")
     lines.append(f"-> {path}")
     return "\n".join(lines)
 

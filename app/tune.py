@@ -152,6 +152,11 @@ def finish(config, oracle, path, started):
         print(f"error: no trial completed ({error}); try smaller --lrs", file=sys.stderr)
         raise SystemExit(1)
     final_argv = list(config.train_argv) + hyperparameter_flags(best["hyperparameters"])
+    # Paper §4.1: the final run keeps each EMA at the epochs this trial chose on
+    # the validation split; early stopping is not tuned again on the test set.
+    trial_dir = os.path.join(path, f"trial_{best['trial_id']}")
+    if _has_emas(trial_dir):
+        final_argv += ["--stop-epochs-from", trial_dir]
     best["command"] = "python -m app.train " + shlex.join(final_argv + ["--full-train"])
     best["trials"] = {"completed": completed, "failed": failed, "other": other}
     best["wall_time_seconds"] = round(time.time() - started, 1)
@@ -167,6 +172,14 @@ def finish(config, oracle, path, started):
         flush=True,
     )
     return best
+
+
+def _has_emas(trial_dir):
+    try:
+        with open(os.path.join(trial_dir, "summary.json"), encoding="utf-8") as handle:
+            return bool(json.load(handle).get("ema"))
+    except (OSError, ValueError):
+        return False
 
 
 def _print_trials(oracle):

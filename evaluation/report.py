@@ -217,7 +217,7 @@ def table3(groups):
 
 def table3_markdown(rows):
     header = ["Dataset", "Model", "Split", "Seeds", "Method", "Acc. Baseline (%)", "Acc. Method (%)",
-              "Churn Baseline (%)", "Churn Method (%)", "JS Baseline", "JS Method"]
+              "Churn Baseline (%)", "Churn Method (%)", "JS Baseline (nats / bits)", "JS Method (nats / bits)"]
 
     def cell(value, scale, digits):
         return _MISSING if value is None else f"{value * scale:.{digits}f}"
@@ -226,10 +226,15 @@ def table3_markdown(rows):
         [row["dataset"], row["model"], row["split"], str(row["seeds"]), _label(row["method"]),
          cell(row["accuracy_baseline"], 100, 2), cell(row["accuracy_method"], 100, 2),
          cell(row["churn_baseline"], 100, 2), cell(row["churn_method"], 100, 2),
-         cell(row["js_divergence_baseline"], 1, 4), cell(row["js_divergence_method"], 1, 4)]
+         _nats_bits(row["js_divergence_baseline"]), _nats_bits(row["js_divergence_method"])]
         for row in rows
     ]
     return markdown_table(header, lines)
+
+
+def _nats_bits(value):
+    """A JS divergence in nats (natural log) and in bits: the paper states no unit."""
+    return _MISSING if value is None else f"{value:.4f} / {value / math.log(2):.4f}"
 
 
 def table4(groups):

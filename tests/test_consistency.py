@@ -20,11 +20,11 @@ def _probabilities(model, run_path, name, images):
     return probabilities / probabilities.sum(1, keepdims=True)
 
 
-def _js(p, q):
+def _js(p, q, base=np.e):
     m = (p + q) / 2
     with np.errstate(divide="ignore", invalid="ignore"):
-        kl_p = np.where(p > 0, p * np.log(p / m), 0.0).sum(1)
-        kl_q = np.where(q > 0, q * np.log(q / m), 0.0).sum(1)
+        kl_p = np.where(p > 0, p * np.log(p / m) / np.log(base), 0.0).sum(1)
+        kl_q = np.where(q > 0, q * np.log(q / m) / np.log(base), 0.0).sum(1)
     return np.mean(kl_p / 2 + kl_q / 2)
 
 
@@ -43,6 +43,7 @@ def test_churn_and_js_equal_a_direct_count_between_the_seeds(tiny_seed_runs):
         )
         assert entry["churn"] == np.count_nonzero(first.argmax(1) != second.argmax(1)) / LIMIT_TEST
         assert entry["js_divergence"] == pytest.approx(_js(first, second), rel=1e-3, abs=1e-6)
+        assert entry["js_divergence_bits"] == pytest.approx(_js(first, second, base=2), rel=1e-3, abs=1e-6)
         accuracies = [np.mean(p.argmax(1) == labels) for p in (first, second)]
         assert entry["accuracy_by_seed"] == accuracies
         assert entry["accuracy"] == pytest.approx(np.mean(accuracies))

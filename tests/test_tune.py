@@ -108,9 +108,18 @@ def test_best_json_names_the_trial_with_the_highest_objective(searched):
     assert best["objective"] == max(scores.values())
     assert scores[best["lr"]] == max(scores.values())
     assert best["objective_name"] == "ema"
+    trial_dir = os.path.join(tuner_dir, f"trial_{best['trial_id']}")
     assert best["command"] == (
-        "python -m app.train " + " ".join(TRAIN_FLAGS) + f" --lr {best['lr']!r} --full-train"
+        "python -m app.train " + " ".join(TRAIN_FLAGS) + f" --lr {best['lr']!r}"
+        f" --stop-epochs-from {trial_dir} --full-train"
     )
+    # The final command parses: the trial's validation-selected epochs are taken.
+    from app import cli
+
+    config = cli.parse_config(best["command"].split()[3:])
+    summary = read_json(os.path.join(trial_dir, "summary.json"))
+    for key, entry in summary["ema"].items():
+        assert config.ema_select_epochs[key]["accuracy"] == entry["best_val_accuracy"]["epoch"]
 
 
 def test_the_objective_is_the_max_over_epochs_of_ema_best_val_accuracy(searched):
