@@ -203,9 +203,19 @@ def table1(dirs, out):
                 f"recomputed once): EMA (acc.) {gains['ema_acc']:+.2f} and EMA (loss) {gains['ema_loss']:+.2f} "
                 f"points over the baseline ({100 * by_method['baseline']['accuracy_mean']:.2f} %).")
     reason = f"EMA above baseline in mean; difference beyond 2 standard errors: {significant}"
-    notes = [f"EMA epochs selected on: {rows[1]['selected_on'] if len(rows) > 1 else '—'}."]
+    notes = [f"EMA epochs selected on: {rows[1]['selected_on'] if len(rows) > 1 else '—'}.",
+             f"Reported decay: the largest, α={decay} (paper §4.1); {_tuning_winner(dirs)}"]
     return dict(rows=rows, table=table, figures=[], headline=headline, verdict=verdict, reason=reason,
                 mechanism=" ".join(notes))
+
+
+def _tuning_winner(dirs):
+    """Which decay the one-shot objective (best validation accuracy of any EMA, §3.1) picked."""
+    summary = _group(dirs["validation"]).runs[0].summary["ema"]
+    winner = max(summary, key=lambda d: (summary[d]["best_val_accuracy"]["val_accuracy"], -float(d)))
+    entry = summary[winner]["best_val_accuracy"]
+    return (f"the validation run's best EMA was α={winner} ({100 * entry['val_accuracy']:.2f} % at epoch "
+            f"{entry['epoch']}), the one the tuning objective scores.")
 
 
 def _entry(run, method, decay):

@@ -32,6 +32,12 @@ def test_defaults_follow_the_paper():
     assert parse("--swa", "--epochs", "200").swa_start_epoch == 151
     assert parse("--seeds", "0", "1", "2").seeds == (0, 1, 2)
     assert parse().precision == "float32"
+    # Paper §4.1: warm-up counted in optimizer steps; Nesterov; 80/20 split.
+    assert (parse().ema_warmup, parse().nesterov, parse().validation_fraction) == ("steps", True, 0.2)
+    # SWA paper App. A: constant SWA lr 0.01 (CIFAR-10) / 0.05 (CIFAR-100) for ResNets.
+    assert parse("--swa").swa_lr == 0.01 and parse("--swa", "--dataset", "cifar100").swa_lr == 0.05
+    adda = parse("--no-nesterov", "--ema-warmup", "none", "--validation-fraction", "0.1")
+    assert (adda.nesterov, adda.ema_warmup, adda.validation_fraction) == (False, "none", 0.1)
 
 
 @pytest.mark.parametrize(
@@ -51,6 +57,11 @@ def test_defaults_follow_the_paper():
         (["--precision", "float8"], "unknown precision 'float8'; choose from float32, mixed_float16, mixed_bfloat16"),
         (["--seeds", "1", "1"], "--seeds has duplicates: 1 1"),
         (["--ema-bn", "swap"], "unknown --ema-bn mode 'swap'; choose from eman, copy"),
+        (["--ema-warmup", "epochs"], "unknown --ema-warmup mode 'epochs'; choose from steps, updates, none"),
+        (["--validation-fraction", "1.5"], "--validation-fraction must be in (0, 1); got 1.5"),
+        (["--stop-epochs-from", "runs/x"], "--stop-epochs-from is for the final --full-train run; add --full-train"),
+        (["--full-train", "--stop-epochs-from", "/nonexistent/run"], "--stop-epochs-from: no finished run with EMAs in /nonexistent/run"),
+        (["--swa", "--swa-start-epoch", "1"], "--swa-start-epoch must be >= 2"),
     ],
 )
 def test_bad_input_is_one_line_naming_the_fix(argv, message):
@@ -66,7 +77,8 @@ def test_help_lists_every_flag_with_its_default():
                  "--seed", "--data-dir", "--out", "--limit-train", "--full-train", "--schedule",
                  "--label-noise", "--ema-decays", "--ema-every", "--ema-bn", "--bn-recompute",
                  "--swa", "--swa-start-epoch", "--swa-lr", "--swa-cycle-epochs",
-                 "--bootstrap-every-epochs"):
+                 "--bootstrap-every-epochs", "--ema-warmup", "--stop-epochs-from", "--no-nesterov",
+                 "--validation-fraction"):
         assert flag in text
     assert "(default: 0.1)" in text  # --lr
 
@@ -94,3 +106,23 @@ def test_lr_from_reads_the_tuner_best_json(tmp_path):
         parse("--lr-from", str(tmp_path), "--lr", "0.1")
     with pytest.raises(UsageError, match="no readable best.json with an 'lr' in .*run python -m app.tune first"):
         parse("--lr-from", str(tmp_path / "missing"))
+
+
+def test_stop_epochs_from_reads_the_validation_runs_selection(tmp_path):
+    import json
+
+    summary = {"evaluation_split": "validation", "ema": {
+        "0.9": {"best_val_accuracy": {"epoch": 7}, "lowest_val_loss": {"epoch": 5}},
+        "0.99": {"best_val_accuracy": {"epoch": 9}, "lowest_val_loss": {"epoch": 8}}}}
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    base = ("--full-train", "--epochs", "10", "--stop-epochs-from", str(tmp_path))
+    config = parse(*base, "--ema-decays", "0.9", "0.99")
+    assert config.ema_select_epochs == {"0.9": {"accuracy": 7, "loss": 5}, "0.99": {"accuracy": 9, "loss": 8}}
+    with pytest.raises(UsageError, match="has no EMA of decay 0.999; use its decays: --ema-decays 0.9 0.99"):
+        parse(*base, "--ema-decays", "0.999")
+    with pytest.raises(UsageError, match="selected epoch 9 for decay 0.99, beyond --epochs 8"):
+        parse("--full-train", "--epochs", "8", "--stop-epochs-from", str(tmp_path), "--ema-decays", "0.99")
+    summary["evaluation_split"] = "test"
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    with pytest.raises(UsageError, match="was evaluated on the test split"):
+        parse(*base, "--ema-decays", "0.9")
