@@ -313,6 +313,9 @@ def main(argv=None):
         results = {}
         for claim in claims:
             results[claim] = _run_claim(claim, steps[claim], dirs, setups, out, args)
+        from evaluation import claims as claim_tables
+
+        print(f"index: {claim_tables.write_index(out, CLAIM_ORDER)}", flush=True)
         return results
     except UsageError as error:
         print(f"error: {error}", file=sys.stderr)

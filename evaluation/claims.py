@@ -429,5 +429,34 @@ def write_claim(claim, out, dirs, setups, commands, command, wall_seconds, image
     markdown = os.path.join(out, f"{claim}.md")
     with open(markdown, "w", encoding="utf-8") as handle:
         handle.write("".join(parts))
-    files = [markdown, csv_path] + list(result["figures"])
+    verdict_path = os.path.join(out, f"{claim}.json")
+    with open(verdict_path, "w", encoding="utf-8") as handle:
+        json.dump({"claim": claim, "verdict": result["verdict"], "reason": result["reason"],
+                   "headline": result["headline"], "wall_seconds": round(wall_seconds, 1),
+                   "train_images": images, "forward_images": forward}, handle, indent=2)
+    files = [markdown, csv_path, verdict_path] + list(result["figures"])
     return {"files": files, "headline": result["headline"], "verdict": result["verdict"], "rows": result["rows"]}
+
+
+def write_index(budget_dir, claims):
+    """`budget_dir/RESULTS.md`: a verdict table and every claim's page, for the claims written so far."""
+    from app.reproduce import CLAIMS
+
+    done = [c for c in claims if os.path.exists(os.path.join(budget_dir, c, f"{c}.json"))]
+    lines = ["| claim | verdict | ours |", "|---|---|---|"]
+    pages = []
+    for claim in done:
+        with open(os.path.join(budget_dir, claim, f"{claim}.json"), encoding="utf-8") as handle:
+            entry = json.load(handle)
+        lines.append(f"| [{claim}](#{claim}) | **{entry['verdict']}** | {entry['headline']} |")
+        with open(os.path.join(budget_dir, claim, f"{claim}.md"), encoding="utf-8") as handle:
+            page = handle.read().replace("](" + f"{claim}", "](" + f"{claim}/{claim}").replace("# " + claim, "## " + claim, 1)
+        pages.append(page)
+    missing = [c for c in CLAIMS if c not in done]
+    text = "\n".join(lines) + "\n\n"
+    if missing:
+        text += "Not run yet: " + ", ".join(missing) + ".\n\n"
+    path = os.path.join(budget_dir, "RESULTS.md")
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write(text + "\n".join(pages))
+    return path

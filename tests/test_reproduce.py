@@ -83,6 +83,11 @@ def test_table1_is_the_mean_over_the_final_runs(tiny):
         assert len(_history(final)) == 3
     text = open(os.path.join(base, "table1", "table1.md"), encoding="utf-8").read()
     assert "77.63 ± 0.14" in text and "Verdict" in text
+    index = open(os.path.join(base, "RESULTS.md"), encoding="utf-8").read()
+    verdicts = {claim: json.load(open(os.path.join(base, claim, f"{claim}.json"))) for claim in ("fig1a", "table1")}
+    for claim, entry in verdicts.items():
+        assert f"| [{claim}](#{claim}) | **{entry['verdict']}** |" in index
+    assert "](fig1a/fig1a.png)" in index and "Not run yet: fig1b," in index
 
 
 @needs_cifar10
