@@ -136,6 +136,7 @@ class MultiEMA(keras.callbacks.Callback):
         self._averaged = None
         self._averages = None
         self._restored_state = None
+        self._share_identical = True  # tests compare with False
         self._reset_counters()
 
     def __deepcopy__(self, memo):
@@ -222,11 +223,17 @@ class MultiEMA(keras.callbacks.Callback):
 
     def summary(self):
         """JSON-able, keyed by `f"{decay:g}"`: each EMA's selected epochs."""
+        shared = {i: g for g in self.identical_groups() for i in g}
         return {
             f"{decay:g}": {
                 "decay": decay,
                 "every_steps": self.every_steps,
                 "effective_per_step_decay": effective,
+                # Decays still holding this very average (never released by
+                # the warm-up in this run): their rows are the same numbers.
+                "identical_to": [
+                    f"{self.decays[j]:g}" for j in shared.get(i, [i]) if j != i
+                ],
                 "best_val_accuracy": self._selection_summary("accuracy", i),
                 "lowest_val_loss": self._selection_summary("loss", i),
             }
@@ -252,6 +259,7 @@ class MultiEMA(keras.callbacks.Callback):
             "bn_mode": self.bn_mode,
             "step": self._step,
             "num_updates": self._num_updates,
+            "identical_labels": np.asarray(self._labels, dtype="int64"),
         }
         for i, average in enumerate(swap.host_copy(self._averages)):
             state[f"average/{i}"] = average
@@ -327,6 +335,7 @@ class MultiEMA(keras.callbacks.Callback):
         self._num_updates = 0
         self._epochs_evaluated = 0
         self._selected = {c: [None] * len(self.decays) for c in CRITERIA}
+        self._labels = [0] * len(self.decays)  # all averages start at x0
 
     def _reset_or_restore(self):
         self._epochs_evaluated = 0
@@ -351,6 +360,10 @@ class MultiEMA(keras.callbacks.Callback):
         self._step = int(state["step"])
         self._steps_before_epoch = self._step
         self._num_updates = int(state["num_updates"])
+        # A state saved before labels existed: treat every average as distinct.
+        self._labels = [
+            int(x) for x in state.get("identical_labels", range(len(self.decays)))
+        ]
         self._selected = {
             c: [_unflat_selection(state, c, i) for i in range(len(self.decays))]
             for c in CRITERIA
@@ -371,8 +384,12 @@ class MultiEMA(keras.callbacks.Callback):
         self._step = step
         if due:
             self._synced_model()
-            self._update_averages(self._decay_factors())
+            factors = self._decay_factors()
+            self._update_averages(factors)
             self._num_updates += 1
+            # Averages stay identical while they receive identical factors.
+            keys = list(zip(self._labels, factors[0].tolist()))
+            self._labels = [sorted(set(keys)).index(key) for key in keys]
 
     def decays_at(self, step, num_updates=None):
         """The decays `a_t` (float64) of an update made after optimizer step `step`.
@@ -406,16 +423,33 @@ class MultiEMA(keras.callbacks.Callback):
         # fit() validated this epoch (it skips epochs by `validation_freq`).
         return any(key.startswith("val_") for key in logs)
 
+    def identical_groups(self):
+        """Indices of the decays grouped by the average they hold, bitwise.
+
+        Two decays hold the same average exactly when every update so far
+        applied them the same factor: under the warm-up, every decay above
+        the current (t+1)/(t+10) (paper §4.1). Each group is evaluated once.
+        """
+        groups = {}
+        for index, label in enumerate(self._labels):
+            groups.setdefault(label, []).append(index)
+        return list(groups.values())
+
     def _evaluate_and_select(self, epoch):
-        results, accuracies = {}, []
-        for index, decay in enumerate(self.decays):
-            with self._swapped_in_index(index):
+        results, accuracies = {}, [None] * len(self.decays)
+        for group in self.identical_groups() if self._share_identical else [
+            [i] for i in range(len(self.decays))
+        ]:
+            with self._swapped_in_index(group[0]):
                 metrics = self._evaluate()
                 accuracy = metrics.get(_accuracy_name(metrics))
-                self._select(index, epoch, metrics["loss"], accuracy)
-            for name, value in metrics.items():
-                results[f"ema_{decay:g}_val_{name}"] = value
-            accuracies.append(accuracy)
+                weights = _Lazy(lambda: swap.host_copy(self.model.weights))
+                for index in group:
+                    self._select(index, epoch, metrics["loss"], accuracy, weights)
+            for index in group:
+                for name, value in metrics.items():
+                    results[f"ema_{self.decays[index]:g}_val_{name}"] = value
+                accuracies[index] = accuracy
         if None not in accuracies:
             results["ema_best_val_accuracy"] = max(accuracies)
         self._epochs_evaluated += 1
@@ -429,7 +463,7 @@ class MultiEMA(keras.callbacks.Callback):
             **self._evaluate_kwargs, verbose=0, return_dict=True
         )
 
-    def _select(self, index, epoch, loss, accuracy):
+    def _select(self, index, epoch, loss, accuracy, weights):
         if self.select_epochs is not None:
             fixed = self.select_epochs[self.decays[index]]
             better_accuracy = fixed.get("accuracy") == epoch
@@ -447,7 +481,7 @@ class MultiEMA(keras.callbacks.Callback):
             "epoch": epoch,
             "val_loss": float(loss),
             "val_accuracy": None if accuracy is None else float(accuracy),
-            "weights": swap.host_copy(self.model.weights),
+            "weights": weights(),  # shared by identical averages
         }
         if better_accuracy:
             self._selected["accuracy"][index] = selected
@@ -529,6 +563,18 @@ def _checked_decays(decays):
     if len({f"{d:g}" for d in values}) != len(values):
         raise ValueError(message + "distinct values (to 6 significant digits).")
     return values
+
+
+class _Lazy:
+    """Calls `fn` once, on first use; later calls return the same value."""
+
+    def __init__(self, fn):
+        self._fn, self._value, self._done = fn, None, False
+
+    def __call__(self):
+        if not self._done:
+            self._value, self._done = self._fn(), True
+        return self._value
 
 
 def _checked_select_epochs(select_epochs, decays):

@@ -613,3 +613,38 @@ def test_select_epochs_validation():
         MultiEMA(decays=(0.9, 0.99), select_epochs={0.9: {"loss": 1}})
     with pytest.raises(ValueError, match="criteria from"):
         MultiEMA(decays=(0.9,), select_epochs={0.9: {"recall": 1}})
+
+
+def test_identical_averages_are_evaluated_once_with_the_same_results(tmp_path):
+    """Under the warm-up, decays above (t+1)/(t+10) hold the same average: one
+    evaluation serves them all, with exactly the numbers separate ones give."""
+    decays = (0.15, 0.3, 0.968, 0.99)  # 0.968 and 0.99 stay warming up all run
+    runs = {}
+    for share in (True, False):
+        model = build_model()
+        ema = MultiEMA(decays=decays, every_steps=EVERY_STEPS, validation_data=EMA_VALIDATION)
+        ema._share_identical = share
+        calls = []
+        evaluate = ema._evaluate
+        ema._evaluate = lambda: calls.append(1) or evaluate()
+        after = AfterEMA(ema)
+        model.fit(*TRAIN, batch_size=BATCH_SIZE, epochs=EPOCHS, shuffle=False, verbose=0,
+                  callbacks=[ema, after])
+        runs[share] = (ema, after, len(calls))
+    shared, separate = runs[True], runs[False]
+    assert separate[2] == EPOCHS * len(decays)
+    # Groups per epoch, from the factors: steps 3, 6, 9, 12, 15 give warm-up
+    # values 3/12, 6/15, 9/18, ...: 0.15 leaves at once, 0.3 at step 6.
+    warm = [(s) / (s + 9) for s in range(3, EPOCHS * STEPS_PER_EPOCH + 1, 3)]
+    assert min(warm) > 0.15 and warm[0] < 0.3 < warm[1] and max(warm) < 0.968
+    assert shared[0].identical_groups() == [[0], [1], [2, 3]]
+    assert shared[2] < separate[2]
+    for got, want in zip(shared[1].logs, separate[1].logs):
+        assert got == want  # the same numbers, bitwise
+    for decay in decays:
+        for criterion in ("accuracy", "loss"):
+            for g, w in zip(shared[0].selected_weights(decay, criterion),
+                            separate[0].selected_weights(decay, criterion)):
+                np.testing.assert_array_equal(g, w)
+    summary = shared[0].summary()
+    assert summary["0.968"]["identical_to"] == ["0.99"] and summary["0.15"]["identical_to"] == []
