@@ -316,6 +316,36 @@ def _print_header(config, data, model, path):
         f"every {config.ema_every_steps} steps -> {path}",
         flush=True,
     )
+    warning = warmup_warning(config, data.steps_per_epoch)
+    if warning:
+        print(warning, flush=True)
+
+
+def warmup_warning(config, steps_per_epoch):
+    """A line naming the decays the warm-up never releases in this run, or None.
+
+    Under min(α, (t+1)/(t+10)) (paper §4.1) every decay above (t+1)/(t+10)
+    holds the same average: such decays are the same model all run.
+    """
+    from callbacks.ema import warmup_release_step
+
+    total = steps_per_epoch * config.epochs
+    if config.ema_warmup == "none" or not config.ema_decays:
+        return None
+    if config.ema_warmup == "steps":
+        release = {d: warmup_release_step(d) + 1 for d in config.ema_decays}
+    else:  # t counts EMA updates
+        release = {d: (warmup_release_step(d) + 1) * config.ema_every_steps for d in config.ema_decays}
+    held = [d for d in config.ema_decays if release[d] > total]
+    if not held:
+        return None
+    steps = ", ".join(f"{release[d]:,}" for d in held)
+    same = "; they hold one and the same average" if len(held) > 1 else ""
+    return (
+        f"note: EMA decay{'s' if len(held) > 1 else ''} {', '.join(f'{d:g}' for d in held)} never "
+        f"leave{'s' if len(held) == 1 else ''} the decay warm-up min(a, (t+1)/(t+10)) in this run "
+        f"(released after step {steps}; the run has {total:,} steps){same}"
+    )
 
 
 def _print_summary(summary, path):

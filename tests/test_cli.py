@@ -126,3 +126,19 @@ def test_stop_epochs_from_reads_the_validation_runs_selection(tmp_path):
     (tmp_path / "summary.json").write_text(json.dumps(summary))
     with pytest.raises(UsageError, match="was evaluated on the test split"):
         parse(*base, "--ema-decays", "0.9")
+
+
+def test_warmup_warning_names_the_decays_never_released():
+    from app.train import warmup_warning
+
+    # 79 steps/epoch x 28 epochs = 2,212 steps: 0.996 leaves after step 2,241, 0.998 after 4,491.
+    config = parse("--epochs", "28", "--ema-decays", "0.968", "0.996", "0.998")
+    assert warmup_warning(config, 79) == (
+        "note: EMA decays 0.996, 0.998 never leave the decay warm-up min(a, (t+1)/(t+10)) in this "
+        "run (released after step 2,241, 4,491; the run has 2,212 steps); they hold one and the same average"
+    )
+    assert warmup_warning(parse("--epochs", "60", "--ema-decays", "0.968", "0.996"), 79) is None
+    assert warmup_warning(parse("--ema-warmup", "none"), 1) is None
+    # Counting EMA updates stretches the warm-up T-fold: 0.968 leaves after 273 x 16 steps.
+    assert "0.968 never leaves" in warmup_warning(parse("--ema-warmup", "updates", "--epochs", "10",
+                                                        "--ema-decays", "0.968"), 400)
