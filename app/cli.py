@@ -308,7 +308,7 @@ def stop_epochs_from(run, decays, epochs):
     return selected
 
 
-def parse_config(argv, model_names=None):
+def parse_config(argv, model_names=config_lib.MODEL_NAMES):
     """Parses and validates `argv`; returns a frozen `TrainConfig`."""
     args = build_parser().parse_args(argv)
     _choice(args.dataset, config_lib.DATASETS, "dataset")

@@ -9,6 +9,9 @@ import dataclasses
 import json
 
 DATASETS = ("cifar10", "cifar100", "cifar10n", "cifar100n", "tiny-imagenet")
+# The names of `models.MODELS`, here without importing Keras so that bad
+# input is reported at once (tests/test_cli.py checks they agree).
+MODEL_NAMES = ("preresnet164", "resnet18", "resnet20", "resnet34", "vgg16", "wrn28_10")
 SCHEDULES = ("cosine", "constant", "multistep", "step", "linear")
 LABEL_NOISE = ("worse", "aggre", "random1", "random2", "random3")
 EMA_BN_MODES = ("eman", "copy")

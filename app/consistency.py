@@ -62,6 +62,9 @@ def prepare(argv):
     args = build_parser().parse_args(argv)
     if args.ema_decay is not None and not 0 < args.ema_decay < 1:
         raise UsageError(f"--ema-decay must be in (0, 1); got {args.ema_decay:g}")
+    from app import quiet
+
+    quiet.import_tensorflow()
     from evaluation import predictions, runs
 
     if not os.path.isdir(args.run_dir) or os.path.exists(os.path.join(args.run_dir, runs.CONFIG_FILE)):
@@ -131,7 +134,7 @@ def measure(plan):
         "js_divergence_unit": "nats (natural log); js_divergence_bits in bits (log base 2)",
         "models": models,
     }
-    from app.history import atomic_write_text
+    from app.files import atomic_write_text
 
     path = os.path.join(plan["directory"], CONSISTENCY_FILE)
     atomic_write_text(path, json.dumps(result, indent=2) + "\n")

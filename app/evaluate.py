@@ -63,11 +63,14 @@ def main(argv=None):
 
 def prepare(argv):
     """Everything that can fail because of the user, for every seed, before any prediction."""
-    from evaluation import predictions
-
     args = build_parser().parse_args(argv)
     if args.ema_decay is not None and not 0 < args.ema_decay < 1:
         raise UsageError(f"--ema-decay must be in (0, 1); got {args.ema_decay:g}")
+    from app import quiet
+
+    quiet.import_tensorflow()
+    from evaluation import predictions
+
     plans = []
     for run in predictions.expand_runs(args.run_dir):
         names = predictions.saved_weights(run)
@@ -111,7 +114,7 @@ def evaluate(plan):
     if data.validation is None:
         result["note"] = ("trained with --full-train: no hold-out split to fit a temperature on, "
                           "so temperature and ece_temperature_scaled are null")
-    from app.history import atomic_write_text
+    from app.files import atomic_write_text
 
     atomic_write_text(os.path.join(run.path, EVALUATION_FILE), json.dumps(result, indent=2) + "\n")
     print(format_table(run.path, result), flush=True)

@@ -13,6 +13,7 @@ import time
 import keras
 
 from app import tensorboard_logging
+from app.files import atomic_write_text  # noqa: F401  (re-exported)
 
 LEADING_COLUMNS = (
     "epoch",
@@ -23,16 +24,6 @@ LEADING_COLUMNS = (
     "val_accuracy",
 )
 _RENAMED = {"loss": "train_loss", "accuracy": "train_accuracy"}
-
-
-def atomic_write_text(path, text):
-    """Writes `text` to `path` through a temporary file and a rename."""
-    temporary = f"{path}.tmp"
-    with open(temporary, "w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
 
 
 def rows_to_csv(rows):

@@ -309,6 +309,9 @@ def main(argv=None):
         claims = CLAIM_ORDER if args.claim == "all" else (args.claim,)
         if args.dry_run:
             return _dry_run(claims, steps, setups)
+        from app import quiet
+
+        quiet.import_tensorflow()
         _check_data(claims, setups, steps, args.data_dir)
         results = {}
         for claim in claims:

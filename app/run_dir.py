@@ -12,7 +12,7 @@ import tempfile
 
 from app.config import TrainConfig
 from app.errors import UsageError
-from app.history import atomic_write_text
+from app.files import atomic_write_text
 
 CONFIG_FILE = "config.json"
 COMMAND_FILE = "command.txt"

@@ -17,6 +17,7 @@ import sys
 import time
 
 from app import cli
+from app import quiet
 from app import run_dir as run_directory
 from app.errors import UsageError
 
@@ -43,10 +44,7 @@ def prepare(argv):
     """
     import dataclasses
 
-    import models  # imported here so that `--help` stays instant
-    from app import data as data_lib
-
-    config = cli.parse_config(argv, model_names=models.model_names())
+    config = cli.parse_config(argv)
     path = config.out or run_directory.default_path(config)
     if config.seeds:
         runs = [
@@ -58,6 +56,9 @@ def prepare(argv):
         runs = [(config, path)]
     for run_config, run_path in runs:
         run_directory.check(run_path, run_config)
+    quiet.import_tensorflow()  # the arguments are fine: now the heavy imports
+    from app import data as data_lib
+
     data_lib.check_data_available(config)
     return runs
 

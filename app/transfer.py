@@ -114,6 +114,9 @@ def prepare(argv):
         raise UsageError(f"--momentum must be in [0, 1); got {args.momentum:g}")
     if args.ema_decay is not None and not 0 < args.ema_decay < 1:
         raise UsageError(f"--ema-decay must be in (0, 1); got {args.ema_decay:g}")
+    from app import quiet
+
+    quiet.import_tensorflow()
     from evaluation import predictions
 
     plans = []
@@ -199,7 +202,7 @@ def transfer(args, plan, target):
     result.setdefault("linear_eval", {})[args.dataset] = results
     result.setdefault("targets", {})[args.dataset] = {"train_examples": len(train.labels),
                                                       "test_examples": len(test.labels)}
-    from app.history import atomic_write_text
+    from app.files import atomic_write_text
 
     path = os.path.join(run.path, TRANSFER_FILE)
     atomic_write_text(path, json.dumps(result, indent=2) + "\n")

@@ -66,7 +66,7 @@ import sys
 import time
 
 from app.errors import UsageError
-from app.history import atomic_write_text
+from app.files import atomic_write_text
 
 BEST_FILE = "best.json"
 COMMAND_FILE = "command.txt"
@@ -85,11 +85,12 @@ def main(argv=None):
 
 def prepare(argv, environ=None):
     """Everything that can fail because of the user, before any expensive work."""
-    import models  # imported here so that `--help` stays quick
+    from app import quiet
     from tuning import cli
 
-    config = cli.parse_config(argv, model_names=models.model_names(), environ=environ)
+    config = cli.parse_config(argv, environ=environ)
     cli.check_tuner_dir(config)
+    quiet.import_tensorflow()  # the arguments are fine: now the heavy imports
     from app import data as data_lib
 
     data_lib.check_data_available(config.train)

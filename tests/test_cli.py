@@ -142,3 +142,10 @@ def test_warmup_warning_names_the_decays_never_released():
     # Counting EMA updates stretches the warm-up T-fold: 0.968 leaves after 273 x 16 steps.
     assert "0.968 never leaves" in warmup_warning(parse("--ema-warmup", "updates", "--epochs", "10",
                                                         "--ema-decays", "0.968"), 400)
+
+
+def test_model_names_match_the_registry():
+    import models
+    from app.config import MODEL_NAMES
+
+    assert tuple(models.model_names()) == MODEL_NAMES

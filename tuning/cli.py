@@ -121,7 +121,7 @@ def _add_tuning_flags(group):
     )
 
 
-def parse_config(argv, model_names=None, environ=None):
+def parse_config(argv, model_names=config_lib.MODEL_NAMES, environ=None):
     """Parses and validates `argv`; returns a frozen `TuneConfig`."""
     argv = list(argv)
     if "-h" in argv or "--help" in argv:
