@@ -7,7 +7,7 @@ here before any data is read or any file is written.
 import argparse
 
 from app import config as config_lib
-from app.errors import OneLineArgumentParser, UsageError, positive_int
+from app.errors import DefaultsHelpFormatter, OneLineArgumentParser, UsageError, positive_int
 
 
 def build_parser(prog="python -m app.train"):
@@ -19,7 +19,7 @@ def build_parser(prog="python -m app.train"):
             "directory (config, history.csv, summary.json, TensorBoard logs, "
             "weights)."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     data = parser.add_argument_group("data")
     data.add_argument(

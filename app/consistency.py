@@ -22,7 +22,7 @@ import math
 import os
 import sys
 
-from app.errors import OneLineArgumentParser, UsageError, positive_int
+from app.errors import DefaultsHelpFormatter, OneLineArgumentParser, UsageError, positive_int
 
 CONSISTENCY_FILE = "consistency.json"
 CRITERIA = {"loss": "ema_loss", "accuracy": "ema_acc"}
@@ -32,7 +32,7 @@ def build_parser():
     parser = OneLineArgumentParser(
         prog="python -m app.consistency",
         description="Pairwise churn and JS divergence between seeds, SGD baseline vs EMA (Table 3).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     parser.add_argument("run_dir", metavar="RUN_DIR", help="a directory of seed-<k>/ run directories")
     parser.add_argument("--ema-decay", type=float, default=None,

@@ -27,7 +27,7 @@ import json
 import os
 import sys
 
-from app.errors import OneLineArgumentParser, UsageError, positive_int
+from app.errors import DefaultsHelpFormatter, OneLineArgumentParser, UsageError, positive_int
 
 EVALUATION_FILE = "evaluation.json"
 
@@ -36,7 +36,7 @@ def build_parser():
     parser = OneLineArgumentParser(
         prog="python -m app.evaluate",
         description="Test accuracy, NLL, ECE and ECE after temperature scaling of a run's saved models.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     parser.add_argument("run_dir", metavar="RUN_DIR",
                         help="a run directory, or a directory of seed-<k>/ run directories")

@@ -14,14 +14,14 @@ Example:
 import argparse
 import sys
 
-from app.errors import OneLineArgumentParser, UsageError
+from app.errors import DefaultsHelpFormatter, OneLineArgumentParser, UsageError
 
 
 def build_parser():
     parser = OneLineArgumentParser(
         prog="python -m app.report",
         description="Tables (Markdown + CSV) and figures (PNG) in the paper's shape from training runs.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
                         help="a run directory, or a directory of seed-<k>/ run directories")

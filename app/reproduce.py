@@ -29,7 +29,7 @@ import shlex
 import sys
 import time
 
-from app.errors import OneLineArgumentParser, UsageError
+from app.errors import DefaultsHelpFormatter, OneLineArgumentParser, UsageError
 
 CLAIMS = {
     "fig1a": "§3.2-3.3 Fig. 1a: validation accuracy of SGD and of the best EMA each epoch "
@@ -238,7 +238,7 @@ def build_parser():
     parser = OneLineArgumentParser(
         prog="python -m app.reproduce",
         description="Reproduce one claim of the papers (or all): train, evaluate, tabulate, plot.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     parser.add_argument("claim", nargs="?", help=f"one of: {', '.join(CLAIM_ORDER)}, or all")
     parser.add_argument("--list", action="store_true", help="list the claims with the paper's numbers")

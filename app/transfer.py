@@ -43,7 +43,7 @@ import sys
 
 import numpy as np
 
-from app.errors import OneLineArgumentParser, UsageError, positive_int
+from app.errors import DefaultsHelpFormatter, OneLineArgumentParser, UsageError, positive_int
 
 TRANSFER_FILE = "transfer.json"
 TARGETS = ("cifar10", "cifar100", "tiny-imagenet")  # clean labels only
@@ -56,7 +56,7 @@ def build_parser():
     parser = OneLineArgumentParser(
         prog="python -m app.transfer",
         description="Linear evaluation of a run's frozen backbone on another dataset (Table 4).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     parser.add_argument("run_dir", metavar="RUN_DIR",
                         help="a run directory, or a directory of seed-<k>/ run directories")

@@ -149,3 +149,14 @@ def test_model_names_match_the_registry():
     from app.config import MODEL_NAMES
 
     assert tuple(models.model_names()) == MODEL_NAMES
+
+
+def test_help_shows_each_default_once():
+    from app import consistency, evaluate, reproduce, report, transfer
+
+    for parser in (cli.build_parser(), evaluate.build_parser(), consistency.build_parser(),
+                   report.build_parser(), transfer.build_parser(), reproduce.build_parser()):
+        text = parser.format_help()
+        assert "(default: None)" not in text and "(default: False)" not in text
+    text = cli.build_parser().format_help()
+    assert text.count("(default: 0.1)") == 1 and "(default: 128)" in text
