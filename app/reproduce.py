@@ -376,9 +376,13 @@ def _run_step(step):
     try:
         entry(list(step.argv))
     except SystemExit as exit:
+        if exit.code == 130:  # Ctrl-C: app.train said where to resume
+            raise
         if exit.code not in (0, None):
             raise UsageError(f"step failed with exit status {exit.code}: {step.text()}")
 
 
 if __name__ == "__main__":
-    main()
+    from app.train import exit_fast_on_interrupt
+
+    exit_fast_on_interrupt(main)

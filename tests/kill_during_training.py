@@ -3,17 +3,22 @@
 KILL_AT_STEP=k: right after optimizer step k (after any checkpoint at that step).
 KILL_AT_EPOCH=e: right after epoch e's checkpoint was written.
 NAN_AT_STEP=k: the images of training step k (of a run started from scratch) are NaN.
+INTERRUPT_AT_STEP=k: a SIGINT (Ctrl-C) right after optimizer step k.
 """
 
 import os
 import signal
 import sys
 
-import keras
+from app import quiet
 
-from app import checkpoint
-from app import data
-from app import train
+quiet.import_tensorflow()  # as app.train does, before Keras
+
+import keras  # noqa: E402
+
+from app import checkpoint  # noqa: E402
+from app import data  # noqa: E402
+from app import train  # noqa: E402
 
 
 def _die():
@@ -23,13 +28,17 @@ def _die():
 def main():
     kill_step = int(os.environ.get("KILL_AT_STEP", 0))
     kill_epoch = int(os.environ.get("KILL_AT_EPOCH", 0))
+    interrupt_step = int(os.environ.get("INTERRUPT_AT_STEP", 0))
     batch_end = checkpoint.RunCheckpoint.on_train_batch_end
     epoch_end = checkpoint.RunCheckpoint.on_epoch_end
 
     def on_train_batch_end(self, batch, logs=None):
         batch_end(self, batch, logs)
-        if int(keras.ops.convert_to_numpy(self.model.optimizer.iterations)) == kill_step:
+        step = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+        if step == kill_step:
             _die()
+        if step == interrupt_step:
+            os.kill(os.getpid(), signal.SIGINT)
 
     def on_epoch_end(self, epoch, logs=None):
         epoch_end(self, epoch, logs)
@@ -56,7 +65,7 @@ def main():
         data.train_dataset = train_dataset
     checkpoint.RunCheckpoint.on_train_batch_end = on_train_batch_end
     checkpoint.RunCheckpoint.on_epoch_end = on_epoch_end
-    train.main(sys.argv[1:])
+    train.exit_fast_on_interrupt(lambda: train.main(sys.argv[1:]))
 
 
 if __name__ == "__main__":

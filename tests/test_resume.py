@@ -25,7 +25,7 @@ ARGS = [
     "--epochs", "3", "--ema-decays", "0.9", "0.99", "--ema-every", "2",
     "--swa", "--swa-start-epoch", "2", "--checkpoint-every-steps", "3", "--deterministic",
 ]
-ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONUNBUFFERED="1")
+ENV = dict({k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}, PYTHONUNBUFFERED="1")
 
 
 def run(out, *extra, module="app.train", env=None):
@@ -105,6 +105,21 @@ def test_kill_and_resume_equals_the_uninterrupted_run(uninterrupted, tmp_path, k
         assert resumed.returncode == 0, resumed.stderr[-2000:]
         assert "at epoch 2, step 3" in resumed.stdout
         assert_same_run(truncated, uninterrupted)
+
+
+def test_ctrl_c_is_one_line_exit_130_and_resumes_exactly(uninterrupted, tmp_path):
+    out = tmp_path / "run"
+    interrupted = run(out, module="tests.kill_during_training", env={"INTERRUPT_AT_STEP": "7"})
+    assert interrupted.returncode == 130
+    assert interrupted.stderr.splitlines() == [
+        f"interrupted at epoch 2 step 4; run the same command to resume from the last checkpoint "
+        f"in {out / 'checkpoint'}"
+    ]
+    assert not (out / "summary.json").exists()
+    resumed = run(out)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "at epoch 2, step 3" in resumed.stdout  # the step-6 checkpoint
+    assert_same_run(out, uninterrupted)
 
 
 def test_a_different_seed_gives_different_weights(uninterrupted, tmp_path):
