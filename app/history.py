@@ -8,6 +8,7 @@ writes whatever the logs hold when its turn comes.
 import csv
 import io
 import os
+import sys
 import time
 
 import keras
@@ -57,13 +58,14 @@ class RunLogger(keras.callbacks.Callback):
         verbose: print one line per epoch. Defaults to True.
     """
 
-    def __init__(self, run_dir, schedule, epochs, rows=None, verbose=True):
+    def __init__(self, run_dir, schedule, epochs, rows=None, verbose=True, timer=None):
         super().__init__()
         self.run_dir = run_dir
         self.schedule = schedule
         self.epochs = epochs
         self.rows = list(rows or [])
         self.verbose = verbose
+        self.timer = timer
         self._writer = None
 
     def on_train_begin(self, logs=None):
@@ -84,19 +86,23 @@ class RunLogger(keras.callbacks.Callback):
             self._first_epoch = epoch
 
     def on_epoch_end(self, epoch, logs=None):
-        row = self._row(epoch, logs or {})
+        logs = dict(logs or {})
+        if self.timer is not None:
+            logs.update(self.timer.timings())
+        row = self._row(epoch, logs)
         self.rows.append(row)
         atomic_write_text(os.path.join(self.run_dir, "history.csv"), rows_to_csv(self.rows))
         scalars = {
             tensorboard_logging.tag_for(key): value
-            for key, value in (logs or {}).items()
+            for key, value in logs.items()
             if _is_number(value)
         }
         scalars["learning_rate"] = row["lr"]
         self._writer.scalars(scalars, step=row["epoch"])
         if self.verbose:
-            # A line of its own: Keras's progress bar has not ended its line yet.
-            print("\n" + self._epoch_line(epoch, row), flush=True)
+            if self.timer is not None:
+                self.timer.clear_status()
+            print(self._epoch_line(epoch, row), flush=True)
 
     def on_train_end(self, logs=None):
         if self._writer is not None:
@@ -107,22 +113,99 @@ class RunLogger(keras.callbacks.Callback):
         steps_done = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
         # The rate used by the epoch's last step.
         lr = float(keras.ops.convert_to_numpy(self.schedule(max(steps_done - 1, 0))))
-        row = {"epoch": epoch + 1, "lr": lr}
+        row = {"epoch": epoch + 1, "lr": rounded(lr)}
         for key, value in logs.items():
             if _is_number(value):
-                row[_RENAMED.get(key, key)] = float(value)
+                row[_RENAMED.get(key, key)] = rounded(float(value))
         return row
 
     def _epoch_line(self, epoch, row):
+        """One compact line: SGD, the best EMA and its decay, SWA, lr, time, ETA."""
         done = epoch + 1 - self._first_epoch
         elapsed = time.time() - self._start
         remaining = elapsed / done * (self.epochs - epoch - 1)
         parts = [f"epoch {epoch + 1}/{self.epochs}", f"lr {row['lr']:.4g}"]
-        for key in ("train_accuracy", "val_accuracy", "ema_best_val_accuracy", "swa_val_accuracy"):
-            if key in row:
-                parts.append(f"{key} {row[key]:.4f}")
+        if "train_accuracy" in row:
+            parts.append(f"train {100 * row['train_accuracy']:.2f}%")
+        if "val_accuracy" in row:
+            parts.append(f"SGD {100 * row['val_accuracy']:.2f}%")
+        best = best_ema(row)
+        if best is not None:
+            parts.append(f"EMA {100 * best[1]:.2f}% ({best[0]})")
+        if row.get("swa_val_accuracy") is not None:
+            parts.append(f"SWA {100 * row['swa_val_accuracy']:.2f}%")
+        if "epoch_seconds" in row:
+            parts.append(f"{row['epoch_seconds']:.0f}s (train {row['train_images_per_second']:.0f} img/s, "
+                         f"eval {row['evaluation_seconds']:.0f}s)")
         parts.append(f"ETA {_duration(remaining)}")
         return " | ".join(parts)
+
+
+class EpochTimer(keras.callbacks.Callback):
+    """Times each epoch's training and evaluation; a live status line on a terminal.
+
+    Place it first: its `on_epoch_end` then marks the start of the averages'
+    evaluation (Keras's own validation of the SGD model has run just before;
+    it counts as evaluation too). `RunLogger(timer=...)` logs `timings()`.
+    """
+
+    def __init__(self, batch_size, live=None):
+        super().__init__()
+        self.batch_size = batch_size
+        self.live = sys.stdout.isatty() if live is None else live
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch, self._started, self._train_end, self._batches = epoch, time.time(), None, 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._batches += 1
+        self._train_end = time.time()
+        steps = (self.params or {}).get("steps") or 0
+        if self.live and (batch % 10 == 0 or batch + 1 == steps):
+            rate = self._batches * self.batch_size / max(self._train_end - self._started, 1e-9)
+            left = (steps - batch - 1) * self.batch_size / rate if steps else 0
+            self._status(f"epoch {self._epoch + 1} step {batch + 1}/{steps} loss "
+                         f"{float((logs or {}).get('loss', float('nan'))):.4f} {rate:.0f} img/s "
+                         f"ETA {_duration(left)}")
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.live:
+            self._status(f"epoch {epoch + 1}: evaluating SGD and the averages ...")
+
+    def timings(self):
+        now = time.time()
+        train_end = self._train_end or now
+        return {
+            "epoch_seconds": now - self._started,
+            "train_images_per_second": self._batches * self.batch_size / max(train_end - self._started, 1e-9),
+            "evaluation_seconds": now - train_end,
+        }
+
+    def clear_status(self):
+        if self.live:
+            print("\r\033[K", end="", flush=True)
+
+    def _status(self, text):
+        print("\r\033[K" + text[:120], end="", flush=True)
+
+
+def best_ema(row):
+    """`(decay key, accuracy)` of the best EMA in a history row, or None."""
+    values = {
+        key[len("ema_"):-len("_val_accuracy")]: value
+        for key, value in row.items()
+        if key.startswith("ema_") and key.endswith("_val_accuracy") and "_bn_" not in key
+        and key != "ema_best_val_accuracy" and value is not None
+    }
+    if not values:
+        return None
+    decay = max(values, key=lambda d: (values[d], -float(d)))
+    return decay, values[decay]
+
+
+def rounded(value, digits=7):
+    """A float without float32 noise: 7 significant digits (float32 holds about 7.2)."""
+    return float(f"{value:.{digits}g}")
 
 
 def _is_number(value):

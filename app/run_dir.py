@@ -103,8 +103,19 @@ def create(path, config, argv, extra=None):
 
 def write_summary(path, summary):
     atomic_write_text(
-        os.path.join(path, SUMMARY_FILE), json.dumps(summary, indent=2, sort_keys=True) + "\n"
+        os.path.join(path, SUMMARY_FILE), json.dumps(rounded(summary), indent=2, sort_keys=True) + "\n"
     )
+
+
+def rounded(value):
+    """Floats to 7 significant digits (no float32 noise such as 0.03333333507180214)."""
+    if isinstance(value, float):
+        return float(f"{value:.7g}")
+    if isinstance(value, dict):
+        return {key: rounded(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [rounded(item) for item in value]
+    return value
 
 
 def load_config(path):

@@ -60,7 +60,7 @@ def branch_schedule(config, steps_per_epoch):
 
 def train_branch(config, data, run_path):
     """Runs (or resumes) the SWA branch; returns its summary entry."""
-    from app.history import RunLogger
+    from app.history import EpochTimer, RunLogger
     from app.train import build_model_for
     from callbacks.divergence import DivergenceGuard
     from callbacks.swa import SWA
@@ -88,8 +88,10 @@ def train_branch(config, data, run_path):
     )
     if resumed is not None:
         swa.set_state(contents["states"]["swa"])
-    logger = RunLogger(path, schedule, config.epochs, rows=meta["rows"] if resumed else None)
+    timer = EpochTimer(config.batch_size)
+    logger = RunLogger(path, schedule, config.epochs, rows=meta["rows"] if resumed else None, timer=timer)
     callbacks = [
+        timer,
         DivergenceGuard(weights_every_steps=config.ema_every_steps),
         swa,
         logger,
@@ -110,7 +112,7 @@ def train_branch(config, data, run_path):
         callbacks=callbacks,
         validation_data=data.validation,
         shuffle=False,
-        verbose=2,
+        verbose=0,
     )
     swa.save(os.path.join(run_path, "weights"))
     summary = swa.summary()

@@ -26,10 +26,15 @@ _AVERAGE_KEY = re.compile(
 )
 
 
+TIMING_KEYS = ("epoch_seconds", "train_images_per_second", "evaluation_seconds")
+
+
 def tag_for(key):
     """Maps an epoch-log key to its TensorBoard tag (see the module docstring)."""
     if key == "lr":
         return "learning_rate"
+    if key in TIMING_KEYS:
+        return f"time/{key}"
     match = _AVERAGE_KEY.match(key)
     if match:
         return f"{match['metric']}/{match['model']}"

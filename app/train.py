@@ -108,6 +108,7 @@ def build_callbacks(config, data, model):
             bn_mode=config.ema_bn,
             validation_data=data.validation,
             select_epochs=_select_epochs(config),
+            verbose=1 if sys.stdout.isatty() else 0,  # live evaluation progress
         )
         if config.bn_recompute != "none" and batch_norm_layers(model):
             averaging["bn"] = BatchNormRecompute(
@@ -172,7 +173,7 @@ def train(config, data, path, argv):
     import keras
 
     from app import checkpoint
-    from app.history import RunLogger
+    from app.history import EpochTimer, RunLogger
     from callbacks.bootstrap import EMABootstrap
     from callbacks.divergence import DivergenceGuard, TrainingDiverged
 
@@ -188,9 +189,12 @@ def train(config, data, path, argv):
     model = build_model_for(config, data, schedule)
     averaging = build_callbacks(config, data, model)
     stateful = {name: cb for name, cb in averaging.items() if hasattr(cb, "get_state")}
-    logger = RunLogger(path, schedule, config.epochs, rows=resumed[0]["rows"] if resumed else None)
-    # The guard first: a diverged step must never reach an average or a checkpoint.
-    callbacks = [DivergenceGuard(weights_every_steps=config.ema_every_steps)]
+    timer = EpochTimer(config.batch_size)
+    logger = RunLogger(path, schedule, config.epochs, rows=resumed[0]["rows"] if resumed else None,
+                       timer=timer)
+    # The timer first (it marks where each epoch's evaluation starts), then the
+    # guard: a diverged step must never reach an average or a checkpoint.
+    callbacks = [timer, DivergenceGuard(weights_every_steps=config.ema_every_steps)]
     callbacks += list(averaging.values()) + [logger]
     if config.bootstrap_every_epochs:
         callbacks.append(
@@ -238,11 +242,13 @@ def train(config, data, path, argv):
         )
         raise SystemExit(1)
     summary = finish(config, data, model, averaging, logger.rows, path)
+    summary["timing"] = timing_totals(logger.rows)
     if config.swa:
         from app import swa_branch
 
         summary["swa"] = swa_branch.train_branch(config, data, path)
     summary["wall_time_seconds"] = round(time.time() - started, 1)
+    summary = run_directory.rounded(summary)
     run_directory.write_summary(path, summary)
     _print_summary(summary, path)
     return summary
@@ -255,8 +261,9 @@ def _fit(config, data, model, callbacks, start_epoch, skip_batches, contents):
     common = dict(
         validation_data=data.validation,
         shuffle=False,  # the stream is shuffled per epoch, reproducibly (app/data.py)
-        # Keras's live progress bar on a terminal; one line per epoch in a log file.
-        verbose=1 if sys.stdout.isatty() else 2,
+        # RunLogger prints one compact line per epoch (EpochTimer a live status
+        # line on a terminal) instead of Keras's line of every metric.
+        verbose=0,
     )
     if skip_batches:
         # Keras builds the compiled metrics lazily; one evaluation batch builds
@@ -326,6 +333,22 @@ def _selected_on(config, data):
     return data.evaluation_split
 
 
+def timing_totals(rows):
+    """Seconds spent training and evaluating over the run's epochs (history.csv's columns)."""
+    timed = [row for row in rows if row.get("epoch_seconds") is not None]
+    if not timed:
+        return {}
+    total = sum(row["epoch_seconds"] for row in timed)
+    evaluation = sum(row["evaluation_seconds"] for row in timed)
+    return {
+        "epochs_timed": len(timed),
+        "epoch_seconds": round(total, 1),
+        "evaluation_seconds": round(evaluation, 1),
+        "train_seconds": round(total - evaluation, 1),
+        "mean_train_images_per_second": round(sum(r["train_images_per_second"] for r in timed) / len(timed), 1),
+    }
+
+
 def sgd_summary(rows):
     def at(row):
         return {"epoch": int(row["epoch"]), "val_loss": row["val_loss"], "val_accuracy": row["val_accuracy"]}
@@ -393,9 +416,17 @@ def _print_summary(summary, path):
     sgd = summary["sgd"]
     line("SGD (final)", sgd["final"])
     line("SGD (best acc.)", sgd["best_val_accuracy"])
+    shown = set()
     for key, entry in summary.get("ema", {}).items():
+        if key in shown:
+            continue
+        same = [key] + list(entry.get("identical_to", []))
+        shown.update(same)
+        name = ", ".join(same)
+        if len(same) > 1:
+            lines.append(f"EMA {name}: one average (never released by the decay warm-up)")
         for criterion, label in (("best_val_accuracy", "acc."), ("lowest_val_loss", "loss")):
-            line(f"EMA {key} ({label})", entry[criterion])
+            line(f"EMA {key if len(same) == 1 else name.split(',')[0] + '...'} ({label})", entry[criterion])
             if "bn_recomputed" in entry[criterion]:
                 line("  + BN recomputed", entry[criterion]["bn_recomputed"])
     if "swa" in summary:

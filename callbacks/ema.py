@@ -13,6 +13,7 @@ independently.
 import contextlib
 import functools
 import os
+import sys
 import warnings
 
 import keras
@@ -97,8 +98,8 @@ class MultiEMA(keras.callbacks.Callback):
             on the full training set does with the epochs chosen on the
             validation run (§4.1: "early stopping is not tuned again on the
             test set"). Defaults to `None`.
-        verbose: if 1, print the effective per-step decays at train begin.
-            Defaults to 0.
+        verbose: if 1, print the effective per-step decays at train begin
+            and, on a terminal, which EMA is being evaluated. Defaults to 0.
     """
 
     def __init__(
@@ -437,9 +438,14 @@ class MultiEMA(keras.callbacks.Callback):
 
     def _evaluate_and_select(self, epoch):
         results, accuracies = {}, [None] * len(self.decays)
-        for group in self.identical_groups() if self._share_identical else [
+        groups = self.identical_groups() if self._share_identical else [
             [i] for i in range(len(self.decays))
-        ]:
+        ]
+        for number, group in enumerate(groups):
+            if self.verbose and sys.stdout.isatty():
+                names = ", ".join(f"{self.decays[i]:g}" for i in group)
+                print(f"\r\033[Kepoch {epoch + 1}: evaluating EMA {names} "
+                      f"({number + 1}/{len(groups)} distinct)", end="", flush=True)
             with self._swapped_in_index(group[0]):
                 metrics = self._evaluate()
                 accuracy = metrics.get(_accuracy_name(metrics))
