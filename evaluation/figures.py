@@ -17,8 +17,8 @@ import math
 
 import numpy as np
 
-FIGURE_SIZE_INCHES = (7.0, 4.5)
-DOTS_PER_INCH = 100  # 700 x 450 pixels
+FIGURE_SIZE_INCHES = (8.0, 4.5)
+DOTS_PER_INCH = 150  # 1200 x 675 pixels
 DATASET_TITLES = {
     "cifar10": "CIFAR-10",
     "cifar100": "CIFAR-100",
@@ -84,7 +84,8 @@ def _new_figure():
     matplotlib.use("Agg")
     from matplotlib import pyplot
 
-    figure, axes = pyplot.subplots(figsize=FIGURE_SIZE_INCHES, dpi=DOTS_PER_INCH)
+    # Constrained layout leaves room for a legend outside the axes, clear of the curves.
+    figure, axes = pyplot.subplots(figsize=FIGURE_SIZE_INCHES, dpi=DOTS_PER_INCH, layout="constrained")
     return pyplot, figure, axes
 
 
@@ -98,8 +99,7 @@ def _label_epochs(axes, group):
 
 
 def _save(pyplot, figure, path):
-    figure.tight_layout()  # not bbox_inches="tight": keeps the pixel size fixed
-    figure.savefig(path, dpi=DOTS_PER_INCH)
+    figure.savefig(path, dpi=DOTS_PER_INCH)  # not bbox_inches="tight": keeps the pixel size fixed
     pyplot.close(figure)
 
 
@@ -118,7 +118,7 @@ def plot_ema_vs_sgd(group, path, ema_column, ema_label, smoothing_window=1):
         lines += lr_axes.plot(epochs, lr, color="gray", linestyle=":", label="learning rate η")
         lr_axes.set_ylabel("learning rate η")
         lr_axes.set_ylim(bottom=0)
-    axes.legend(lines, [line.get_label() for line in lines], loc="lower right")
+    figure.legend(lines, [line.get_label() for line in lines], loc="outside right upper", fontsize="small")
     axes.set_title(f"{dataset_title(group)} / {group.model}\n{ema_label} vs SGD, {_seeds_text(group)}")
     _save(pyplot, figure, path)
     return path
@@ -139,6 +139,24 @@ def ema_decay_keys(runs):
     return sorted(keys, key=float)
 
 
+def identical_until(runs, key, keys):
+    """`(other decay, last epoch)` when decay `key` logged exactly the numbers of a
+    smaller decay from epoch 1 on (the decay warm-up held both), else None."""
+    best = None
+    for other in keys:
+        if float(other) >= float(key):
+            continue
+        last = 0
+        for rows in zip(*(run.history for run in runs)):
+            if all(row.get(f"ema_{key}_val_loss") == row.get(f"ema_{other}_val_loss") for row in rows):
+                last = int(rows[0]["epoch"])
+            else:
+                break
+        if last and (best is None or last >= best[1]):
+            best = (other, last)  # the longest shared stretch
+    return best
+
+
 def plot_decays(group, path, smoothing_window=1):
     """Fig. 1b: each decay's EMA accuracy; BN-recomputed versions dashed in the same colour."""
     pyplot, figure, axes = _new_figure()
@@ -147,7 +165,11 @@ def plot_decays(group, path, smoothing_window=1):
     for index, key in enumerate(decays):
         colour = colours(index % 10)
         epochs, values = mean_curve(group.runs, f"ema_{key}_val_accuracy")
-        axes.plot(epochs, 100 * smooth(values, smoothing_window), color=colour, label=f"α={key}")
+        label = f"α={key}"
+        twin = identical_until(group.runs, key, decays)
+        if twin is not None:
+            label += f" (= α={twin[0]} to epoch {twin[1]})"
+        axes.plot(epochs, 100 * smooth(values, smoothing_window), color=colour, label=label)
         if has_column(group.runs, f"ema_{key}_bn_val_accuracy"):
             epochs, values = mean_curve(group.runs, f"ema_{key}_bn_val_accuracy")
             axes.plot(
@@ -155,7 +177,7 @@ def plot_decays(group, path, smoothing_window=1):
                 label=f"α={key}, BN recomputed",
             )
     _label_epochs(axes, group)
-    axes.legend(loc="lower right", fontsize="small", ncol=2 if len(decays) > 3 else 1)
+    figure.legend(loc="outside right upper", fontsize="small")
     axes.set_title(f"{dataset_title(group)} / {group.model}\nEMA per decay, {_seeds_text(group)}")
     _save(pyplot, figure, path)
     return path

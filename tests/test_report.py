@@ -153,7 +153,7 @@ def test_figures_are_readable_pngs(run_dirs, tmp_path):
     for path in result["figures"]:
         data = open(path, "rb").read()
         assert data[:8] == PNG_SIGNATURE and len(data) > 1000
-        assert matplotlib.image.imread(path).shape[:2] == (450, 700)  # 7 x 4.5 in at 100 dpi
+        assert matplotlib.image.imread(path).shape[:2] == (675, 1200)  # 8 x 4.5 in at 150 dpi
         assert f"({os.path.basename(path)})" in open(result["markdown"]).read()
 
 
@@ -193,3 +193,17 @@ def test_runs_of_one_setup_with_different_configs_are_refused(tmp_path, capsys):
     with pytest.raises(SystemExit):
         report_app.main([str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "report")])
     assert "differ in lr; report them separately" in capsys.readouterr().err
+
+
+def test_fig1b_names_the_decays_the_warm_up_held_together():
+    from evaluation import figures, runs
+
+    def run(rows):
+        return runs.Run(path="", config={}, history=rows, summary={})
+
+    # 0.996 logs the numbers of 0.992 at epochs 1-2 (both held by the warm-up), then differs.
+    rows = [{"epoch": e, "ema_0.968_val_loss": 1.0 + e, "ema_0.992_val_loss": 2.0 + e,
+             "ema_0.996_val_loss": 2.0 + e if e <= 2 else 9.0} for e in (1, 2, 3)]
+    keys = ["0.968", "0.992", "0.996"]
+    assert figures.identical_until([run(rows)], "0.996", keys) == ("0.992", 2)
+    assert figures.identical_until([run(rows)], "0.992", keys) is None
