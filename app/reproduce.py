@@ -360,12 +360,26 @@ def _run_claim(claim, steps, dirs, setups, out, args):
     )
     result = claim_tables.write_claim(
         claim, claim_dir, dirs, setups, commands=commands, command=reproduce_command,
-        wall_seconds=time.time() - started,
+        wall_seconds=time.time() - started, run_seconds=_train_seconds(steps),
         images=sum(step.train_images for step in steps), forward=sum(step.forward_images for step in steps),
     )
     print(f"[{claim}] wrote {', '.join(result['files'])}", flush=True)
     print(result["headline"], flush=True)
     return result
+
+
+def _train_seconds(steps):
+    """Wall time of the claim's training runs, from their summary.json files."""
+    import json
+
+    total = 0.0
+    for step in steps:
+        if step.command != "train":
+            continue
+        for path in step.done_files:
+            with open(path, encoding="utf-8") as handle:
+                total += json.load(handle).get("wall_time_seconds", 0.0)
+    return total
 
 
 def _run_step(step):

@@ -410,7 +410,7 @@ BUILDERS = {"fig1a": fig1a, "fig1b": fig1b, "table1": table1, "table3": table3, 
             "swa": swa, "fig2": fig2, "table2": table2, "adda-constant-lr": adda}
 
 
-def write_claim(claim, out, dirs, setups, commands, command, wall_seconds, images, forward):
+def write_claim(claim, out, dirs, setups, commands, command, wall_seconds, images, forward, run_seconds=0.0):
     """Builds one claim's outputs into `out`: <claim>.md, <claim>.csv, PNGs; returns their summary."""
     from app.reproduce import CLAIMS
 
@@ -423,8 +423,10 @@ def write_claim(claim, out, dirs, setups, commands, command, wall_seconds, image
     parts.append(result["table"] + "\n")
     for path in result["figures"]:
         parts.append(f"![{claim}]({os.path.basename(path)})\n\n")
-    parts.append(f"Command: `{command}` (this invocation: {wall_seconds:.0f} s; the runs it needs process about "
-                 f"{images:,} training and {forward:,} forward images). Steps:\n\n")
+    parts.append(f"Command: `{command}`. Its training runs took {run_seconds / 60:.0f} min here (2 CPU cores; "
+                 f"sum of their summary.json wall times) and process about {images:,} training and "
+                 f"{forward:,} forward images (evaluation, BN recompute); this invocation took "
+                 f"{wall_seconds:.0f} s. Steps:\n\n")
     parts += [f"    {text}\n" for text in commands]
     markdown = os.path.join(out, f"{claim}.md")
     with open(markdown, "w", encoding="utf-8") as handle:
@@ -433,6 +435,7 @@ def write_claim(claim, out, dirs, setups, commands, command, wall_seconds, image
     with open(verdict_path, "w", encoding="utf-8") as handle:
         json.dump({"claim": claim, "verdict": result["verdict"], "reason": result["reason"],
                    "headline": result["headline"], "wall_seconds": round(wall_seconds, 1),
+                   "train_run_seconds": round(run_seconds, 1),
                    "train_images": images, "forward_images": forward}, handle, indent=2)
     files = [markdown, csv_path, verdict_path] + list(result["figures"])
     return {"files": files, "headline": result["headline"], "verdict": result["verdict"], "rows": result["rows"]}
