@@ -31,7 +31,8 @@ def _comparable(config_dict):
     return {
         key: value
         for key, value in config_dict.items()
-        if key not in ("out", "data_dir", "cifar_n_dir", "evaluation_split", "checkpoint_every_steps")
+        if key not in ("out", "data_dir", "cifar_n_dir", "evaluation_split", "checkpoint_every_steps",
+                       "provenance")
     }
 
 

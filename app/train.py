@@ -184,7 +184,10 @@ def train(config, data, path, argv):
     checkpoint_dir = os.path.join(path, checkpoint.DIRECTORY)
     resumed = checkpoint.load(checkpoint_dir)  # UsageError if unreadable
     if resumed is None:
-        run_directory.create(path, config, argv, extra={"evaluation_split": data.evaluation_split})
+        from app import provenance
+
+        run_directory.create(path, config, argv, extra={
+            "evaluation_split": data.evaluation_split, "provenance": provenance.collect()})
     schedule = build_schedule(config, data.steps_per_epoch)
     model = build_model_for(config, data, schedule)
     averaging = build_callbacks(config, data, model)

@@ -39,6 +39,17 @@ def test_run_directory_holds_everything(run):
     config = json.load(open(os.path.join(out, "config.json")))
     assert config["lr"] == 0.1 and config["ema_decays"] == [0.9, 0.99]
     assert config["evaluation_split"] == "validation"
+    # Provenance: the versions, backend and code that produced the run.
+    import subprocess
+
+    import keras
+
+    provenance = config["provenance"]
+    assert provenance["versions"]["keras"] == keras.__version__
+    assert provenance["keras_backend"] == keras.backend.backend() and provenance["devices"]
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    assert provenance["git_commit"] == (head.stdout.strip() if head.returncode == 0 else None)
+    assert provenance["git_dirty"] in (True, False, None)
     assert open(os.path.join(out, "command.txt")).read().split()[3:] == argv
     assert sorted(os.listdir(os.path.join(out, "weights"))) == sorted(
         ["final.weights.h5", "swa.weights.h5"]
