@@ -143,6 +143,12 @@ def build_parser(prog="python -m app.train"):
         help="deterministic ops: the same seed gives identical weights and metrics (slower)",
     )
     train.add_argument(
+        "--keep-checkpoint",
+        action="store_true",
+        help="keep checkpoint/ (model, optimizer and every average's state) after the run "
+        "finishes; by default it is deleted then, as nothing resumes a finished run",
+    )
+    train.add_argument(
         "--checkpoint-every-steps",
         type=positive_int,
         default=None,
@@ -427,5 +433,6 @@ def parse_config(argv, model_names=config_lib.MODEL_NAMES):
         bootstrap_every_epochs=args.bootstrap_every_epochs,
         track_stability=args.track_stability,
         checkpoint_every_steps=args.checkpoint_every_steps,
+        keep_checkpoint=args.keep_checkpoint,
         deterministic=args.deterministic,
     )

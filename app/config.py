@@ -96,6 +96,7 @@ class TrainConfig:
     bootstrap_every_epochs: int = 0
     track_stability: bool = False
     checkpoint_every_steps: int | None = None
+    keep_checkpoint: bool = False
     deterministic: bool = False
 
     def to_dict(self):

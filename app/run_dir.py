@@ -32,7 +32,7 @@ def _comparable(config_dict):
         key: value
         for key, value in config_dict.items()
         if key not in ("out", "data_dir", "cifar_n_dir", "evaluation_split", "checkpoint_every_steps",
-                       "provenance")
+                       "provenance", "keep_checkpoint")
     }
 
 

@@ -253,6 +253,12 @@ def train(config, data, path, argv):
     summary["wall_time_seconds"] = round(time.time() - started, 1)
     summary = run_directory.rounded(summary)
     run_directory.write_summary(path, summary)
+    if not config.keep_checkpoint:
+        # The run is finished (summary.json): nothing will resume it.
+        import shutil
+
+        for directory in (checkpoint_dir, os.path.join(path, "swa", checkpoint.DIRECTORY)):
+            shutil.rmtree(directory, ignore_errors=True)
     _print_summary(summary, path)
     return summary
 

@@ -81,6 +81,10 @@ def test_table1_is_the_mean_over_the_final_runs(tiny):
     check("swa", [s["swa"]["val_accuracy"] for s in summaries])
     for final in finals:  # each final run logged its test curve every epoch
         assert len(_history(final)) == 3
+        # Finished: the checkpoints are gone (no --keep-checkpoint), the weights stay.
+        assert not os.path.exists(os.path.join(final, "checkpoint"))
+        assert not os.path.exists(os.path.join(final, "swa", "checkpoint"))
+        assert os.path.exists(os.path.join(final, "weights", "swa.weights.h5"))
     text = open(os.path.join(base, "table1", "table1.md"), encoding="utf-8").read()
     assert "77.63 ± 0.14" in text and "Verdict" in text
     index = open(os.path.join(base, "RESULTS.md"), encoding="utf-8").read()

@@ -24,6 +24,7 @@ ARGS = [
     "--limit-train", "128", "--batch-size", "32", "--limit-validation", "64",
     "--epochs", "3", "--ema-decays", "0.9", "0.99", "--ema-every", "2",
     "--swa", "--swa-start-epoch", "2", "--checkpoint-every-steps", "3", "--deterministic",
+    "--keep-checkpoint",
 ]
 ENV = dict({k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}, PYTHONUNBUFFERED="1")
 

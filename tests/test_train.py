@@ -25,7 +25,7 @@ SMALL = [
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("runs") / "run")
-    argv = SMALL + ["--swa", "--swa-start-epoch", "2", "--track-stability", "--out", out]
+    argv = SMALL + ["--swa", "--swa-start-epoch", "2", "--track-stability", "--keep-checkpoint", "--out", out]
     summary = train.main(argv)
     return out, argv, summary
 
