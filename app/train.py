@@ -374,7 +374,7 @@ def _print_header(config, data, model, path):
         f"{config.dataset} ({data.num_train_examples} train / "
         f"{data.num_validation_examples} {data.evaluation_split}), {config.model} "
         f"({model.count_params():,} parameters), {config.epochs} epochs x "
-        f"{data.steps_per_epoch} steps, lr {config.lr} {config.schedule}, "
+        f"{data.steps_per_epoch} steps, lr {config.lr} {config.schedule}{_warmup_text(config)}, "
         f"EMA decays {', '.join(f'{d:g}' for d in config.ema_decays) or 'none'} "
         f"every {config.ema_every_steps} steps -> {path}",
         flush=True,
@@ -382,6 +382,14 @@ def _print_header(config, data, model, path):
     warning = warmup_warning(config, data.steps_per_epoch)
     if warning:
         print(warning, flush=True)
+
+
+def _warmup_text(config):
+    if not config.warmup_epochs:
+        return ""
+    shrunk = config.schedule == "cosine" and config.warmup_epochs == config.epochs - 1 < 5
+    return (f" (warm-up {config.warmup_epochs} epoch{'s' if config.warmup_epochs > 1 else ''}"
+            f"{': the paper’s 5 shrunk to fit the run' if shrunk else ''})")
 
 
 def warmup_warning(config, steps_per_epoch):
