@@ -401,6 +401,9 @@ def warmup_warning(config, steps_per_epoch):
     from callbacks.ema import warmup_release_step
 
     total = steps_per_epoch * config.epochs
+    if config.ema_decays and total < config.ema_every_steps:
+        return (f"note: the run has {total} optimizer steps, fewer than --ema-every "
+                f"{config.ema_every_steps}: the EMAs are never updated and stay at the initial weights")
     if config.ema_warmup == "none" or not config.ema_decays:
         return None
     if config.ema_warmup == "steps":

@@ -94,7 +94,29 @@ def prepare(argv, environ=None):
     from app import data as data_lib
 
     data_lib.check_data_available(config.train)
-    return config, data_lib.load_arrays(config.train)
+    arrays = data_lib.load_arrays(config.train)
+    check_trials_update_the_emas(config, len(arrays.train_labels))
+    return config, arrays
+
+
+def check_trials_update_the_emas(config, num_train):
+    """Refuses a search whose trials end before the first EMA update.
+
+    The EMAs would still hold the initial weights, and the objective would
+    rank untrained models (and break ties arbitrarily).
+    """
+    import math
+
+    if config.objective != "ema":
+        return
+    batch_size = max(config.batch_sizes or (config.train.batch_size,))
+    steps = math.ceil(num_train / batch_size) * config.train.epochs
+    if steps < config.train.ema_every_steps:
+        raise UsageError(
+            f"each trial runs {steps} optimizer steps, fewer than --ema-every "
+            f"{config.train.ema_every_steps}: no EMA would be updated and the search would rank "
+            "untrained weights; raise --epochs or --limit-train, or lower --ema-every"
+        )
 
 
 def tune(config, arrays, argv):

@@ -335,3 +335,15 @@ def test_resuming_with_other_settings_exits_2(searched, monkeypatch, capsys):
         tune.main(argv)
     assert exit_info.value.code == 2
     assert "differs in: epochs, warmup_epochs); pass --overwrite" in capsys.readouterr().err
+
+
+def test_trials_too_short_for_any_ema_update_are_refused(tmp_path, capsys):
+    # 64 synthetic images, batch 16: 4 steps x 2 epochs = 8 steps < --ema-every 9.
+    argv = TRAIN_FLAGS[:-5] + ["--ema-every", "9", "--ema-decays", "0.9", "0.99",
+                               "--lrs", "0.1", "--tuner-dir", str(tmp_path / "t")]
+    with synthetic_data(), pytest.raises(SystemExit) as exit_info:
+        tune.main(argv)
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "each trial runs 8 optimizer steps, fewer than --ema-every 9" in error
+    assert not (tmp_path / "t").exists()
