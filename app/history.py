@@ -56,10 +56,13 @@ class RunLogger(keras.callbacks.Callback):
         epochs: total epochs, for the ETA.
         rows: history rows of earlier epochs (a resumed run). Defaults to None.
         verbose: print one line per epoch. Defaults to True.
+        timer: an `EpochTimer` whose timings to log. Defaults to None.
+        stability: add the stability charts to the TensorBoard layout. Defaults to False.
     """
 
-    def __init__(self, run_dir, schedule, epochs, rows=None, verbose=True, timer=None):
+    def __init__(self, run_dir, schedule, epochs, rows=None, verbose=True, timer=None, stability=False):
         super().__init__()
+        self.stability = stability
         self.run_dir = run_dir
         self.schedule = schedule
         self.epochs = epochs
@@ -69,11 +72,9 @@ class RunLogger(keras.callbacks.Callback):
         self._writer = None
 
     def on_train_begin(self, logs=None):
-        self._writer = tensorboard_logging.ScalarWriter(
-            os.path.join(self.run_dir, "tensorboard")
-        )
+        self._writer = tensorboard_logging.RunWriters(os.path.join(self.run_dir, "tensorboard"))
         if not self.rows:
-            self._writer.summary(tensorboard_logging.layout_summary())
+            self._writer.writer("sgd").summary(tensorboard_logging.layout_summary(self.stability))
         else:
             # Resumed: drop any row written after the checkpoint, in both outputs.
             atomic_write_text(os.path.join(self.run_dir, "history.csv"), rows_to_csv(self.rows))
@@ -92,13 +93,9 @@ class RunLogger(keras.callbacks.Callback):
         row = self._row(epoch, logs)
         self.rows.append(row)
         atomic_write_text(os.path.join(self.run_dir, "history.csv"), rows_to_csv(self.rows))
-        scalars = {
-            tensorboard_logging.tag_for(key): value
-            for key, value in logs.items()
-            if _is_number(value)
-        }
-        scalars["learning_rate"] = row["lr"]
-        self._writer.scalars(scalars, step=row["epoch"])
+        scalars = {key: value for key, value in logs.items() if _is_number(value)}
+        scalars["lr"] = row["lr"]
+        self._writer.log(scalars, step=row["epoch"])
         if self.verbose:
             if self.timer is not None:
                 self.timer.clear_status()

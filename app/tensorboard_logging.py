@@ -3,12 +3,19 @@
 Keras's `TensorBoard` callback needs TensorFlow; this writer does not, so the
 same run directory is produced on the JAX backend of a machine without TF.
 
-Tag layout: SGD and every average of one metric share a tag prefix, so that
-TensorBoard's custom-scalars charts (and a reader's regex) put them together:
-`val_accuracy/sgd`, `val_accuracy/ema_0.998`, `val_accuracy/ema_best`,
-`val_accuracy/ema_0.998_bn`, `val_accuracy/swa`, `accuracy/train`,
-`learning_rate`. Steps are 1-based epochs, as in `history.csv`.
+Layout: every model is a TensorBoard run of its own, a sub-directory of
+`RUN/tensorboard/` — `sgd/`, `ema_<d>/`, `ema_best/` (the best EMA each
+epoch, the paper's Fig. 1a), `ema_<d>_bn/` (BN recomputed, Fig. 1b), `swa/` —
+with the same tags: `val_accuracy`, `val_loss` (and `prediction_stability`,
+`weight_distance` with `--track-stability`). The Scalars tab then draws SGD
+and the averages of one metric on one chart, one colour per run, the run
+names as the legend, and the run selector filters them, as Keras's own
+callback does with `train/` and `validation/`. `sgd/` also holds
+`train_accuracy`, `train_loss`, `learning_rate` and `time/*`. Steps are
+1-based epochs, as in `history.csv`.
 """
+
+import os
 
 import re
 import time
@@ -29,50 +36,49 @@ _AVERAGE_KEY = re.compile(
 TIMING_KEYS = ("epoch_seconds", "train_images_per_second", "evaluation_seconds")
 
 
-def tag_for(key):
-    """Maps an epoch-log key to its TensorBoard tag (see the module docstring)."""
+def run_and_tag(key):
+    """Maps an epoch-log key to its TensorBoard `(run, tag)` (see the module docstring)."""
     if key == "lr":
-        return "learning_rate"
+        return "sgd", "learning_rate"
     if key in TIMING_KEYS:
-        return f"time/{key}"
+        return "sgd", f"time/{key}"
     match = _AVERAGE_KEY.match(key)
     if match:
-        return f"{match['metric']}/{match['model']}"
+        return match["model"], match["metric"]
     if key.startswith("val_") or key == "prediction_stability":
-        return f"{key}/sgd"
-    return f"{key}/train"
+        return "sgd", key
+    return "sgd", key if key.startswith("train_") else f"train_{key}"
 
 
-# Custom-scalars dashboard: (category, [(chart title, [tag regexes])]).
+# Custom-scalars dashboard: (category, [(chart title, [tag regexes])]). Each
+# chart draws its tags of every run, so SGD and all averages appear together.
 LAYOUT = (
     (
-        "EMA vs SGD",  # the paper's Fig. 1a
+        "EMA vs SGD",  # the paper's Fig. 1a / 1b: pick runs in the run selector
         (
-            ("validation accuracy", (r"^val_accuracy/(sgd|ema_best|swa)$",)),
-            ("validation loss", (r"^val_loss/(sgd|swa)$", r"^val_loss/ema_[0-9.]+$")),
-        ),
-    ),
-    (
-        "EMA decays",  # the paper's Fig. 1b: each decay, with and without BN recompute
-        (
-            ("validation accuracy", (r"^val_accuracy/ema_[0-9.]+(_bn)?$",)),
-            ("validation loss", (r"^val_loss/ema_[0-9.]+(_bn)?$",)),
+            ("validation accuracy", (r"^val_accuracy$",)),
+            ("validation loss", (r"^val_loss$",)),
         ),
     ),
     ("learning rate", (("learning rate", (r"^learning_rate$",)),)),
+    ("training", (("training accuracy and loss", (r"^train_(accuracy|loss)$",)),)),
+    ("time", (("seconds per epoch and training images per second", (r"^time/",)),)),
+)
+STABILITY = (
+    "stability",  # Adda et al.: prediction stability, EMA-SGD weight distance
     (
-        "stability",  # Adda et al.: prediction stability, EMA-SGD weight distance
-        (
-            ("prediction stability", (r"^prediction_stability/",)),
-            ("weight distance to SGD", (r"^weight_distance/",)),
-        ),
+        ("prediction stability", (r"^prediction_stability$",)),
+        ("weight distance to SGD", (r"^weight_distance$",)),
     ),
-    ("training", (("training accuracy and loss", (r"^(accuracy|loss)/train$",)),)),
 )
 
 
-def layout_summary(layout=LAYOUT):
-    """The custom-scalars layout as a `Summary` proto (no TensorFlow needed)."""
+def layout_summary(stability=False):
+    """The custom-scalars layout as a `Summary` proto (no TensorFlow needed).
+
+    Only what is tracked: the stability charts need `--track-stability`.
+    """
+    layout = LAYOUT + ((STABILITY,) if stability else ())
     proto = layout_pb2.Layout(
         category=[
             layout_pb2.Category(
@@ -139,3 +145,36 @@ class ScalarWriter:
 
     def close(self):
         self._writer.close()
+
+
+class RunWriters:
+    """One `ScalarWriter` per TensorBoard run (model) under `logdir`, opened on first use."""
+
+    def __init__(self, logdir):
+        self.logdir = logdir
+        self._writers = {}
+
+    def writer(self, run):
+        if run not in self._writers:
+            self._writers[run] = ScalarWriter(os.path.join(self.logdir, run))
+        return self._writers[run]
+
+    def log(self, values, step):
+        """Writes `{epoch-log key: value}`, each under its run and tag (`run_and_tag`)."""
+        by_run = {}
+        for key, value in values.items():
+            run, tag = run_and_tag(key)
+            by_run.setdefault(run, {})[tag] = value
+        for run, scalars in by_run.items():
+            self.writer(run).scalars(scalars, step)
+
+    def session_start(self, step):
+        """A resumed run: every run written so far drops its events from `step` on."""
+        for run in sorted(os.listdir(self.logdir)) if os.path.isdir(self.logdir) else ():
+            if os.path.isdir(os.path.join(self.logdir, run)):
+                self.writer(run).session_start(step)
+
+    def close(self):
+        for writer in self._writers.values():
+            writer.close()
+        self._writers = {}

@@ -194,7 +194,7 @@ def train(config, data, path, argv):
     stateful = {name: cb for name, cb in averaging.items() if hasattr(cb, "get_state")}
     timer = EpochTimer(config.batch_size)
     logger = RunLogger(path, schedule, config.epochs, rows=resumed[0]["rows"] if resumed else None,
-                       timer=timer)
+                       timer=timer, stability=config.track_stability)
     # The timer first (it marks where each epoch's evaluation starts), then the
     # guard: a diverged step must never reach an average or a checkpoint.
     callbacks = [timer, DivergenceGuard(weights_every_steps=config.ema_every_steps)]

@@ -43,8 +43,9 @@ def checkpoint_arrays(out, name="last.npz"):
     return arrays, header["meta"]
 
 
-def scalar_steps(out, tag):
-    events = EventAccumulator(os.path.join(out, "tensorboard"))
+def scalar_steps(out, run_tag):
+    run, tag = run_tag.split(":")
+    events = EventAccumulator(os.path.join(out, "tensorboard", run))
     events.Reload()
     return [(event.step, event.value) for event in events.Scalars(tag)]
 
@@ -68,7 +69,7 @@ def assert_same_run(out, uninterrupted):
     # History rows, epoch, global step; wall-clock columns differ between any two runs.
     assert _untimed(got_meta) == _untimed(want_meta)
     assert _untimed_csv(out / "history.csv") == _untimed_csv(uninterrupted / "history.csv")
-    for tag in ("val_accuracy/sgd", "val_accuracy/ema_0.99", "learning_rate"):
+    for tag in ("sgd:val_accuracy", "ema_0.99:val_accuracy", "sgd:learning_rate"):
         steps = scalar_steps(out, tag)
         assert [step for step, _ in steps] == [1, 2, 3]  # none duplicated, none missing
         assert steps == scalar_steps(uninterrupted, tag)

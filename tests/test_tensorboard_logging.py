@@ -1,52 +1,57 @@
-"""Event files read back with TensorBoard's own reader."""
+"""Event files read back with TensorBoard's own reader: one TensorBoard run per model."""
+
+import re
 
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
 
-from app.tensorboard_logging import ScalarWriter, layout_summary, tag_for
-
-
-def test_tag_layout_puts_sgd_and_averages_on_one_prefix():
-    assert tag_for("val_accuracy") == "val_accuracy/sgd"
-    assert tag_for("ema_0.998_val_accuracy") == "val_accuracy/ema_0.998"
-    assert tag_for("ema_0.998_bn_val_loss") == "val_loss/ema_0.998_bn"
-    assert tag_for("ema_best_val_accuracy") == "val_accuracy/ema_best"
-    assert tag_for("swa_val_accuracy") == "val_accuracy/swa"
-    assert tag_for("accuracy") == "accuracy/train"
-    assert tag_for("lr") == "learning_rate"
-    assert tag_for("prediction_stability") == "prediction_stability/sgd"
-    assert tag_for("ema_0.998_prediction_stability") == "prediction_stability/ema_0.998"
-    assert tag_for("ema_0.998_weight_distance") == "weight_distance/ema_0.998"
+from app.tensorboard_logging import RunWriters, ScalarWriter, layout_summary, run_and_tag
 
 
-def test_scalars_read_back_with_event_accumulator(tmp_path):
-    writer = ScalarWriter(str(tmp_path))
-    writer.scalars({"val_accuracy/sgd": 0.5, "val_accuracy/ema_0.998": 0.6}, step=1)
-    writer.scalars({"val_accuracy/sgd": 0.55, "val_accuracy/ema_0.998": 0.65}, step=2)
-    writer.close()
-    events = EventAccumulator(str(tmp_path))
-    events.Reload()
-    assert sorted(events.Tags()["scalars"]) == ["val_accuracy/ema_0.998", "val_accuracy/sgd"]
-    got = [(e.step, round(e.value, 6)) for e in events.Scalars("val_accuracy/ema_0.998")]
+def test_every_model_is_a_run_with_the_same_tags():
+    assert run_and_tag("val_accuracy") == ("sgd", "val_accuracy")
+    assert run_and_tag("ema_0.998_val_accuracy") == ("ema_0.998", "val_accuracy")
+    assert run_and_tag("ema_0.998_bn_val_loss") == ("ema_0.998_bn", "val_loss")
+    assert run_and_tag("ema_best_val_accuracy") == ("ema_best", "val_accuracy")
+    assert run_and_tag("swa_val_accuracy") == ("swa", "val_accuracy")
+    assert run_and_tag("accuracy") == ("sgd", "train_accuracy")
+    assert run_and_tag("train_loss") == ("sgd", "train_loss")
+    assert run_and_tag("lr") == ("sgd", "learning_rate")
+    assert run_and_tag("epoch_seconds") == ("sgd", "time/epoch_seconds")
+    assert run_and_tag("prediction_stability") == ("sgd", "prediction_stability")
+    assert run_and_tag("ema_0.998_prediction_stability") == ("ema_0.998", "prediction_stability")
+    assert run_and_tag("ema_0.998_weight_distance") == ("ema_0.998", "weight_distance")
+
+
+def test_runs_read_back_with_the_event_multiplexer(tmp_path):
+    writers = RunWriters(str(tmp_path))
+    writers.log({"val_accuracy": 0.5, "ema_0.998_val_accuracy": 0.6, "lr": 0.1}, step=1)
+    writers.log({"val_accuracy": 0.55, "ema_0.998_val_accuracy": 0.65, "lr": 0.05}, step=2)
+    writers.close()
+    runs = EventMultiplexer().AddRunsFromDirectory(str(tmp_path))
+    runs.Reload()
+    assert sorted(runs.Runs()) == ["ema_0.998", "sgd"]
+    assert sorted(runs.Runs()["sgd"]["scalars"]) == ["learning_rate", "val_accuracy"]
+    got = [(e.step, round(e.value, 6)) for e in runs.Scalars("ema_0.998", "val_accuracy")]
     assert got == [(1, 0.6), (2, 0.65)]
 
 
-def test_custom_scalars_layout_reads_back_with_the_plugin_proto(tmp_path):
+def test_custom_scalars_layout_holds_only_what_is_tracked(tmp_path):
     from tensorboard.plugins.custom_scalar import layout_pb2, metadata
 
-    writer = ScalarWriter(str(tmp_path))
-    writer.summary(layout_summary())
-    writer.close()
-    events = EventAccumulator(str(tmp_path))
-    events.Reload()
-    tensor = events.Tensors(metadata.CONFIG_SUMMARY_TAG)[0].tensor_proto
-    layout = layout_pb2.Layout.FromString(tensor.string_val[0])
-    titles = [category.title for category in layout.category]
-    assert titles == ["EMA vs SGD", "EMA decays", "learning rate", "stability", "training"]
-    fig_1a = layout.category[0].chart[0].multiline.tag
-    import re
+    def layout(stability):
+        path = tmp_path / str(stability)
+        writer = ScalarWriter(str(path))
+        writer.summary(layout_summary(stability))
+        writer.close()
+        events = EventAccumulator(str(path))
+        events.Reload()
+        tensor = events.Tensors(metadata.CONFIG_SUMMARY_TAG)[0].tensor_proto
+        return layout_pb2.Layout.FromString(tensor.string_val[0])
 
-    assert [t for t in ["val_accuracy/sgd", "val_accuracy/ema_best", "val_accuracy/ema_0.998"]
-            if any(re.match(p, t) for p in fig_1a)] == ["val_accuracy/sgd", "val_accuracy/ema_best"]
-    fig_1b = layout.category[1].chart[0].multiline.tag
-    assert all(any(re.match(p, t) for p in fig_1b)
-               for t in ["val_accuracy/ema_0.968", "val_accuracy/ema_0.998_bn"])
+    titles = [category.title for category in layout(False).category]
+    assert titles == ["EMA vs SGD", "learning rate", "training", "time"]
+    assert [c.title for c in layout(True).category][-1] == "stability"
+    accuracy = layout(False).category[0].chart[0].multiline.tag
+    assert [t for t in ("val_accuracy", "val_loss", "train_accuracy") if any(re.match(p, t) for p in accuracy)] == [
+        "val_accuracy"]

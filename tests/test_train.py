@@ -116,12 +116,16 @@ def test_swa_branches_off_the_baseline_at_a_constant_rate(run):
 def test_tensorboard_scalars_equal_history(run):
     out, _, _ = run
     rows = read_history(os.path.join(out, "history.csv"))
-    events = EventAccumulator(os.path.join(out, "tensorboard"))
-    events.Reload()
-    pairs = {"val_accuracy/sgd": "val_accuracy", "val_accuracy/ema_0.99": "ema_0.99_val_accuracy",
-             "val_accuracy/ema_best": "ema_best_val_accuracy", "learning_rate": "lr",
-             "loss/train": "train_loss"}
-    for tag, column in pairs.items():
+    # One TensorBoard run per model, the same tags in each (Scalars overlays them).
+    assert sorted(os.listdir(os.path.join(out, "tensorboard"))) == [
+        "ema_0.9", "ema_0.99", "ema_best", "sgd"]
+    pairs = {("sgd", "val_accuracy"): "val_accuracy", ("ema_0.99", "val_accuracy"): "ema_0.99_val_accuracy",
+             ("ema_best", "val_accuracy"): "ema_best_val_accuracy", ("sgd", "learning_rate"): "lr",
+             ("sgd", "train_loss"): "train_loss", ("ema_0.9", "weight_distance"): "ema_0.9_weight_distance",
+             ("sgd", "time/epoch_seconds"): "epoch_seconds"}
+    for (run_name, tag), column in pairs.items():
+        events = EventAccumulator(os.path.join(out, "tensorboard", run_name))
+        events.Reload()
         scalars = events.Scalars(tag)
         assert [event.step for event in scalars] == [1, 2, 3]
         np.testing.assert_allclose([e.value for e in scalars], [row[column] for row in rows], rtol=1e-6)
