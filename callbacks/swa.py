@@ -175,9 +175,10 @@ class SWA(keras.callbacks.Callback):
 
     def save(self, directory):
         """Writes the final average to `<directory>/swa.weights.h5`; returns the path."""
+        weights = self._require_final_weights()  # before creating anything
         os.makedirs(directory, exist_ok=True)
         path = os.path.join(directory, "swa.weights.h5")
-        _save_weights(self.model, self._require_final_weights(), path)
+        _save_weights(self.model, weights, path)
         return path
 
     @contextlib.contextmanager

@@ -371,7 +371,7 @@ def test_callback_logs_results_and_restores(kind, tmp_path):
         np.testing.assert_array_equal(old, new)
 
 
-def test_callback_validates_eagerly():
+def test_callback_validates_eagerly(tmp_path):
     ema = FakeMultiEMA(DECAYS)
     x, y = make_data(8, seed=0)
     with pytest.raises(ValueError, match="`ema`"):
@@ -383,4 +383,5 @@ def test_callback_validates_eagerly():
     with pytest.raises(ValueError, match="`steps`"):
         BatchNormRecompute(ema, (x, y), (x, y), batch_size=4, steps=-1)
     with pytest.raises(ValueError, match="Nothing to save"):
-        BatchNormRecompute(ema, (x, y), (x, y), batch_size=4).save("unused")
+        BatchNormRecompute(ema, (x, y), (x, y), batch_size=4).save(str(tmp_path / "unused"))
+    assert not (tmp_path / "unused").exists()

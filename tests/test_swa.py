@@ -222,12 +222,13 @@ def test_resume_with_state_continues_the_average():
     assert second.count == 1
 
 
-def test_no_capture_before_start_and_errors():
+def test_no_capture_before_start_and_errors(tmp_path):
     swa = SWA(5, train_data=(X, Y), validation_data=(X_VAL, Y_VAL), batch_size=BN_BATCH)
     _, _, history = train(swa, 2)
     assert swa.count == 0 and "swa_val_loss" not in history.history
     with pytest.raises(ValueError, match="No SWA model"):
-        swa.save("unused")
+        swa.save(str(tmp_path / "unused"))
+    assert not (tmp_path / "unused").exists()
     with pytest.raises(ValueError, match="train_data"):
         train(SWA(0), 1)
     for kwargs, name in [
