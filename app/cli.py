@@ -101,6 +101,12 @@ def build_parser(prog="python -m app.train"):
     )
     train.add_argument("--batch-size", type=positive_int, default=128, help="batch size")
     train.add_argument(
+        "--eval-batch-size",
+        type=positive_int,
+        default=512,
+        help="batch size of the per-epoch evaluations (forward passes only; same results)",
+    )
+    train.add_argument(
         "--weight-decay",
         type=float,
         default=None,
@@ -402,6 +408,7 @@ def parse_config(argv, model_names=config_lib.MODEL_NAMES):
         epochs=epochs,
         lr=args.lr,
         batch_size=args.batch_size,
+        eval_batch_size=args.eval_batch_size,
         weight_decay=weight_decay,
         momentum=args.momentum,
         nesterov=not args.no_nesterov,

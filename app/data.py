@@ -146,7 +146,8 @@ class Data:
 
 def load_data(config):
     """The tf.data pipelines of one run (`config`: a `TrainConfig`)."""
-    return make_data(load_arrays(config), batch_size=config.batch_size, seed=config.seed)
+    return make_data(load_arrays(config), batch_size=config.batch_size, seed=config.seed,
+                     eval_batch_size=config.eval_batch_size)
 
 
 def load_arrays(config):
@@ -262,14 +263,21 @@ def channel_stats(images):
     return mean.astype(np.float32), np.sqrt(variance).astype(np.float32)
 
 
-def make_data(arrays, batch_size, seed):
-    """Builds the tf.data pipelines from `Arrays`."""
+def make_data(arrays, batch_size, seed, eval_batch_size=None):
+    """Builds the tf.data pipelines from `Arrays`.
+
+    `eval_batch_size` (default `batch_size`) batches the validation and test
+    sets: forward passes need no gradients and run faster in larger batches
+    (bench/eval_batch_size.py), with the same predictions (BatchNorm uses its
+    moving statistics).
+    """
     num_train = len(arrays.train_labels)
     mean, std = arrays.mean, arrays.std
-    test = evaluation_dataset(arrays.test_images, arrays.test_labels, mean, std, batch_size)
+    eval_batch_size = eval_batch_size or batch_size
+    test = evaluation_dataset(arrays.test_images, arrays.test_labels, mean, std, eval_batch_size)
     if arrays.validation_images is not arrays.test_images:
         validation = evaluation_dataset(
-            arrays.validation_images, arrays.validation_labels, mean, std, batch_size
+            arrays.validation_images, arrays.validation_labels, mean, std, eval_batch_size
         )
     else:  # full_train: one copy of the test images
         validation = test

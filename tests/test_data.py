@@ -311,3 +311,24 @@ def test_load_data_batches_normalized_float32_images(cifar10, read_from):
     raw = cifar10["train"]["image"][validation_index[:100]]
     expected = (raw / 255.0 - result.mean) / result.std
     np.testing.assert_allclose(images, expected, rtol=1e-5, atol=1e-5)
+
+
+@needs_cifar10
+def test_evaluation_batches_are_larger_and_give_the_same_predictions():
+    import keras
+
+    config = TrainConfig(dataset="cifar10", data_dir=TFDS_DIR, limit_train=200, limit_validation=300)
+    arrays = data.load_arrays(config)
+    small = data.make_data(arrays, batch_size=64, seed=0)
+    large = data.make_data(arrays, batch_size=64, seed=0, eval_batch_size=256)
+    assert [len(y) for _, y in large.validation.as_numpy_iterator()] == [256, 44]
+    assert [len(y) for _, y in small.validation.as_numpy_iterator()] == [64] * 4 + [44]
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((32, 32, 3)), keras.layers.Conv2D(4, 3),
+                              keras.layers.BatchNormalization(), keras.layers.GlobalAveragePooling2D(),
+                              keras.layers.Dense(10)])
+    model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    got = model.evaluate(large.validation, verbose=0, return_dict=True)
+    want = model.evaluate(small.validation, verbose=0, return_dict=True)
+    assert got["accuracy"] == want["accuracy"]
+    assert got["loss"] == pytest.approx(want["loss"], rel=1e-6)

@@ -144,7 +144,8 @@ class OneShotHyperModel(keras_tuner.HyperModel):
                 "call `search()` without data."
             )
         config = self.trial_config(hp)
-        data = data_lib.make_data(self.arrays, batch_size=config.batch_size, seed=config.seed)
+        data = data_lib.make_data(self.arrays, batch_size=config.batch_size, seed=config.seed,
+                                  eval_batch_size=config.eval_batch_size)
         schedule = train.build_schedule(config, data.steps_per_epoch)
         # Only the EMAs: BN recomputation and SWA do not change the trajectory.
         averaging_config = dataclasses.replace(config, bn_recompute="none", swa=False)
