@@ -63,8 +63,6 @@ def prepare(argv):
     if args.ema_decay is not None and not 0 < args.ema_decay < 1:
         raise UsageError(f"--ema-decay must be in (0, 1); got {args.ema_decay:g}")
     from app import quiet
-
-    quiet.import_tensorflow()
     from evaluation import predictions, runs
 
     if not os.path.isdir(args.run_dir) or os.path.exists(os.path.join(args.run_dir, runs.CONFIG_FILE)):
@@ -91,6 +89,7 @@ def prepare(argv):
         raise UsageError(f"the seeds in {args.run_dir} saved different EMA models ({sorted(names)}); "
                          "train every seed with the same flags")
     config = predictions.run_config(group.runs[0], args.data_dir)
+    quiet.import_tensorflow()  # the runs are fine: now the heavy imports
     predictions.check_data(config, args.limit_test)
     return {"directory": args.run_dir, "config": config, "seeds": seeds, "decay_key": decay_key,
             "criterion": args.criterion, "limit_test": args.limit_test, "batch_size": args.batch_size}

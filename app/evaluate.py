@@ -67,8 +67,6 @@ def prepare(argv):
     if args.ema_decay is not None and not 0 < args.ema_decay < 1:
         raise UsageError(f"--ema-decay must be in (0, 1); got {args.ema_decay:g}")
     from app import quiet
-
-    quiet.import_tensorflow()
     from evaluation import predictions
 
     plans = []
@@ -76,6 +74,7 @@ def prepare(argv):
         names = predictions.saved_weights(run)
         decay_key = predictions.choose_decay(run, args.ema_decay)
         config = predictions.run_config(run, args.data_dir)
+        quiet.import_tensorflow()  # the run is fine: now the heavy imports
         predictions.check_data(config, args.limit_test)
         plans.append({"run": run, "config": config, "names": names, "decay_key": decay_key,
                       "methods": predictions.method_weights(run, decay_key, names),

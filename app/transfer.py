@@ -115,8 +115,6 @@ def prepare(argv):
     if args.ema_decay is not None and not 0 < args.ema_decay < 1:
         raise UsageError(f"--ema-decay must be in (0, 1); got {args.ema_decay:g}")
     from app import quiet
-
-    quiet.import_tensorflow()
     from evaluation import predictions
 
     plans = []
@@ -124,6 +122,7 @@ def prepare(argv):
         decay_key = predictions.choose_decay(run, args.ema_decay)
         methods = predictions.method_weights(run, decay_key)
         config = predictions.run_config(run, args.data_dir)
+        quiet.import_tensorflow()  # the run is fine: now the heavy imports
         predictions.check_data(config)
         target = target_config(config, args)
         predictions.check_data(target, args.limit_test)  # --limit-train checked too
