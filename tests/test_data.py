@@ -302,7 +302,7 @@ def test_limit_above_the_split_names_the_maximum(full_train, maximum):
 
 @needs_cifar10
 def test_load_data_batches_normalized_float32_images(cifar10, read_from):
-    config = TrainConfig(dataset="cifar10", data_dir=TFDS_DIR, limit_train=256, batch_size=100)
+    config = TrainConfig(dataset="cifar10", data_dir=TFDS_DIR, limit_train=256, batch_size=64, eval_batch_size=100)
     result = data.load_data(config)
     images, labels = next(iter(result.validation))
     assert images.shape == (100, 32, 32, 3)
