@@ -14,13 +14,15 @@ Results: bench/results/app_overhead.json.
 """
 
 import argparse
-import json
 import os
 import statistics
 import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import results_file  # noqa: E402
 
 from app import quiet  # noqa: E402
 
@@ -74,9 +76,7 @@ def main():
                "ratio": round(app_rate / bare_rate, 3), "epochs": results}
     print(f"training images/s: bare fit {bare_rate:.1f}, app.train {app_rate:.1f}, "
           f"ratio {app_rate / bare_rate:.3f} (goal >= 0.97; medians over {len(results['app'])} epochs each)")
-    os.makedirs(os.path.join(os.path.dirname(__file__), "results"), exist_ok=True)
-    with open(os.path.join(os.path.dirname(__file__), "results", "app_overhead.json"), "w") as handle:
-        json.dump(summary, handle, indent=2)
+    results_file.write("app_overhead", summary)
 
 
 if __name__ == "__main__":

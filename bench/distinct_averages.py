@@ -10,7 +10,6 @@ grouping is exact. Results: bench/results/distinct_averages.json.
     python bench/distinct_averages.py
 """
 
-import json
 import math
 import os
 
@@ -21,6 +20,9 @@ os.environ.setdefault("KERAS_BACKEND", "jax")  # no TensorFlow start-up needed h
 import sys  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import results_file  # noqa: E402
 from callbacks.ema import DEFAULT_DECAYS, MultiEMA  # noqa: E402
 
 SCHEDULES = {
@@ -60,9 +62,7 @@ def main():
                          "first_epoch_all_distinct": first_all_distinct}
         print(f"{name:<58} {separate:>5} -> {shared:>5} evaluations of EMAs "
               f"({100 * (1 - shared / separate):4.1f} % fewer); all distinct from epoch {first_all_distinct}")
-    os.makedirs(os.path.join(os.path.dirname(__file__), "results"), exist_ok=True)
-    with open(os.path.join(os.path.dirname(__file__), "results", "distinct_averages.json"), "w") as handle:
-        json.dump(results, handle, indent=2)
+    results_file.write("distinct_averages", results)
 
 
 if __name__ == "__main__":

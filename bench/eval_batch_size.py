@@ -9,12 +9,14 @@ rounding. Results: bench/results/eval_batch_size.json.
     python bench/eval_batch_size.py
 """
 
-import json
 import os
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import results_file  # noqa: E402
 
 from app import quiet  # noqa: E402
 
@@ -56,9 +58,7 @@ def main():
         print(f"batch {size:>5}: {report[size]['images_per_second']:8.1f} images/s "
               f"({report[size]['ratio_to_128']:.2f}x batch 128), accuracy {report[size]['accuracy']:.4f}, "
               f"loss {report[size]['loss']:.6f}")
-    os.makedirs(os.path.join(os.path.dirname(__file__), "results"), exist_ok=True)
-    with open(os.path.join(os.path.dirname(__file__), "results", "eval_batch_size.json"), "w") as handle:
-        json.dump(report, handle, indent=2)
+    results_file.write("eval_batch_size", report)
 
 
 if __name__ == "__main__":

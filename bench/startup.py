@@ -7,7 +7,6 @@ kept. Results: bench/results/startup.json.
     python bench/startup.py
 """
 
-import json
 import os
 import statistics
 import subprocess
@@ -16,6 +15,10 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import results_file  # noqa: E402
+
 REPEATS = 5
 
 
@@ -54,9 +57,7 @@ def main():
         results[name] = {"seconds": round(seconds, 3), "ratio_to_python": round(seconds / baseline, 1),
                          "stderr_lines": lines}
         print(f"{name:<48}{seconds:7.2f} s  {seconds / baseline:6.1f}x python  stderr lines {lines}")
-    os.makedirs(os.path.join(ROOT, "bench", "results"), exist_ok=True)
-    with open(os.path.join(ROOT, "bench", "results", "startup.json"), "w", encoding="utf-8") as handle:
-        json.dump(results, handle, indent=2)
+    results_file.write("startup", results)
 
 
 if __name__ == "__main__":
