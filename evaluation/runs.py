@@ -26,8 +26,9 @@ EVALUATION_FILE = "evaluation.json"  # per run: Table 5 (shape: evaluation/repor
 TRANSFER_FILE = "transfer.json"  # per run: Table 4
 CONSISTENCY_FILE = "consistency.json"  # per multi-seed directory: Table 3
 _SEED_DIRECTORY = re.compile(r"seed-(\d+)$")
-# Config keys that may differ between the seeds of one group.
-_PER_RUN_KEYS = ("seed", "out", "data_dir", "cifar_n_dir")
+# Config keys that may differ between the seeds of one group (provenance: a
+# seed may run on another commit or machine; the result is still the same setup).
+_PER_RUN_KEYS = ("seed", "out", "data_dir", "cifar_n_dir", "provenance", "keep_checkpoint")
 
 
 @dataclasses.dataclass

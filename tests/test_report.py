@@ -18,7 +18,9 @@ def _write_run(path, dataset, model, seed, numbers, decays=("0.968", "0.998"), b
     """A run directory as app.train writes it (docs/run-directory.md), with the given numbers."""
     os.makedirs(path)
     config = {"dataset": dataset, "model": model, "seed": seed, "epochs": EPOCHS, "lr": 0.1,
-              "out": str(path), "evaluation_split": "validation", "label_noise": "worse"}
+              "out": str(path), "evaluation_split": "validation", "label_noise": "worse",
+              # Seeds may run on other commits or machines: still one setup.
+              "provenance": {"git_commit": f"commit-{seed}", "git_dirty": seed % 2 == 0}}
     json.dump(config, open(os.path.join(path, "config.json"), "w"))
     columns = ["epoch", "lr", "train_loss", "train_accuracy", "val_loss", "val_accuracy"]
     for decay in decays:
