@@ -398,18 +398,14 @@ def warmup_warning(config, steps_per_epoch):
     Under min(α, (t+1)/(t+10)) (paper §4.1) every decay above (t+1)/(t+10)
     holds the same average: such decays are the same model all run.
     """
-    from callbacks.ema import warmup_release_step
+    from callbacks.ema import warmup_released_after
 
     total = steps_per_epoch * config.epochs
     if config.ema_decays and total < config.ema_every_steps:
         return (f"note: the run has {total} optimizer steps, fewer than --ema-every "
                 f"{config.ema_every_steps}: the EMAs are never updated and stay at the initial weights")
-    if config.ema_warmup == "none" or not config.ema_decays:
-        return None
-    if config.ema_warmup == "steps":
-        release = {d: warmup_release_step(d) + 1 for d in config.ema_decays}
-    else:  # t counts EMA updates
-        release = {d: (warmup_release_step(d) + 1) * config.ema_every_steps for d in config.ema_decays}
+    release = {d: warmup_released_after(d, config.ema_every_steps, config.ema_warmup)
+               for d in config.ema_decays}
     held = [d for d in config.ema_decays if release[d] > total]
     if not held:
         return None

@@ -10,7 +10,6 @@ grouping is exact. Results: bench/results/distinct_averages.json.
     python bench/distinct_averages.py
 """
 
-import math
 import os
 
 import numpy as np
@@ -23,7 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import results_file  # noqa: E402
-from callbacks.ema import DEFAULT_DECAYS, MultiEMA  # noqa: E402
+from callbacks.ema import DEFAULT_DECAYS, MultiEMA, regroup  # noqa: E402
 
 SCHEDULES = {
     # name: (decays, every_steps, steps_per_epoch, epochs, warmup)
@@ -42,9 +41,7 @@ def evaluations(decays, every_steps, steps_per_epoch, epochs, warmup):
         for step in range(epoch * steps_per_epoch + 1, (epoch + 1) * steps_per_epoch + 1):
             if step % every_steps:
                 continue
-            factors = np.float32(ema.decays_at(step, updates)).tolist()
-            keys = list(zip(labels, factors))
-            labels = [sorted(set(keys)).index(key) for key in keys]
+            labels = regroup(labels, np.float32(ema.decays_at(step, updates)).tolist())
             updates += 1
         per_epoch.append(len(set(labels)))
     return per_epoch

@@ -388,9 +388,7 @@ class MultiEMA(keras.callbacks.Callback):
             factors = self._decay_factors()
             self._update_averages(factors)
             self._num_updates += 1
-            # Averages stay identical while they receive identical factors.
-            keys = list(zip(self._labels, factors[0].tolist()))
-            self._labels = [sorted(set(keys)).index(key) for key in keys]
+            self._labels = regroup(self._labels, factors[0].tolist())
 
     def decays_at(self, step, num_updates=None):
         """The decays `a_t` (float64) of an update made after optimizer step `step`.
@@ -713,6 +711,28 @@ def warmup_release_step(decay):
     # Exact in rationals: t >= (10a - 1) / (1 - a); a small tolerance absorbs
     # the binary representation of a decimal decay.
     return max(0, int(np.ceil((10.0 * decay - 1.0) / (1.0 - decay) - 1e-9)))
+
+
+def warmup_released_after(decay, every_steps=1, warmup="steps"):
+    """The optimizer step (counted from 1) from which the warm-up no longer
+    holds `decay` back: 0 without warm-up; with `warmup="updates"` a whole
+    number of update periods of `every_steps`."""
+    warmup = _checked_warmup(warmup)
+    if warmup == "none":
+        return 0
+    released = warmup_release_step(decay) + 1
+    return released if warmup == "steps" else released * every_steps
+
+
+def regroup(labels, factors):
+    """Labels of the averages that are still bitwise equal after one update.
+
+    `labels[i]` names the average decay `i` held before the update and
+    `factors[i]` the factor it received: averages stay identical exactly
+    while they receive identical factors.
+    """
+    keys = list(zip(labels, factors))
+    return [sorted(set(keys)).index(key) for key in keys]
 
 
 def _broadcast(value, num_decays):

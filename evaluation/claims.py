@@ -46,17 +46,13 @@ def steps_per_epoch(config):
 
 def warmup_release_epochs(config):
     """{decay key: the 1-based epoch in which the decay warm-up releases it} (None: never)."""
-    from callbacks.ema import warmup_release_step
+    from callbacks.ema import warmup_released_after
 
     per_epoch = steps_per_epoch(config)
     released = {}
     for decay in config.get("ema_decays", ()):
-        if config.get("ema_warmup") == "none":
-            epoch = 1
-        elif config.get("ema_warmup") == "updates":
-            epoch = (warmup_release_step(decay) + 1) * config["ema_every_steps"] // per_epoch + 1
-        else:
-            epoch = warmup_release_step(decay) // per_epoch + 1
+        step = warmup_released_after(decay, config["ema_every_steps"], config.get("ema_warmup", "steps"))
+        epoch = max(1, math.ceil(step / per_epoch))
         released[f"{decay:g}"] = epoch if epoch <= config["epochs"] else None
     return released
 

@@ -18,7 +18,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from callbacks.ema import DEFAULT_DECAYS, MultiEMA, warmup_release_step  # noqa: E402
+from callbacks.ema import DEFAULT_DECAYS, MultiEMA, warmup_release_step, warmup_released_after  # noqa: E402
 
 NUM_FEATURES = 4
 NUM_CLASSES = 3
@@ -648,3 +648,13 @@ def test_identical_averages_are_evaluated_once_with_the_same_results(tmp_path):
                 np.testing.assert_array_equal(g, w)
     summary = shared[0].summary()
     assert summary["0.968"]["identical_to"] == ["0.99"] and summary["0.15"]["identical_to"] == []
+
+
+def test_warmup_released_after_is_the_first_step_using_the_full_decay():
+    for warmup, every in (("steps", 1), ("updates", 16)):
+        ema = MultiEMA(decays=(0.968,), every_steps=every, warmup=warmup)
+        step = warmup_released_after(0.968, every, warmup)
+        assert step % every == 0  # an update happens there
+        assert ema.decays_at(step)[0] == 0.968
+        assert ema.decays_at(step - every)[0] < 0.968
+    assert warmup_released_after(0.968, 16, "none") == 0
