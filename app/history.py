@@ -15,6 +15,7 @@ import keras
 
 from app import tensorboard_logging
 from app.files import atomic_write_text  # noqa: F401  (re-exported)
+from app.run_dir import rounded
 
 LEADING_COLUMNS = (
     "epoch",
@@ -198,11 +199,6 @@ def best_ema(row):
         return None
     decay = max(values, key=lambda d: (values[d], -float(d)))
     return decay, values[decay]
-
-
-def rounded(value, digits=7):
-    """A float without float32 noise: 7 significant digits (float32 holds about 7.2)."""
-    return float(f"{value:.{digits}g}")
 
 
 def _is_number(value):

@@ -190,7 +190,9 @@ def _unique(steps):
 
 
 def _num_train(setup):
-    return setup.limit_train or {"tiny-imagenet": 100000}.get(setup.dataset, 50000)
+    from evaluation.claims import train_examples
+
+    return train_examples(setup.dataset, setup.limit_train, full_train=True)
 
 
 def _train_step(setup, data_dir, path, extra, seeds=None):
@@ -359,7 +361,7 @@ def _run_claim(claim, steps, dirs, setups, out, args):
         + (["--data-dir", args.data_dir] if args.data_dir else [])
     )
     result = claim_tables.write_claim(
-        claim, claim_dir, dirs, setups, commands=commands, command=reproduce_command,
+        claim, CLAIMS[claim], claim_dir, dirs, commands=commands, command=reproduce_command,
         wall_seconds=time.time() - started, run_seconds=_train_seconds(steps),
         images=sum(step.train_images for step in steps), forward=sum(step.forward_images for step in steps),
     )

@@ -109,7 +109,8 @@ def write_summary(path, summary):
 
 
 def rounded(value):
-    """Floats to 7 significant digits (no float32 noise such as 0.03333333507180214)."""
+    """Floats, also inside dicts and lists, to 7 significant digits: no float32
+    noise such as 0.03333333507180214 (float32 holds about 7.2 digits)."""
     if isinstance(value, float):
         return float(f"{value:.7g}")
     if isinstance(value, dict):

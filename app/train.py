@@ -257,7 +257,9 @@ def train(config, data, path, argv):
         # The run is finished (summary.json): nothing will resume it.
         import shutil
 
-        for directory in (checkpoint_dir, os.path.join(path, "swa", checkpoint.DIRECTORY)):
+        from app import swa_branch
+
+        for directory in (checkpoint_dir, os.path.join(path, swa_branch.DIRECTORY, checkpoint.DIRECTORY)):
             shutil.rmtree(directory, ignore_errors=True)
     _print_summary(summary, path)
     return summary

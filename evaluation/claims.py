@@ -32,15 +32,18 @@ PUBLISHED_TABLE2 = (
 )
 
 
+def train_examples(dataset, limit_train=None, full_train=False, validation_fraction=0.2):
+    """The training examples of a run: `limit_train`, else the training split (app/data.py's rule)."""
+    if limit_train:
+        return limit_train
+    train = DATASET_TRAIN_SIZE[dataset]
+    return train if full_train else train - round(train * validation_fraction)
+
+
 def steps_per_epoch(config):
     """Optimizer steps per epoch of a run, from its config.json."""
-    limit = config.get("limit_train")
-    if limit:
-        train = limit
-    else:
-        train = DATASET_TRAIN_SIZE[config["dataset"]]
-        if not config.get("full_train"):
-            train -= round(train * config.get("validation_fraction", 0.2))
+    train = train_examples(config["dataset"], config.get("limit_train"), config.get("full_train", False),
+                           config.get("validation_fraction", 0.2))
     return math.ceil(train / config.get("batch_size", 128))
 
 
@@ -412,13 +415,14 @@ BUILDERS = {"fig1a": fig1a, "fig1b": fig1b, "table1": table1, "table3": table3, 
             "swa": swa, "fig2": fig2, "table2": table2, "adda-constant-lr": adda}
 
 
-def write_claim(claim, out, dirs, setups, commands, command, wall_seconds, images, forward, run_seconds=0.0):
-    """Builds one claim's outputs into `out`: <claim>.md, <claim>.csv, PNGs; returns their summary."""
-    from app.reproduce import CLAIMS
+def write_claim(claim, text, out, dirs, commands, command, wall_seconds, images, forward, run_seconds=0.0):
+    """Builds one claim's outputs into `out`: <claim>.md, <claim>.csv, PNGs; returns their summary.
 
+    `text` states the claim with the paper's numbers (app/reproduce.py `CLAIMS`).
+    """
     result = BUILDERS[claim](dirs, out)
     csv_path = report.write_csv(os.path.join(out, f"{claim}.csv"), result["rows"])
-    parts = [f"# {claim}\n\n", f"**Claim.** {CLAIMS[claim]}\n\n", f"**Ours.** {result['headline']}\n\n",
+    parts = [f"# {claim}\n\n", f"**Claim.** {text}\n\n", f"**Ours.** {result['headline']}\n\n",
              f"**Verdict: {result['verdict']}.** {result['reason']}.\n\n"]
     if result["mechanism"]:
         parts.append(f"{result['mechanism']}\n\n")
@@ -443,22 +447,33 @@ def write_claim(claim, out, dirs, setups, commands, command, wall_seconds, image
     return {"files": files, "headline": result["headline"], "verdict": result["verdict"], "rows": result["rows"]}
 
 
-def write_index(budget_dir, claims):
-    """`budget_dir/RESULTS.md`: a verdict table and every claim's page, for the claims written so far."""
-    from app.reproduce import CLAIMS
+def verdict_index(budget_dir, claim_order, link_prefix):
+    """The claims written so far under `budget_dir`, in `claim_order`.
 
-    done = [c for c in claims if os.path.exists(os.path.join(budget_dir, c, f"{c}.json"))]
-    lines = ["| claim | verdict | ours |", "|---|---|---|"]
-    pages = []
-    for claim in done:
-        with open(os.path.join(budget_dir, claim, f"{claim}.json"), encoding="utf-8") as handle:
+    Returns a Markdown verdict table, every written claim's page (its figure
+    links prefixed with `link_prefix(claim)`) and the claims not written yet.
+    """
+    rows, pages, missing = [], [], []
+    for claim in claim_order:
+        folder = os.path.join(budget_dir, claim)
+        if not os.path.exists(os.path.join(folder, f"{claim}.json")):
+            missing.append(claim)
+            continue
+        with open(os.path.join(folder, f"{claim}.json"), encoding="utf-8") as handle:
             entry = json.load(handle)
-        lines.append(f"| [{claim}](#{claim}) | **{entry['verdict']}** | {entry['headline']} |")
-        with open(os.path.join(budget_dir, claim, f"{claim}.md"), encoding="utf-8") as handle:
-            page = handle.read().replace("](" + f"{claim}", "](" + f"{claim}/{claim}").replace("# " + claim, "## " + claim, 1)
-        pages.append(page)
-    missing = [c for c in CLAIMS if c not in done]
-    text = "\n".join(lines) + "\n\n"
+        rows.append(f"| [{claim}](#{claim}) | **{entry['verdict']}** | {entry['headline']} |")
+        with open(os.path.join(folder, f"{claim}.md"), encoding="utf-8") as handle:
+            page = handle.read()
+        page = page.replace(f"]({claim}.png)", f"]({link_prefix(claim)}{claim}.png)")
+        pages.append(page.replace(f"# {claim}\n", f"## {claim}\n", 1))
+    table = "| claim | verdict | ours |\n|---|---|---|\n" + "".join(row + "\n" for row in rows)
+    return table, pages, missing
+
+
+def write_index(budget_dir, claim_order):
+    """`budget_dir/RESULTS.md`: a verdict table and every claim's page, for the claims written so far."""
+    table, pages, missing = verdict_index(budget_dir, claim_order, lambda claim: f"{claim}/")
+    text = table + "\n"
     if missing:
         text += "Not run yet: " + ", ".join(missing) + ".\n\n"
     path = os.path.join(budget_dir, "RESULTS.md")

@@ -4,7 +4,6 @@
 """
 
 import argparse
-import json
 import os
 import shutil
 
@@ -76,21 +75,19 @@ def main():
     source = os.path.join(ROOT, "reproductions", args.budget)
     target = os.path.join(ROOT, "docs", "results")
     os.makedirs(target, exist_ok=True)
-    rows, pages, missing = [], [], []
+    from evaluation import claims
+
+    table, pages, missing = claims.verdict_index(source, CLAIM_ORDER, lambda claim: "results/")
     for claim in CLAIM_ORDER:
-        folder = os.path.join(source, claim)
-        if not os.path.exists(os.path.join(folder, f"{claim}.json")):
-            missing.append(claim)
+        if claim in missing:
             continue
-        entry = json.load(open(os.path.join(folder, f"{claim}.json"), encoding="utf-8"))
-        rows.append(f"| [{claim}](#{claim}) | **{entry['verdict']}** | {entry['headline']} |")
-        page = open(os.path.join(folder, f"{claim}.md"), encoding="utf-8").read()
+        folder = os.path.join(source, claim)
         for name in os.listdir(folder):
             if name.endswith((".png", ".csv")):
                 shutil.copyfile(os.path.join(folder, name), os.path.join(target, name))
-        page = page.replace(f"]({claim}.png)", f"](results/{claim}.png)").replace(f"# {claim}\n", f"## {claim}\n", 1)
-        pages.append(page + f"\nCSV: [results/{claim}.csv](results/{claim}.csv)\n")
-    text = HEADER + "\n| claim | verdict | ours |\n|---|---|---|\n" + "\n".join(rows) + "\n"
+    pages = [page + f"\nCSV: [results/{claim}.csv](results/{claim}.csv)\n"
+             for claim, page in zip([c for c in CLAIM_ORDER if c not in missing], pages)]
+    text = HEADER + "\n" + table
     if missing:
         text += ("\n**Not run yet at this budget** (the session's CPU time ran out; each resumes where it "
                  "stopped): " + ", ".join(f"`{c}`" for c in missing) + ". Run them with "
@@ -100,7 +97,7 @@ def main():
     text += "\n" + "\n".join(pages)
     with open(os.path.join(ROOT, "docs", "RESULTS.md"), "w", encoding="utf-8") as handle:
         handle.write(text)
-    print(f"docs/RESULTS.md: {len(rows)} claims, {len(missing)} not run")
+    print(f"docs/RESULTS.md: {len(pages)} claims, {len(missing)} not run")
 
 
 if __name__ == "__main__":
