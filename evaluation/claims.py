@@ -69,10 +69,8 @@ def _column(run, name):
 
 
 def _mean_std(values):
-    values = [v for v in values if v is not None and not math.isnan(v)]
-    if not values:
-        return None, None
-    return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+    """(mean, sample std or None for one value) of the finite values (report.mean_std)."""
+    return report.mean_std(values)[:2]
 
 
 def _pm(mean, std, scale=100, digits=2):
@@ -223,10 +221,14 @@ def _tuning_winner(dirs):
             f"{entry['epoch']}), the one the tuning objective scores.")
 
 
+# The summary.json entry of each EMA method: its early-stopping criterion.
+_SELECTION_KEYS = {"ema_acc": "best_val_accuracy", "ema_loss": "lowest_val_loss"}
+
+
 def _entry(run, method, decay):
     if method == "baseline":
         return run.summary["sgd"]["final"]
-    criterion = {"ema_acc": "best_val_accuracy", "ema_loss": "lowest_val_loss"}[method]
+    criterion = _SELECTION_KEYS[method]
     entry = dict(run.summary["ema"][decay][criterion])
     entry.update(entry.pop("bn_recomputed", {}))
     return entry
@@ -235,7 +237,7 @@ def _entry(run, method, decay):
 def _selected_on(group, method):
     if not method.startswith("ema"):
         return ""
-    criterion = {"ema_acc": "best_val_accuracy", "ema_loss": "lowest_val_loss"}[method]
+    criterion = _SELECTION_KEYS[method]
     decay = _largest_decay(group.runs[0])
     return "; ".join(sorted({run.summary["ema"][decay][criterion].get("selected_on", "?") for run in group.runs}))
 
