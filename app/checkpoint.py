@@ -97,10 +97,6 @@ def save(directory, model, states, meta):
 
 def read(path):
     """`(meta, contents)` of one checkpoint file (raises on a bad file)."""
-    return _read(path)
-
-
-def _read(path):
     with np.load(path, allow_pickle=False) as contents:
         arrays = {key: contents[key] for key in contents.files}
     header = json.loads(str(arrays.pop("header")))
@@ -121,7 +117,7 @@ def load(directory):
     problems = []
     for path in existing:
         try:
-            return _read(path)
+            return read(path)
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
             problems.append(f"{os.path.basename(path)}: {type(error).__name__}")
     raise UsageError(
