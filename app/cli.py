@@ -6,11 +6,13 @@ here before any data is read or any file is written.
 
 import argparse
 
-from app import config as config_lib
+from app import inputs
 from app.errors import DefaultsHelpFormatter, OneLineArgumentParser, UsageError, positive_int
+from callbacks import arguments
+from training import config as config_lib
 
 
-def build_parser(prog="python -m app.train"):
+def build_parser(prog="python -m app.train", out_help="run directory (default: runs/<dataset>-<model>-<timestamp>)"):
     parser = OneLineArgumentParser(
         prog=prog,
         description=(
@@ -164,7 +166,7 @@ def build_parser(prog="python -m app.train"):
     train.add_argument(
         "--out",
         default=None,
-        help="run directory (default: runs/<dataset>-<model>-<timestamp>)",
+        help=out_help,
     )
 
     averaging = parser.add_argument_group("weight averaging")
@@ -176,10 +178,12 @@ def build_parser(prog="python -m app.train"):
         help="EMA decays kept in parallel (none: no EMA)",
     )
     averaging.add_argument(
+        "--ema-every-steps",
         "--ema-every",
+        dest="ema_every_steps",
         type=positive_int,
-        default=16,
-        help="update the EMAs every N optimizer steps (effective decay a^(1/N))",
+        default=config_lib.DEFAULT_EVERY_STEPS,
+        help="update the EMAs every N optimizer steps, the period T (effective decay a^(1/N))",
     )
     averaging.add_argument(
         "--ema-warmup",
@@ -196,15 +200,18 @@ def build_parser(prog="python -m app.train"):
         "run selects on the test set and says so",
     )
     averaging.add_argument(
+        "--ema-bn-mode",
         "--ema-bn",
+        dest="ema_bn_mode",
         default="eman",
         help="EMA BatchNorm statistics: eman (EMA of the trained model's) or copy",
     )
     averaging.add_argument(
         "--bn-recompute",
         default="end",
-        help="recompute EMA BatchNorm statistics: none, epoch (every epoch, "
-        "for curves), end (once for the selected EMA models)",
+        help="recompute EMA BatchNorm statistics: none, epoch (every epoch for the "
+        "curves, and once more for the selected EMA models at the end), end (only "
+        "once, for the selected EMA models)",
     )
     averaging.add_argument(
         "--swa",
@@ -254,79 +261,13 @@ def _choice(value, choices, what):
     return value
 
 
-def _apply_tuned(args):
-    """Fills --lr (and a tuned --weight-decay / --batch-size) from a tuner's best.json."""
-    import json
-    import os
-
-    if args.lr is not None:
-        raise UsageError("give --lr or --lr-from, not both")
-    path = os.path.join(args.lr_from, "best.json")
-    try:
-        with open(path, encoding="utf-8") as handle:
-            best = json.load(handle)
-        args.lr = float(best["lr"])
-    except (OSError, ValueError, KeyError, TypeError):
-        raise UsageError(
-            f"--lr-from: no readable best.json with an 'lr' in {args.lr_from}; "
-            "run python -m app.tune first, or pass that search's --tuner-dir"
-        )
-    tuned = best.get("hyperparameters") or {}
-    if args.weight_decay is None and "weight_decay" in tuned:
-        args.weight_decay = float(tuned["weight_decay"])
-    if "batch_size" in tuned and args.batch_size == 128:
-        args.batch_size = int(tuned["batch_size"])
-
-
-def stop_epochs_from(run, decays, epochs):
-    """The EMA epochs a validation run selected: {"<decay>": {"accuracy": e, "loss": e}}."""
-    import json
-    import os
-
-    path = os.path.join(run, "summary.json")
-    try:
-        with open(path, encoding="utf-8") as handle:
-            summary = json.load(handle)
-        ema = summary["ema"]
-    except (OSError, ValueError, KeyError, TypeError):
-        raise UsageError(
-            f"--stop-epochs-from: no finished run with EMAs in {run} (no readable "
-            "summary.json); give the validation run's directory"
-        )
-    if summary.get("evaluation_split") != "validation":
-        raise UsageError(
-            f"--stop-epochs-from: {run} was evaluated on the "
-            f"{summary.get('evaluation_split')} split; give a run on the 80/20 validation split"
-        )
-    selected = {}
-    for decay in decays:
-        entry = ema.get(f"{decay:g}")
-        if entry is None:
-            raise UsageError(
-                f"--stop-epochs-from: {run} has no EMA of decay {decay:g}; "
-                f"use its decays: --ema-decays {' '.join(ema)}"
-            )
-        selected[f"{decay:g}"] = {
-            criterion: entry[key]["epoch"]
-            for criterion, key in (("accuracy", "best_val_accuracy"), ("loss", "lowest_val_loss"))
-            if entry.get(key)
-        }
-        late = [e for e in selected[f"{decay:g}"].values() if e > epochs]
-        if late:
-            raise UsageError(
-                f"--stop-epochs-from: {run} selected epoch {max(late)} for decay "
-                f"{decay:g}, beyond --epochs {epochs}; use the validation run's --epochs"
-            )
-    return selected
-
-
 def parse_config(argv, model_names=config_lib.MODEL_NAMES):
     """Parses and validates `argv`; returns a frozen `TrainConfig`."""
     args = build_parser().parse_args(argv)
     _choice(args.dataset, config_lib.DATASETS, "dataset")
     _choice(args.schedule, config_lib.SCHEDULES, "schedule")
     _choice(args.label_noise, config_lib.LABEL_NOISE, "label noise")
-    _choice(args.ema_bn, config_lib.EMA_BN_MODES, "--ema-bn mode")
+    _choice(args.ema_bn_mode, config_lib.EMA_BN_MODES, "--ema-bn-mode")
     _choice(args.ema_warmup, config_lib.EMA_WARMUP_MODES, "--ema-warmup mode")
     _choice(args.bn_recompute, config_lib.BN_RECOMPUTE_MODES, "--bn-recompute mode")
     _choice(args.precision, config_lib.PRECISIONS, "precision")
@@ -339,7 +280,7 @@ def parse_config(argv, model_names=config_lib.MODEL_NAMES):
     if epochs < 1:
         raise UsageError(f"--epochs must be >= 1; got {epochs}")
     if args.lr_from is not None:
-        _apply_tuned(args)
+        inputs.apply_tuned(args)
     if args.lr is None:
         args.lr = 0.1
     if not args.lr > 0:
@@ -361,14 +302,13 @@ def parse_config(argv, model_names=config_lib.MODEL_NAMES):
             f"--warmup-epochs must be in [0, epochs); got {warmup_epochs} "
             f"with --epochs {epochs}"
         )
-    decays = tuple(args.ema_decays)
-    bad = [decay for decay in decays if not 0.0 < decay < 1.0]
-    if bad:
-        raise UsageError(
-            f"--ema-decays must be in (0, 1); got {', '.join(map(str, bad))}"
-        )
-    if len(set(decays)) != len(decays):
-        raise UsageError(f"--ema-decays has duplicates: {' '.join(map(str, decays))}")
+    decays = ()
+    if args.ema_decays:  # MultiEMA's own rule (callbacks/arguments.py), as a one-line error
+        try:
+            decays = arguments.checked_decays(args.ema_decays)
+        except ValueError as error:
+            expected = str(error).rsplit("Expected ", 1)[-1].rstrip(".")
+            raise UsageError(f"--ema-decays {' '.join(map(str, args.ema_decays))}: expected {expected}")
     swa_start_epoch = args.swa_start_epoch
     if args.swa:
         if swa_start_epoch is None:
@@ -397,7 +337,7 @@ def parse_config(argv, model_names=config_lib.MODEL_NAMES):
     if args.stop_epochs_from is not None:
         if not args.full_train:
             raise UsageError("--stop-epochs-from is for the final --full-train run; add --full-train")
-        select_epochs = stop_epochs_from(args.stop_epochs_from, decays, epochs)
+        select_epochs = inputs.stop_epochs_from(args.stop_epochs_from, decays, epochs)
     if args.bootstrap_every_epochs < 0:
         raise UsageError("--bootstrap-every-epochs must be >= 0")
     if args.bootstrap_every_epochs and not decays:
@@ -427,11 +367,11 @@ def parse_config(argv, model_names=config_lib.MODEL_NAMES):
         warmup_epochs=warmup_epochs,
         label_noise=args.label_noise,
         ema_decays=decays,
-        ema_every_steps=args.ema_every,
+        ema_every_steps=args.ema_every_steps,
         ema_warmup=args.ema_warmup,
         ema_select_epochs=select_epochs,
         stop_epochs_from=args.stop_epochs_from,
-        ema_bn=args.ema_bn,
+        ema_bn_mode=args.ema_bn_mode,
         bn_recompute=args.bn_recompute,
         swa=args.swa,
         swa_start_epoch=swa_start_epoch if args.swa else None,

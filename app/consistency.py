@@ -23,9 +23,10 @@ import os
 import sys
 
 from app.errors import DefaultsHelpFormatter, OneLineArgumentParser, UsageError, positive_int
+from evaluation.runs import EMA_METHODS
+from training.run_dir import CONSISTENCY_FILE
 
-CONSISTENCY_FILE = "consistency.json"
-CRITERIA = {"loss": "ema_loss", "accuracy": "ema_acc"}
+CRITERIA = {criterion: method for method, criterion in EMA_METHODS.items()}  # --criterion -> method
 
 
 def build_parser():
@@ -62,7 +63,7 @@ def prepare(argv):
     args = build_parser().parse_args(argv)
     if args.ema_decay is not None and not 0 < args.ema_decay < 1:
         raise UsageError(f"--ema-decay must be in (0, 1); got {args.ema_decay:g}")
-    from app import quiet
+    from utils import quiet
     from evaluation import predictions, runs
 
     if not os.path.isdir(args.run_dir) or os.path.exists(os.path.join(args.run_dir, runs.CONFIG_FILE)):
@@ -89,8 +90,8 @@ def prepare(argv):
         raise UsageError(f"the seeds in {args.run_dir} saved different EMA models ({sorted(names)}); "
                          "train every seed with the same flags")
     config = predictions.run_config(group.runs[0], args.data_dir)
-    quiet.import_tensorflow()  # the runs are fine: now the heavy imports
     predictions.check_data(config, args.limit_test)
+    quiet.import_tensorflow()  # the runs are fine: now the heavy imports
     return {"directory": args.run_dir, "config": config, "seeds": seeds, "decay_key": decay_key,
             "criterion": args.criterion, "limit_test": args.limit_test, "batch_size": args.batch_size}
 
@@ -133,7 +134,7 @@ def measure(plan):
         "js_divergence_unit": "nats (natural log); js_divergence_bits in bits (log base 2)",
         "models": models,
     }
-    from app.files import atomic_write_text
+    from utils.files import atomic_write_text
 
     path = os.path.join(plan["directory"], CONSISTENCY_FILE)
     atomic_write_text(path, json.dumps(result, indent=2) + "\n")

@@ -1,14 +1,12 @@
-"""Errors a user can cause: reported as one line, exit status 2, no traceback."""
+"""The command lines' argument parsing: one-line errors, defaults shown once.
+
+`UsageError` lives in utils/errors.py (library code raises it too) and is
+re-exported here for the entry points.
+"""
 
 import argparse
 
-
-class UsageError(Exception):
-    """Bad input from the user. The message names the fix, in one line.
-
-    Raised anywhere before expensive work starts; `app` entry points turn it
-    into `error: <message>` on stderr and exit status 2.
-    """
+from utils.errors import UsageError  # noqa: F401  (the entry points' import)
 
 
 class OneLineArgumentParser(argparse.ArgumentParser):

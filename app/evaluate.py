@@ -66,7 +66,7 @@ def prepare(argv):
     args = build_parser().parse_args(argv)
     if args.ema_decay is not None and not 0 < args.ema_decay < 1:
         raise UsageError(f"--ema-decay must be in (0, 1); got {args.ema_decay:g}")
-    from app import quiet
+    from utils import quiet
     from evaluation import predictions
 
     plans = []
@@ -74,8 +74,8 @@ def prepare(argv):
         names = predictions.saved_weights(run)
         decay_key = predictions.choose_decay(run, args.ema_decay)
         config = predictions.run_config(run, args.data_dir)
-        quiet.import_tensorflow()  # the run is fine: now the heavy imports
         predictions.check_data(config, args.limit_test)
+        quiet.import_tensorflow()  # the run is fine: now the heavy imports
         plans.append({"run": run, "config": config, "names": names, "decay_key": decay_key,
                       "methods": predictions.method_weights(run, decay_key, names),
                       "limit_test": args.limit_test, "batch_size": args.batch_size})
@@ -113,7 +113,7 @@ def evaluate(plan):
     if data.validation is None:
         result["note"] = ("trained with --full-train: no hold-out split to fit a temperature on, "
                           "so temperature and ece_temperature_scaled are null")
-    from app.files import atomic_write_text
+    from utils.files import atomic_write_text
 
     atomic_write_text(os.path.join(run.path, EVALUATION_FILE), json.dumps(result, indent=2) + "\n")
     print(format_table(run.path, result), flush=True)

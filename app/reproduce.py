@@ -30,27 +30,9 @@ import sys
 import time
 
 from app.errors import DefaultsHelpFormatter, OneLineArgumentParser, UsageError
+from evaluation import claims as claim_pages
+from evaluation.claims import CLAIM_ORDER, CLAIMS
 
-CLAIMS = {
-    "fig1a": "§3.2-3.3 Fig. 1a: validation accuracy of SGD and of the best EMA each epoch "
-    "(warm-up + cosine): EMA ahead early, peaking before the end, meeting SGD as lr -> 0.",
-    "fig1b": "§3.4 Fig. 1b: the largest decays fail without BN recompute and recover with it.",
-    "table1": "§4.2 Table 1: test accuracy/loss of the baseline, EMA (acc.), EMA (loss) (BN "
-    "recomputed once), SWA. Paper R18/C100: 77.63 / 78.55 / 78.07 / 78.69.",
-    "table3": "§4.4 Table 3: churn and JS divergence between seeds, baseline vs EMA (loss). "
-    "Paper R18/C100 churn 18.84 -> 12.71, JS 0.32 -> 0.09.",
-    "table5": "§4.6 Table 5: ECE and ECE after temperature scaling, baseline vs EMA. "
-    "Paper R18/C100 ECE 11.75 -> 9.46, with TS 4.67 -> 3.13.",
-    "swa": "SWA paper §4: SWA vs SGD at the same budget (R18-like nets: +0.5-1.5 points on "
-    "CIFAR-100; Table 1 of the EMA paper: 78.69 vs 77.63).",
-    "fig2": "§4.3 Fig. 2: noisy labels (~40 %), clean test set each epoch: EMA's peak vs "
-    "SGD's final accuracy (paper C100N: 64.8 vs 55.0).",
-    "table2": "§4.3 Table 2: EMA (acc.) on CIFAR-N 'worse' beside published methods "
-    "(paper C10N 86.71, C100N 65.15; CE standard 77.69 / 55.50).",
-    "adda-constant-lr": "Adda et al. Table 1: constant vs cosine schedule, SGD vs EMA at "
-    "several decays (constant: SGD 86.4, EMA 0.999 92.2; cosine: 91.4 for all).",
-}
-CLAIM_ORDER = tuple(CLAIMS)
 BUDGETS = ("small", "paper", "tiny")
 
 
@@ -73,7 +55,7 @@ class Setup:
         argv = ["--dataset", self.dataset, "--model", self.model, "--epochs", str(self.epochs),
                 "--batch-size", str(self.batch_size), *self.lr,
                 "--ema-decays", *[f"{d:g}" for d in self.decays],
-                "--ema-every", str(self.every_steps), *self.extra]
+                "--ema-every-steps", str(self.every_steps), *self.extra]
         if self.limit_train:
             argv += ["--limit-train", str(self.limit_train)]
         if self.limit_validation:
@@ -190,7 +172,7 @@ def _unique(steps):
 
 
 def _num_train(setup):
-    from evaluation.claims import train_examples
+    from evaluation.runs import train_examples
 
     return train_examples(setup.dataset, setup.limit_train, full_train=True)
 
@@ -221,7 +203,7 @@ def _train_step(setup, data_dir, path, extra, seeds=None):
 
 def _tune_step(setup, data_dir, path):
     grid = ["0.025", "0.05", "0.1", "0.2", "0.4", "0.8", "1.6"]
-    argv = [a for a in setup.argv(data_dir) if a not in setup.lr] + ["--lrs", *grid, "--tuner-dir", path]
+    argv = [a for a in setup.argv(data_dir) if a not in setup.lr] + ["--lrs", *grid, "--out", path]
     trial = _num_train(setup) * 0.8 * setup.epochs
     return Step("tune", tuple(argv), (os.path.join(path, "best.json"),), int(trial * len(grid)), 0)
 
@@ -269,7 +251,8 @@ def parse_args(argv):
 
 def _check_data(claims, setups, steps, data_dir):
     """A budget whose datasets are not prepared here: one line, before any work."""
-    from app import cli, data as data_lib
+    from app import cli
+    from data import availability
 
     needed = {}
     for claim in claims:
@@ -279,7 +262,10 @@ def _check_data(claims, setups, steps, data_dir):
     for argv, claim in needed.items():
         config = cli.parse_config(_without_later_inputs(argv))
         try:
-            data_lib.check_data_available(config)
+            if availability.check(config) is None:  # undecided without TFDS: ask it
+                from data import loading
+
+                loading.check_data_available(config)
         except UsageError as error:
             raise UsageError(f"{claim} needs {config.dataset}, which is not available: {error}")
 
@@ -311,16 +297,14 @@ def main(argv=None):
         claims = CLAIM_ORDER if args.claim == "all" else (args.claim,)
         if args.dry_run:
             return _dry_run(claims, steps, setups)
-        from app import quiet
+        _check_data(claims, setups, steps, args.data_dir)
+        from utils import quiet
 
         quiet.import_tensorflow()
-        _check_data(claims, setups, steps, args.data_dir)
         results = {}
         for claim in claims:
             results[claim] = _run_claim(claim, steps[claim], dirs, setups, out, args)
-        from evaluation import claims as claim_tables
-
-        print(f"index: {claim_tables.write_index(out, CLAIM_ORDER)}", flush=True)
+        print(f"index: {claim_pages.write_index(out, CLAIM_ORDER)}", flush=True)
         return results
     except UsageError as error:
         print(f"error: {error}", file=sys.stderr)
@@ -344,8 +328,6 @@ def _dry_run(claims, steps, setups):
 
 
 def _run_claim(claim, steps, dirs, setups, out, args):
-    from evaluation import claims as claim_tables
-
     started = time.time()
     for step in steps:
         if all(os.path.exists(f) for f in step.done_files):
@@ -360,7 +342,7 @@ def _run_claim(claim, steps, dirs, setups, out, args):
         [claim, "--budget", args.budget, "--seeds", *map(str, args.seeds), "--out", args.out]
         + (["--data-dir", args.data_dir] if args.data_dir else [])
     )
-    result = claim_tables.write_claim(
+    result = claim_pages.write_claim(
         claim, CLAIMS[claim], claim_dir, dirs, commands=commands, command=reproduce_command,
         wall_seconds=time.time() - started, run_seconds=_train_seconds(steps),
         images=sum(step.train_images for step in steps), forward=sum(step.forward_images for step in steps),

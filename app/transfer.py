@@ -82,13 +82,13 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
         args, plans = prepare(argv)
-        from app import data as data_lib
+        from data import loading
 
         targets = {}  # every seed of a directory uses the same target data: load it once
         results = {}
         for plan in plans:
             if plan["target"] not in targets:
-                targets = {plan["target"]: data_lib.load_arrays(plan["target"])}
+                targets = {plan["target"]: loading.load_arrays(plan["target"])}
             results[plan["run"].path] = transfer(args, plan, targets[plan["target"]])
         return results
     except UsageError as error:
@@ -114,7 +114,7 @@ def prepare(argv):
         raise UsageError(f"--momentum must be in [0, 1); got {args.momentum:g}")
     if args.ema_decay is not None and not 0 < args.ema_decay < 1:
         raise UsageError(f"--ema-decay must be in (0, 1); got {args.ema_decay:g}")
-    from app import quiet
+    from utils import quiet
     from evaluation import predictions
 
     plans = []
@@ -122,10 +122,10 @@ def prepare(argv):
         decay_key = predictions.choose_decay(run, args.ema_decay)
         methods = predictions.method_weights(run, decay_key)
         config = predictions.run_config(run, args.data_dir)
-        quiet.import_tensorflow()  # the run is fine: now the heavy imports
         predictions.check_data(config)
         target = target_config(config, args)
         predictions.check_data(target, args.limit_test)  # --limit-train checked too
+        quiet.import_tensorflow()  # the data is fine: now the heavy imports
         existing = _read_existing(run.path)
         ours = settings_of(args)
         ours["ema_decay"] = decay_key
@@ -142,7 +142,7 @@ def prepare(argv):
 
 def target_config(config, args):
     """The target dataset's `TrainConfig`: its whole training set (`full_train`), test split as is."""
-    from app.config import TrainConfig
+    from training.config import TrainConfig
 
     return TrainConfig(dataset=args.dataset, model=config.model, data_dir=config.data_dir,
                        full_train=True, limit_train=args.limit_train, batch_size=args.batch_size)
@@ -165,9 +165,9 @@ def _read_existing(run_path):
 def transfer(args, plan, target):
     """Linear evaluation of every method of one run; merges into transfer.json; prints the table.
 
-    `target` is `app.data.load_arrays(plan["target"])`.
+    `target` is `data.loading.load_arrays(plan["target"])`.
     """
-    from app import data as data_lib
+    from data import pipeline
     from evaluation import metrics, predictions
 
     run = plan["run"]
@@ -176,7 +176,7 @@ def transfer(args, plan, target):
 
     def split(images, labels):
         return predictions.Split(
-            data_lib.evaluation_dataset(images, labels, source.mean, source.std, args.batch_size), labels)
+            pipeline.evaluation_dataset(images, labels, source.mean, source.std, args.batch_size), labels)
 
     train = split(target.train_images, target.train_labels)
     test = split(target.test_images[: args.limit_test], target.test_labels[: args.limit_test])
@@ -201,7 +201,7 @@ def transfer(args, plan, target):
     result.setdefault("linear_eval", {})[args.dataset] = results
     result.setdefault("targets", {})[args.dataset] = {"train_examples": len(train.labels),
                                                       "test_examples": len(test.labels)}
-    from app.files import atomic_write_text
+    from utils.files import atomic_write_text
 
     path = os.path.join(run.path, TRANSFER_FILE)
     atomic_write_text(path, json.dumps(result, indent=2) + "\n")

@@ -13,7 +13,7 @@ Example:
     python -m app.tune --dataset cifar10 --model resnet20 \\
         --data-dir ../shared/data/tfds --limit-train 2000 --epochs 2 --lrs 0.05 0.1 0.2
 
-Output, in `--tuner-dir` (default `tuning-runs/<dataset>-<model>`):
+Output, in `--out` (default `tuning-runs/<dataset>-<model>`):
 
 - `best.json`: `{"lr", "objective", "objective_name", "decay", "epoch",
   "command", ...}`; `command` is the final run, `python -m app.train <the same
@@ -49,10 +49,10 @@ e.g. on one machine with two GPUs:
     KERASTUNER_TUNER_ID=tuner1 CUDA_VISIBLE_DEVICES=1 python -m app.tune ARGS &
 
 The chief trains nothing: it hands out trials, records their results
-(oracle.json, trial_<id>/trial.json in its --tuner-dir), waits until every
+(oracle.json, trial_<id>/trial.json in its --out), waits until every
 worker asked for a trial after the last one (KerasTuner polls every 20 s),
 then writes best.json and prints the result. Workers write each trial's run
-directory and checkpoint in their own --tuner-dir: give all processes the same
+directory and checkpoint in their own --out: give all processes the same
 directory on a shared file system to have everything in one place. Only the
 chief honours --overwrite. Workers wait for the chief (up to KerasTuner's 60
 minutes). A killed chief is resumed like a single process; restart the
@@ -65,8 +65,9 @@ import shlex
 import sys
 import time
 
-from app.errors import UsageError
-from app.files import atomic_write_text
+from data import availability
+from utils.errors import UsageError
+from utils.files import atomic_write_text
 
 BEST_FILE = "best.json"
 COMMAND_FILE = "command.txt"
@@ -85,16 +86,17 @@ def main(argv=None):
 
 def prepare(argv, environ=None):
     """Everything that can fail because of the user, before any expensive work."""
-    from app import quiet
-    from tuning import cli
+    from utils import quiet
+    from app import tune_cli as cli
 
     config = cli.parse_config(argv, environ=environ)
-    cli.check_tuner_dir(config)
+    cli.check_out(config)
+    availability.check(config.train)  # without TensorFlow, where it can tell
     quiet.import_tensorflow()  # the arguments are fine: now the heavy imports
-    from app import data as data_lib
+    from data import loading
 
-    data_lib.check_data_available(config.train)
-    arrays = data_lib.load_arrays(config.train)
+    loading.check_data_available(config.train)
+    arrays = loading.load_arrays(config.train)
     check_trials_update_the_emas(config, len(arrays.train_labels))
     return config, arrays
 
@@ -113,16 +115,16 @@ def check_trials_update_the_emas(config, num_train):
     steps = math.ceil(num_train / batch_size) * config.train.epochs
     if steps < config.train.ema_every_steps:
         raise UsageError(
-            f"each trial runs {steps} optimizer steps, fewer than --ema-every "
+            f"each trial runs {steps} optimizer steps, fewer than --ema-every-steps "
             f"{config.train.ema_every_steps}: no EMA would be updated and the search would rank "
-            "untrained weights; raise --epochs or --limit-train, or lower --ema-every"
+            "untrained weights; raise --epochs or --limit-train, or lower --ema-every-steps"
         )
 
 
 def tune(config, arrays, argv):
     """Runs (or resumes, or serves) the search; returns best.json's dict."""
     from tuning import hparams_logging
-    from tuning.cli import TUNING_FILE
+    from app.tune_cli import TUNING_FILE
     from tuning.hypermodel import OBJECTIVES, OneShotHyperModel
     from tuning.oracles import build_oracle
     from tuning.tuner import OneShotTuner
@@ -131,7 +133,7 @@ def tune(config, arrays, argv):
     hypermodel = OneShotHyperModel(
         config.train, arrays, config.search_space(), config.objective, config.train_argv
     )
-    path = os.path.normpath(config.tuner_dir)
+    path = os.path.normpath(config.out)
     tuner = OneShotTuner(
         oracle=build_oracle(
             config.oracle, OBJECTIVES[config.objective], config.max_trials, config.train.seed

@@ -6,7 +6,7 @@ checkpoints) against a bare `model.fit` of the same compiled model on the same
 training stream, with only `EpochTimer` to time it. Both report training
 images/s as `EpochTimer` measures it (epoch begin to the last batch's end; the
 evaluation after it is not training time). Pairs alternate (bare, app, bare,
-app, ...) so that drift on the shared cores hits both; the first epoch of each
+app, ...; the app in its own process, as a user runs it) so that drift on the shared cores hits both; the first epoch of each
 run (graph tracing) is dropped. Goal: app / bare >= 0.97.
 Results: bench/results/app_overhead.json.
 
@@ -16,6 +16,7 @@ Results: bench/results/app_overhead.json.
 import argparse
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 
@@ -24,13 +25,17 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import results_file  # noqa: E402
 
-from app import quiet  # noqa: E402
+from utils import quiet  # noqa: E402
 
 quiet.import_tensorflow()
 
-from app import cli, train  # noqa: E402
-from app.history import EpochTimer, read_history  # noqa: E402
+from data import loading  # noqa: E402
+from training import recipe  # noqa: E402
+from training import run_dir  # noqa: E402
+from training.history import EpochTimer  # noqa: E402
+from training.run_dir import read_history  # noqa: E402
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TFDS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
                         "shared", "data", "tfds")
 ARGV = ["--dataset", "cifar10", "--model", "resnet20", "--data-dir", TFDS_DIR, "--limit-train", "3840",
@@ -41,8 +46,8 @@ def bare(config, data):
     import keras
 
     keras.utils.set_random_seed(config.seed)
-    schedule = train.build_schedule(config, data.steps_per_epoch)
-    model = train.build_model_for(config, data, schedule)
+    schedule = recipe.build_schedule(config, data.steps_per_epoch)
+    model = recipe.build_model(config, data, schedule)
     timer = EpochTimer(config.batch_size, live=False)
     rates = []
 
@@ -56,7 +61,9 @@ def bare(config, data):
 
 
 def app(out):
-    train.main(ARGV + ["--out", out])
+    # The command itself, as a user runs it (its own process: the rates come from its history.csv).
+    subprocess.run([sys.executable, "-m", "app.train", *ARGV, "--out", out], cwd=ROOT, check=True,
+                   stdout=subprocess.DEVNULL)
     return [row["train_images_per_second"] for row in read_history(os.path.join(out, "history.csv"))][1:]
 
 
@@ -64,13 +71,16 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--pairs", type=int, default=2)
     args = parser.parse_args()
-    config = cli.parse_config(ARGV)
-    data = train.load_data(config)
     results = {"bare": [], "app": []}
     with tempfile.TemporaryDirectory() as tmp:
+        config = data = None
         for pair in range(args.pairs):
+            out = os.path.join(tmp, f"run-{pair}")
+            results["app"] += app(out)
+            if config is None:  # the bare fit trains exactly the config the app ran
+                config = run_dir.load_config(out)
+                data = loading.load_data(config)
             results["bare"] += bare(config, data)
-            results["app"] += app(os.path.join(tmp, f"run-{pair}"))
     bare_rate, app_rate = statistics.median(results["bare"]), statistics.median(results["app"])
     summary = {"bare_images_per_second": round(bare_rate, 1), "app_images_per_second": round(app_rate, 1),
                "ratio": round(app_rate / bare_rate, 3), "epochs": results}

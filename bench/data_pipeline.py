@@ -1,6 +1,6 @@
 """The training input pipeline is not the bottleneck.
 
-Claim: the CIFAR-10 train pipeline of `app.data` (reshuffle, random crop with
+Claim: the CIFAR-10 train pipeline of `data.pipeline` (reshuffle, random crop with
 4-pixel zero padding, horizontal flip, normalization, batches of 128, from
 uint8 arrays in memory) delivers 30,000-56,000 images/s on this machine's 2
 shared CPU cores: 70-130x the ~420 images/s a ResNet-20 trains at on the same
@@ -28,8 +28,9 @@ import time
 
 sys.path.insert(0, __file__.rsplit("/bench/", 1)[0])  # run as a script from anywhere
 
-from app import data  # noqa: E402
-from app.config import TrainConfig  # noqa: E402
+from data import loading  # noqa: E402
+from data import pipeline  # noqa: E402
+from training.config import TrainConfig  # noqa: E402
 
 
 def images_per_second(dataset, num_batches):
@@ -58,11 +59,11 @@ def main(argv=None):
 
     import_seconds = time.perf_counter() - started
     started = time.perf_counter()
-    data.check_data_available(config)
-    arrays = data.load_arrays(config)
+    loading.check_data_available(config)
+    arrays = loading.load_arrays(config)
     load_seconds = time.perf_counter() - started
     started = time.perf_counter()
-    pipelines = data.make_data(arrays, batch_size=config.batch_size, seed=config.seed)
+    pipelines = pipeline.make_data(arrays, batch_size=config.batch_size, seed=config.seed)
     build_seconds = time.perf_counter() - started
     result = {
         "import_seconds": round(import_seconds, 2),

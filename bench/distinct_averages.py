@@ -22,7 +22,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import results_file  # noqa: E402
-from callbacks.ema import DEFAULT_DECAYS, MultiEMA, regroup  # noqa: E402
+from callbacks.ema import DEFAULT_DECAYS, MultiEMA  # noqa: E402
+from callbacks.warmup import regroup  # noqa: E402
 
 SCHEDULES = {
     # name: (decays, every_steps, steps_per_epoch, epochs, warmup)

@@ -68,7 +68,11 @@ import warnings
 ROOT = __file__.rsplit("/bench/", 1)[0]
 sys.path.insert(0, ROOT)  # run as a script from anywhere
 
-from app.config import TrainConfig  # noqa: E402
+from training.config import TrainConfig  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import clocks  # noqa: E402
+from clocks import load_averages, make_step_clock, now, spread, timed  # noqa: E402,F401
 
 DEFAULT_DATA_DIR = os.path.normpath(os.path.join(ROOT, os.pardir, "shared", "data", "tfds"))
 DEFAULT_OUT = os.path.join(ROOT, "bench", "results", "ema_overhead.json")
@@ -95,86 +99,6 @@ def parse_args(argv):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1; received {getattr(args, name)}")
     return args
-
-
-def make_step_clock():
-    """A callback timing the training loop and its steps, in wall and CPU time; placed last."""
-    import keras
-
-    class StepClock(keras.callbacks.Callback):
-        def on_train_begin(self, logs=None):
-            self.train_begin = now()
-            self.batch_ends = []
-
-        def on_train_batch_end(self, batch, logs=None):
-            # Last among the callbacks: a step includes the EMA update.
-            self.batch_ends.append(now())
-
-        def on_train_end(self, logs=None):
-            self.train_end = now()
-
-        def timing(self):
-            # The loop, not fit(): no set-up, no iterator teardown. Steady:
-            # from the end of the first step to the end of the last.
-            (wall_begin, cpu_begin), (wall_end, cpu_end) = self.train_begin, self.train_end
-            (first_wall, first_cpu), (last_wall, last_cpu) = self.batch_ends[0], self.batch_ends[-1]
-            intervals = len(self.batch_ends) - 1
-            return {
-                "train_loop_seconds": wall_end - wall_begin,
-                "train_loop_cpu_seconds": cpu_end - cpu_begin,
-                "steady_ms_per_step": 1e3 * (last_wall - first_wall) / intervals,
-                "steady_cpu_ms_per_step": 1e3 * (last_cpu - first_cpu) / intervals,
-            }
-
-    return StepClock()
-
-
-def spread(values):
-    """Median, min, max and all values, rounded for the JSON."""
-    return {
-        "median": round(statistics.median(values), 4),
-        "min": round(min(values), 4),
-        "max": round(max(values), 4),
-        "values": [round(v, 4) for v in values],
-    }
-
-
-def now():
-    """(wall, CPU) seconds; CPU time is the process's, all threads, and is
-    less sensitive than wall time to other jobs on the shared cores."""
-    return time.perf_counter(), time.process_time()
-
-
-def timed(fn):
-    """(wall, CPU) seconds that `fn()` took."""
-    wall, cpu = now()
-    fn()
-    wall_end, cpu_end = now()
-    return wall_end - wall, cpu_end - cpu
-
-
-def load_averages():
-    one, five, fifteen = os.getloadavg()
-    return {"1min": round(one, 2), "5min": round(five, 2), "15min": round(fifteen, 2)}
-
-
-def git_commit():
-    try:
-        return subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
-
-
-def script_changed_since_commit():
-    try:
-        return bool(subprocess.run(
-            ["git", "status", "--porcelain", "--", "bench/ema_overhead.py"],
-            cwd=ROOT, capture_output=True, text=True, check=True,
-        ).stdout.strip())
-    except (OSError, subprocess.CalledProcessError):
-        return None
 
 
 # 1) Update overhead.
@@ -292,7 +216,7 @@ def measure_update_call(ema, calls):
 
 def measure_evaluation(args, model, data, log):
     """MultiEMA's epoch-end work (5 swaps, evaluations, selections) vs one evaluate()."""
-    from callbacks import swap
+    from callbacks import variables as swap
     from callbacks.ema import MultiEMA
 
     # The app's validation stream as it is (autotuned): each evaluate() pays
@@ -413,9 +337,9 @@ def main(argv=None):
         dataset="cifar10", model=args.model, data_dir=args.data_dir, batch_size=args.batch_size,
         limit_train=args.limit_train, limit_validation=args.limit_validation, lr=0.01,
     )
-    from app import data as data_lib
+    from data import loading
 
-    data_lib.check_data_available(config)
+    loading.check_data_available(config)
     load_before = load_averages()
     started = time.perf_counter()
 
@@ -424,12 +348,12 @@ def main(argv=None):
 
     import keras
 
-    from app.train import build_model_for
+    from training.recipe import build_model
 
-    data = data_lib.load_data(config)
+    data = loading.load_data(config)
     keras.utils.set_random_seed(config.seed)
     # The app's own model and optimizer (TorchSGD, coupled L2), constant rate.
-    model = build_model_for(config, data, schedule=config.lr)
+    model = build_model(config, data, schedule=config.lr)
     log(f"data and model ready; {data.steps_per_epoch} steps per epoch")
 
     with warnings.catch_warnings():
@@ -443,8 +367,8 @@ def main(argv=None):
         "argv": argv,
         "command": "python bench/ema_overhead.py " + " ".join(argv),
         "config": config.to_dict(),
-        "git_commit": git_commit(),
-        "script_changed_since_commit": script_changed_since_commit(),
+        "git_commit": clocks.git_commit(ROOT),
+        "script_changed_since_commit": clocks.script_changed_since_commit(ROOT, "bench/ema_overhead.py"),
         "backend": keras.backend.backend(),
         "versions": {"keras": keras.__version__, "tensorflow": tf.__version__, "python": platform.python_version()},
         "cpu_count": os.cpu_count(),

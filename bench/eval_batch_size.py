@@ -18,7 +18,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import results_file  # noqa: E402
 
-from app import quiet  # noqa: E402
+from utils import quiet  # noqa: E402
 
 quiet.import_tensorflow()
 

@@ -10,7 +10,6 @@ applies it to every EMA of a `MultiEMA`, every epoch (curves) and/or once for
 the selected EMA models after training (tables).
 """
 
-import hashlib
 import itertools
 import os
 import weakref
@@ -19,11 +18,11 @@ import keras
 import numpy as np
 from keras import ops
 
+from callbacks import arguments
+from callbacks import validation
+from callbacks import variables
 from callbacks.compiled import compile_pure
-
-# `MultiEMA.selected_weights` criterion -> key of `MultiEMA.summary()` entries.
-CRITERIA = {"accuracy": "best_val_accuracy", "loss": "lowest_val_loss"}
-_FILE_SUFFIX = {"accuracy": "acc", "loss": "loss"}
+from callbacks.ema_selection import CRITERIA, SUMMARY_KEYS, weights_file_name
 
 # model -> (signature of its variables and BN layers, compiled batch step)
 _COMPILED_STEPS = weakref.WeakKeyDictionary()
@@ -78,11 +77,11 @@ def recompute_batch_norm(model, data, batch_size=None, steps=None):
     Returns:
         The number of examples used (0 for a model without BatchNorm).
     """
-    _check_steps(steps)
-    layers = batch_norm_layers(model)
+    arguments.checked_optional_int("steps", steps)
+    layers = recomputed_layers(model)
     if not layers:
         return 0
-    batches = _batches(data, batch_size, steps)
+    batches = input_batches(data, batch_size, steps)
     step = _compiled_step(model, layers)
     momenta = [layer.momentum for layer in layers]
     try:
@@ -165,13 +164,9 @@ class BatchNormRecompute(keras.callbacks.Callback):
                     f"Invalid value for argument `ema`. Received: ema={ema!r}. "
                     f"Expected a `MultiEMA` (it has no `{name}`)."
                 )
-        if validation_data is None:
-            raise ValueError(
-                "Invalid value for argument `validation_data`. Received: "
-                "validation_data=None. Expected an `(x, y)` tuple or a dataset."
-            )
-        _check_steps(steps)
-        _batches(train_data, batch_size, steps)  # validates only; lazy
+        validation.checked(validation_data, allow_fit_data=False)
+        arguments.checked_optional_int("steps", steps)
+        input_batches(train_data, batch_size, steps)  # validates only; lazy
         self.ema = ema
         self.train_data = train_data
         self.validation_data = validation_data
@@ -213,9 +208,8 @@ class BatchNormRecompute(keras.callbacks.Callback):
         os.makedirs(directory, exist_ok=True)
         paths = []
         for (decay, criterion), weights in self._selected.items():
-            name = f"ema_{decay:g}_{_FILE_SUFFIX[criterion]}_bn.weights.h5"
-            path = os.path.join(directory, name)
-            _save_weights(self.model, weights, path)
+            path = os.path.join(directory, weights_file_name(decay, criterion, bn_recomputed=True))
+            variables.save_weights(self.model, weights, path)
             paths.append(path)
         return paths
 
@@ -228,98 +222,46 @@ class BatchNormRecompute(keras.callbacks.Callback):
         return logs
 
     def _recompute_selected(self):
-        trained = _read(self.model.weights)
         # Selections often coincide (acc. and loss at one epoch; every decay
         # while the warm-up min(α, (t+1)/(t+10)) still rules): compute each once.
         self._done = {}
-        try:
+        with variables.swapped(self.model.weights, lambda: None):
             for decay in self.ema.decays:
                 for criterion in CRITERIA:
                     self._recompute_one_selected(decay, criterion)
-        finally:
-            _write(self.model.weights, trained)
 
     def _recompute_one_selected(self, decay, criterion):
-        if self.ema.summary()[f"{decay:g}"][CRITERIA[criterion]] is None:
+        if self.ema.summary()[f"{decay:g}"][SUMMARY_KEYS[criterion]] is None:
             return  # MultiEMA evaluated no epoch: nothing was selected
         selected = self.ema.selected_weights(decay, criterion)
-        digest = _digest(selected)
+        digest = variables.digest(selected)
         if digest not in self._done:
-            _write(self.model.weights, selected)
+            variables.write(self.model.weights, selected)
             metrics = self._recompute_and_evaluate(keep_statistics=True)
-            self._done[digest] = (metrics, _read(self.model.weights))
+            self._done[digest] = (metrics, variables.host_copy(self.model.weights))
         metrics, self._selected[(decay, criterion)] = self._done[digest]
         entry = self.results.setdefault(f"{decay:g}", {})
-        entry[CRITERIA[criterion]] = {f"val_{k}": v for k, v in metrics.items()}
+        entry[SUMMARY_KEYS[criterion]] = {f"val_{k}": v for k, v in metrics.items()}
 
     def _recompute_and_evaluate(self, keep_statistics):
         statistics = _statistics_variables(self.model)
-        saved = _read(statistics)
+        saved = variables.host_copy(statistics)
         try:
             recompute_batch_norm(self.model, self.train_data, self.batch_size, self.steps)
-            return _evaluate(self.model, self.validation_data, self.batch_size)
+            return validation.evaluate(self.model, self.validation_data, self.batch_size)
         finally:
             if not keep_statistics:
                 # Whatever `swapped_in` does on exit, the EMA keeps its own
                 # statistics (Cai et al.'s moving average of the student's).
-                _write(statistics, saved)
+                variables.write(statistics, saved)
 
 
-def _evaluate(model, data, batch_size=None):
-    """`model.evaluate` on an `(x, y[, w])` tuple or a dataset; floats by name."""
-    if isinstance(data, tuple):
-        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        result = model.evaluate(
-            x, y, sample_weight=sample_weight, batch_size=batch_size,
-            verbose=0, return_dict=True,
-        )
-    else:
-        result = model.evaluate(data, verbose=0, return_dict=True)
-    return {name: float(value) for name, value in result.items()}
+def recomputed_layers(model):
+    """The BatchNormalization layers, nested ones included, that a recompute updates.
 
-
-def _digest(arrays):
-    digest = hashlib.sha256()
-    for array in arrays:
-        digest.update(np.ascontiguousarray(array).tobytes())
-    return digest.hexdigest()
-
-
-def _read(variables):
-    return [np.array(ops.convert_to_numpy(variable)) for variable in variables]
-
-
-def _write(variables, values):
-    for variable, value in zip(variables, values):
-        variable.assign(value)
-
-
-def _save_weights(model, weights, path):
-    trained = _read(model.weights)
-    try:
-        _write(model.weights, weights)
-        model.save_weights(path)
-    finally:
-        _write(model.weights, trained)
-
-
-def _check_steps(steps):
-    if steps is not None and (not isinstance(steps, int) or steps < 1):
-        raise ValueError(
-            f"Invalid value for argument `steps`. Received: steps={steps}. "
-            "Expected `None` or an integer >= 1."
-        )
-
-
-def batch_norm_layers(model):
-    """The BatchNormalization layers, nested ones included, that a recompute updates."""
-    # Keras has no public recursive walk over nested layers (`Model.layers`
-    # lists direct children only); `_flatten_layers` is the one it uses itself.
-    layers = [
-        layer
-        for layer in model._flatten_layers(include_self=False)
-        if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable
-    ]
+    Trainable ones only: Keras runs a frozen one in inference mode, so it keeps its statistics.
+    """
+    layers = [layer for layer in variables.batch_norm_layers(model) if layer.trainable]
     for layer in layers:
         if layer.renorm:
             raise ValueError(
@@ -331,7 +273,7 @@ def batch_norm_layers(model):
 
 def _statistics_variables(model):
     statistics = []
-    for layer in batch_norm_layers(model):
+    for layer in recomputed_layers(model):
         statistics += [layer.moving_mean, layer.moving_variance]
     return statistics
 
@@ -340,7 +282,7 @@ def _is_array(value):
     return isinstance(value, np.ndarray) or ops.is_tensor(value)
 
 
-def _batches(data, batch_size, steps):
+def input_batches(data, batch_size, steps):
     """Checks `data` now; returns an iterator over at most `steps` input batches."""
     if isinstance(data, tuple):
         data = keras.utils.unpack_x_y_sample_weight(data)[0]

@@ -7,6 +7,8 @@ default in `app.train`; offered to reproduce that finding.
 
 import keras
 
+from callbacks import arguments
+
 
 class EMABootstrap(keras.callbacks.Callback):
     """Replaces the trained weights by one EMA's weights every `every_epochs`.
@@ -30,17 +32,9 @@ class EMABootstrap(keras.callbacks.Callback):
 
     def __init__(self, ema, every_epochs, decay=None):
         super().__init__()
-        if not isinstance(every_epochs, int) or every_epochs < 1:
-            raise ValueError(
-                "Invalid value for argument `every_epochs`. Received: "
-                f"every_epochs={every_epochs}. Expected an integer >= 1."
-            )
+        every_epochs = arguments.checked_int("every_epochs", every_epochs, minimum=1)
         decay = max(ema.decays) if decay is None else decay
-        if decay not in ema.decays:
-            raise ValueError(
-                f"Invalid value for argument `decay`. Received: decay={decay}. "
-                f"Expected one of {ema.decays}."
-            )
+        arguments.checked_choice("decay", decay, ema.decays)
         self.ema = ema
         self.every_epochs = every_epochs
         self.decay = decay

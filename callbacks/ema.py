@@ -11,26 +11,20 @@ independently.
 """
 
 import contextlib
-import functools
 import os
 import sys
 import warnings
 
 import keras
-import numpy as np
 
-from callbacks import compiled
-from callbacks import swap
+from callbacks import arguments
+from callbacks import validation
+from callbacks import variables
+from callbacks import warmup as warmup_rule
+from callbacks.ema_averages import EMAAverages
+from callbacks.ema_selection import CRITERIA, SUMMARY_KEYS, EpochSelection, weights_file_name
 
-DEFAULT_DECAYS = (0.968, 0.984, 0.992, 0.996, 0.998)  # paper §4.1
-BN_MODES = ("eman", "copy")
-# What `t` counts in the decay warm-up min(α, (t+1)/(t+10)): the paper's
-# optimizer steps (Eq. (1) indexes SGD iterates; §4.1), the EMA updates (one
-# per `every_steps`; this project's behaviour before it followed the paper),
-# or no warm-up (Adda et al.).
-WARMUP_MODES = ("steps", "updates", "none")
-CRITERIA = ("accuracy", "loss")
-_FILE_SUFFIXES = {"accuracy": "acc", "loss": "loss"}
+from callbacks.ema_options import BN_MODES, DEFAULT_DECAYS, DEFAULT_EVERY_STEPS
 
 
 class MultiEMA(keras.callbacks.Callback):
@@ -98,6 +92,11 @@ class MultiEMA(keras.callbacks.Callback):
             on the full training set does with the epochs chosen on the
             validation run (§4.1: "early stopping is not tuned again on the
             test set"). Defaults to `None`.
+        accuracy_metric: the name of the model's accuracy metric in
+            `evaluate()`'s results, on which the "accuracy" selection is made
+            (and `ema_best_val_accuracy` computed); an error names the metrics
+            there if it is missing. `None` selects by the loss only. Defaults
+            to `"accuracy"`.
         verbose: if 1, print the effective per-step decays at train begin
             and, on a terminal, which EMA is being evaluated. Defaults to 0.
     """
@@ -105,40 +104,33 @@ class MultiEMA(keras.callbacks.Callback):
     def __init__(
         self,
         decays=DEFAULT_DECAYS,
-        every_steps=16,
+        every_steps=DEFAULT_EVERY_STEPS,
         warmup="steps",
         bn_mode="eman",
         validation_data=None,
         validation_batch_size=None,
         select_epochs=None,
+        accuracy_metric="accuracy",
         verbose=0,
     ):
         super().__init__()
-        self.decays = _checked_decays(decays)
-        self.every_steps = _checked_every_steps(every_steps)
-        if bn_mode not in BN_MODES:
-            raise ValueError(
-                "Invalid value for argument `bn_mode`. "
-                f"Received: bn_mode={bn_mode!r}. Expected one of {BN_MODES}."
-            )
-        self.warmup = _checked_warmup(warmup)
-        self.bn_mode = bn_mode
+        self.decays = arguments.checked_decays(decays)
+        self.every_steps = arguments.checked_int("every_steps", every_steps, minimum=1)
+        self.bn_mode = arguments.checked_choice("bn_mode", bn_mode, BN_MODES)
+        self.warmup = warmup_rule.checked_warmup(warmup)
+        validation.checked(validation_data, validation_batch_size)
         self.validation_data = validation_data
         self.validation_batch_size = validation_batch_size
-        self.select_epochs = _checked_select_epochs(select_epochs, self.decays)
+        self._selection = EpochSelection(self.decays, select_epochs)
+        self.select_epochs = self._selection.select_epochs
+        self.accuracy_metric = accuracy_metric
         self.verbose = verbose
-        self.effective_decays = tuple(
-            decay ** (1.0 / self.every_steps) for decay in self.decays
-        )
-        self._evaluate_kwargs = _evaluate_kwargs(
-            validation_data, validation_batch_size
-        )
-        self._built_for = None  # ids of the model variables averaged
-        self._averaged = None
-        self._averages = None
+        self.averages = EMAAverages(self.decays, self.every_steps, self.warmup, self.bn_mode)
+        self.effective_decays = self.averages.effective_decays
         self._restored_state = None
         self._share_identical = True  # tests compare with False
-        self._reset_counters()
+        self._steps_before_epoch = 0
+        self._epochs_evaluated = 0
 
     def __deepcopy__(self, memo):
         # keras-tuner deep-copies callbacks before each trial; a dataset
@@ -152,22 +144,26 @@ class MultiEMA(keras.callbacks.Callback):
             validation_data=self.validation_data,
             validation_batch_size=self.validation_batch_size,
             select_epochs=self.select_epochs,
+            accuracy_metric=self.accuracy_metric,
             verbose=self.verbose,
         )
 
     # Hooks.
 
     def on_train_begin(self, logs=None):
-        self._build()
-        self._reset_or_restore()
+        self.averages.build(self._synced_model())
+        self._start_or_restore()
         if self.verbose:
             print(self._describe())
 
     def on_epoch_begin(self, epoch, logs=None):
-        self._steps_before_epoch = self._step
+        self._steps_before_epoch = self.averages.step
 
     def on_train_batch_end(self, batch, logs=None):
-        self._advance_to_step(self._steps_before_epoch + self._steps_in(batch))
+        step = self._steps_before_epoch + self._steps_in(batch)
+        if step // self.every_steps > self.averages.step // self.every_steps:
+            self._synced_model()  # JAX: the weights the update reads
+        self.averages.advance_to_step(step)
 
     def on_epoch_end(self, epoch, logs=None):
         if self._has_validation_data(logs or {}):
@@ -178,8 +174,7 @@ class MultiEMA(keras.callbacks.Callback):
     def on_train_end(self, logs=None):
         if not self._epochs_evaluated:
             warnings.warn(
-                "MultiEMA evaluated no EMA: pass `validation_data` to "
-                "MultiEMA or to `fit`.",
+                "MultiEMA evaluated no EMA: pass `validation_data` to MultiEMA or to `fit`.",
                 stacklevel=2,
             )
 
@@ -190,7 +185,9 @@ class MultiEMA(keras.callbacks.Callback):
         """Inside the block the model holds the EMA of `decay`.
 
         The EMA's BatchNorm statistics are used as `bn_mode` says. On exit,
-        also by an exception, the trained weights are restored exactly.
+        also by an exception, the trained weights are restored exactly, and
+        so are the BatchNorm statistics (with `bn_mode="copy"` they are the
+        trained model's own, which a recompute inside the block changes).
         """
         with self._swapped_in_index(self._decay_index(decay)):
             yield self.model
@@ -201,7 +198,8 @@ class MultiEMA(keras.callbacks.Callback):
         `criterion` is `"accuracy"` (epoch of best validation accuracy) or
         `"loss"` (epoch of lowest validation loss).
         """
-        return [w.copy() for w in self._selection(decay, criterion)["weights"]]
+        selected = self._selection.require(self._decay_index(decay), criterion)
+        return [w.copy() for w in selected["weights"]]
 
     def save_selected(self, directory):
         """Writes `ema_<decay>_{acc,loss}.weights.h5`; returns their paths."""
@@ -210,16 +208,10 @@ class MultiEMA(keras.callbacks.Callback):
         paths = []
         for index, decay in enumerate(self.decays):
             for criterion in CRITERIA:
-                selected = self._selected[criterion][index]
-                if selected is None:
-                    continue
-                name = f"ema_{decay:g}_{_FILE_SUFFIXES[criterion]}.weights.h5"
-                paths.append(os.path.join(directory, name))
-                assign = functools.partial(
-                    model.set_weights, selected["weights"]
-                )
-                with swap.swapped(model.weights, assign):
-                    model.save_weights(paths[-1])
+                selected = self._selection.get(index, criterion)
+                if selected is not None:
+                    paths.append(os.path.join(directory, weights_file_name(decay, criterion)))
+                    variables.save_weights(model, selected["weights"], paths[-1])
         return paths
 
     def summary(self):
@@ -232,16 +224,24 @@ class MultiEMA(keras.callbacks.Callback):
                 "effective_per_step_decay": effective,
                 # Decays still holding this very average (never released by
                 # the warm-up in this run): their rows are the same numbers.
-                "identical_to": [
-                    f"{self.decays[j]:g}" for j in shared.get(i, [i]) if j != i
-                ],
-                "best_val_accuracy": self._selection_summary("accuracy", i),
-                "lowest_val_loss": self._selection_summary("loss", i),
+                "identical_to": [f"{self.decays[j]:g}" for j in shared.get(i, [i]) if j != i],
+                **{SUMMARY_KEYS[c]: self._selection.summary(i, c) for c in CRITERIA},
             }
-            for i, (decay, effective) in enumerate(
-                zip(self.decays, self.effective_decays)
-            )
+            for i, (decay, effective) in enumerate(zip(self.decays, self.effective_decays))
         }
+
+    def decays_at(self, step, num_updates=None):
+        """The decays `a_t` (float64) of an update made after optimizer step `step`
+        (callbacks/warmup.py `decays_at`)."""
+        return self.averages.decays_at(step, num_updates)
+
+    def identical_groups(self):
+        """Indices of the decays grouped by the average they hold, bitwise.
+
+        Under the warm-up every decay above the current (t+1)/(t+10) (paper
+        §4.1) holds the same average: each group is evaluated once.
+        """
+        return self.averages.identical_groups()
 
     def get_state(self):
         """The whole state as a flat dict of NumPy arrays, ints and floats.
@@ -249,26 +249,11 @@ class MultiEMA(keras.callbacks.Callback):
         `np.savez(path, **state)` stores it; `set_state(dict(np.load(path)))`
         restores it.
         """
-        if self._averages is None:
+        if self.averages.averages is None:
             if self._restored_state is not None:
                 return dict(self._restored_state)
             raise RuntimeError("MultiEMA has no state before it is trained.")
-        state = {
-            "decays": np.asarray(self.decays, dtype="float64"),
-            "every_steps": self.every_steps,
-            "warmup": self.warmup,
-            "bn_mode": self.bn_mode,
-            "step": self._step,
-            "num_updates": self._num_updates,
-            "identical_labels": np.asarray(self._labels, dtype="int64"),
-        }
-        for i, average in enumerate(swap.host_copy(self._averages)):
-            state[f"average/{i}"] = average
-        for criterion in CRITERIA:
-            for index, selected in enumerate(self._selected[criterion]):
-                if selected is not None:
-                    state.update(_flat_selection(criterion, index, selected))
-        return state
+        return {**self.averages.state(), **self._selection.state()}
 
     def set_state(self, state):
         """Restores `get_state()`'s result for the next `on_train_begin`.
@@ -278,99 +263,27 @@ class MultiEMA(keras.callbacks.Callback):
         that starts afresh. If the callback already holds averages, the state
         is also applied at once.
         """
-        for name in ("every_steps", "warmup", "bn_mode"):
-            saved, current = _python(state[name]), getattr(self, name)
-            if name == "warmup":
-                saved = _checked_warmup(saved)
-            if saved != current:
-                raise ValueError(_mismatch_message(name, saved, current))
-        saved = tuple(float(d) for d in np.asarray(state["decays"]))
-        if saved != self.decays:
-            raise ValueError(_mismatch_message("decays", saved, self.decays))
+        self.averages.check_state(state)
         self._restored_state = dict(state)
-        if self._averages is not None:
+        if self.averages.averages is not None:
             self._load_state(self._restored_state)
 
-    # Building and resetting.
+    # Starting and resuming.
 
-    def _build(self):
-        model = self._synced_model()
-        averaged_ids = {id(v) for v in model.trainable_variables}
-        if self.bn_mode == "eman":
-            averaged_ids |= _batch_norm_statistics(model)
-        averaged = [v for v in model.weights if id(v) in averaged_ids]
-        if self._built_for == [id(v) for v in averaged]:
-            return
-        self._averaged = averaged
-        self._averages = [
-            keras.Variable(
-                initializer="zeros",
-                shape=(len(self.decays),) + tuple(v.shape),
-                dtype="float32",
-                trainable=False,
-                autocast=False,
-                name=f"ema_average_{i}",
-            )
-            for i, v in enumerate(averaged)
-        ]
-        num_decays = len(self.decays)
-        self._start_averages = compiled.compile_update(
-            lambda values: [_broadcast(x, num_decays) for x in values],
-            averaged,
-            self._averages,
-        )
-        self._update_averages = compiled.compile_in_place_update(
-            _ema_step, self._averages, averaged
-        )
-        dtypes = [v.dtype for v in averaged]
-        self._take_average = compiled.compile_update(
-            lambda averages, index: _take(averages, index, dtypes),
-            self._averages,
-            averaged,
-        )
-        self._built_for = [id(v) for v in averaged]
-
-    def _reset_counters(self):
-        self._step = 0
-        self._steps_before_epoch = 0
-        self._num_updates = 0
-        self._epochs_evaluated = 0
-        self._selected = {c: [None] * len(self.decays) for c in CRITERIA}
-        self._labels = [0] * len(self.decays)  # all averages start at x0
-
-    def _reset_or_restore(self):
+    def _start_or_restore(self):
         self._epochs_evaluated = 0
         if self._restored_state is None:
-            self._reset_counters()
-            self._start_averages()  # x0_EMA = x0
+            self.averages.start()  # x0_EMA = x0
+            self._selection.reset()
         else:
             self._load_state(self._restored_state)
             self._restored_state = None
+        self._steps_before_epoch = self.averages.step
 
     def _load_state(self, state):
-        count = sum(key.startswith("average/") for key in state)
-        shapes = [tuple(np.shape(state[f"average/{i}"])) for i in range(count)]
-        expected = [tuple(a.shape) for a in self._averages]
-        if shapes != expected:
-            raise ValueError(
-                f"The state holds averages of shapes {shapes}; this model "
-                f"needs {expected}. Restore it for the same model."
-            )
-        for average, i in zip(self._averages, range(count)):
-            average.assign(np.asarray(state[f"average/{i}"], dtype="float32"))
-        self._step = int(state["step"])
-        self._steps_before_epoch = self._step
-        self._num_updates = int(state["num_updates"])
-        # A state saved before labels existed: treat every average as distinct.
-        self._labels = [
-            int(x) for x in state.get("identical_labels", range(len(self.decays)))
-        ]
-        self._selected = {
-            c: [_unflat_selection(state, c, i) for i in range(len(self.decays))]
-            for c in CRITERIA
-        }
-
-    # Updating.
+        self.averages.load_state(state)
+        self._selection.load_state(state)
+        self._steps_before_epoch = self.averages.step
 
     def _steps_in(self, batch):
         # `batch` is the epoch's last step so far (0-based), also when one
@@ -380,65 +293,17 @@ class MultiEMA(keras.callbacks.Callback):
         steps_per_epoch = (self.params or {}).get("steps")
         return min(batch + 1, steps_per_epoch or batch + 1)
 
-    def _advance_to_step(self, step):
-        due = step // self.every_steps > self._step // self.every_steps
-        self._step = step
-        if due:
-            self._synced_model()
-            factors = self._decay_factors()
-            self._update_averages(factors)
-            self._num_updates += 1
-            self._labels = regroup(self._labels, factors[0].tolist())
-
-    def decays_at(self, step, num_updates=None):
-        """The decays `a_t` (float64) of an update made after optimizer step `step`.
-
-        `step` counts optimizer steps from 1; `num_updates` (the updates made
-        before this one) matters only with `warmup="updates"` and defaults to
-        `step // every_steps - 1`.
-        """
-        decays = np.asarray(self.decays, dtype="float64")
-        if self.warmup == "none":
-            return decays
-        if self.warmup == "steps":
-            t = step - 1  # the iterate's index t, paper Eq. (1)
-        else:
-            t = step // self.every_steps - 1 if num_updates is None else num_updates
-        # decay warm-up min(α, (t+1)/(t+10)), paper §4.1
-        return np.minimum(decays, (t + 1) / (t + 10))
-
-    def _decay_factors(self):
-        # Both factors are formed in float64 and only then rounded: rounding
-        # a to float32 first would put a relative error of up to ~1e-4 into
-        # the small 1 - a.
-        decays = self.decays_at(self._step, self._num_updates)
-        return np.stack([decays, 1.0 - decays]).astype("float32")
-
     # Evaluating and selecting.
 
     def _has_validation_data(self, logs):
-        if self._evaluate_kwargs is not None:
+        if self.validation_data is not None:
             return True
         # fit() validated this epoch (it skips epochs by `validation_freq`).
         return any(key.startswith("val_") for key in logs)
 
-    def identical_groups(self):
-        """Indices of the decays grouped by the average they hold, bitwise.
-
-        Two decays hold the same average exactly when every update so far
-        applied them the same factor: under the warm-up, every decay above
-        the current (t+1)/(t+10) (paper §4.1). Each group is evaluated once.
-        """
-        groups = {}
-        for index, label in enumerate(self._labels):
-            groups.setdefault(label, []).append(index)
-        return list(groups.values())
-
     def _evaluate_and_select(self, epoch):
         results, accuracies = {}, [None] * len(self.decays)
-        groups = self.identical_groups() if self._share_identical else [
-            [i] for i in range(len(self.decays))
-        ]
+        groups = self.identical_groups() if self._share_identical else [[i] for i in range(len(self.decays))]
         for number, group in enumerate(groups):
             if self.verbose and sys.stdout.isatty():
                 names = ", ".join(f"{self.decays[i]:g}" for i in group)
@@ -446,10 +311,10 @@ class MultiEMA(keras.callbacks.Callback):
                       f"({number + 1}/{len(groups)} distinct)", end="", flush=True)
             with self._swapped_in_index(group[0]):
                 metrics = self._evaluate()
-                accuracy = metrics.get(_accuracy_name(metrics))
-                weights = _Lazy(lambda: swap.host_copy(self.model.weights))
+                accuracy = self._accuracy(metrics)
+                weights = _Lazy(lambda: variables.host_copy(self.model.weights))
                 for index in group:
-                    self._select(index, epoch, metrics["loss"], accuracy, weights)
+                    self._selection.offer(index, epoch, metrics["loss"], accuracy, weights)
             for index in group:
                 for name, value in metrics.items():
                     results[f"ema_{self.decays[index]:g}_val_{name}"] = value
@@ -460,48 +325,26 @@ class MultiEMA(keras.callbacks.Callback):
         return results
 
     def _evaluate(self):
-        model = self._synced_model()
-        if self._evaluate_kwargs is None:
-            return _evaluate_on_fit_validation_data(model)
-        return model.evaluate(
-            **self._evaluate_kwargs, verbose=0, return_dict=True
-        )
+        return validation.evaluate(self._synced_model(), self.validation_data, self.validation_batch_size)
 
-    def _select(self, index, epoch, loss, accuracy, weights):
-        if self.select_epochs is not None:
-            fixed = self.select_epochs[self.decays[index]]
-            better_accuracy = fixed.get("accuracy") == epoch
-            lower_loss = fixed.get("loss") == epoch
-        else:
-            best = self._selected["accuracy"][index]
-            better_accuracy = accuracy is not None and (
-                best is None or accuracy > best["val_accuracy"]
+    def _accuracy(self, metrics):
+        if self.accuracy_metric is None:
+            return None
+        if self.accuracy_metric not in metrics:
+            raise ValueError(
+                f"MultiEMA selects by the metric accuracy_metric={self.accuracy_metric!r}, but "
+                f"evaluate() returns {sorted(metrics)}: pass the accuracy metric's name, "
+                "or accuracy_metric=None to select by the loss only."
             )
-            lowest = self._selected["loss"][index]
-            lower_loss = lowest is None or loss < lowest["val_loss"]
-        if not (better_accuracy or lower_loss):
-            return
-        selected = {
-            "epoch": epoch,
-            "val_loss": float(loss),
-            "val_accuracy": None if accuracy is None else float(accuracy),
-            "weights": weights(),  # shared by identical averages
-        }
-        if better_accuracy:
-            self._selected["accuracy"][index] = selected
-        if lower_loss:
-            self._selected["loss"][index] = selected
+        return metrics[self.accuracy_metric]
 
     # Small helpers.
 
     def _swapped_in_index(self, index):
-        if self._averages is None:
+        if self.averages.averages is None:
             raise RuntimeError("MultiEMA has no averages before it is trained.")
         self._synced_model()
-        take = functools.partial(
-            self._take_average, np.asarray(index, dtype="int32")
-        )
-        return swap.swapped(self._averaged, take)
+        return self.averages.swapped_in(index)
 
     def _synced_model(self):
         # On JAX, fit() keeps the weights outside the model during an epoch;
@@ -510,63 +353,12 @@ class MultiEMA(keras.callbacks.Callback):
 
     def _decay_index(self, decay):
         if decay not in self.decays:
-            raise ValueError(
-                f"Unknown decay {decay!r}; choose from {self.decays}."
-            )
+            raise ValueError(f"Unknown decay {decay!r}; choose from {self.decays}.")
         return self.decays.index(decay)
 
-    def _selection(self, decay, criterion):
-        if criterion not in CRITERIA:
-            raise ValueError(
-                "Invalid value for argument `criterion`. "
-                f"Received: criterion={criterion!r}. Expected one of "
-                f"{CRITERIA}."
-            )
-        selected = self._selected[criterion][self._decay_index(decay)]
-        if selected is None:
-            raise RuntimeError(
-                f"No EMA of decay {decay:g} has been selected by {criterion} "
-                "yet: it is selected after each epoch evaluated."
-            )
-        return selected
-
-    def _selection_summary(self, criterion, index):
-        selected = self._selected[criterion][index]
-        if selected is None:
-            return None
-        return {
-            "epoch": selected["epoch"] + 1,
-            "val_loss": selected["val_loss"],
-            "val_accuracy": selected["val_accuracy"],
-        }
-
     def _describe(self):
-        pairs = ", ".join(
-            f"{d:g} -> {e:.6f}"
-            for d, e in zip(self.decays, self.effective_decays)
-        )
-        return (
-            f"MultiEMA: every {self.every_steps} steps; effective per-step "
-            f"decays: {pairs}"
-        )
-
-
-def _checked_decays(decays):
-    message = (
-        "Invalid value for argument `decays`. Received: "
-        f"decays={decays!r}. Expected "
-    )
-    try:
-        values = tuple(float(d) for d in decays)
-    except (TypeError, ValueError):
-        raise ValueError(message + "a sequence of floats.") from None
-    if not values:
-        raise ValueError(message + "at least one decay.")
-    if not all(0.0 < d < 1.0 for d in values):
-        raise ValueError(message + "values in (0, 1).")
-    if len({f"{d:g}" for d in values}) != len(values):
-        raise ValueError(message + "distinct values (to 6 significant digits).")
-    return values
+        pairs = ", ".join(f"{d:g} -> {e:.6f}" for d, e in zip(self.decays, self.effective_decays))
+        return f"MultiEMA: every {self.every_steps} steps; effective per-step decays: {pairs}"
 
 
 class _Lazy:
@@ -579,217 +371,3 @@ class _Lazy:
         if not self._done:
             self._value, self._done = self._fn(), True
         return self._value
-
-
-def _checked_select_epochs(select_epochs, decays):
-    if select_epochs is None:
-        return None
-    message = (
-        "Invalid value for argument `select_epochs`. Received: "
-        f"select_epochs={select_epochs!r}. Expected "
-    )
-    try:
-        fixed = {
-            float(decay): {str(c): int(e) for c, e in epochs.items()}
-            for decay, epochs in select_epochs.items()
-        }
-    except (AttributeError, TypeError, ValueError):
-        raise ValueError(message + "{decay: {criterion: epoch}}.") from None
-    if set(fixed) != set(decays):
-        raise ValueError(message + f"one entry per decay in {decays}.")
-    for epochs in fixed.values():
-        if not set(epochs) <= set(CRITERIA) or min(epochs.values(), default=0) < 0:
-            raise ValueError(
-                message + f"criteria from {CRITERIA} mapped to epochs >= 0."
-            )
-    return fixed
-
-
-def _checked_warmup(warmup):
-    if warmup is True:
-        return "steps"
-    if warmup is False or warmup is None:
-        return "none"
-    if warmup not in WARMUP_MODES:
-        raise ValueError(
-            "Invalid value for argument `warmup`. Received: "
-            f"warmup={warmup!r}. Expected one of {WARMUP_MODES} (or a bool)."
-        )
-    return warmup
-
-
-def _checked_every_steps(every_steps):
-    if (
-        isinstance(every_steps, bool)
-        or not isinstance(every_steps, (int, np.integer))
-        or every_steps < 1
-    ):
-        raise ValueError(
-            "Invalid value for argument `every_steps`. Received: "
-            f"every_steps={every_steps!r}. Expected an integer >= 1."
-        )
-    return int(every_steps)
-
-
-def _evaluate_kwargs(validation_data, batch_size):
-    if validation_data is None:
-        return None
-    if isinstance(validation_data, (tuple, list)):
-        if len(validation_data) not in (2, 3):
-            raise ValueError(
-                "Invalid value for argument `validation_data`. Received a "
-                f"{type(validation_data).__name__} of length "
-                f"{len(validation_data)}. Expected (x, y) or "
-                "(x, y, sample_weight)."
-            )
-        x, y, *sample_weight = validation_data
-        return {
-            "x": x,
-            "y": y,
-            "sample_weight": sample_weight[0] if sample_weight else None,
-            "batch_size": batch_size,
-        }
-    if isinstance(validation_data, np.ndarray) or batch_size is not None:
-        raise ValueError(
-            "Invalid value for argument `validation_data`. Received: "
-            f"{type(validation_data).__name__}"
-            f"{' with validation_batch_size' if batch_size else ''}. Expected "
-            "a dataset, an (x, y) tuple (with an optional "
-            "validation_batch_size), or None."
-        )
-    return {"x": validation_data}
-
-
-def _evaluate_on_fit_validation_data(model):
-    # No public API hands a callback fit()'s validation data. Keras 3.15's
-    # fit() keeps its validation batches in the private `_eval_epoch_iterator`
-    # and evaluate() reuses them only when given the private flag
-    # `_use_cached_eval_dataset=True` (keras/src/backend/{tensorflow,jax}/
-    # trainer.py); a plain evaluate(x, y) inside fit() reads x and y. This is
-    # the callback's one private dependency: fail loudly if it moves.
-    if getattr(model, "_eval_epoch_iterator", None) is None:
-        raise RuntimeError(
-            "MultiEMA could not find fit()'s validation data (a private Keras "
-            "detail that may have changed): pass `validation_data` to MultiEMA."
-        )
-    return model.evaluate(
-        verbose=0, return_dict=True, _use_cached_eval_dataset=True
-    )
-
-
-def _batch_norm_statistics(model):
-    """Ids of the non-trainable float variables of BatchNormalization layers."""
-    # Keras has no public recursive walk over nested layers (a custom layer
-    # may hold a BatchNormalization); `_flatten_layers` is the one Keras uses.
-    layers = model._flatten_layers(include_self=False, recursive=True)
-    return {
-        id(v)
-        for layer in layers
-        if isinstance(layer, keras.layers.BatchNormalization)
-        for v in layer.non_trainable_variables
-        if keras.backend.is_float_dtype(v.dtype)
-    }
-
-
-def _ema_step(averages, currents, factors):
-    new_averages = []
-    for average, current in zip(averages, currents):
-        shape = (-1,) + (1,) * len(current.shape)
-        decay = keras.ops.reshape(factors[0], shape)
-        rest = keras.ops.reshape(factors[1], shape)  # 1 - decay, from float64
-        current = keras.ops.cast(current, "float32")
-        new_averages.append(decay * average + rest * current)
-    return new_averages
-
-
-def warmup_release_step(decay):
-    """The first optimizer step index `t` at which `(t+1)/(t+10) >= decay`.
-
-    From there on the warm-up no longer holds `decay` back (`warmup="steps"`):
-    0.968 -> 272, 0.984 -> 553, 0.992 -> 1115, 0.996 -> 2240, 0.998 -> 4490.
-    """
-    # Exact in rationals: t >= (10a - 1) / (1 - a); a small tolerance absorbs
-    # the binary representation of a decimal decay.
-    return max(0, int(np.ceil((10.0 * decay - 1.0) / (1.0 - decay) - 1e-9)))
-
-
-def warmup_released_after(decay, every_steps=1, warmup="steps"):
-    """The optimizer step (counted from 1) from which the warm-up no longer
-    holds `decay` back: 0 without warm-up; with `warmup="updates"` a whole
-    number of update periods of `every_steps`."""
-    warmup = _checked_warmup(warmup)
-    if warmup == "none":
-        return 0
-    released = warmup_release_step(decay) + 1
-    return released if warmup == "steps" else released * every_steps
-
-
-def regroup(labels, factors):
-    """Labels of the averages that are still bitwise equal after one update.
-
-    `labels[i]` names the average decay `i` held before the update and
-    `factors[i]` the factor it received: averages stay identical exactly
-    while they receive identical factors.
-    """
-    keys = list(zip(labels, factors))
-    return [sorted(set(keys)).index(key) for key in keys]
-
-
-def _broadcast(value, num_decays):
-    value = keras.ops.cast(value, "float32")
-    return keras.ops.broadcast_to(value, (num_decays,) + tuple(value.shape))
-
-
-def _take(averages, index, dtypes):
-    return [
-        keras.ops.cast(keras.ops.take(average, index, axis=0), dtype)
-        for average, dtype in zip(averages, dtypes)
-    ]
-
-
-def _accuracy_name(metrics):
-    if "accuracy" in metrics:
-        return "accuracy"
-    names = [name for name in metrics if name.endswith("accuracy")]
-    return names[0] if len(names) == 1 else None
-
-
-def _flat_selection(criterion, index, selected):
-    prefix = f"selected/{criterion}/{index}/"
-    accuracy = selected["val_accuracy"]
-    flat = {
-        prefix + "epoch": selected["epoch"],
-        prefix + "val_loss": selected["val_loss"],
-        prefix + "val_accuracy": np.nan if accuracy is None else accuracy,
-    }
-    for k, weight in enumerate(selected["weights"]):
-        flat[prefix + f"weight/{k}"] = weight
-    return flat
-
-
-def _unflat_selection(state, criterion, index):
-    prefix = f"selected/{criterion}/{index}/"
-    if prefix + "epoch" not in state:
-        return None
-    count = sum(key.startswith(prefix + "weight/") for key in state)
-    accuracy = float(state[prefix + "val_accuracy"])
-    return {
-        "epoch": int(state[prefix + "epoch"]),
-        "val_loss": float(state[prefix + "val_loss"]),
-        "val_accuracy": None if np.isnan(accuracy) else accuracy,
-        "weights": [
-            np.array(state[f"{prefix}weight/{k}"]) for k in range(count)
-        ],
-    }
-
-
-def _python(value):
-    """A NumPy scalar or 0-d array (as from `np.load`) as a Python value."""
-    return np.asarray(value).item() if not isinstance(value, str) else value
-
-
-def _mismatch_message(name, saved, current):
-    return (
-        f"The state was saved with {name}={saved!r}, but this MultiEMA has "
-        f"{name}={current!r}. Create the MultiEMA with the same arguments."
-    )

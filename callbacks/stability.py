@@ -14,7 +14,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from callbacks import swap
+from callbacks import variables
 from callbacks.ema import MultiEMA
 
 
@@ -117,7 +117,7 @@ class PredictionStability(keras.callbacks.Callback):
         correct = {"sgd": self._correctness(labels)}
         results = {}
         if self.ema is not None:
-            sgd_weights = swap.snapshot(model.trainable_variables)
+            sgd_weights = variables.snapshot(model.trainable_variables)
             for decay in self.ema.decays:
                 with self.ema.swapped_in(decay):
                     correct[f"ema_{decay:g}"] = self._correctness(labels)

@@ -5,7 +5,7 @@ average it kept, as Keras weights files. This module finds them (from what
 `summary.json` says was saved, so a missing file is an error, not a silently
 missing row), rebuilds the run's model once, loads each weights file into it
 and predicts logits on the run's data, re-created from its `config.json` by
-the data layer (app/data.py: the same split, normalization and hold-out).
+the data layer (data/loading.py: the same split, normalization and hold-out).
 
 Names: a saved model is named by its file's stem, `final`, `ema_<d>_acc`,
 `ema_<d>_acc_bn`, `ema_<d>_loss`, `ema_<d>_loss_bn`, `swa`. The paper's
@@ -23,12 +23,12 @@ import os
 
 import numpy as np
 
-from app import run_dir as run_directory
-from app.errors import UsageError
+from callbacks.ema_selection import SUMMARY_KEYS
+from training import run_dir as run_directory
+from data import availability
+from utils.errors import UsageError
 from evaluation import runs
 
-WEIGHTS_SUFFIX = ".weights.h5"
-_CRITERIA = (("acc", "best_val_accuracy"), ("loss", "lowest_val_loss"))
 
 
 def expand_runs(path):
@@ -38,11 +38,11 @@ def expand_runs(path):
 
 
 def weights_path(run_path, name):
-    return os.path.join(run_path, run_directory.WEIGHTS_DIR, name + WEIGHTS_SUFFIX)
+    return run_directory.weights_path(run_path, name)
 
 
 def relative_weights_path(name):
-    return f"{run_directory.WEIGHTS_DIR}/{name}{WEIGHTS_SUFFIX}"
+    return f"{run_directory.WEIGHTS_DIR}/{name}{run_directory.WEIGHTS_SUFFIX}"
 
 
 def saved_weights(run):
@@ -51,16 +51,17 @@ def saved_weights(run):
     Raises:
         UsageError: if one of them is missing.
     """
-    names = ["final"]
+    names = [run_directory.FINAL_WEIGHTS]
     for key, entry in run.summary.get("ema", {}).items():
-        for suffix, criterion in _CRITERIA:
-            if entry.get(criterion) is None:
+        for criterion in runs.EMA_METHODS.values():
+            selected = entry.get(SUMMARY_KEYS[criterion])
+            if selected is None:
                 continue  # never selected (no epoch evaluated)
-            names.append(f"ema_{key}_{suffix}")
-            if "bn_recomputed" in entry[criterion]:
-                names.append(f"ema_{key}_{suffix}_bn")
+            names.append(run_directory.ema_stem(key, criterion))
+            if "bn_recomputed" in selected:
+                names.append(run_directory.ema_stem(key, criterion, bn_recomputed=True))
     if "swa" in run.summary:
-        names.append("swa")
+        names.append(run_directory.SWA_WEIGHTS)
     for name in names:
         if not os.path.isfile(weights_path(run.path, name)):
             raise UsageError(
@@ -80,16 +81,16 @@ def choose_decay(run, requested=None):
 def method_weights(run, decay_key, names=None):
     """{method: stem} for `baseline`, `ema_acc`, `ema_loss` (BN recomputed where saved) and `swa`."""
     names = saved_weights(run) if names is None else names
-    methods = {"baseline": "final"}
+    methods = {"baseline": run_directory.FINAL_WEIGHTS}
     if decay_key is not None:
-        for suffix, _ in _CRITERIA:
-            stem = f"ema_{decay_key}_{suffix}"
-            if stem + "_bn" in names:
-                methods[f"ema_{suffix}"] = stem + "_bn"
-            elif stem in names:
-                methods[f"ema_{suffix}"] = stem
-    if "swa" in names:
-        methods["swa"] = "swa"
+        for method, criterion in runs.EMA_METHODS.items():
+            for stem in (run_directory.ema_stem(decay_key, criterion, bn_recomputed=True),
+                         run_directory.ema_stem(decay_key, criterion)):
+                if stem in names:
+                    methods[method] = stem
+                    break
+    if run_directory.SWA_WEIGHTS in names:
+        methods["swa"] = run_directory.SWA_WEIGHTS
     return methods
 
 
@@ -113,13 +114,21 @@ def run_config(run, data_dir=None):
 
 
 def check_data(config, limit_test=None):
-    """Fails in one line if the data is not available (app/data.py) or `limit_test` too large; cheap."""
-    from app import data as data_lib
+    """Fails in one line if the data is not available or `limit_test` too large.
 
-    builder = data_lib.check_data_available(config)
-    if limit_test is not None and builder.info.splits.get("test") is not None:
+    Cheap, and without TensorFlow: where the dataset is prepared here,
+    data/availability.py reads its split sizes from disk; otherwise TFDS
+    (which does not import TensorFlow for this) decides.
+    """
+    sizes = availability.check(config)
+    if sizes is None:
+        from data import loading
+
+        splits = loading.check_data_available(config).info.splits
+        sizes = {name: splits[name].num_examples for name in splits.keys()}
+    if limit_test is not None and "test" in sizes:
         # Known without reading the data where the dataset is prepared; else checked after loading.
-        check_limit("--limit-test", limit_test, builder.info.splits["test"].num_examples)
+        check_limit("--limit-test", limit_test, sizes["test"])
 
 
 def check_limit(flag, limit, available):
@@ -136,13 +145,13 @@ _cached_arrays = {}
 
 
 def load_arrays(config):
-    """`app.data.load_arrays(config)`, reused while the data-defining fields stay the same."""
-    from app import data as data_lib
+    """`data.loading.load_arrays(config)`, reused while the data-defining fields stay the same."""
+    from data import loading
 
     key = tuple(getattr(config, field) for field in _DATA_FIELDS)
     if key not in _cached_arrays:
         _cached_arrays.clear()
-        _cached_arrays[key] = data_lib.load_arrays(config)
+        _cached_arrays[key] = loading.load_arrays(config)
     return _cached_arrays[key]
 
 
@@ -172,7 +181,7 @@ class RunData:
 def load_run_data(config, limit_test=None, batch_size=None):
     """The run's validation (its 20 % hold-out, `limit_validation` kept) and test splits.
 
-    Normalized with the run's own training statistics (app/data.py). With
+    Normalized with the run's own training statistics (data/loading.py). With
     `full_train` the run had no hold-out: `validation` is None.
 
     Args:
@@ -180,7 +189,7 @@ def load_run_data(config, limit_test=None, batch_size=None):
         limit_test: keep the first N test examples. Defaults to None (all).
         batch_size: prediction batch size. Defaults to the run's.
     """
-    from app import data as data_lib
+    from data import pipeline
 
     arrays = load_arrays(config)
     check_limit("--limit-test", limit_test, len(arrays.test_labels))
@@ -188,7 +197,7 @@ def load_run_data(config, limit_test=None, batch_size=None):
 
     def split(images, labels, limit=None):
         images, labels = images[:limit], labels[:limit]
-        return Split(data_lib.evaluation_dataset(images, labels, arrays.mean, arrays.std, batch_size), labels)
+        return Split(pipeline.evaluation_dataset(images, labels, arrays.mean, arrays.std, batch_size), labels)
 
     return RunData(
         validation=None if config.full_train else split(arrays.validation_images, arrays.validation_labels),

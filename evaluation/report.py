@@ -65,8 +65,8 @@ import math
 import os
 import statistics
 
-from app.errors import UsageError
-from evaluation import figures
+from utils.errors import UsageError
+from evaluation import figures, runs
 
 METHOD_LABELS = {"baseline": "Baseline", "ema_acc": "EMA (acc.)", "ema_loss": "EMA (loss)", "swa": "SWA"}
 CALIBRATION_METRICS = (
@@ -133,9 +133,9 @@ def _table1_entries(group, decay_key):
     if decay_key is not None:
         emas = [run.summary["ema"][decay_key] for run in group.runs]
         bn_recomputed = all(
-            "bn_recomputed" in ema.get(criterion, {}) for ema in emas for criterion in ("best_val_accuracy", "lowest_val_loss")
+            "bn_recomputed" in ema.get(runs.summary_key(method), {}) for ema in emas for method in runs.EMA_METHODS
         )
-        for method, criterion in (("ema_acc", "best_val_accuracy"), ("ema_loss", "lowest_val_loss")):
+        for method, criterion in ((method, runs.summary_key(method)) for method in runs.EMA_METHODS):
             chosen = []
             for ema in emas:
                 entry = dict(ema[criterion])

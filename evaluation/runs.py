@@ -10,21 +10,26 @@ Everything here is cheap and raises `UsageError` (one line naming the fix)
 before any figure is drawn.
 """
 
-import csv
 import dataclasses
 import json
 import math
 import os
 import re
 
-from app.errors import UsageError
+from data import datasets
+from training.run_dir import (CONFIG_FILE, CONSISTENCY_FILE, EVALUATION_FILE, HISTORY_FILE,  # noqa: F401
+                              SUMMARY_FILE, TRANSFER_FILE)
+from training.run_dir import read_history as _read_history
+from callbacks.ema_selection import SUMMARY_KEYS
+from utils.errors import UsageError
 
-CONFIG_FILE = "config.json"
-HISTORY_FILE = "history.csv"
-SUMMARY_FILE = "summary.json"
-EVALUATION_FILE = "evaluation.json"  # per run: Table 5 (shape: evaluation/report.py)
-TRANSFER_FILE = "transfer.json"  # per run: Table 4
-CONSISTENCY_FILE = "consistency.json"  # per multi-seed directory: Table 3
+# The tables' EMA methods (EMA (acc.), EMA (loss)) -> the criterion that selected each.
+EMA_METHODS = {"ema_acc": "accuracy", "ema_loss": "loss"}
+
+
+def summary_key(method):
+    """The summary.json key of an EMA method's selection: `best_val_accuracy` or `lowest_val_loss`."""
+    return SUMMARY_KEYS[EMA_METHODS[method]]
 _SEED_DIRECTORY = re.compile(r"seed-(\d+)$")
 # Config keys that may differ between the seeds of one group (provenance: a
 # seed may run on another commit or machine; the result is still the same setup).
@@ -77,17 +82,8 @@ def _read_json(path, run_path, required):
 
 
 def read_history(path):
-    """history.csv as a list of dicts of floats; empty cells (e.g. SWA before its start) are NaN."""
-    try:
-        with open(path, newline="", encoding="utf-8") as handle:
-            return [
-                {key: (float(value) if value not in ("", None) else math.nan) for key, value in row.items()}
-                for row in csv.DictReader(handle)
-            ]
-    except OSError:
-        raise UsageError(f"{path} is missing or unreadable; pass run directories written by `python -m app.train`")
-    except ValueError:
-        raise UsageError(f"{path} holds a non-numeric cell; rewrite it or leave this run out")
+    """history.csv (training/run_dir.py's reader) with empty cells as NaN, for the tables and figures."""
+    return _read_history(path, missing=math.nan)
 
 
 def read_run(path):
@@ -180,3 +176,30 @@ def _check_compatible(group, run):
             raise UsageError(
                 f"runs {other.path} and {run.path} have the same seed {seed}; pass each seed once"
             )
+
+
+def train_examples(dataset, limit_train=None, full_train=False, validation_fraction=0.2):
+    """The training examples of a run: `limit_train`, else the training split (data/datasets.py's rule)."""
+    if limit_train:
+        return limit_train
+    return datasets.num_train_examples(datasets.DATASETS[dataset].train_examples, full_train, validation_fraction)
+
+
+def steps_per_epoch(config):
+    """Optimizer steps per epoch of a run, from its config.json."""
+    train = train_examples(config["dataset"], config.get("limit_train"), config.get("full_train", False),
+                           config.get("validation_fraction", 0.2))
+    return math.ceil(train / config.get("batch_size", 128))
+
+
+def warmup_release_epochs(config):
+    """{decay key: the 1-based epoch in which the decay warm-up releases it} (None: never)."""
+    from callbacks.warmup import warmup_released_after
+
+    per_epoch = steps_per_epoch(config)
+    released = {}
+    for decay in config.get("ema_decays", ()):
+        step = warmup_released_after(decay, config["ema_every_steps"], config.get("ema_warmup", "steps"))
+        epoch = max(1, math.ceil(step / per_epoch))
+        released[f"{decay:g}"] = epoch if epoch <= config["epochs"] else None
+    return released

@@ -70,7 +70,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--budget", default="small")
     args = parser.parse_args()
-    from app.reproduce import CLAIM_ORDER, CLAIMS
+    from evaluation.claims import CLAIM_ORDER, CLAIMS
 
     source = os.path.join(ROOT, "reproductions", args.budget)
     target = os.path.join(ROOT, "docs", "results")

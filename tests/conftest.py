@@ -28,7 +28,7 @@ TINY_SEEDS = (0, 1)
 def tiny_seed_runs(tmp_path_factory):
     """Path of a directory holding seed-0/ and seed-1/ finished tiny CIFAR-10 runs."""
     if not os.path.isdir(os.path.join(TFDS_DIR, "cifar10")):
-        pytest.skip("no prepared cifar10 in shared/data/tfds")
+        pytest.skip("needs the prepared cifar10 in ../shared/data/tfds (see README, Test)")
     from app import train
 
     out = str(tmp_path_factory.mktemp("tiny_runs") / "cifar10-resnet20")
@@ -39,11 +39,11 @@ def tiny_seed_runs(tmp_path_factory):
 def normalized_test_images(run_path, limit):
     """The first `limit` test images and labels, normalized in NumPy with the run's training statistics.
 
-    An independent path to the model's inputs (not app/data.py's tf.data
+    An independent path to the model's inputs (not data/pipeline.py's tf.data
     pipeline): the channel mean/std of the exact training images the run
     used, recomputed here in float64.
     """
-    from app import run_dir
+    from training import run_dir
     from evaluation import predictions
 
     # The decoded images themselves come from the data layer (cached there).

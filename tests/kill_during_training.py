@@ -10,14 +10,14 @@ import os
 import signal
 import sys
 
-from app import quiet
+from utils import quiet
 
 quiet.import_tensorflow()  # as app.train does, before Keras
 
 import keras  # noqa: E402
 
-from app import checkpoint  # noqa: E402
-from app import data  # noqa: E402
+from training import checkpoint  # noqa: E402
+from data import pipeline  # noqa: E402
 from app import train  # noqa: E402
 
 
@@ -26,6 +26,10 @@ def _die():
 
 
 def main():
+    # A Ctrl-C from a terminal: shells start background jobs (`cmd &`, as CI
+    # scripts may run the suite) with SIGINT ignored, and Python then keeps it
+    # ignored; the simulated user presses Ctrl-C in a foreground terminal.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     kill_step = int(os.environ.get("KILL_AT_STEP", 0))
     kill_epoch = int(os.environ.get("KILL_AT_EPOCH", 0))
     interrupt_step = int(os.environ.get("INTERRUPT_AT_STEP", 0))
@@ -47,7 +51,7 @@ def main():
 
     nan_step = int(os.environ.get("NAN_AT_STEP", 0))
     if nan_step:
-        make_stream = data.train_dataset
+        make_stream = pipeline.train_dataset
 
         def train_dataset(*args, **kwargs):
             stream = make_stream(*args, **kwargs)
@@ -62,7 +66,7 @@ def main():
 
             return stream.enumerate().map(poison)
 
-        data.train_dataset = train_dataset
+        pipeline.train_dataset = train_dataset
     checkpoint.RunCheckpoint.on_train_batch_end = on_train_batch_end
     checkpoint.RunCheckpoint.on_epoch_end = on_epoch_end
     train.exit_fast_on_interrupt(lambda: train.main(sys.argv[1:]))

@@ -14,10 +14,7 @@ import pytest
 from callbacks.batch_norm import BatchNormRecompute
 from callbacks.batch_norm import recompute_batch_norm
 
-try:
-    from callbacks.ema import MultiEMA
-except ImportError:  # written in parallel; the fake below has its API
-    MultiEMA = None
+from callbacks.ema import MultiEMA
 
 EPSILON = 1e-5
 DECAYS = (0.5, 0.9)
@@ -305,8 +302,6 @@ class Recorder(keras.callbacks.Callback):
 def make_ema(kind, validation_data):
     if kind == "fake":
         return FakeMultiEMA(DECAYS)
-    if MultiEMA is None:
-        pytest.skip("callbacks/ema.py (MultiEMA) is not in the tree yet")
     return MultiEMA(decays=DECAYS, every_steps=1, bn_mode=kind, validation_data=validation_data)
 
 

@@ -13,15 +13,16 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from app import cifar_n
-from app import data
-from app.config import TrainConfig
-from app.errors import UsageError
+from data import availability
+from data import cifar_n
+from data import loading
+from training.config import TrainConfig
+from utils.errors import UsageError
 
 SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
 CIFAR_N_DIR = os.path.join(SHARED, "cifar-n")
 TFDS_DIR = os.path.join(SHARED, "tfds")
-pytestmark = pytest.mark.skipif(not os.path.isdir(CIFAR_N_DIR), reason="no CIFAR-N release files")
+pytestmark = pytest.mark.skipif(not os.path.isdir(CIFAR_N_DIR), reason="needs the CIFAR-N release files in ../shared/data/cifar-n (see README, Test)")
 
 
 def _release_copy(tmp_path, without=()):
@@ -162,14 +163,14 @@ def test_tfds_cifar100_n_builder_reads_the_prepared_labels(tmp_path, monkeypatch
     monkeypatch.setattr(
         tfds.download.DownloadManager, "download_and_extract", lambda self, url: fake
     )
-    monkeypatch.setattr(data, "_reachable", lambda url: True)
+    monkeypatch.setattr(availability, "reachable", lambda url: True)
     config = TrainConfig(
         dataset="cifar100n",
         data_dir=str(tmp_path / "tfds"),
         cifar_n_dir=CIFAR_N_DIR,
         full_train=True,
     )
-    arrays = data.load_arrays(config)
+    arrays = loading.load_arrays(config)
     noisy = cifar_n.load_pt(os.path.join(CIFAR_N_DIR, "CIFAR-100_human.pt"))["noisy_label"]
     train_index = arrays.train_images[:, 0, 0, 0]
     assert sorted(train_index) == list(range(12))
@@ -186,7 +187,7 @@ def test_tfds_cifar100_n_builder_reads_the_prepared_labels(tmp_path, monkeypatch
 def cifar10n():
     """Labels of the prepared cifar10_n in record order, images left encoded."""
     if not os.path.isdir(os.path.join(TFDS_DIR, "cifar10_n")):
-        pytest.skip("no prepared cifar10_n")
+        pytest.skip("needs the prepared cifar10_n in ../shared/data/tfds (see README, Test)")
     return {
         split: tfds.as_numpy(
             tfds.load(
@@ -204,7 +205,7 @@ def cifar10n():
 
 def test_cifar10n_worse_labels_are_40_21_percent_wrong_and_test_labels_clean(cifar10n):
     config = TrainConfig(dataset="cifar10n", data_dir=TFDS_DIR, full_train=True)
-    arrays = data.load_arrays(config)
+    arrays = loading.load_arrays(config)
     train, test = cifar10n["train"], cifar10n["test"]
     assert np.array_equal(arrays.train_labels, train["worse_label"])
     assert np.mean(arrays.train_labels != train["label"]) == pytest.approx(0.4021, abs=5e-5)
@@ -223,3 +224,29 @@ def test_prepared_cifar10n_agrees_with_the_release_by_id(cifar10n):
 def _bytes(path):
     with open(path, "rb") as file:
         return file.read()
+
+
+def test_each_noisy_label_reaches_the_image_it_was_given_for(cifar10n):
+    """By record id: the cifar10_n image is CIFAR-10's image of that id (the same JPEG
+    bytes), its clean label is CIFAR-10's, and the run's arrays pair that image with
+    the release's worse label for that id."""
+    clean = tfds.as_numpy(tfds.load("cifar10", split="train", data_dir=TFDS_DIR, batch_size=-1, download=False,
+                                    decoders={"image": tfds.decode.SkipDecoding()}))
+    by_id = {name: (image, label) for name, image, label in zip(clean["id"], clean["image"], clean["label"])}
+    train = cifar10n["train"]
+    for name, image, label in zip(train["id"], train["image"], train["label"]):
+        assert by_id[name][0] == image and by_id[name][1] == label
+    human = cifar_n.load_pt(os.path.join(CIFAR_N_DIR, "CIFAR-10_human.pt"))
+    arrays = loading.load_arrays(TrainConfig(dataset="cifar10n", data_dir=TFDS_DIR, full_train=True))
+    rng = np.random.default_rng(0)
+    for position in rng.choice(len(train["id"]), 200, replace=False):
+        k = int(train["id"][position][len(b"train_"):])
+        decoded = tf_decode(by_id[train["id"][position]][0])
+        np.testing.assert_array_equal(arrays.train_images[position], decoded)
+        assert arrays.train_labels[position] == human["worse_label"][k]
+
+
+def tf_decode(jpeg):
+    import tensorflow as tf
+
+    return tf.io.decode_jpeg(jpeg, channels=3).numpy()

@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from app import cli
-from app.errors import UsageError
+from utils.errors import UsageError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODELS = ("resnet18", "resnet20", "resnet34", "wrn28_10", "vgg16", "preresnet164")
@@ -49,14 +49,16 @@ def test_defaults_follow_the_paper():
         (["--lr", "0"], "--lr must be > 0"),
         (["--lr", "-0.1"], "--lr must be > 0"),
         (["--epochs", "0"], "--epochs must be >= 1"),
-        (["--ema-decays", "0.9", "1.2"], "--ema-decays must be in (0, 1); got 1.2"),
+        (["--ema-decays", "0.9", "1.2"], "--ema-decays 0.9 1.2: expected values in (0, 1)"),
+        (["--ema-decays", "0.9", "0.9"], "--ema-decays 0.9 0.9: expected distinct values"),
         (["--label-noise", "worst"], "unknown label noise 'worst'"),
         (["--limit-train", "-5"], "expected an integer >= 1"),
         (["--lr", "abc"], "invalid float value: 'abc'"),
         (["--no-such-flag"], "unrecognized arguments: --no-such-flag"),
         (["--precision", "float8"], "unknown precision 'float8'; choose from float32, mixed_float16, mixed_bfloat16"),
         (["--seeds", "1", "1"], "--seeds has duplicates: 1 1"),
-        (["--ema-bn", "swap"], "unknown --ema-bn mode 'swap'; choose from eman, copy"),
+        (["--ema-bn-mode", "swap"], "unknown --ema-bn-mode 'swap'; choose from eman, copy"),
+        (["--ema-bn", "swap"], "unknown --ema-bn-mode 'swap'; choose from eman, copy"),  # the old name
         (["--ema-warmup", "epochs"], "unknown --ema-warmup mode 'epochs'; choose from steps, updates, none"),
         (["--validation-fraction", "1.5"], "--validation-fraction must be in (0, 1); got 1.5"),
         (["--stop-epochs-from", "runs/x"], "--stop-epochs-from is for the final --full-train run; add --full-train"),
@@ -75,7 +77,7 @@ def test_help_lists_every_flag_with_its_default():
     text = cli.build_parser().format_help()
     for flag in ("--dataset", "--model", "--epochs", "--lr", "--batch-size", "--weight-decay",
                  "--seed", "--data-dir", "--out", "--limit-train", "--full-train", "--schedule",
-                 "--label-noise", "--ema-decays", "--ema-every", "--ema-bn", "--bn-recompute",
+                 "--label-noise", "--ema-decays", "--ema-every-steps", "--ema-bn-mode", "--bn-recompute",
                  "--swa", "--swa-start-epoch", "--swa-lr", "--swa-cycle-epochs",
                  "--bootstrap-every-epochs", "--ema-warmup", "--stop-epochs-from", "--no-nesterov",
                  "--validation-fraction"):
@@ -129,7 +131,7 @@ def test_stop_epochs_from_reads_the_validation_runs_selection(tmp_path):
 
 
 def test_warmup_warning_names_the_decays_never_released():
-    from app.train import warmup_warning
+    from training.trainer import warmup_warning
 
     # 79 steps/epoch x 28 epochs = 2,212 steps: 0.996 leaves after step 2,241, 0.998 after 4,491.
     config = parse("--epochs", "28", "--ema-decays", "0.968", "0.996", "0.998")
@@ -146,7 +148,7 @@ def test_warmup_warning_names_the_decays_never_released():
 
 def test_model_names_match_the_registry():
     import models
-    from app.config import MODEL_NAMES
+    from training.config import MODEL_NAMES
 
     assert tuple(models.model_names()) == MODEL_NAMES
 

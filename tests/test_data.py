@@ -11,13 +11,16 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from app import data
-from app.config import TrainConfig
-from app.errors import UsageError
+from data import availability
+from data import datasets
+from data import loading
+from data import pipeline
+from training.config import TrainConfig
+from utils.errors import UsageError
 
 TFDS_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "tfds")
 needs_cifar10 = pytest.mark.skipif(
-    not os.path.isdir(os.path.join(TFDS_DIR, "cifar10")), reason="no prepared cifar10"
+    not os.path.isdir(os.path.join(TFDS_DIR, "cifar10")), reason="needs the prepared cifar10 in ../shared/data/tfds (see README, Test)"
 )
 
 
@@ -25,14 +28,14 @@ def _arrays(num_examples=10, size=8, seed=0):
     rng = np.random.default_rng(seed)
     images = rng.integers(0, 256, (num_examples, size, size, 3), dtype=np.uint8)
     labels = np.arange(num_examples, dtype=np.int32)  # label = example id
-    mean, std = data.channel_stats(images)
-    return data.Arrays(
+    mean, std = loading.channel_stats(images)
+    return loading.Arrays(
         images, labels, images, labels, images, labels, num_examples, "validation", mean, std
     )
 
 
 def _train(arrays, batch_size, seed, **position):
-    return data.train_dataset(
+    return pipeline.train_dataset(
         arrays.train_images, arrays.train_labels, arrays.mean, arrays.std, batch_size, seed,
         **position,
     )
@@ -46,15 +49,15 @@ def _unnormalize(batch, mean, std):
 
 
 def test_split_is_disjoint_covers_everything_and_is_exactly_80_20():
-    train, validation = data.split_indices(50_000, 0.2, seed=0)
+    train, validation = loading.split_indices(50_000, 0.2, seed=0)
     assert len(train) == 40_000 and len(validation) == 10_000
     assert np.array_equal(np.union1d(train, validation), np.arange(50_000))
     assert len(np.intersect1d(train, validation)) == 0
 
 
 def test_split_depends_on_the_split_seed_only():
-    same = data.split_indices(1000, 0.2, seed=3), data.split_indices(1000, 0.2, seed=3)
-    other = data.split_indices(1000, 0.2, seed=4)
+    same = loading.split_indices(1000, 0.2, seed=3), loading.split_indices(1000, 0.2, seed=3)
+    other = loading.split_indices(1000, 0.2, seed=4)
     assert np.array_equal(same[0][1], same[1][1])
     assert not np.array_equal(same[0][1], other[1])
 
@@ -62,7 +65,7 @@ def test_split_depends_on_the_split_seed_only():
 def test_channel_stats_match_numpy():
     images = np.random.default_rng(1).integers(0, 256, (7, 5, 4, 3), dtype=np.uint8)
     pixels = images.reshape(-1, 3).astype(np.float64) / 255
-    mean, std = data.channel_stats(images)
+    mean, std = loading.channel_stats(images)
     np.testing.assert_allclose(mean, pixels.mean(axis=0), rtol=1e-6)
     np.testing.assert_allclose(std, pixels.std(axis=0), rtol=1e-6)
 
@@ -72,7 +75,7 @@ def test_channel_stats_match_numpy():
 
 def test_evaluation_batches_are_normalized_in_order_with_a_last_partial_batch():
     arrays = _arrays(num_examples=10)
-    dataset = data.evaluation_dataset(
+    dataset = pipeline.evaluation_dataset(
         arrays.test_images, arrays.test_labels, arrays.mean, arrays.std, batch_size=4
     )
     batches = list(dataset)
@@ -134,14 +137,14 @@ def test_random_crop_flip_pads_with_zeros():
     import tensorflow as tf
 
     white = np.full((16, 4, 4, 3), 255, np.uint8)
-    crops = np.asarray(data.random_crop_flip(tf.constant(white), tf.constant([1, 2])))
+    crops = np.asarray(pipeline.random_crop_flip(tf.constant(white), tf.constant([1, 2])))
     padded_pixels = (crops == 0).all(axis=-1)
     assert padded_pixels.any() and ((crops == 0) | (crops == 255)).all()
 
 
 def test_make_data_counts_steps_with_the_last_partial_batch():
     arrays = _arrays(num_examples=10)
-    result = data.make_data(arrays, batch_size=4, seed=0)
+    result = pipeline.make_data(arrays, batch_size=4, seed=0)
     assert result.steps_per_epoch == 3 == len(list(result.train_one_pass))
     assert len(list(result.train.take(7))) == 7  # endless: fit cuts it into epochs
     assert (result.num_train_examples, result.num_validation_examples) == (10, 10)
@@ -151,14 +154,16 @@ def test_make_data_counts_steps_with_the_last_partial_batch():
 
 
 def _no_network(monkeypatch):
-    monkeypatch.setattr(data, "_reachable", lambda url: False)
+    monkeypatch.setattr(availability, "reachable", lambda url: False)
 
 
-def test_missing_dataset_fails_in_one_line_without_downloading(tmp_path, monkeypatch):
+@pytest.mark.parametrize("check", [availability.check, loading.check_data_available],
+                         ids=["without TFDS", "asking TFDS"])
+def test_missing_dataset_fails_in_one_line_without_downloading(tmp_path, monkeypatch, check):
     _no_network(monkeypatch)
     config = TrainConfig(dataset="cifar100", data_dir=str(tmp_path))
     with pytest.raises(UsageError) as error:
-        data.check_data_available(config)
+        check(config)
     assert str(error.value) == (
         f"dataset 'cifar100' is not prepared in {tmp_path} and could not be downloaded "
         "(no network?); run once online or pass --data-dir DIR holding cifar100/3.0.2"
@@ -166,32 +171,56 @@ def test_missing_dataset_fails_in_one_line_without_downloading(tmp_path, monkeyp
     assert not os.listdir(tmp_path)
 
 
+@pytest.mark.parametrize("dataset", sorted(datasets.DATASETS))
+def test_the_versions_looked_for_are_those_tfds_builds(dataset):
+    spec = datasets.DATASETS[dataset]
+    assert str(tfds.builder_cls(spec.tfds_name).VERSION) == spec.version
+
+
+def test_the_default_data_dir_is_tfds_own(monkeypatch, tmp_path):
+    from tensorflow_datasets.core import constants
+
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path))
+    assert availability.data_dir_root(None) == constants.get_default_data_dir() == str(tmp_path)
+    monkeypatch.delenv("TFDS_DATA_DIR")
+    assert availability.data_dir_root(None) == constants.get_default_data_dir()
+    assert availability.data_dir_root(str(tmp_path)) == str(tmp_path)
+
+
+def test_another_prepared_version_is_left_to_tfds(tmp_path, monkeypatch):
+    _no_network(monkeypatch)
+    old = tmp_path / "cifar10" / "3.0.1"
+    old.mkdir(parents=True)
+    (old / availability.INFO_FILE).write_text("{}")
+    assert availability.check(TrainConfig(dataset="cifar10", data_dir=str(tmp_path))) is None
+
+
 def test_a_failed_download_becomes_one_line(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "_reachable", lambda url: True)
+    monkeypatch.setattr(availability, "reachable", lambda url: True)
 
     def fail(self, **kwargs):
         raise ConnectionError("Max retries exceeded\nwith url")
 
     monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", fail)
     with pytest.raises(UsageError) as error:
-        data.load_arrays(TrainConfig(dataset="cifar10", data_dir=str(tmp_path)))
+        loading.load_arrays(TrainConfig(dataset="cifar10", data_dir=str(tmp_path)))
     assert "could not be prepared (Max retries exceeded)" in str(error.value)
     assert "\n" not in str(error.value)
 
 
 def test_bad_dataset_label_noise_and_fraction_are_usage_errors():
     with pytest.raises(UsageError, match="unknown dataset 'cifar-100'; choose from cifar10, "):
-        data.check_data_available(TrainConfig(dataset="cifar-100"))
+        loading.check_data_available(TrainConfig(dataset="cifar-100"))
     with pytest.raises(UsageError, match="unknown label noise 'worst'; choose from worse, aggre"):
-        data.train_label_key(TrainConfig(dataset="cifar10n", label_noise="worst"))
+        datasets.train_label_key(TrainConfig(dataset="cifar10n", label_noise="worst"))
     with pytest.raises(UsageError, match=r"validation fraction must be in \(0, 1\), got 1.0"):
-        data.train_label_key(TrainConfig(validation_fraction=1.0))
+        datasets.train_label_key(TrainConfig(validation_fraction=1.0))
 
 
 def test_train_label_keys():
     noisy = {
-        noise: data.train_label_key(TrainConfig(dataset="cifar10n", label_noise=noise))
-        for noise in data.CIFAR10N_LABELS
+        noise: datasets.train_label_key(TrainConfig(dataset="cifar10n", label_noise=noise))
+        for noise in datasets.CIFAR10N_LABELS
     }
     assert noisy == {
         "worse": "worse_label",
@@ -200,8 +229,8 @@ def test_train_label_keys():
         "random2": "random_label2",
         "random3": "random_label3",
     }
-    assert data.train_label_key(TrainConfig(dataset="cifar100n")) == "noise_label"
-    assert data.train_label_key(TrainConfig(dataset="cifar100")) == "label"
+    assert datasets.train_label_key(TrainConfig(dataset="cifar100n")) == "noise_label"
+    assert datasets.train_label_key(TrainConfig(dataset="cifar100")) == "label"
 
 
 # --- the real CIFAR-10 -------------------------------------------------------
@@ -209,9 +238,9 @@ def test_train_label_keys():
 
 @pytest.fixture(scope="module")
 def cifar10():
-    """The prepared CIFAR-10 read independently of app.data, in TFDS record order."""
+    """The prepared CIFAR-10 read independently of data.loading, in TFDS record order."""
     if not os.path.isdir(os.path.join(TFDS_DIR, "cifar10")):
-        pytest.skip("no prepared cifar10")
+        pytest.skip("needs the prepared cifar10 in ../shared/data/tfds (see README, Test)")
     load = dict(data_dir=TFDS_DIR, batch_size=-1, download=False)
     return {
         split: tfds.as_numpy(tfds.load("cifar10", split=split, **load))
@@ -226,13 +255,13 @@ def read_from(cifar10, monkeypatch):
     def read_split(builder, split, label_key):
         return cifar10[split]["image"], cifar10[split][label_key].astype(np.int32)
 
-    monkeypatch.setattr(data, "_read_split", read_split)
+    monkeypatch.setattr(loading, "_read_split", read_split)
 
 
 @needs_cifar10
 def test_read_split_returns_the_tfds_images_and_labels(cifar10):
     builder = tfds.builder("cifar10", data_dir=TFDS_DIR)
-    images, labels = data._read_split(builder, "test", "label")
+    images, labels = loading._read_split(builder, "test", "label")
     assert np.array_equal(images, cifar10["test"]["image"]) and labels.dtype == np.int32
     assert np.array_equal(labels, cifar10["test"]["label"])
 
@@ -249,14 +278,31 @@ def test_prepared_data_never_touches_the_network(monkeypatch):
     def no_network(url):
         raise AssertionError("network probed")
 
-    monkeypatch.setattr(data, "_reachable", no_network)
-    builder = data.check_data_available(TrainConfig(dataset="cifar10", data_dir=TFDS_DIR))
+    monkeypatch.setattr(availability, "reachable", no_network)
+    builder = loading.check_data_available(TrainConfig(dataset="cifar10", data_dir=TFDS_DIR))
     assert builder.is_prepared()
+    sizes = availability.check(TrainConfig(dataset="cifar10", data_dir=TFDS_DIR))
+    assert sizes == {name: split.num_examples for name, split in builder.info.splits.items()}
+    assert sizes == {"train": 50_000, "test": 10_000}
+    for name in ("cifar10", "cifar10n"):
+        config = TrainConfig(dataset=name, data_dir=TFDS_DIR)
+        assert availability.check(config)["train"] == datasets.DATASETS[name].train_examples
+
+
+@needs_cifar10
+@pytest.mark.parametrize("check", [availability.check, loading.check_data_available],
+                         ids=["without TFDS", "asking TFDS"])
+def test_a_limit_beyond_the_split_is_the_same_error_either_way(check):
+    config = TrainConfig(dataset="cifar10", data_dir=TFDS_DIR, limit_train=40_001)
+    with pytest.raises(UsageError) as error:
+        check(config)
+    assert str(error.value) == ("--limit-train 40001 is larger than the 80% training split of cifar10 "
+                                "(40000 examples); use at most 40000")
 
 
 @needs_cifar10
 def test_cifar10_split_partitions_the_training_set(cifar10, read_from):
-    arrays = data.load_arrays(TrainConfig(dataset="cifar10", data_dir=TFDS_DIR))
+    arrays = loading.load_arrays(TrainConfig(dataset="cifar10", data_dir=TFDS_DIR))
     sizes = len(arrays.train_labels), len(arrays.validation_labels), len(arrays.test_labels)
     assert sizes == (40_000, 10_000, 10_000)
     assert arrays.evaluation_split == "validation"
@@ -266,14 +312,14 @@ def test_cifar10_split_partitions_the_training_set(cifar10, read_from):
         np.concatenate([arrays.train_labels, arrays.validation_labels]),
     )
     assert together == _digests(cifar10["train"]["image"], cifar10["train"]["label"])
-    mean, std = data.channel_stats(arrays.train_images)
+    mean, std = loading.channel_stats(arrays.train_images)
     assert np.array_equal(arrays.mean, mean) and np.array_equal(arrays.std, std)
 
 
 @needs_cifar10
 def test_cifar10_full_train_evaluates_on_the_test_split(cifar10, read_from):
     config = TrainConfig(dataset="cifar10", data_dir=TFDS_DIR, full_train=True, limit_train=500)
-    arrays = data.load_arrays(config)
+    arrays = loading.load_arrays(config)
     assert arrays.evaluation_split == "test"
     assert np.array_equal(arrays.train_images, cifar10["train"]["image"][:500])
     assert np.array_equal(arrays.validation_labels, cifar10["test"]["label"])
@@ -282,10 +328,10 @@ def test_cifar10_full_train_evaluates_on_the_test_split(cifar10, read_from):
 @needs_cifar10
 def test_limit_keeps_the_first_examples_of_the_training_split(cifar10, read_from):
     config = TrainConfig(dataset="cifar10", data_dir=TFDS_DIR, limit_train=300, split_seed=5)
-    arrays = data.load_arrays(config)
-    train_index, _ = data.split_indices(50_000, 0.2, seed=5)
+    arrays = loading.load_arrays(config)
+    train_index, _ = loading.split_indices(50_000, 0.2, seed=5)
     assert np.array_equal(arrays.train_labels, cifar10["train"]["label"][train_index[:300]])
-    result = data.make_data(arrays, batch_size=128, seed=0)
+    result = pipeline.make_data(arrays, batch_size=128, seed=0)
     assert (result.num_train_examples, result.steps_per_epoch) == (300, 3)
 
 
@@ -297,17 +343,17 @@ def test_limit_above_the_split_names_the_maximum(full_train, maximum):
     )
     message = f"--limit-train {maximum + 1} is larger .* use at most {maximum}$"
     with pytest.raises(UsageError, match=message):
-        data.check_data_available(config)
+        loading.check_data_available(config)
 
 
 @needs_cifar10
 def test_load_data_batches_normalized_float32_images(cifar10, read_from):
     config = TrainConfig(dataset="cifar10", data_dir=TFDS_DIR, limit_train=256, batch_size=64, eval_batch_size=100)
-    result = data.load_data(config)
+    result = loading.load_data(config)
     images, labels = next(iter(result.validation))
     assert images.shape == (100, 32, 32, 3)
     assert (images.dtype.name, labels.dtype.name) == ("float32", "int32")
-    _, validation_index = data.split_indices(50_000, 0.2, seed=0)
+    _, validation_index = loading.split_indices(50_000, 0.2, seed=0)
     raw = cifar10["train"]["image"][validation_index[:100]]
     expected = (raw / 255.0 - result.mean) / result.std
     np.testing.assert_allclose(images, expected, rtol=1e-5, atol=1e-5)
@@ -318,9 +364,9 @@ def test_evaluation_batches_are_larger_and_give_the_same_predictions():
     import keras
 
     config = TrainConfig(dataset="cifar10", data_dir=TFDS_DIR, limit_train=200, limit_validation=300)
-    arrays = data.load_arrays(config)
-    small = data.make_data(arrays, batch_size=64, seed=0)
-    large = data.make_data(arrays, batch_size=64, seed=0, eval_batch_size=256)
+    arrays = loading.load_arrays(config)
+    small = pipeline.make_data(arrays, batch_size=64, seed=0)
+    large = pipeline.make_data(arrays, batch_size=64, seed=0, eval_batch_size=256)
     assert [len(y) for _, y in large.validation.as_numpy_iterator()] == [256, 44]
     assert [len(y) for _, y in small.validation.as_numpy_iterator()] == [64] * 4 + [44]
     keras.utils.set_random_seed(0)

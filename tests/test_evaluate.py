@@ -86,12 +86,12 @@ def test_full_train_run_leaves_temperature_scaling_out(tiny_seed_runs, tmp_path,
 
 
 def _fails(argv, capsys, monkeypatch):
-    from app import data as data_lib
+    from data import loading
 
     def expensive(*args, **kwargs):
         raise AssertionError("data was read before the input was checked")
 
-    monkeypatch.setattr(data_lib, "load_arrays", expensive)
+    monkeypatch.setattr(loading, "load_arrays", expensive)
     with pytest.raises(SystemExit) as exit_info:
         evaluate.main(argv)
     assert exit_info.value.code == 2

@@ -253,8 +253,11 @@ def test_invalid_sizes_raise_before_building(argument):
         build_model("resnet20", **{"num_classes": 10, "image_size": 32, argument: 0})
 
 
-def test_model_names_sorted():
-    assert model_names() == sorted(MODELS)
+def test_model_names_are_the_registry_sorted_and_the_command_line_list():
+    from training.config import MODEL_NAMES
+
+    assert model_names() == sorted(MODELS) == list(MODEL_NAMES)
+    assert len(set(model_names())) == len(MODELS) == 6
 
 
 def test_option_a_model_survives_save_and_load(tmp_path):

@@ -4,8 +4,8 @@ import numpy as np
 import keras
 import pytest
 
-from app.optimizer import TorchSGD
-from app.schedules import TrainingSchedule
+from training.optimizer import TorchSGD
+from training.schedules import TrainingSchedule
 
 
 def torch_sgd_reference(weights, gradients_fn, lrs, momentum, l2, nesterov):

@@ -17,7 +17,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TFDS_DIR = os.path.join(os.path.dirname(ROOT), "shared", "data", "tfds")
 needs_cifar10 = pytest.mark.skipif(
     not os.path.isdir(os.path.join(TFDS_DIR, "cifar10")),
-    reason="needs the prepared cifar10 in ../shared/data/tfds",
+    reason="needs the prepared cifar10 in ../shared/data/tfds (see README, Test)",
 )
 
 
@@ -118,7 +118,7 @@ def test_dry_run_prints_the_commands_and_runs_nothing(tmp_path, capsys):
 def test_list_names_every_claim_with_the_papers_numbers(capsys):
     reproduce.main(["--list"])
     out = capsys.readouterr().out
-    assert [line.split()[0] for line in out.splitlines()] == list(reproduce.CLAIMS)
+    assert [line.split()[0] for line in out.splitlines()] == list(reproduce.CLAIM_ORDER)
     assert "77.63" in out and "86.4" in out
 
 

@@ -5,9 +5,9 @@ import os
 
 import pytest
 
-from app import run_dir
-from app.config import TrainConfig
-from app.errors import UsageError
+from training import run_dir
+from training.config import TrainConfig
+from utils.errors import UsageError
 
 
 def test_create_writes_config_and_command(tmp_path):
@@ -30,6 +30,28 @@ def test_a_different_run_is_refused_and_left_untouched(tmp_path):
     assert open(os.path.join(path, "config.json")).read() == before
 
 
+def test_settings_that_change_no_weight_may_differ_on_resume(tmp_path):
+    path = str(tmp_path / "run")
+    saved = TrainConfig(eval_batch_size=128, checkpoint_every_steps=10, data_dir="/old")
+    run_dir.create(path, saved, [])
+    run_dir.check(path, TrainConfig(eval_batch_size=512, checkpoint_every_steps=20, data_dir="/new"))
+    with pytest.raises(UsageError, match=r"differs in: batch_size, seed\)"):
+        run_dir.check(path, TrainConfig(eval_batch_size=128, batch_size=64, seed=3))
+
+
+def test_a_run_written_before_a_field_was_renamed_resumes(tmp_path):
+    path = str(tmp_path / "run")
+    run_dir.create(path, TrainConfig(ema_bn_mode="copy"), [])
+    config_path = os.path.join(path, "config.json")
+    saved = json.load(open(config_path))
+    saved["ema_bn"] = saved.pop("ema_bn_mode")  # as older runs wrote it
+    json.dump(saved, open(config_path, "w"))
+    run_dir.check(path, TrainConfig(ema_bn_mode="copy"))
+    assert run_dir.load_config(path).ema_bn_mode == "copy"
+    with pytest.raises(UsageError, match=r"differs in: ema_bn_mode\)"):
+        run_dir.check(path, TrainConfig(ema_bn_mode="eman"))
+
+
 def test_a_finished_run_is_refused(tmp_path):
     path = str(tmp_path / "run")
     run_dir.create(path, TrainConfig(), [])
@@ -49,10 +71,9 @@ def test_an_unwritable_place_is_refused_before_anything_is_written(tmp_path):
     # /proc refuses new folders even to root, for whom permission bits never do.
     with pytest.raises(UsageError, match=r"--out /proc/weight-averaging-run: cannot write in /proc"):
         run_dir.check("/proc/weight-averaging-run", TrainConfig())
-    readonly = tmp_path / "readonly"
-    readonly.mkdir()
-    os.chmod(readonly, 0o500)
-    if os.access(readonly, os.W_OK):  # root: the probe itself is what we test above
-        return
+    # A place under a regular file cannot be created by anyone, root included.
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
     with pytest.raises(UsageError, match="cannot write in"):
-        run_dir.check(str(readonly / "run"), TrainConfig())
+        run_dir.check(str(blocker / "run"), TrainConfig())
+    assert blocker.read_text() == "" and sorted(os.listdir(tmp_path)) == ["a-file"]

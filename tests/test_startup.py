@@ -10,6 +10,7 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TFDS_DIR = os.path.join(os.path.dirname(ROOT), "shared", "data", "tfds")
 
 
 def _run(module, *argv):
@@ -21,10 +22,10 @@ def _run(module, *argv):
 @pytest.mark.parametrize(
     "module, argv, message",
     [
-        # After TensorFlow has been imported (the data check needs it):
+        # Data checks (data/availability.py), still before TensorFlow:
         ("app.train", ["--dataset", "cifar10", "--data-dir", "{empty}", "--out", "{out}"],
          "error: dataset 'cifar10' is not prepared in"),
-        ("app.tune", ["--dataset", "cifar10", "--data-dir", "{empty}", "--tuner-dir", "{out}"],
+        ("app.tune", ["--dataset", "cifar10", "--data-dir", "{empty}", "--out", "{out}"],
          "error: dataset 'cifar10' is not prepared in"),
         ("app.reproduce", ["table1", "--budget", "paper", "--data-dir", "{empty}", "--out", "{out}"],
          "error: table1 needs cifar100, which is not available"),
@@ -45,9 +46,61 @@ def test_bad_input_prints_exactly_one_line(tmp_path, module, argv, message):
     assert not (tmp_path / "out").exists()
 
 
-def test_a_user_who_sets_the_tensorflow_log_level_keeps_the_logs(tmp_path):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="0")
-    result = subprocess.run(
-        [sys.executable, "-m", "app.train", "--data-dir", str(tmp_path), "--out", str(tmp_path / "o")],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 2 and result.stderr.count("\n") > 1
+_WITHOUT_HEAVY_IMPORTS = (
+    "import sys, runpy; "
+    "sys.modules.update(dict.fromkeys(['tensorflow', 'keras', 'jax', 'tensorflow_datasets']));"
+    "sys.argv = sys.argv[1:]; runpy.run_module(sys.argv[0], run_name='__main__')"
+)
+
+
+@pytest.mark.parametrize(
+    "module, argv, message",
+    [
+        ("app.train", ["--dataset", "cifar100", "--data-dir", "{empty}", "--out", "{out}"],
+         "error: dataset 'cifar100' is not prepared in"),
+        ("app.train", ["--dataset", "cifar10", "--data-dir", TFDS_DIR, "--limit-train", "40001",
+                       "--out", "{out}"],
+         "error: --limit-train 40001 is larger than the 80% training split of cifar10"),
+        ("app.tune", ["--dataset", "cifar10n", "--data-dir", "{empty}", "--out", "{out}"],
+         "error: dataset 'cifar10n' is not prepared in"),
+        ("app.reproduce", ["fig2", "--budget", "small", "--data-dir", "{empty}", "--out", "{out}"],
+         "error: fig2 needs cifar10n, which is not available"),
+    ],
+)
+def test_data_errors_come_before_tensorflow_is_imported(tmp_path, module, argv, message):
+    """Importing TensorFlow, Keras, JAX or TFDS would fail here (they are blocked)."""
+    if TFDS_DIR in argv and not os.path.isdir(os.path.join(TFDS_DIR, "cifar10")):
+        pytest.skip("needs the prepared cifar10 in ../shared/data/tfds (see README, Test)")
+    (tmp_path / "empty").mkdir()
+    values = {"empty": str(tmp_path / "empty"), "out": str(tmp_path / "out")}
+    result = subprocess.run([sys.executable, "-c", _WITHOUT_HEAVY_IMPORTS, module,
+                             *[a.format(**values) for a in argv]],
+                            cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith(message), result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("level, quiet", [(None, True), ("0", False)], ids=["default", "user's level"])
+def test_tensorflow_start_up_logs_only_when_the_user_sets_the_level(level, quiet):
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    if level is not None:
+        env["TF_CPP_MIN_LOG_LEVEL"] = level
+    result = subprocess.run([sys.executable, "-c", "from utils import quiet; quiet.import_tensorflow()"],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert (result.stderr == "") == quiet, result.stderr
+
+
+def test_the_modules_the_command_lines_start_with_import_nothing_heavy():
+    """docs/architecture.md's list: `--help` and bad input never wait for TensorFlow."""
+    modules = ["app.train", "app.tune", "app.evaluate", "app.consistency", "app.transfer", "app.report",
+               "app.reproduce", "training.config", "training.run_dir", "data.datasets", "data.availability",
+               "callbacks", "callbacks.ema_options", "callbacks.warmup", "callbacks.ema_selection",
+               "evaluation.claims"]
+    code = (f"import importlib, sys; [importlib.import_module(m) for m in {modules!r}]; "
+            "print(sorted(m for m in ('keras', 'tensorflow', 'jax', 'tensorflow_datasets', 'keras_tuner') "
+            "if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"

@@ -13,10 +13,7 @@ import numpy as np
 import pytest
 
 from callbacks.compiled import compile_pure
-from callbacks.swa import SWA
-from callbacks.swa import SWACyclicSchedule
-from callbacks.swa import SWASchedule
-from callbacks.swa import swa_schedule
+from callbacks import SWA, SWACyclicSchedule, SWASchedule, swa_schedule
 
 EPSILON = 1e-5
 BATCH = 8  # 24 examples: 3 optimizer steps per epoch

@@ -5,7 +5,7 @@ import re
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
 
-from app.tensorboard_logging import RunWriters, ScalarWriter, layout_summary, run_and_tag
+from training.tensorboard_logging import RunWriters, ScalarWriter, layout_summary, run_and_tag
 
 
 def test_every_model_is_a_run_with_the_same_tags():

@@ -12,10 +12,11 @@ import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from app import data
-from app import tiny_imagenet
-from app.config import TrainConfig
-from app.errors import UsageError
+from data import availability
+from data import loading
+from data import tiny_imagenet
+from training.config import TrainConfig
+from utils.errors import UsageError
 
 WNIDS = ("n09999999", "n01443537", "n02124075")  # wnids.txt order is not sorted
 TRAIN_PER_CLASS = 2
@@ -89,7 +90,7 @@ def test_load_arrays_prepares_from_a_zip_in_the_default_manual_dir(tmp_path, mon
     def no_network(url):
         raise AssertionError("network probed")
 
-    monkeypatch.setattr(data, "_reachable", no_network)
+    monkeypatch.setattr(availability, "reachable", no_network)
     expected = _write_layout(tmp_path / "unzipped")
     manual_dir = tmp_path / "tfds" / "downloads" / "manual"
     manual_dir.mkdir(parents=True)
@@ -97,7 +98,7 @@ def test_load_arrays_prepares_from_a_zip_in_the_default_manual_dir(tmp_path, mon
         for path in sorted((tmp_path / "unzipped").rglob("*")):
             archive.write(path, path.relative_to(tmp_path / "unzipped"))
     config = TrainConfig(dataset="tiny-imagenet", data_dir=str(tmp_path / "tfds"), full_train=True)
-    arrays = data.load_arrays(config)
+    arrays = loading.load_arrays(config)
     assert arrays.image_size == 64 and arrays.num_classes == len(WNIDS)
     assert arrays.evaluation_split == "test" and len(arrays.test_labels) == len(VALIDATION)
     by_colour = {colour: sorted(WNIDS).index(wnid) for colour, wnid in expected.values()}
@@ -117,10 +118,10 @@ def test_find_local_archive_prefers_the_extracted_folder(tmp_path):
 
 
 def test_missing_archive_offline_is_one_line(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "_reachable", lambda url: False)
+    monkeypatch.setattr(availability, "reachable", lambda url: False)
     config = TrainConfig(dataset="tiny-imagenet", data_dir=str(tmp_path))
     with pytest.raises(UsageError) as error:
-        data.check_data_available(config)
+        loading.check_data_available(config)
     manual_dir = os.path.join(str(tmp_path), "downloads", "manual")
     assert str(error.value) == (
         f"dataset 'tiny-imagenet' is not prepared in {tmp_path} and could not be downloaded "

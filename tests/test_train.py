@@ -8,12 +8,12 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from app import train
-from app.history import read_history
+from training.run_dir import read_history
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TFDS_DIR = os.path.join(os.path.dirname(ROOT), "shared", "data", "tfds")
 pytestmark = pytest.mark.skipif(
-    not os.path.isdir(os.path.join(TFDS_DIR, "cifar10")), reason="no prepared cifar10"
+    not os.path.isdir(os.path.join(TFDS_DIR, "cifar10")), reason="needs the prepared cifar10 in ../shared/data/tfds (see README, Test)"
 )
 SMALL = [
     "--dataset", "cifar10", "--model", "resnet20", "--data-dir", TFDS_DIR,
@@ -95,7 +95,7 @@ def test_summary_selects_the_epochs_history_shows(run):
 
 def test_swa_branches_off_the_baseline_at_a_constant_rate(run):
     """SWA paper §4.1: from the baseline's weights after epoch 1, epochs 2-3 at the SWA lr."""
-    from app import checkpoint
+    from training import checkpoint
 
     out, _, summary = run
     meta, contents = checkpoint.read(os.path.join(out, "checkpoint", "swa-branch.npz"))
@@ -135,12 +135,12 @@ def test_saved_ema_weights_reproduce_the_logged_metric(run):
     import keras
 
     import models
-    from app import data as data_lib
-    from app.run_dir import load_config
+    from data import loading
+    from training.run_dir import load_config
 
     out, _, summary = run
     config = load_config(out)
-    data = data_lib.load_data(config)
+    data = loading.load_data(config)
     model = models.build_model("resnet20", 10)
     model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                   metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
@@ -185,3 +185,71 @@ def test_limits_above_the_split_fail_before_writing(tmp_path, capsys, extra, mes
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and message in err and "\n" not in err
     assert not out.exists()
+
+
+def test_a_final_run_on_the_test_set_with_copied_statistics_bootstrap_and_a_cyclic_swa(tmp_path):
+    """--full-train, --ema-bn-mode copy, --bn-recompute epoch, --bootstrap-every-epochs,
+    --swa-lr and --swa-cycle-epochs through app.train, checked by an independent evaluation."""
+    import keras
+
+    import models
+    from tests.conftest import normalized_test_images
+
+    out = str(tmp_path / "final")
+    argv = [a if a != "3" else "4" for a in SMALL] + [
+        "--full-train", "--ema-bn-mode", "copy", "--bn-recompute", "epoch", "--bootstrap-every-epochs", "1",
+        "--swa", "--swa-start-epoch", "3", "--swa-lr", "0.02", "--swa-cycle-epochs", "2", "--out", out]
+    summary = train.main(argv)
+    config = json.load(open(os.path.join(out, "config.json")))
+    assert (config["evaluation_split"], config["ema_bn_mode"], config["bootstrap_every_epochs"]) == ("test", "copy", 1)
+    assert summary["ema"]["0.99"]["lowest_val_loss"]["selected_on"] == "test"
+    rows = read_history(os.path.join(out, "history.csv"))
+    assert [row["epoch"] for row in rows] == [1, 2, 3, 4]
+    assert all(row["ema_0.9_bn_val_accuracy"] is not None for row in rows)  # recomputed every epoch
+    # Bootstrap: after the last epoch's logs the SGD model became the EMA of the largest
+    # decay, with the trained model's BatchNorm statistics (copy): final.weights.h5 scores
+    # on the test images exactly what that EMA logged.
+    images, labels, _ = normalized_test_images(out, 256)
+    model = models.build_model("resnet20", 10)
+    _load_model_weights(model, os.path.join(out, "weights", "final.weights.h5"))
+    logits = keras.ops.convert_to_numpy(model(images, training=False)).astype("float64")
+    logits -= logits.max(axis=1, keepdims=True)
+    loss = np.mean(np.log(np.exp(logits).sum(axis=1)) - logits[np.arange(len(labels)), labels])
+    assert loss == pytest.approx(rows[-1]["ema_0.99_val_loss"], rel=2e-4)
+    assert loss != pytest.approx(rows[-1]["val_loss"], rel=2e-4)
+    # SWA: one cycle of 2 epochs (3-4) from the baseline after epoch 2, down to --swa-lr.
+    branch = read_history(os.path.join(out, "swa", "history.csv"))
+    assert [row["epoch"] for row in branch] == [3, 4]
+    assert summary["swa"]["models_averaged"] == 1 and summary["swa"]["branch"]["from_epoch"] == 2
+    assert branch[0]["lr"] > branch[1]["lr"] == pytest.approx(0.02)  # the cycle ends at --swa-lr
+
+
+def test_noisy_labels_and_mixed_precision_through_app_train(tmp_path):
+    """--dataset cifar10n --label-noise aggre --precision mixed_bfloat16: the run trains on
+    TFDS's aggre_label (read independently here) with float32 weights."""
+    import h5py
+    import tensorflow_datasets as tfds
+
+    from data import loading
+    from evaluation import predictions
+    from training.run_dir import load_config
+
+    if not os.path.isdir(os.path.join(TFDS_DIR, "cifar10_n")):
+        pytest.skip("needs the prepared cifar10_n in ../shared/data/tfds (see README, Test)")
+    out = str(tmp_path / "noisy")
+    train.main(["--dataset", "cifar10n", "--label-noise", "aggre", "--precision", "mixed_bfloat16",
+                "--model", "resnet20", "--data-dir", TFDS_DIR, "--limit-train", "128", "--limit-validation",
+                "128", "--batch-size", "64", "--epochs", "1", "--ema-decays", "0.9", "--out", out])
+    config = load_config(out)
+    assert (config.label_noise, config.precision) == ("aggre", "mixed_bfloat16")
+    train_split = tfds.as_numpy(tfds.load("cifar10_n", split="train", data_dir=TFDS_DIR, batch_size=-1,
+                                          shuffle_files=False))
+    kept, _ = loading.split_indices(50_000, 0.2, config.split_seed)
+    arrays = predictions.load_arrays(config)
+    np.testing.assert_array_equal(arrays.train_labels, train_split["aggre_label"][kept[:128]])
+    assert not np.array_equal(arrays.train_labels, train_split["worse_label"][kept[:128]])
+    with h5py.File(os.path.join(out, "weights", "final.weights.h5")) as weights:
+        dtypes = set()
+        weights.visititems(lambda name, item: dtypes.add(str(item.dtype)) if hasattr(item, "dtype") else None)
+    assert "float32" in dtypes and not dtypes & {"bfloat16", "float16"}
+    assert len(read_history(os.path.join(out, "history.csv"))) == 1

@@ -92,7 +92,7 @@ def test_transfer_json_and_an_independent_rederivation(transferred):
     images, test_labels, arrays = normalized_test_images(path, 128)
     import tensorflow_datasets as tfds
 
-    from app import run_dir
+    from training import run_dir
 
     train = tfds.as_numpy(tfds.builder("cifar10", data_dir=run_dir.load_config(path).data_dir).as_dataset(
         split="train[:256]", batch_size=-1, shuffle_files=False))

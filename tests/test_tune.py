@@ -3,7 +3,7 @@
 Every check reads back what the search wrote (KerasTuner's trial.json, each
 trial's history.csv, TensorBoard event files) independently of the code that
 wrote it. Data: synthetic 8x8 images whose class is their brightest channel
-(`synthetic_arrays`), put in place of app.data's loader, so no dataset is
+(`synthetic_arrays`), put in place of data.loading's loader, so no dataset is
 needed; ResNet-20, 2 epochs of 4 steps.
 """
 
@@ -20,7 +20,8 @@ import sys
 import numpy as np
 import pytest
 
-from app import data as data_lib
+from data import availability
+from data import loading
 from app import tune
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -45,8 +46,8 @@ def synthetic_arrays(num_train=64, num_validation=32, size=8, seed=0):
     train_images, train_labels = split(num_train)
     validation_images, validation_labels = split(num_validation)
     test_images, test_labels = split(8)
-    mean, std = data_lib.channel_stats(train_images)
-    return data_lib.Arrays(
+    mean, std = loading.channel_stats(train_images)
+    return loading.Arrays(
         train_images, train_labels, validation_images, validation_labels,
         test_images, test_labels, 10, "validation", mean, std,
     )
@@ -55,8 +56,9 @@ def synthetic_arrays(num_train=64, num_validation=32, size=8, seed=0):
 @contextlib.contextmanager
 def synthetic_data():
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(data_lib, "check_data_available", lambda config: None)
-        patch.setattr(data_lib, "load_arrays", lambda config: synthetic_arrays())
+        patch.setattr(availability, "check", lambda config: None)
+        patch.setattr(loading, "check_data_available", lambda config: None)
+        patch.setattr(loading, "load_arrays", lambda config: synthetic_arrays())
         yield
 
 
@@ -90,7 +92,7 @@ def read_json(path):
 def searched(tmp_path_factory):
     tuner_dir = str(tmp_path_factory.mktemp("search") / "c10")
     with synthetic_data():
-        returned = tune.main(TRAIN_FLAGS + GRID + ["--tuner-dir", tuner_dir])
+        returned = tune.main(TRAIN_FLAGS + GRID + ["--out", tuner_dir])
     return tuner_dir, returned
 
 
@@ -197,7 +199,7 @@ def test_an_interrupted_search_resumes_to_the_same_best(searched, tmp_path, monk
     from tuning.hypermodel import OneShotHyperModel
 
     tuner_dir = str(tmp_path / "c10")
-    argv = TRAIN_FLAGS + ["--lrs", "0.05", "0.2", "--tuner-dir", tuner_dir]
+    argv = TRAIN_FLAGS + ["--lrs", "0.05", "0.2", "--out", tuner_dir]
     fit = OneShotHyperModel.fit
 
     def killed_in_the_second_trial(self, hp, model, *args, **kwargs):
@@ -259,7 +261,7 @@ def _free_port():
 
 def test_a_distributed_search_with_a_chief_and_two_workers(tmp_path):
     tuner_dir = str(tmp_path / "c10")
-    argv = TRAIN_FLAGS[:5] + ["1"] + TRAIN_FLAGS[6:] + ["--lrs", "0.05", "0.2", "--tuner-dir", tuner_dir]
+    argv = TRAIN_FLAGS[:5] + ["1"] + TRAIN_FLAGS[6:] + ["--lrs", "0.05", "0.2", "--out", tuner_dir]
     code = "import sys; from tests.test_tune import run_with_synthetic_data; run_with_synthetic_data(sys.argv[1:])"
     port = str(_free_port())
     processes = {}
@@ -303,7 +305,6 @@ def test_a_distributed_search_with_a_chief_and_two_workers(tmp_path):
         (["--lrs", "-0.1"], "--lrs must be > 0; got -0.1"),
         (["--full-train"], "drop --full-train"),
         (["--lr", "0.1"], "app.tune does not take --lr; use --lrs"),
-        (["--out", "x"], "use --tuner-dir"),
         (["--seeds", "1", "2"], "give --seed, not --seeds"),
         (["--oracle", "random", "--lrs", "0.1"], "give its ends, two values > 0"),
         (["--oracle", "hyperband"], "unknown --oracle 'hyperband'"),
@@ -318,10 +319,11 @@ def test_bad_input_exits_2_with_one_line_before_loading_data(flags, message, tmp
     def never(config):
         raise AssertionError("data loaded before the input was checked")
 
-    monkeypatch.setattr(data_lib, "load_arrays", never)
-    monkeypatch.setattr(data_lib, "check_data_available", never)
+    monkeypatch.setattr(loading, "load_arrays", never)
+    monkeypatch.setattr(loading, "check_data_available", never)
+    monkeypatch.setattr(availability, "check", never)
     with pytest.raises(SystemExit) as exit_info:
-        tune.main(["--model", "resnet20", "--tuner-dir", str(tmp_path / "t")] + flags)
+        tune.main(["--model", "resnet20", "--out", str(tmp_path / "t")] + flags)
     assert exit_info.value.code == 2
     error = capsys.readouterr().err
     assert error.startswith("error: ") and error.count("\n") == 1
@@ -329,21 +331,40 @@ def test_bad_input_exits_2_with_one_line_before_loading_data(flags, message, tmp
 
 
 def test_resuming_with_other_settings_exits_2(searched, monkeypatch, capsys):
-    monkeypatch.setattr(data_lib, "load_arrays", lambda config: pytest.fail("data loaded"))
-    argv = TRAIN_FLAGS[:5] + ["3"] + TRAIN_FLAGS[6:] + GRID + ["--tuner-dir", searched[0]]
+    monkeypatch.setattr(loading, "load_arrays", lambda config: pytest.fail("data loaded"))
+    argv = TRAIN_FLAGS[:5] + ["3"] + TRAIN_FLAGS[6:] + GRID + ["--out", searched[0]]
     with pytest.raises(SystemExit) as exit_info:
         tune.main(argv)
     assert exit_info.value.code == 2
     assert "differs in: epochs, warmup_epochs); pass --overwrite" in capsys.readouterr().err
 
 
+def test_an_older_search_resumes_under_out_and_tuner_dir(searched, tmp_path):
+    from app import tune_cli
+
+    tuning_file = os.path.join(searched[0], tune_cli.TUNING_FILE)
+    saved = read_json(tuning_file)
+    argv = TRAIN_FLAGS + GRID
+    for flag in ("--out", "--tuner-dir"):
+        config = tune_cli.parse_config(argv + [flag, searched[0]])
+        assert config.out == searched[0]
+        tune_cli.check_out(config)  # the same search: resumable
+    # A tuning.json written before the flag was renamed (its key "tuner_dir").
+    old = dict(saved)
+    old["tuner_dir"] = old.pop("out")
+    (tmp_path / "old").mkdir()
+    with open(tmp_path / "old" / tune_cli.TUNING_FILE, "w") as handle:
+        json.dump(old, handle)
+    tune_cli.check_out(tune_cli.parse_config(argv + ["--out", str(tmp_path / "old")]))
+
+
 def test_trials_too_short_for_any_ema_update_are_refused(tmp_path, capsys):
     # 64 synthetic images, batch 16: 4 steps x 2 epochs = 8 steps < --ema-every 9.
     argv = TRAIN_FLAGS[:-5] + ["--ema-every", "9", "--ema-decays", "0.9", "0.99",
-                               "--lrs", "0.1", "--tuner-dir", str(tmp_path / "t")]
+                               "--lrs", "0.1", "--out", str(tmp_path / "t")]
     with synthetic_data(), pytest.raises(SystemExit) as exit_info:
         tune.main(argv)
     assert exit_info.value.code == 2
     error = capsys.readouterr().err
-    assert error.count("\n") == 1 and "each trial runs 8 optimizer steps, fewer than --ema-every 9" in error
+    assert error.count("\n") == 1 and "each trial runs 8 optimizer steps, fewer than --ema-every-steps 9" in error
     assert not (tmp_path / "t").exists()

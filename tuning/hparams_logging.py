@@ -10,7 +10,7 @@ once it finished, the scalars `tuning/objective`, `tuning/best_epoch` (and
 
 from tensorboard.plugins.hparams import summary_v2 as hparams_summary
 
-from app.tensorboard_logging import ScalarWriter
+from training.tensorboard_logging import ScalarWriter
 
 OBJECTIVE_TAG = "tuning/objective"
 BEST_EPOCH_TAG = "tuning/best_epoch"

@@ -21,10 +21,14 @@ import keras
 import keras_tuner
 import numpy as np
 
-from app import data as data_lib
-from app import run_dir as run_directory
-from app import train
-from callbacks import swap
+from callbacks import variables
+from callbacks.ema_selection import weights_file_name
+from data import loading
+from data import pipeline
+from training import recipe
+from training import run_dir as run_directory
+from training import trainer
+from training.history import RunLogger
 from tuning import hparams_logging
 
 # --objective -> the epoch-log key whose maximum over epochs is the objective.
@@ -82,7 +86,7 @@ class OneShotHyperModel(keras_tuner.HyperModel):
     Args:
         config: the `TrainConfig` of every trial, but for what `space` varies.
             Must not be `full_train`: trials are scored on the validation split.
-        arrays: the run's data, `app.data.load_arrays(config)`.
+        arrays: the run's data, `data.loading.load_arrays(config)`.
         space: a `SearchSpace`.
         objective: `"ema"` (the paper's) or `"sgd"` (best `val_accuracy` of
             the trained model). Defaults to `"ema"`.
@@ -130,12 +134,10 @@ class OneShotHyperModel(keras_tuner.HyperModel):
         keras.utils.set_random_seed(config.seed)
         keras.mixed_precision.set_global_policy(config.precision)
         if config.deterministic:
-            from app.train import enable_determinism
-
-            enable_determinism()
+            recipe.enable_determinism()
         steps_per_epoch = math.ceil(len(self.arrays.train_labels) / config.batch_size)
-        schedule = train.build_schedule(config, steps_per_epoch)
-        return train.build_model_for(config, self.arrays, schedule)
+        schedule = recipe.build_schedule(config, steps_per_epoch)
+        return recipe.build_model(config, self.arrays, schedule)
 
     def fit(self, hp, model, *args, trial_dir=None, callbacks=None, verbose="auto", **kwargs):
         if args:
@@ -144,12 +146,12 @@ class OneShotHyperModel(keras_tuner.HyperModel):
                 "call `search()` without data."
             )
         config = self.trial_config(hp)
-        data = data_lib.make_data(self.arrays, batch_size=config.batch_size, seed=config.seed,
+        data = pipeline.make_data(self.arrays, batch_size=config.batch_size, seed=config.seed,
                                   eval_batch_size=config.eval_batch_size)
-        schedule = train.build_schedule(config, data.steps_per_epoch)
+        schedule = recipe.build_schedule(config, data.steps_per_epoch)
         # Only the EMAs: BN recomputation and SWA do not change the trajectory.
         averaging_config = dataclasses.replace(config, bn_recompute="none", swa=False)
-        ema = train.build_callbacks(averaging_config, data, model).get("ema")
+        ema = recipe.build_callbacks(averaging_config, data, model).get("ema")
         ours = [ema] if ema is not None else []
         ours.append(keras.callbacks.TerminateOnNaN())
         logger = None
@@ -166,7 +168,7 @@ class OneShotHyperModel(keras_tuner.HyperModel):
             steps_per_epoch=data.steps_per_epoch,
             epochs=config.epochs,
             validation_data=data.validation,
-            shuffle=False,  # the stream is shuffled per epoch, reproducibly (app/data.py)
+            shuffle=False,  # the stream is shuffled per epoch, reproducibly (data/pipeline.py)
             callbacks=ours + list(callbacks or []) + after,
             verbose=verbose,
             **kwargs,
@@ -179,8 +181,6 @@ class OneShotHyperModel(keras_tuner.HyperModel):
         return history
 
     def _start_trial_directory(self, trial_dir, config, hp, schedule):
-        from app.history import RunLogger
-
         # An interrupted trial reruns in the same directory: start its curves afresh.
         shutil.rmtree(os.path.join(trial_dir, "tensorboard"), ignore_errors=True)
         argv = list(self.train_argv) + hyperparameter_flags(hp.values)
@@ -196,18 +196,16 @@ class OneShotHyperModel(keras_tuner.HyperModel):
             "epochs_completed": len(rows),
             "hyperparameters": dict(hp.values),
             "objective": result,
-            "sgd": train.sgd_summary(rows),
+            "sgd": trainer.sgd_summary(rows),
         }
         if ema is not None:
             summary["ema"] = ema.summary()
         run_directory.write_summary(trial_dir, summary)
         if result["decay"] is not None:
             weights = ema.selected_weights(result["decay"], "accuracy")
-            path = os.path.join(
-                trial_dir, run_directory.WEIGHTS_DIR, f"ema_{result['decay']:g}_acc.weights.h5"
-            )
-            with swap.swapped(model.weights, lambda: model.set_weights(weights)):
-                model.save_weights(path)
+            path = os.path.join(trial_dir, run_directory.WEIGHTS_DIR,
+                                weights_file_name(result["decay"], "accuracy"))
+            variables.save_weights(model, weights, path)
         hparams_logging.write_result(
             os.path.join(trial_dir, "tensorboard"), result["value"], result["epoch"], result["decay"]
         )

@@ -20,7 +20,13 @@ import shutil
 
 import keras
 
-from app import checkpoint
+from callbacks.divergence import DivergenceGuard
+from callbacks.swa import SWA
+from callbacks.swa_schedules import swa_schedule
+from training import checkpoint
+from training import run_dir as run_directory
+from training.history import EpochTimer, RunLogger
+from training.recipe import build_model, build_schedule
 
 BRANCH_POINT = "swa-branch.npz"
 DIRECTORY = "swa"
@@ -44,9 +50,6 @@ class KeepBranchPoint(keras.callbacks.Callback):
 
 def branch_schedule(config, steps_per_epoch):
     """The SWA phase's learning rate: constant, or cyclic with `swa_cycle_epochs` > 1."""
-    from app.train import build_schedule
-    from callbacks.swa import swa_schedule
-
     return swa_schedule(
         build_schedule(config, steps_per_epoch),
         start_step=(config.swa_start_epoch - 1) * steps_per_epoch,
@@ -60,11 +63,6 @@ def branch_schedule(config, steps_per_epoch):
 
 def train_branch(config, data, run_path):
     """Runs (or resumes) the SWA branch; returns its summary entry."""
-    from app.history import EpochTimer, RunLogger
-    from app.train import build_model_for
-    from callbacks.divergence import DivergenceGuard
-    from callbacks.swa import SWA
-
     path = os.path.join(run_path, DIRECTORY)
     checkpoint_dir = os.path.join(path, checkpoint.DIRECTORY)
     os.makedirs(path, exist_ok=True)
@@ -78,7 +76,7 @@ def train_branch(config, data, run_path):
         meta, contents = resumed
     keras.utils.set_random_seed(config.seed + 1)
     schedule = branch_schedule(config, data.steps_per_epoch)
-    model = build_model_for(config, data, schedule)
+    model = build_model(config, data, schedule)
     checkpoint.restore(model, contents)
     swa = SWA(
         start_epoch=start_epoch,
@@ -114,7 +112,7 @@ def train_branch(config, data, run_path):
         shuffle=False,
         verbose=0,
     )
-    swa.save(os.path.join(run_path, "weights"))
+    swa.save(os.path.join(run_path, run_directory.WEIGHTS_DIR))
     summary = swa.summary()
     summary["branch"] = {
         "from_epoch": start_epoch,

@@ -8,14 +8,22 @@ or the model follow the paper's setup (Morales-Brotons et al., App. F / Table 22
 import dataclasses
 import json
 
-DATASETS = ("cifar10", "cifar100", "cifar10n", "cifar100n", "tiny-imagenet")
+from callbacks.ema_options import BN_MODES as EMA_BN_MODES
+from callbacks.ema_options import DEFAULT_DECAYS as DEFAULT_EMA_DECAYS
+from callbacks.ema_options import DEFAULT_EVERY_STEPS
+from callbacks.warmup import WARMUP_MODES as EMA_WARMUP_MODES
+from data.datasets import CIFAR10N_LABELS, DATASETS as _DATASETS
+
+# Choices and defaults owned elsewhere (the data layer, the callbacks), here
+# under the names of the flags they check; none of these imports Keras.
+DATASETS = tuple(_DATASETS)
+LABEL_NOISE = tuple(CIFAR10N_LABELS)
 # The names of `models.MODELS`, here without importing Keras so that bad
 # input is reported at once (tests/test_cli.py checks they agree).
 MODEL_NAMES = ("preresnet164", "resnet18", "resnet20", "resnet34", "vgg16", "wrn28_10")
 SCHEDULES = ("cosine", "constant", "multistep", "step", "linear")
-LABEL_NOISE = ("worse", "aggre", "random1", "random2", "random3")
-EMA_BN_MODES = ("eman", "copy")
-EMA_WARMUP_MODES = ("steps", "updates", "none")
+# When the EMAs' BatchNorm statistics are recomputed: never, every epoch (and
+# once more for the selected models at the end), or only at the end.
 BN_RECOMPUTE_MODES = ("none", "epoch", "end")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 
@@ -28,7 +36,6 @@ DEFAULT_WEIGHT_DECAY = 1e-4
 # CIFAR-N experiments use ResNet-34 (paper §4.3); the rest ResNet-18 (§4.1).
 DEFAULT_MODEL = {"cifar10n": "resnet34", "cifar100n": "resnet34"}
 DEFAULT_MODEL_OTHER = "resnet18"
-DEFAULT_EMA_DECAYS = (0.968, 0.984, 0.992, 0.996, 0.998)  # paper §4.1
 # SWA paper App. A, ResNets: constant SWA learning rate 0.01 on CIFAR-10,
 # 0.05 on CIFAR-100 (used here for every 100+-class dataset).
 SWA_LR_BY_DATASET = {"cifar100": 0.05, "cifar100n": 0.05, "tiny-imagenet": 0.05}
@@ -52,6 +59,10 @@ def default_weight_decay(model):
         if model.startswith(prefix):
             return value
     return DEFAULT_WEIGHT_DECAY
+
+
+# Field names in the config.json of older runs -> today's.
+RENAMED_FIELDS = {"ema_bn": "ema_bn_mode"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,14 +94,14 @@ class TrainConfig:
     label_noise: str = "worse"
     # Weight averaging (callbacks/); an empty tuple turns EMA off.
     ema_decays: tuple = DEFAULT_EMA_DECAYS
-    ema_every_steps: int = 16
+    ema_every_steps: int = DEFAULT_EVERY_STEPS
     ema_warmup: str = "steps"
     # The final run's EMA epochs, chosen on a validation run (paper §4.1):
     # {"<decay>": {"accuracy": epoch, "loss": epoch}}, 1-based; None: select
     # on this run's evaluation split.
     ema_select_epochs: dict | None = None
     stop_epochs_from: str | None = None
-    ema_bn: str = "eman"
+    ema_bn_mode: str = "eman"
     bn_recompute: str = "end"
     swa: bool = False
     swa_start_epoch: int | None = None  # first epoch of the SWA branch (1-based)
@@ -111,6 +122,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, values):
         names = {field.name for field in dataclasses.fields(cls)}
+        values = {RENAMED_FIELDS.get(key, key): value for key, value in values.items()}
         values = {key: value for key, value in values.items() if key in names}
         for key in ("ema_decays", "seeds"):
             if key in values:

@@ -1,9 +1,9 @@
 """Command line of `python -m app.tune`: app.train's flags plus the tuning flags.
 
 Flags -> a validated, frozen `TuneConfig` (which holds the `TrainConfig` of
-every trial); `check_tuner_dir` decides whether --tuner-dir can hold or resume
-the search. Every user error is a one-line `UsageError`, raised before any
-data is read or any file is written.
+every trial); `check_out` decides whether --out can hold or resume the
+search (`--tuner-dir`, its name before, still works). Every user error is a
+one-line `UsageError`, raised before any data is read or any file is written.
 """
 
 import dataclasses
@@ -11,8 +11,9 @@ import json
 import os
 
 from app import cli
-from app import config as config_lib
-from app.errors import OneLineArgumentParser, UsageError
+from app.errors import OneLineArgumentParser
+from training import config as config_lib
+from utils.errors import UsageError
 
 DEFAULT_TUNER_ROOT = "tuning-runs"
 TUNING_FILE = "tuning.json"
@@ -20,7 +21,8 @@ ORACLES = ("grid", "random", "bayesian")
 OBJECTIVE_NAMES = ("ema", "sgd")
 DEFAULT_RANDOM_TRIALS = 10
 # tuning.json keys that may change when a search resumes.
-_RESUMABLE_CHANGES = ("max_trials", "tuner_dir", "overwrite", "role", "train_argv")
+# ("tuner_dir": what `out` was called in the tuning.json of older searches.)
+_RESUMABLE_CHANGES = ("max_trials", "out", "tuner_dir", "overwrite", "role", "train_argv")
 _MACHINE_SPECIFIC = ("out", "data_dir", "cifar_n_dir")
 
 
@@ -40,7 +42,7 @@ class TuneConfig:
     oracle: str = "grid"
     max_trials: int = 1
     objective: str = "ema"
-    tuner_dir: str = ""
+    out: str = ""
     overwrite: bool = False
     role: str = "single"  # or "chief", "worker" (KerasTuner's distributed mode)
 
@@ -62,20 +64,23 @@ class TuneConfig:
 
 def build_parser():
     """app.train's flags plus the tuning flags (for --help)."""
-    parser = cli.build_parser(prog="python -m app.tune")
+    parser = cli.build_parser(prog="python -m app.tune", out_help=_OUT_HELP)
     parser.description = (
         "Tune the initial learning rate of EMA training in one shot (paper §3.1): "
         "one app.train run per trial on the 80/20 split, scored by the best validation "
         "accuracy of any EMA at any epoch; writes best.json with the final-run command. "
-        "Takes app.train's flags, except --lr (searched: --lrs), --out (--tuner-dir), "
+        "Takes app.train's flags, except --lr (searched: --lrs), "
         "--seeds (one seed per trial: --seed) and --full-train (added to the final-run "
         "command)."
     )
-    _add_tuning_flags(parser.add_argument_group("tuning (app.tune only)"))
+    _add_tuning_flags(parser.add_argument_group("tuning (app.tune only)"), with_out=False)
     return parser
 
 
-def _add_tuning_flags(group):
+_OUT_HELP = f"where the search lives (default: {DEFAULT_TUNER_ROOT}/<dataset>-<model>); --tuner-dir also works"
+
+
+def _add_tuning_flags(group, with_out=True):
     group.add_argument(
         "--lrs",
         type=float,
@@ -109,15 +114,12 @@ def _add_tuning_flags(group):
         help="ema: best val. accuracy of any EMA at any epoch (the paper's); "
         "sgd: best val. accuracy of the SGD model",
     )
-    group.add_argument(
-        "--tuner-dir",
-        default=None,
-        help=f"where the search lives; None: {DEFAULT_TUNER_ROOT}/<dataset>-<model>",
-    )
+    if with_out:  # (the help parser has app.train's --out, with _OUT_HELP)
+        group.add_argument("--out", "--tuner-dir", dest="out", default=None, help=_OUT_HELP)
     group.add_argument(
         "--overwrite",
         action="store_true",
-        help="delete --tuner-dir first, instead of resuming the search found there",
+        help="delete --out first, instead of resuming the search found there",
     )
 
 
@@ -130,7 +132,7 @@ def parse_config(argv, model_names=config_lib.MODEL_NAMES, environ=None):
     parser = OneLineArgumentParser(add_help=False, allow_abbrev=False)
     _add_tuning_flags(parser)
     args, train_argv = parser.parse_known_args(argv)
-    for flag, instead in (("--lr", "--lrs"), ("--out", "--tuner-dir")):
+    for flag, instead in (("--lr", "--lrs"),):
         if any(token == flag or token.startswith(flag + "=") for token in train_argv):
             raise UsageError(f"app.tune does not take {flag}; use {instead}")
     for flag, plural in (("--weight-decay", "--weight-decays"), ("--batch-size", "--batch-sizes")):
@@ -176,7 +178,7 @@ def parse_config(argv, model_names=config_lib.MODEL_NAMES, environ=None):
         oracle=args.oracle,
         max_trials=max_trials,
         objective=args.objective,
-        tuner_dir=args.tuner_dir or os.path.join(DEFAULT_TUNER_ROOT, f"{train.dataset}-{train.model}"),
+        out=args.out or os.path.join(DEFAULT_TUNER_ROOT, f"{train.dataset}-{train.model}"),
         overwrite=args.overwrite,
         role=distributed_role(os.environ if environ is None else environ),
     )
@@ -216,11 +218,11 @@ def distributed_role(environ):
     return "chief" if "chief" in environ["KERASTUNER_TUNER_ID"] else "worker"
 
 
-def check_tuner_dir(config):
-    """Raises UsageError if --tuner-dir cannot hold or resume this search. Writes nothing."""
-    path = config.tuner_dir
+def check_out(config):
+    """Raises UsageError if --out cannot hold or resume this search. Writes nothing."""
+    path = config.out
     if os.path.exists(path) and not os.path.isdir(path):
-        raise UsageError(f"--tuner-dir {path} is a file; choose a directory path")
+        raise UsageError(f"--out {path} is a file; choose a directory path")
     if config.role == "worker" or not os.path.isdir(path) or not os.listdir(path):
         return  # the chief owns the directory of a distributed search
     tuning_path = os.path.join(path, TUNING_FILE)
@@ -228,8 +230,8 @@ def check_tuner_dir(config):
         if os.path.exists(os.path.join(path, "oracle.json")):
             return  # KerasTuner's files of a search killed before it wrote tuning.json
         raise UsageError(
-            f"--tuner-dir {path} exists and holds no search ({TUNING_FILE}); "
-            "choose a new or empty --tuner-dir"
+            f"--out {path} exists and holds no search ({TUNING_FILE}); "
+            "choose a new or empty --out"
         )
     if config.overwrite:
         return
@@ -237,13 +239,13 @@ def check_tuner_dir(config):
         with open(tuning_path, encoding="utf-8") as handle:
             saved = json.load(handle)
     except (OSError, ValueError):
-        raise UsageError(f"--tuner-dir {path} holds an unreadable {TUNING_FILE}; pass --overwrite")
+        raise UsageError(f"--out {path} holds an unreadable {TUNING_FILE}; pass --overwrite")
     ours, theirs = _comparable(config.to_dict()), _comparable(saved)
     differing = sorted(key for key in set(ours) | set(theirs) if ours.get(key) != theirs.get(key))
     if differing:
         raise UsageError(
-            f"--tuner-dir {path} holds a search with other settings (differs in: "
-            f"{', '.join(differing)}); pass --overwrite or choose another --tuner-dir"
+            f"--out {path} holds a search with other settings (differs in: "
+            f"{', '.join(differing)}); pass --overwrite or choose another --out"
         )
 
 

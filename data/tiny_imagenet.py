@@ -22,7 +22,7 @@ The archive is taken, in this order, from the manual directory
 
 Example:
 
-    import app.tiny_imagenet  # registers "tiny_imagenet" with TFDS
+    import data.tiny_imagenet  # registers "tiny_imagenet" with TFDS
     dataset = tfds.load("tiny_imagenet", split="train", data_dir=...)
 """
 
@@ -30,21 +30,12 @@ import os
 
 import tensorflow_datasets as tfds
 
-URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
-ARCHIVE_NAME = "tiny-imagenet-200.zip"
-ROOT_NAME = "tiny-imagenet-200"
+from data.datasets import TINY_IMAGENET_ARCHIVE as ARCHIVE_NAME
+from data.datasets import TINY_IMAGENET_ROOT as ROOT_NAME
+from data.datasets import TINY_IMAGENET_URL as URL
+from data.datasets import find_tiny_imagenet_archive as find_local_archive
+
 IMAGE_SHAPE = (64, 64, 3)
-
-
-def find_local_archive(manual_dir):
-    """The extracted folder or the zip in `manual_dir`, or None."""
-    if manual_dir is None:
-        return None
-    folder = os.path.join(os.fspath(manual_dir), ROOT_NAME)
-    if os.path.isfile(os.path.join(folder, "wnids.txt")):
-        return folder
-    archive = os.path.join(os.fspath(manual_dir), ARCHIVE_NAME)
-    return archive if os.path.isfile(archive) else None
 
 
 class TinyImagenet(tfds.core.GeneratorBasedBuilder):

@@ -11,7 +11,7 @@ everything the rest of the run depends on:
 - the position (epoch, step in epoch) and the history rows so far.
 
 The data order needs no state: epoch `e` of the training stream is a
-function of `(seed, e)` (app/data.py), so a resumed run starts the stream at
+function of `(seed, e)` (data/pipeline.py), so a resumed run starts the stream at
 the saved epoch and batch and sees each batch exactly once.
 
 Files: `<run>/checkpoint/last.npz` and `previous.npz`. A save writes a
@@ -26,7 +26,7 @@ import zipfile
 import keras
 import numpy as np
 
-from app.errors import UsageError
+from utils.errors import UsageError
 
 FORMAT_VERSION = 1
 DIRECTORY = "checkpoint"

@@ -34,7 +34,7 @@ import zipfile
 
 import numpy as np
 
-from app.errors import UsageError
+from utils.errors import UsageError
 
 REPOSITORY = "https://github.com/UCSC-REAL/cifar-10-100n"
 # github.com/<repo>/raw/ also serves files kept in Git LFS, raw.githubusercontent.com not.

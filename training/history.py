@@ -13,9 +13,9 @@ import time
 
 import keras
 
-from app import tensorboard_logging
-from app.files import atomic_write_text  # noqa: F401  (re-exported)
-from app.run_dir import rounded
+from training import tensorboard_logging
+from utils.files import atomic_write_text  # noqa: F401  (re-exported)
+from training.run_dir import rounded
 
 LEADING_COLUMNS = (
     "epoch",
@@ -37,15 +37,6 @@ def rows_to_csv(rows):
     writer.writeheader()
     writer.writerows(rows)
     return buffer.getvalue()
-
-
-def read_history(path):
-    """Reads a history.csv back as a list of dicts of floats (empty cells: None)."""
-    with open(path, newline="", encoding="utf-8") as handle:
-        return [
-            {key: (float(value) if value != "" else None) for key, value in row.items()}
-            for row in csv.DictReader(handle)
-        ]
 
 
 class RunLogger(keras.callbacks.Callback):

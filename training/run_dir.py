@@ -1,24 +1,61 @@
-"""The run directory: where a run's config, history, summary and weights live.
+"""The run directory contract: file names, weight-file names, readers and writers.
 
-See docs/run-directory.md for the layout. `check` runs before any expensive
+See docs/run-directory.md for the layout. Every package that reads or writes
+a run directory takes its names from here. `check` runs before any expensive
 work and never writes; `create` writes `config.json` and `command.txt`.
 """
 
+import csv
 import datetime
 import json
 import os
 import shlex
 import tempfile
 
-from app.config import TrainConfig
-from app.errors import UsageError
-from app.files import atomic_write_text
+from callbacks.ema_selection import weights_file_name
+from training.config import RENAMED_FIELDS, TrainConfig
+from utils.errors import UsageError
+from utils.files import atomic_write_text
 
 CONFIG_FILE = "config.json"
 COMMAND_FILE = "command.txt"
 SUMMARY_FILE = "summary.json"
 HISTORY_FILE = "history.csv"
 WEIGHTS_DIR = "weights"
+EVALUATION_FILE = "evaluation.json"  # per run, by app.evaluate: Table 5 (shape: evaluation/report.py)
+TRANSFER_FILE = "transfer.json"  # per run, by app.transfer: Table 4
+CONSISTENCY_FILE = "consistency.json"  # per multi-seed directory, by app.consistency: Table 3
+# Weights: weights/<stem>.weights.h5 with the stems `final`, `swa` and `ema_stem(...)`.
+WEIGHTS_SUFFIX = ".weights.h5"
+FINAL_WEIGHTS = "final"
+SWA_WEIGHTS = "swa"
+
+
+def ema_stem(decay, criterion, bn_recomputed=False):
+    """`ema_<decay>_{acc,loss}[_bn]`: a selected EMA's weights stem (`decay` a float or its key)."""
+    return weights_file_name(float(decay), criterion, bn_recomputed)[: -len(WEIGHTS_SUFFIX)]
+
+
+def weights_path(run_path, stem):
+    return os.path.join(run_path, WEIGHTS_DIR, stem + WEIGHTS_SUFFIX)
+
+
+def read_history(path, missing=None):
+    """history.csv as a list of dicts of floats; empty cells (e.g. SWA before its start) become `missing`.
+
+    Raises:
+        UsageError: the file is unreadable or holds a non-numeric cell.
+    """
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            return [
+                {key: (float(value) if value not in ("", None) else missing) for key, value in row.items()}
+                for row in csv.DictReader(handle)
+            ]
+    except OSError:
+        raise UsageError(f"{path} is missing or unreadable; pass run directories written by `python -m app.train`")
+    except ValueError:
+        raise UsageError(f"{path} holds a non-numeric cell; rewrite it or leave this run out")
 
 
 def default_path(config):
@@ -27,12 +64,13 @@ def default_path(config):
 
 
 def _comparable(config_dict):
-    # `out` names the place, not the run; `data_dir` may move between machines.
+    # `out` names the place, not the run; `data_dir` may move between machines;
+    # the evaluation batch changes no weight, only the order of float sums.
     return {
-        key: value
+        RENAMED_FIELDS.get(key, key): value  # a config.json written before a field was renamed
         for key, value in config_dict.items()
         if key not in ("out", "data_dir", "cifar_n_dir", "evaluation_split", "checkpoint_every_steps",
-                       "provenance", "keep_checkpoint")
+                       "provenance", "keep_checkpoint", "eval_batch_size")
     }
 
 

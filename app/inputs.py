@@ -1,0 +1,74 @@
+"""Flags that read what another command wrote: --lr-from and --stop-epochs-from.
+
+`--lr-from DIR` takes the learning rate (and any tuned weight decay or batch
+size) from `python -m app.tune`'s best.json; `--stop-epochs-from RUN` takes
+the EMA epochs a validation run selected (its summary.json) for the final
+`--full-train` run (paper §4.1). Each problem is a one-line `UsageError`.
+"""
+
+import json
+import os
+
+from app.errors import UsageError
+from callbacks.ema_selection import SUMMARY_KEYS
+from training import run_dir as run_directory
+
+
+def apply_tuned(args):
+    """Fills --lr (and a tuned --weight-decay / --batch-size) from a tuner's best.json."""
+    if args.lr is not None:
+        raise UsageError("give --lr or --lr-from, not both")
+    path = os.path.join(args.lr_from, "best.json")
+    try:
+        with open(path, encoding="utf-8") as handle:
+            best = json.load(handle)
+        args.lr = float(best["lr"])
+    except (OSError, ValueError, KeyError, TypeError):
+        raise UsageError(
+            f"--lr-from: no readable best.json with an 'lr' in {args.lr_from}; "
+            "run python -m app.tune first, or pass that search's --out"
+        )
+    tuned = best.get("hyperparameters") or {}
+    if args.weight_decay is None and "weight_decay" in tuned:
+        args.weight_decay = float(tuned["weight_decay"])
+    if "batch_size" in tuned and args.batch_size == 128:
+        args.batch_size = int(tuned["batch_size"])
+
+
+def stop_epochs_from(run, decays, epochs):
+    """The EMA epochs a validation run selected: {"<decay>": {"accuracy": e, "loss": e}}."""
+    path = os.path.join(run, run_directory.SUMMARY_FILE)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            summary = json.load(handle)
+        ema = summary["ema"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise UsageError(
+            f"--stop-epochs-from: no finished run with EMAs in {run} (no readable "
+            "summary.json); give the validation run's directory"
+        )
+    if summary.get("evaluation_split") != "validation":
+        raise UsageError(
+            f"--stop-epochs-from: {run} was evaluated on the "
+            f"{summary.get('evaluation_split')} split; give a run on the 80/20 validation split"
+        )
+    selected = {}
+    for decay in decays:
+        entry = ema.get(f"{decay:g}")
+        if entry is None:
+            raise UsageError(
+                f"--stop-epochs-from: {run} has no EMA of decay {decay:g}; "
+                f"use its decays: --ema-decays {' '.join(ema)}"
+            )
+        selected[f"{decay:g}"] = {
+            criterion: entry[key]["epoch"]
+            for criterion, key in SUMMARY_KEYS.items()
+            if entry.get(key)
+        }
+        late = [e for e in selected[f"{decay:g}"].values() if e > epochs]
+        if late:
+            raise UsageError(
+                f"--stop-epochs-from: {run} selected epoch {max(late)} for decay "
+                f"{decay:g}, beyond --epochs {epochs}; use the validation run's --epochs"
+            )
+    return selected

@@ -1,0 +1,95 @@
+"""Reading, writing and swapping a model's variables; finding its BatchNorm layers.
+
+Averaging callbacks evaluate and save an average by swapping it into the
+trained model (no cloned model, no recompilation). The trained values must come
+back bit for bit, whatever happens in between: `swapped` restores them on exit,
+on an exception too.
+
+The backup is `keras.ops.copy` of each variable, not a reference to its value:
+under TensorFlow `variable.value` is the variable itself, and under JAX
+`Model.evaluate` donates the buffers of the model's state to its compiled step,
+so a reference to a buffer still in the model would be deleted by then. The
+backup costs one transient copy of the swapped variables.
+"""
+
+import contextlib
+import hashlib
+
+import keras
+import numpy as np
+
+
+def snapshot(variables):
+    """Backend tensors equal to `variables` now, unaffected by later assigns."""
+    return [keras.ops.copy(variable) for variable in variables]
+
+
+def write(variables, values):
+    """Assigns `values` (NumPy arrays or tensors, e.g. from `snapshot`) to `variables`."""
+    for variable, value in zip(variables, values):
+        variable.assign(value)
+
+
+def host_copy(variables):
+    """NumPy copies of the variables' current values."""
+    # Not `variable.numpy()`: NumPy 2 warns on its `__array__` (Keras 3.15).
+    return [keras.ops.convert_to_numpy(value) for value in snapshot(variables)]
+
+
+@contextlib.contextmanager
+def swapped(variables, assign_new_values):
+    """Inside the block, `variables` hold what `assign_new_values()` wrote.
+
+    On exit, normal or by an exception (also one raised by
+    `assign_new_values` itself), every variable in `variables` gets back the
+    exact value it had on entry, whether `assign_new_values` or the block
+    changed it.
+    """
+    backup = snapshot(variables)
+    try:
+        assign_new_values()
+        yield
+    finally:
+        write(variables, backup)
+
+
+def holding(variables, values):
+    """`swapped(variables, ...)` with `values` written into them."""
+    return swapped(variables, lambda: write(variables, values))
+
+
+def save_weights(model, weights, path):
+    """Saves `weights` (in `model.weights` order) as `model.save_weights` would; the model keeps its own."""
+    with holding(model.weights, weights):
+        model.save_weights(path)
+
+
+def digest(arrays):
+    """A SHA-256 of the arrays' bytes: equal digests mean bitwise-equal weights."""
+    hashed = hashlib.sha256()
+    for array in arrays:
+        hashed.update(np.ascontiguousarray(array).tobytes())
+    return hashed.hexdigest()
+
+
+def is_float(dtype):
+    return keras.backend.is_float_dtype(keras.backend.standardize_dtype(dtype))
+
+
+def batch_norm_layers(model):
+    """Every BatchNormalization layer of `model`, nested ones included."""
+    # Keras has no public recursive walk over nested layers (`Model.layers`
+    # lists direct children only; a custom layer may hold a BatchNormalization);
+    # `_flatten_layers` is the one Keras uses itself. The package's only use of it.
+    layers = model._flatten_layers(include_self=False, recursive=True)
+    return [layer for layer in layers if isinstance(layer, keras.layers.BatchNormalization)]
+
+
+def batch_norm_statistics(model):
+    """The moving statistics (float non-trainable variables) of every BatchNorm layer."""
+    return [
+        variable
+        for layer in batch_norm_layers(model)
+        for variable in layer.non_trainable_variables
+        if is_float(variable.dtype)
+    ]

@@ -1,0 +1,271 @@
+"""MultiEMA's arguments, decay warm-up, selection rules, identical averages,
+the accuracy metric, the BatchNorm statistics a swap restores, the public API.
+
+TensorFlow by default; JAX with `KERAS_BACKEND=jax`.
+"""
+
+import copy
+import csv
+import json
+import os
+import re
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from callbacks.ema import DEFAULT_DECAYS, MultiEMA  # noqa: E402
+from callbacks.warmup import warmup_release_step, warmup_released_after  # noqa: E402
+from tests.ema_setup import (  # noqa: E402,F401  (fixtures: eman_run, copy_run, updates_run)
+    BATCH_SIZE, DECAYS, EMA_VALIDATION, EPOCHS, EVERY_STEPS, FIT_VALIDATION, NUM_CLASSES, NUM_FEATURES,
+    STEPS_PER_EPOCH, TRAIN, AfterEMA, Recorder, averaged_mask, build_model, copy_run, eman_run,
+    expected_ema_weights, make_data, numpy_evaluation, train, updates_run, warmed_decay,
+)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (
+            {"decays": (1.2,)},
+            "Invalid value for argument `decays`. Received: decays=(1.2,). "
+            "Expected values in (0, 1).",
+        ),
+        ({"decays": (0.0, 0.5)}, "Expected values in (0, 1)."),
+        ({"decays": ()}, "Received: decays=(). Expected at least one decay."),
+        ({"decays": (0.9, 0.9)}, "Expected distinct values"),
+        ({"decays": 0.9}, "Expected a sequence of floats."),
+        (
+            {"every_steps": 0},
+            "Invalid value for argument `every_steps`. Received: "
+            "every_steps=0. Expected an integer >= 1.",
+        ),
+        ({"every_steps": 2.5}, "every_steps=2.5. Expected an integer >= 1."),
+        (
+            {"bn_mode": "recompute"},
+            "Invalid value for argument `bn_mode`. Received: "
+            "bn_mode='recompute'. Expected one of ('eman', 'copy').",
+        ),
+        ({"validation_data": (1,)}, "Expected (x, y) or (x, y, sample_weight)"),
+        ({"validation_data": np.zeros(3)}, "Received: ndarray. Expected"),
+    ],
+)
+def test_argument_validation(kwargs, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        MultiEMA(**kwargs)
+
+
+def test_public_api_errors():
+    ema = MultiEMA(decays=(0.9, 0.99), every_steps=4)
+    assert ema.effective_decays == pytest.approx((0.9**0.25, 0.99**0.25))
+    with pytest.raises(RuntimeError, match="before it is trained"):
+        with ema.swapped_in(0.9):
+            pass
+    with pytest.raises(ValueError, match=re.escape("Unknown decay 0.5")):
+        ema.selected_weights(0.5, "loss")
+    with pytest.raises(ValueError, match="argument `criterion`"):
+        ema.selected_weights(0.9, "recall")
+    state = {"decays": np.array([0.9, 0.99]), "every_steps": 16, "warmup": True}
+    state["bn_mode"] = "eman"
+    with pytest.raises(ValueError, match="every_steps=16, but this MultiEMA"):
+        ema.set_state(state)
+
+
+def test_warmup_release_step_matches_brute_force():
+    for decay in (0.5, 0.968, 0.984, 0.992, 0.996, 0.998):
+        t = 0
+        while (t + 1) / (t + 10) < decay:
+            t += 1
+        assert warmup_release_step(decay) == t
+    assert [warmup_release_step(d) for d in DEFAULT_DECAYS] == [
+        272, 553, 1115, 2240, 4490  # paper §4.1 protocol, in optimizer steps
+    ]
+
+
+def test_warmup_counts_steps_or_updates():
+    steps = MultiEMA(decays=(0.99,), every_steps=16)
+    updates = MultiEMA(decays=(0.99,), every_steps=16, warmup="updates")
+    off = MultiEMA(decays=(0.99,), every_steps=16, warmup=False)
+    # Update after step 32: t = 31 in steps, t = 1 in updates.
+    assert steps.decays_at(32)[0] == pytest.approx(32 / 41)
+    assert updates.decays_at(32)[0] == pytest.approx(2 / 11)
+    assert off.decays_at(32)[0] == 0.99
+    assert MultiEMA(warmup=True).warmup == "steps"
+
+
+def test_one_minus_decay_is_formed_before_rounding():
+    ema = MultiEMA(decays=(0.998, 0.9999), every_steps=1, warmup="none")
+    ema.averages.step = 1
+    decay, rest = ema.averages.decay_factors()
+    np.testing.assert_array_equal(
+        rest, np.float32(1.0 - np.array([0.998, 0.9999]))
+    )
+    # The old form, 1 - float32(a), is off by 1.3e-5 / 1.7e-4 relative.
+    old = 1.0 - np.float32([0.998, 0.9999]).astype("float64")
+    assert np.all(np.abs(old / (1 - np.array([0.998, 0.9999])) - 1) > 1e-5)
+    np.testing.assert_allclose(rest / (1 - np.array([0.998, 0.9999])), 1, rtol=1e-7)
+
+
+def test_fixed_select_epochs_keep_the_ema_of_those_epochs(tmp_path, eman_run):
+    """Paper §4.1: the final run keeps each EMA at the epoch chosen on the
+    validation run, whatever its own evaluation split says."""
+    fixed = {d: {"accuracy": 0, "loss": 1} for d in DECAYS}
+    run = train(tmp_path, select_epochs=fixed)
+    for decay in DECAYS:
+        for got, want in zip(  # the same trajectory as the free run
+            run.after.ema_weights[-1][decay], eman_run.after.ema_weights[-1][decay]
+        ):
+            np.testing.assert_array_equal(got, want)
+        for criterion, epoch in fixed[decay].items():
+            got = run.ema.selected_weights(decay, criterion)
+            for g, want in zip(got, run.after.ema_weights[epoch][decay]):
+                np.testing.assert_array_equal(g, want)
+        summary = run.ema.summary()[f"{decay:g}"]
+        assert summary["best_val_accuracy"]["epoch"] == 1
+        assert summary["lowest_val_loss"]["epoch"] == 2
+        assert summary["lowest_val_loss"]["val_loss"] == pytest.approx(
+            run.after.logs[1][f"ema_{decay:g}_val_loss"]
+        )
+    # The free run selects by its own metrics: some of its epochs differ.
+    free = {
+        (d, c): eman_run.ema.summary()[f"{d:g}"][k]["epoch"]
+        for d in DECAYS
+        for c, k in (("accuracy", "best_val_accuracy"), ("loss", "lowest_val_loss"))
+    }
+    assert any(free[(d, c)] - 1 != fixed[d][c] for d, c in free)
+
+
+def test_select_epochs_validation():
+    with pytest.raises(ValueError, match="one entry per decay"):
+        MultiEMA(decays=(0.9, 0.99), select_epochs={0.9: {"loss": 1}})
+    with pytest.raises(ValueError, match="criteria from"):
+        MultiEMA(decays=(0.9,), select_epochs={0.9: {"recall": 1}})
+
+
+def test_identical_averages_are_evaluated_once_with_the_same_results(tmp_path):
+    """Under the warm-up, decays above (t+1)/(t+10) hold the same average: one
+    evaluation serves them all, with exactly the numbers separate ones give."""
+    decays = (0.15, 0.3, 0.968, 0.99)  # 0.968 and 0.99 stay warming up all run
+    runs = {}
+    for share in (True, False):
+        model = build_model()
+        ema = MultiEMA(decays=decays, every_steps=EVERY_STEPS, validation_data=EMA_VALIDATION)
+        ema._share_identical = share
+        calls = []
+        evaluate = ema._evaluate
+        ema._evaluate = lambda: calls.append(1) or evaluate()
+        after = AfterEMA(ema)
+        model.fit(*TRAIN, batch_size=BATCH_SIZE, epochs=EPOCHS, shuffle=False, verbose=0,
+                  callbacks=[ema, after])
+        runs[share] = (ema, after, len(calls))
+    shared, separate = runs[True], runs[False]
+    assert separate[2] == EPOCHS * len(decays)
+    # Groups per epoch, from the factors: steps 3, 6, 9, 12, 15 give warm-up
+    # values 3/12, 6/15, 9/18, ...: 0.15 leaves at once, 0.3 at step 6.
+    warm = [(s) / (s + 9) for s in range(3, EPOCHS * STEPS_PER_EPOCH + 1, 3)]
+    assert min(warm) > 0.15 and warm[0] < 0.3 < warm[1] and max(warm) < 0.968
+    assert shared[0].identical_groups() == [[0], [1], [2, 3]]
+    assert shared[2] < separate[2]
+    for got, want in zip(shared[1].logs, separate[1].logs):
+        assert got == want  # the same numbers, bitwise
+    for decay in decays:
+        for criterion in ("accuracy", "loss"):
+            for g, w in zip(shared[0].selected_weights(decay, criterion),
+                            separate[0].selected_weights(decay, criterion)):
+                np.testing.assert_array_equal(g, w)
+    summary = shared[0].summary()
+    assert summary["0.968"]["identical_to"] == ["0.99"] and summary["0.15"]["identical_to"] == []
+
+
+def test_warmup_released_after_is_the_first_step_using_the_full_decay():
+    for warmup, every in (("steps", 1), ("updates", 16)):
+        ema = MultiEMA(decays=(0.968,), every_steps=every, warmup=warmup)
+        step = warmup_released_after(0.968, every, warmup)
+        assert step % every == 0  # an update happens there
+        assert ema.decays_at(step)[0] == 0.968
+        assert ema.decays_at(step - every)[0] < 0.968
+    assert warmup_released_after(0.968, 16, "none") == 0
+
+
+def _statistics(model):
+    layer = model.get_layer("bn")
+    return [keras.ops.convert_to_numpy(v).copy() for v in (layer.moving_mean, layer.moving_variance)]
+
+
+@pytest.mark.parametrize("bn_mode", ["copy", "eman"])
+def test_a_recompute_inside_swapped_in_never_touches_the_trained_statistics(bn_mode):
+    """The usage `recompute_batch_norm`'s docstring shows: with `copy` the EMA
+    uses the trained model's own statistics, so the swap must restore them."""
+    from callbacks import recompute_batch_norm
+
+    model = build_model()
+    ema = MultiEMA(decays=(0.9,), every_steps=1, bn_mode=bn_mode, validation_data=EMA_VALIDATION)
+    model.fit(*TRAIN, batch_size=BATCH_SIZE, epochs=1, verbose=0, callbacks=[ema])
+    trained, statistics = model.get_weights(), _statistics(model)
+    with ema.swapped_in(0.9):
+        recompute_batch_norm(model, TRAIN[0], batch_size=BATCH_SIZE)
+        recomputed = _statistics(model)
+    # The recompute did change them inside the block (else this test could not fail) ...
+    assert not np.allclose(recomputed[0], statistics[0])
+    # ... and the trained model has its own back, bitwise, with every other weight.
+    for got, want in zip(_statistics(model), statistics):
+        np.testing.assert_array_equal(got, want)
+    for got, want in zip(model.get_weights(), trained):
+        np.testing.assert_array_equal(got, want)
+
+
+def _model_with_metric(name):
+    model = build_model()
+    model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9), loss="sparse_categorical_crossentropy",
+                  metrics=[keras.metrics.SparseCategoricalAccuracy(name=name)])
+    return model
+
+
+def test_an_accuracy_metric_under_another_name_fails_loudly():
+    ema = MultiEMA(decays=(0.9,), every_steps=1, validation_data=EMA_VALIDATION)
+    with pytest.raises(ValueError, match=re.escape("accuracy_metric='accuracy', but evaluate() returns ['acc', 'loss']")):
+        _model_with_metric("acc").fit(*TRAIN, batch_size=BATCH_SIZE, epochs=1, verbose=0, callbacks=[ema])
+
+
+def test_the_accuracy_selection_uses_the_named_metric():
+    logs = {}
+    for metric in ("accuracy", "acc"):
+        ema = MultiEMA(decays=(0.9, 0.968), every_steps=1, validation_data=EMA_VALIDATION, accuracy_metric=metric)
+        history = _model_with_metric(metric).fit(*TRAIN, batch_size=BATCH_SIZE, epochs=EPOCHS, verbose=0,
+                                                 callbacks=[ema])
+        logs[metric] = (history.history, ema.summary())
+    (named, named_summary), (renamed, renamed_summary) = logs["accuracy"], logs["acc"]
+    for decay in ("0.9", "0.968"):
+        # Same seeds, same training: the same numbers under either name ...
+        np.testing.assert_array_equal(renamed[f"ema_{decay}_val_acc"], named[f"ema_{decay}_val_accuracy"])
+        assert renamed_summary[decay] == named_summary[decay]
+        # ... and the selection is the logged curve's best epoch.
+        curve = np.array(renamed[f"ema_{decay}_val_acc"])
+        assert renamed_summary[decay]["best_val_accuracy"]["epoch"] == int(np.argmax(curve)) + 1
+    np.testing.assert_array_equal(renamed["ema_best_val_accuracy"], named["ema_best_val_accuracy"])
+
+
+def test_selecting_by_the_loss_only():
+    ema = MultiEMA(decays=(0.9,), every_steps=1, validation_data=EMA_VALIDATION, accuracy_metric=None)
+    history = _model_with_metric("acc").fit(*TRAIN, batch_size=BATCH_SIZE, epochs=EPOCHS, verbose=0,
+                                            callbacks=[ema])
+    entry = ema.summary()["0.9"]
+    assert entry["best_val_accuracy"] is None and "ema_best_val_accuracy" not in history.history
+    assert entry["lowest_val_loss"]["epoch"] == int(np.argmin(history.history["ema_0.9_val_loss"])) + 1
+
+
+def test_the_public_api_imports_from_the_package_and_its_helpers_without_keras():
+    import subprocess
+    import sys
+
+    import callbacks
+
+    assert callbacks.MultiEMA is MultiEMA
+    for name in callbacks.__all__:
+        assert getattr(callbacks, name).__name__ == name
+    code = ("import sys; import callbacks.warmup, callbacks.ema_options, callbacks.ema_selection; "
+            "assert 'keras' not in sys.modules, sorted(m for m in sys.modules if 'keras' in m)")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    subprocess.run([sys.executable, "-c", code], cwd=root, check=True)

@@ -1,0 +1,90 @@
+"""The training recipe: a `TrainConfig` -> schedule, compiled model, averaging callbacks.
+
+One place that says how a config becomes the objects `fit` runs with, shared
+by `app.train`, the KerasTuner hypermodel (tuning/) and the SWA branch: the
+paper's SGD (training/optimizer.py: PyTorch-form Nesterov with coupled L2,
+FIDELITY.md), its schedules (training/schedules.py), and the callbacks
+(callbacks/) in the order their logs must be produced.
+"""
+
+import sys
+
+import keras
+
+import models
+from callbacks.batch_norm import BatchNormRecompute, recomputed_layers
+from callbacks.ema import MultiEMA
+from callbacks.stability import PredictionStability
+from training.optimizer import TorchSGD
+from training.schedules import TrainingSchedule
+
+
+def build_schedule(config, steps_per_epoch):
+    return TrainingSchedule(
+        config.schedule,
+        config.lr,
+        steps_per_epoch=steps_per_epoch,
+        epochs=config.epochs,
+        warmup_epochs=config.warmup_epochs,
+    )
+
+
+def build_model(config, data, schedule):
+    model = models.build_model(config.model, data.num_classes, image_size=data.image_size)
+    model.compile(
+        optimizer=TorchSGD(
+            learning_rate=schedule,
+            momentum=config.momentum,
+            nesterov=config.nesterov,
+            l2=config.weight_decay,
+        ),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+    )
+    return model
+
+
+def build_callbacks(config, data, model):
+    """The averaging callbacks, in the order their logs must be produced."""
+    averaging = {}
+    if config.ema_decays:
+        averaging["ema"] = MultiEMA(
+            decays=config.ema_decays,
+            every_steps=config.ema_every_steps,
+            warmup=config.ema_warmup,
+            bn_mode=config.ema_bn_mode,
+            validation_data=data.validation,
+            select_epochs=_select_epochs(config),
+            verbose=1 if sys.stdout.isatty() else 0,  # live evaluation progress
+        )
+        if config.bn_recompute != "none" and recomputed_layers(model):
+            averaging["bn"] = BatchNormRecompute(
+                averaging["ema"],
+                train_data=data.train_one_pass,
+                validation_data=data.validation,
+                every_epoch=config.bn_recompute == "epoch",
+                at_end=True,
+            )
+    if config.track_stability:
+        averaging["stability"] = PredictionStability(
+            validation_data=data.validation, ema=averaging.get("ema")
+        )
+    return averaging
+
+
+def _select_epochs(config):
+    """MultiEMA's fixed selections (0-based epochs) from the config's 1-based ones."""
+    if config.ema_select_epochs is None:
+        return None
+    return {
+        float(decay): {criterion: epoch - 1 for criterion, epoch in epochs.items()}
+        for decay, epochs in config.ema_select_epochs.items()
+    }
+
+
+def enable_determinism():
+    """Deterministic kernels (TensorFlow backend; JAX on CPU is deterministic already)."""
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()

@@ -1,0 +1,280 @@
+"""One training run into its run directory: fit with every average, resume, summary.
+
+`train(config, data, path, argv)` is what `python -m app.train` runs for each
+seed: it creates (or resumes from its checkpoint) the run directory
+(docs/run-directory.md), fits with the callbacks of training/recipe.py, saves
+every selected model, writes summary.json and prints the summary table.
+"""
+
+import os
+import shutil
+import sys
+import time
+
+import keras
+
+from callbacks.bootstrap import EMABootstrap
+from callbacks.divergence import DivergenceGuard, TrainingDiverged
+from callbacks.ema_selection import SUMMARY_KEYS
+from callbacks.warmup import warmup_released_after
+from training import checkpoint
+from training import provenance
+from training import recipe
+from training import run_dir as run_directory
+from training import swa_branch
+from training.history import EpochTimer, RunLogger
+from utils.errors import Interrupted
+
+
+def train(config, data, path, argv):
+    keras.utils.set_random_seed(config.seed)
+    keras.mixed_precision.set_global_policy(config.precision)
+    if config.deterministic:
+        recipe.enable_determinism()
+    checkpoint_dir = os.path.join(path, checkpoint.DIRECTORY)
+    resumed = checkpoint.load(checkpoint_dir)  # UsageError if unreadable
+    if resumed is None:
+        run_directory.create(path, config, argv, extra={
+            "evaluation_split": data.evaluation_split, "provenance": provenance.collect()})
+    schedule = recipe.build_schedule(config, data.steps_per_epoch)
+    model = recipe.build_model(config, data, schedule)
+    averaging = recipe.build_callbacks(config, data, model)
+    stateful = {name: cb for name, cb in averaging.items() if hasattr(cb, "get_state")}
+    timer = EpochTimer(config.batch_size)
+    logger = RunLogger(path, schedule, config.epochs, rows=resumed[0]["rows"] if resumed else None,
+                       timer=timer, stability=config.track_stability)
+    # The timer first (it marks where each epoch's evaluation starts), then the
+    # guard: a diverged step must never reach an average or a checkpoint.
+    callbacks = [timer, DivergenceGuard(weights_every_steps=config.ema_every_steps)]
+    callbacks += list(averaging.values()) + [logger]
+    if config.bootstrap_every_epochs:
+        callbacks.append(
+            EMABootstrap(averaging["ema"], every_epochs=config.bootstrap_every_epochs)
+        )
+    callbacks.append(
+        checkpoint.RunCheckpoint(
+            checkpoint_dir, stateful, logger, every_steps=config.checkpoint_every_steps
+        )
+    )
+    if config.swa:
+        # The SWA branch starts from the baseline as it was at this epoch end.
+        callbacks.append(swa_branch.KeepBranchPoint(checkpoint_dir, config.swa_start_epoch - 1))
+    start_epoch, skip_batches, contents = 0, 0, None
+    if resumed is not None:
+        meta, contents = resumed
+        checkpoint.restore(model, contents)
+        for name, callback in stateful.items():
+            callback.set_state(contents["states"][name])
+        start_epoch = meta["epoch"]
+        skip_batches = meta["global_step"] - start_epoch * data.steps_per_epoch
+        print(f"resuming {path} at epoch {start_epoch + 1}, step {skip_batches + 1}", flush=True)
+    _print_header(config, data, model, path)
+    started = time.time()
+    try:
+        _fit(config, data, model, callbacks, start_epoch, skip_batches, contents)
+    except KeyboardInterrupt:
+        step = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
+        raise Interrupted(
+            f"at epoch {step // data.steps_per_epoch + 1} step {step % data.steps_per_epoch + 1}; "
+            f"run the same command to resume from the last checkpoint in {checkpoint_dir}"
+        ) from None
+    except TrainingDiverged as error:
+        kept = (
+            f"the last good checkpoint is kept in {checkpoint_dir}"
+            if os.path.exists(os.path.join(checkpoint_dir, checkpoint.LAST))
+            else "no checkpoint had been written yet"
+        )
+        print(
+            f"error: {error}; no average or checkpoint took it in, {kept}; "
+            f"lower --lr (was {config.lr})",
+            file=sys.stderr,
+        )
+        raise SystemExit(1)
+    summary = finish(config, data, model, averaging, logger.rows, path)
+    summary["timing"] = timing_totals(logger.rows)
+    if config.swa:
+        summary["swa"] = swa_branch.train_branch(config, data, path)
+    summary["wall_time_seconds"] = round(time.time() - started, 1)
+    summary = run_directory.rounded(summary)
+    run_directory.write_summary(path, summary)
+    if not config.keep_checkpoint:
+        # The run is finished (summary.json): nothing will resume it.
+        for directory in (checkpoint_dir, os.path.join(path, swa_branch.DIRECTORY, checkpoint.DIRECTORY)):
+            shutil.rmtree(directory, ignore_errors=True)
+    _print_summary(summary, path)
+    return summary
+
+
+def _fit(config, data, model, callbacks, start_epoch, skip_batches, contents):
+    """One `fit`, or two when resuming mid-epoch (the rest of that epoch, then the others)."""
+    common = dict(
+        validation_data=data.validation,
+        shuffle=False,  # the stream is shuffled per epoch, reproducibly (data/pipeline.py)
+        # RunLogger prints one compact line per epoch (EpochTimer a live status
+        # line on a terminal) instead of Keras's line of every metric.
+        verbose=0,
+    )
+    if skip_batches:
+        # Keras builds the compiled metrics lazily; one evaluation batch builds
+        # them, so that the saved accumulators can be put back (fit resets them first).
+        model.evaluate(data.validation.take(1), verbose=0)
+        first = [checkpoint.RestoreMetrics(contents)]
+        first += [checkpoint.HookFilter(cb, train_end=False) for cb in callbacks]
+        model.fit(
+            data.train_from(start_epoch, skip_batches),
+            steps_per_epoch=data.steps_per_epoch - skip_batches,
+            initial_epoch=start_epoch,
+            epochs=start_epoch + 1,
+            callbacks=first,
+            **common,
+        )
+        callbacks = [checkpoint.HookFilter(cb, train_begin=False) for cb in callbacks]
+        start_epoch += 1
+    model.fit(
+        data.train_from(start_epoch),
+        steps_per_epoch=data.steps_per_epoch,
+        initial_epoch=start_epoch,
+        epochs=config.epochs,
+        callbacks=callbacks,
+        **common,
+    )
+
+
+def finish(config, data, model, averaging, rows, path):
+    """Saves every model and builds summary.json."""
+    weights_dir = os.path.join(path, run_directory.WEIGHTS_DIR)
+    model.save_weights(run_directory.weights_path(path, run_directory.FINAL_WEIGHTS))
+    summary = {
+        "evaluation_split": data.evaluation_split,
+        "epochs_completed": len(rows),
+        "sgd": sgd_summary(rows),
+    }
+    if "ema" in averaging:
+        averaging["ema"].save_selected(weights_dir)
+        summary["ema"] = averaging["ema"].summary()
+        selected_on = _selected_on(config, data)
+        for entry in summary["ema"].values():
+            for criterion in SUMMARY_KEYS.values():
+                if entry[criterion] is not None:
+                    entry[criterion]["selected_on"] = selected_on
+    if "bn" in averaging:
+        averaging["bn"].save(weights_dir)
+        for key, entry in averaging["bn"].summary().items():
+            for criterion, metrics in entry.items():
+                summary["ema"][key][criterion]["bn_recomputed"] = metrics
+    return summary
+
+
+def _selected_on(config, data):
+    """Which split chose the EMA epochs (paper §4.1: never the test set)."""
+    if config.ema_select_epochs is not None:
+        return f"validation (run {config.stop_epochs_from})"
+    return data.evaluation_split
+
+
+def timing_totals(rows):
+    """Seconds spent training and evaluating over the run's epochs (history.csv's columns)."""
+    timed = [row for row in rows if row.get("epoch_seconds") is not None]
+    if not timed:
+        return {}
+    total = sum(row["epoch_seconds"] for row in timed)
+    evaluation = sum(row["evaluation_seconds"] for row in timed)
+    return {
+        "epochs_timed": len(timed),
+        "epoch_seconds": round(total, 1),
+        "evaluation_seconds": round(evaluation, 1),
+        "train_seconds": round(total - evaluation, 1),
+        "mean_train_images_per_second": round(sum(r["train_images_per_second"] for r in timed) / len(timed), 1),
+    }
+
+
+def sgd_summary(rows):
+    def at(row):
+        return {"epoch": int(row["epoch"]), "val_loss": row["val_loss"], "val_accuracy": row["val_accuracy"]}
+
+    return {
+        "final": at(rows[-1]),
+        "best_val_accuracy": at(max(rows, key=lambda row: row["val_accuracy"])),
+        "lowest_val_loss": at(min(rows, key=lambda row: row["val_loss"])),
+    }
+
+
+def _print_header(config, data, model, path):
+    print(
+        f"{config.dataset} ({data.num_train_examples} train / "
+        f"{data.num_validation_examples} {data.evaluation_split}), {config.model} "
+        f"({model.count_params():,} parameters), {config.epochs} epochs x "
+        f"{data.steps_per_epoch} steps, lr {config.lr} {config.schedule}{_warmup_text(config)}, "
+        f"EMA decays {', '.join(f'{d:g}' for d in config.ema_decays) or 'none'} "
+        f"every {config.ema_every_steps} steps -> {path}",
+        flush=True,
+    )
+    warning = warmup_warning(config, data.steps_per_epoch)
+    if warning:
+        print(warning, flush=True)
+
+
+def _warmup_text(config):
+    if not config.warmup_epochs:
+        return ""
+    shrunk = config.schedule == "cosine" and config.warmup_epochs == config.epochs - 1 < 5
+    return (f" (warm-up {config.warmup_epochs} epoch{'s' if config.warmup_epochs > 1 else ''}"
+            f"{': the paper’s 5 shrunk to fit the run' if shrunk else ''})")
+
+
+def warmup_warning(config, steps_per_epoch):
+    """A line naming the decays the warm-up never releases in this run, or None.
+
+    Under min(α, (t+1)/(t+10)) (paper §4.1) every decay above (t+1)/(t+10)
+    holds the same average: such decays are the same model all run.
+    """
+    total = steps_per_epoch * config.epochs
+    if config.ema_decays and total < config.ema_every_steps:
+        return (f"note: the run has {total} optimizer steps, fewer than --ema-every-steps "
+                f"{config.ema_every_steps}: the EMAs are never updated and stay at the initial weights")
+    release = {d: warmup_released_after(d, config.ema_every_steps, config.ema_warmup)
+               for d in config.ema_decays}
+    held = [d for d in config.ema_decays if release[d] > total]
+    if not held:
+        return None
+    steps = ", ".join(f"{release[d]:,}" for d in held)
+    same = "; they hold one and the same average" if len(held) > 1 else ""
+    return (
+        f"note: EMA decay{'s' if len(held) > 1 else ''} {', '.join(f'{d:g}' for d in held)} never "
+        f"leave{'s' if len(held) == 1 else ''} the decay warm-up min(a, (t+1)/(t+10)) in this run "
+        f"(released after step {steps}; the run has {total:,} steps){same}"
+    )
+
+
+def _print_summary(summary, path):
+    split = summary["evaluation_split"]
+    lines = [f"\nSummary ({split} split) — run directory: {path}"]
+    lines.append(f"{'model':<24}{'epoch':>6}{'accuracy':>10}{'loss':>9}")
+
+    def line(name, entry):
+        lines.append(
+            f"{name:<24}{entry.get('epoch', ''):>6}"
+            f"{entry['val_accuracy']:>10.4f}{entry['val_loss']:>9.4f}"
+        )
+
+    sgd = summary["sgd"]
+    line("SGD (final)", sgd["final"])
+    line("SGD (best acc.)", sgd["best_val_accuracy"])
+    shown = set()
+    for key, entry in summary.get("ema", {}).items():
+        if key in shown:
+            continue
+        same = [key] + list(entry.get("identical_to", []))
+        shown.update(same)
+        name = ", ".join(same)
+        if len(same) > 1:
+            lines.append(f"EMA {name}: one average (never released by the decay warm-up)")
+        for criterion, label in (("best_val_accuracy", "acc."), ("lowest_val_loss", "loss")):
+            line(f"EMA {key if len(same) == 1 else name.split(',')[0] + '...'} ({label})", entry[criterion])
+            if "bn_recomputed" in entry[criterion]:
+                line("  + BN recomputed", entry[criterion]["bn_recomputed"])
+    if "swa" in summary:
+        line("SWA (BN recomputed)", summary["swa"])
+    lines.append(f"wall time {summary.get('wall_time_seconds', 0):.0f} s; "
+                 f"details: {os.path.join(path, run_directory.SUMMARY_FILE)}")
+    print("\n".join(lines), flush=True)
