@@ -13,6 +13,8 @@ import math
 import keras
 import numpy as np
 
+from callbacks.compiled import compile_pure
+
 
 class TrainingDiverged(RuntimeError):
     """Raised by `DivergenceGuard`; the message says where and what."""
@@ -48,8 +50,6 @@ class DivergenceGuard(keras.callbacks.Callback):
         self._all_finite = None
 
     def on_train_begin(self, logs=None):
-        from callbacks.compiled import compile_pure
-
         self._all_finite = compile_pure(_all_finite)
         self._epoch = 0
 

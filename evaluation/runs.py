@@ -21,6 +21,7 @@ from training.run_dir import (CONFIG_FILE, CONSISTENCY_FILE, EVALUATION_FILE, HI
                               SUMMARY_FILE, TRANSFER_FILE)
 from training.run_dir import read_history as _read_history
 from callbacks.ema_selection import SUMMARY_KEYS
+from callbacks.warmup import warmup_released_after
 from utils.errors import UsageError
 
 # The tables' EMA methods (EMA (acc.), EMA (loss)) -> the criterion that selected each.
@@ -194,8 +195,6 @@ def steps_per_epoch(config):
 
 def warmup_release_epochs(config):
     """{decay key: the 1-based epoch in which the decay warm-up releases it} (None: never)."""
-    from callbacks.warmup import warmup_released_after
-
     per_epoch = steps_per_epoch(config)
     released = {}
     for decay in config.get("ema_decays", ()):

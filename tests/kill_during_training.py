@@ -4,6 +4,7 @@ KILL_AT_STEP=k: right after optimizer step k (after any checkpoint at that step)
 KILL_AT_EPOCH=e: right after epoch e's checkpoint was written.
 NAN_AT_STEP=k: the images of training step k (of a run started from scratch) are NaN.
 INTERRUPT_AT_STEP=k: a SIGINT (Ctrl-C) right after optimizer step k.
+KILL_IN_SWA_AT_STEP=k: like KILL_AT_STEP, but only in the SWA branch (RUN/swa/).
 """
 
 import os
@@ -33,6 +34,7 @@ def main():
     kill_step = int(os.environ.get("KILL_AT_STEP", 0))
     kill_epoch = int(os.environ.get("KILL_AT_EPOCH", 0))
     interrupt_step = int(os.environ.get("INTERRUPT_AT_STEP", 0))
+    swa_kill_step = int(os.environ.get("KILL_IN_SWA_AT_STEP", 0))
     batch_end = checkpoint.RunCheckpoint.on_train_batch_end
     epoch_end = checkpoint.RunCheckpoint.on_epoch_end
 
@@ -40,6 +42,9 @@ def main():
         batch_end(self, batch, logs)
         step = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
         if step == kill_step:
+            _die()
+        in_branch = os.path.basename(os.path.dirname(os.path.normpath(self.directory))) == "swa"
+        if in_branch and step == swa_kill_step:
             _die()
         if step == interrupt_step:
             os.kill(os.getpid(), signal.SIGINT)

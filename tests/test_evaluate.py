@@ -79,9 +79,18 @@ def test_full_train_run_leaves_temperature_scaling_out(tiny_seed_runs, tmp_path,
     json.dump(config, open(os.path.join(path, "config.json"), "w"))
     result = evaluate.main([path, "--limit-test", "64"])[path]
     assert result["temperature_fitted_on"] is None and "full-train" in result["note"]
-    for entry in result["by_weights"].values():
+    # Recomputed in NumPy from the run's weights and its (full-train) normalization.
+    images, labels, _ = normalized_test_images(path, 64)
+    model = models.build_model("resnet20", 10, image_size=32)
+    for name, entry in result["by_weights"].items():
         assert entry["temperature"] is None and entry["ece_temperature_scaled"] is None
-        assert 0 <= entry["ece"] <= 1 and entry["loss"] > 0
+        logits = _logits(model, path, name, images).astype(np.float64)
+        log_probabilities = logits - logits.max(1, keepdims=True)
+        log_probabilities -= np.log(np.exp(log_probabilities).sum(1, keepdims=True))
+        assert entry["accuracy"] == np.mean(np.argmax(logits, 1) == labels)
+        assert entry["loss"] == pytest.approx(-np.mean(log_probabilities[np.arange(64), labels]), rel=1e-4)
+        assert entry["ece"] == pytest.approx(
+            metrics.expected_calibration_error(np.exp(log_probabilities), labels), abs=1e-4)
     assert "no hold-out" in capsys.readouterr().out
 
 

@@ -128,6 +128,27 @@ def test_kill_and_resume_equals_the_uninterrupted_run(uninterrupted, tmp_path, k
         assert_same_run(truncated, uninterrupted)
 
 
+def test_a_cyclic_swa_branch_killed_mid_cycle_resumes_exactly(tmp_path):
+    """--swa-cycle-epochs 2 --swa-lr 0.02: one cycle over epochs 2-3 (steps 5-12); killed at step 9."""
+    cyclic = ["--swa-cycle-epochs", "2", "--swa-lr", "0.02"]
+    whole, out = tmp_path / "whole", tmp_path / "run"
+    assert run(whole, *cyclic).returncode == 0
+    killed = run(out, *cyclic, module="tests.kill_during_training", env={"KILL_IN_SWA_AT_STEP": "9"})
+    assert killed.returncode == -9
+    # Killed in the branch's epoch 3, after its epoch-2 checkpoint: mid-cycle.
+    _, at_kill = checkpoint_arrays(out / "swa")
+    assert at_kill["epoch"] == 2 and not (out / "summary.json").exists()
+    resumed = run(out, *cyclic)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    branch_want, branch_meta_want = checkpoint_arrays(whole / "swa")
+    branch_got, branch_meta_got = checkpoint_arrays(out / "swa")
+    assert [key for key in branch_want if not np.array_equal(branch_got[key], branch_want[key])] == []
+    assert _untimed(branch_meta_got) == _untimed(branch_meta_want)
+    assert _untimed_csv(out / "swa" / "history.csv") == _untimed_csv(whole / "swa" / "history.csv")
+    got, want = (json.loads((path / "summary.json").read_text())["swa"] for path in (out, whole))
+    assert got == want and got["models_averaged"] == 1 and got["cycle_epochs"] == 2
+
+
 def test_ctrl_c_is_one_line_exit_130_and_resumes_exactly(uninterrupted, tmp_path):
     out = tmp_path / "run"
     interrupted = run(out, module="tests.kill_during_training", env={"INTERRUPT_AT_STEP": "7"})

@@ -22,6 +22,7 @@ import keras_tuner
 import numpy as np
 
 from callbacks import variables
+from callbacks.bootstrap import EMABootstrap
 from callbacks.ema_selection import weights_file_name
 from data import loading
 from data import pipeline
@@ -160,8 +161,6 @@ class OneShotHyperModel(keras_tuner.HyperModel):
             ours.append(logger)
         after = []
         if config.bootstrap_every_epochs:
-            from callbacks.bootstrap import EMABootstrap
-
             after.append(EMABootstrap(ema, every_epochs=config.bootstrap_every_epochs))
         history = model.fit(
             data.train,  # an endless stream, cut into epochs by steps_per_epoch
