@@ -101,7 +101,14 @@ def build_parser(prog="python -m app.train", out_help="run directory (default: r
         help="take the initial learning rate (and any other tuned value) from "
         "TUNER_DIR/best.json written by python -m app.tune",
     )
-    train.add_argument("--batch-size", type=positive_int, default=128, help="batch size")
+    train.add_argument("--batch-size", type=positive_int, default=128,
+                       help="batch size: the global batch, split across --devices")
+    train.add_argument("--devices", type=positive_int, default=None,
+                       help="data-parallel devices of one run: MirroredStrategy (TensorFlow) or "
+                       "keras.distribution.DataParallel (JAX) (default: every GPU/TPU, else 1)")
+    train.add_argument("--sync-batch-norm", action="store_true",
+                       help="TensorFlow: BatchNorm statistics over the global batch, not per replica "
+                       "(on JAX they always are)")
     train.add_argument(
         "--eval-batch-size",
         type=positive_int,
@@ -184,6 +191,12 @@ def build_parser(prog="python -m app.train", out_help="run directory (default: r
         type=positive_int,
         default=config_lib.DEFAULT_EVERY_STEPS,
         help="update the EMAs every N optimizer steps, the period T (effective decay a^(1/N))",
+    )
+    averaging.add_argument(
+        "--ema-batch-scaling",
+        action="store_true",
+        help="the decays are for batch 128 (the paper's): at --batch-size B they act as a^(B/128), "
+        "the warm-up counted in batch-128 steps (EMA scaling rule, Busbridge et al. 2023)",
     )
     averaging.add_argument(
         "--ema-warmup",
@@ -338,6 +351,9 @@ def parse_config(argv, model_names=config_lib.MODEL_NAMES):
         if not args.full_train:
             raise UsageError("--stop-epochs-from is for the final --full-train run; add --full-train")
         select_epochs = inputs.stop_epochs_from(args.stop_epochs_from, decays, epochs)
+    if args.devices is not None and args.batch_size % args.devices:
+        raise UsageError(f"--batch-size {args.batch_size} does not split across --devices {args.devices}; "
+                         f"use a multiple of {args.devices}")
     if args.bootstrap_every_epochs < 0:
         raise UsageError("--bootstrap-every-epochs must be >= 0")
     if args.bootstrap_every_epochs and not decays:
@@ -349,6 +365,8 @@ def parse_config(argv, model_names=config_lib.MODEL_NAMES):
         lr=args.lr,
         batch_size=args.batch_size,
         eval_batch_size=args.eval_batch_size,
+        devices=args.devices,
+        sync_batch_norm=args.sync_batch_norm,
         weight_decay=weight_decay,
         momentum=args.momentum,
         nesterov=not args.no_nesterov,
@@ -369,6 +387,7 @@ def parse_config(argv, model_names=config_lib.MODEL_NAMES):
         ema_decays=decays,
         ema_every_steps=args.ema_every_steps,
         ema_warmup=args.ema_warmup,
+        ema_batch_scaling=args.ema_batch_scaling,
         ema_select_epochs=select_epochs,
         stop_epochs_from=args.stop_epochs_from,
         ema_bn_mode=args.ema_bn_mode,

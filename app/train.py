@@ -80,8 +80,13 @@ def prepare(argv):
     availability.check(config)  # without TensorFlow, where it can tell
     quiet.import_tensorflow()  # the arguments are fine: now the heavy imports
     from data import loading
+    from training import distribution
 
     loading.check_data_available(config)  # asking TFDS itself
+    devices = distribution.resolve(config.devices)
+    runs = [(dataclasses.replace(run_config, devices=devices), run_path) for run_config, run_path in runs]
+    for run_config, run_path in runs:
+        run_directory.check(run_path, run_config)  # now with the device count
     return runs
 
 

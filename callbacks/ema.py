@@ -92,6 +92,10 @@ class MultiEMA(keras.callbacks.Callback):
             on the full training set does with the epochs chosen on the
             validation run (§4.1: "early stopping is not tuned again on the
             test set"). Defaults to `None`.
+        batch_scale: `B / B_ref` when the decays were chosen for a reference
+            batch B_ref but training uses batch B: they act as `a ** (B / B_ref)`
+            with the warm-up counted in reference-batch steps (the EMA scaling
+            rule of Busbridge et al. 2023). Defaults to 1.
         accuracy_metric: the name of the model's accuracy metric in
             `evaluate()`'s results, on which the "accuracy" selection is made
             (and `ema_best_val_accuracy` computed); an error names the metrics
@@ -110,6 +114,7 @@ class MultiEMA(keras.callbacks.Callback):
         validation_data=None,
         validation_batch_size=None,
         select_epochs=None,
+        batch_scale=1.0,
         accuracy_metric="accuracy",
         verbose=0,
     ):
@@ -125,7 +130,10 @@ class MultiEMA(keras.callbacks.Callback):
         self.select_epochs = self._selection.select_epochs
         self.accuracy_metric = accuracy_metric
         self.verbose = verbose
-        self.averages = EMAAverages(self.decays, self.every_steps, self.warmup, self.bn_mode)
+        if isinstance(batch_scale, bool) or not isinstance(batch_scale, (int, float)) or not batch_scale > 0:
+            raise arguments.invalid("batch_scale", batch_scale, "a number > 0")
+        self.batch_scale = float(batch_scale)
+        self.averages = EMAAverages(self.decays, self.every_steps, self.warmup, self.bn_mode, self.batch_scale)
         self.effective_decays = self.averages.effective_decays
         self._restored_state = None
         self._share_identical = True  # tests compare with False
@@ -144,6 +152,7 @@ class MultiEMA(keras.callbacks.Callback):
             validation_data=self.validation_data,
             validation_batch_size=self.validation_batch_size,
             select_epochs=self.select_epochs,
+            batch_scale=self.batch_scale,
             accuracy_metric=self.accuracy_metric,
             verbose=self.verbose,
         )

@@ -27,11 +27,14 @@ class EMAAverages:
         warmup: a `callbacks.warmup.WARMUP_MODES` value.
         bn_mode: `"eman"` (BatchNorm moving statistics are averaged too) or
             `"copy"` (an average uses the model's current statistics).
+        batch_scale: B / B_ref for the EMA scaling rule (callbacks/warmup.py
+            `decays_at`). Defaults to 1.
     """
 
-    def __init__(self, decays, every_steps, warmup, bn_mode):
+    def __init__(self, decays, every_steps, warmup, bn_mode, batch_scale=1.0):
         self.decays, self.every_steps, self.warmup, self.bn_mode = decays, every_steps, warmup, bn_mode
-        self.effective_decays = tuple(decay ** (1.0 / every_steps) for decay in decays)
+        self.batch_scale = float(batch_scale)
+        self.effective_decays = tuple(decay ** (self.batch_scale / every_steps) for decay in decays)
         self.averages = None  # the stacked float32 variables, once built
         self._built_for = None
         self.reset()
@@ -88,7 +91,8 @@ class EMAAverages:
     def decays_at(self, step, num_updates=None):
         """The decays `a_t` (float64) of an update made after optimizer step `step`
         (callbacks/warmup.py `decays_at`)."""
-        return warmup_rule.decays_at(self.decays, self.warmup, step, self.every_steps, num_updates)
+        return warmup_rule.decays_at(self.decays, self.warmup, step, self.every_steps, num_updates,
+                                     self.batch_scale)
 
     def decay_factors(self):
         """float32 `[a_t, 1 - a_t]` of the update due now, one column per decay."""
@@ -122,6 +126,7 @@ class EMAAverages:
             "every_steps": self.every_steps,
             "warmup": self.warmup,
             "bn_mode": self.bn_mode,
+            "batch_scale": self.batch_scale,
             "step": self.step,
             "num_updates": self.num_updates,
             "identical_labels": np.asarray(self.labels, dtype="int64"),
@@ -132,8 +137,10 @@ class EMAAverages:
 
     def check_state(self, state, owner="MultiEMA"):
         """Raises ValueError if `state` was saved with other settings."""
-        for name in ("every_steps", "warmup", "bn_mode"):
-            saved, current = _python(state[name]), getattr(self, name)
+        for name in ("every_steps", "warmup", "bn_mode", "batch_scale"):
+            # (A state saved before batch scaling existed was unscaled.)
+            value = state.get(name, 1.0) if name == "batch_scale" else state[name]
+            saved, current = _python(value), getattr(self, name)
             if name == "warmup":
                 saved = warmup_rule.checked_warmup(saved)
             if saved != current:

@@ -198,7 +198,8 @@ def warmup_release_epochs(config):
     per_epoch = steps_per_epoch(config)
     released = {}
     for decay in config.get("ema_decays", ()):
-        step = warmup_released_after(decay, config["ema_every_steps"], config.get("ema_warmup", "steps"))
+        scale = config.get("batch_size", 128) / 128 if config.get("ema_batch_scaling") else 1.0
+        step = warmup_released_after(decay, config["ema_every_steps"], config.get("ema_warmup", "steps"), scale)
         epoch = max(1, math.ceil(step / per_epoch))
         released[f"{decay:g}"] = epoch if epoch <= config["epochs"] else None
     return released

@@ -14,6 +14,7 @@ model = build_model("resnet18", num_classes=200, image_size=64)
 
 import numbers
 
+from models.layers import synchronized_batch_norm as _synchronized_batch_norm_layers
 from models.preact_resnet import preresnet164
 from models.resnet import resnet18, resnet20, resnet34
 from models.vgg import vgg16
@@ -34,13 +35,16 @@ def model_names():
     return sorted(MODELS)
 
 
-def build_model(name, num_classes, image_size=32):
+def build_model(name, num_classes, image_size=32, synchronized_batch_norm=False):
     """Builds the uncompiled model `name` with `num_classes` logits.
 
     Args:
         name: a key of `MODELS`.
         num_classes: number of output logits.
         image_size: height and width of the square input images. Defaults to 32.
+        synchronized_batch_norm: BatchNorm statistics over the global batch under
+            a TensorFlow distribution strategy (`synchronized=True`; TensorFlow
+            backend only). Defaults to False.
 
     Raises:
         ValueError: for an unknown name or a non-positive size, before building anything.
@@ -53,4 +57,5 @@ def build_model(name, num_classes, image_size=32):
                 f"Invalid value for argument `{argument}`. Received: {argument}={value!r}. "
                 "Expected a positive integer."
             )
-    return MODELS[name](num_classes=num_classes, image_size=image_size)
+    with _synchronized_batch_norm_layers(synchronized_batch_norm):
+        return MODELS[name](num_classes=num_classes, image_size=image_size)

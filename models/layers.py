@@ -7,6 +7,9 @@ padding for strided 3x3 convolutions. No regularizers: coupled L2 weight decay
 is applied by the optimizer.
 """
 
+import contextlib
+import contextvars
+
 import keras
 from keras import ops
 
@@ -55,9 +58,25 @@ def conv2d(x, *, filters, kernel_size, stride=1, use_bias=False, name):
     )(x)
 
 
+# Synchronized BatchNorm (TensorFlow data parallelism): fixed when a layer is
+# constructed -- Keras wires the cross-replica reduction then, so it cannot be
+# switched on afterwards. Set for one build by `synchronized_batch_norm()`.
+_SYNCHRONIZED = contextvars.ContextVar("synchronized_batch_norm", default=False)
+
+
+@contextlib.contextmanager
+def synchronized_batch_norm(enabled=True):
+    """Inside the block, `batch_norm` builds layers with `synchronized=enabled`."""
+    token = _SYNCHRONIZED.set(bool(enabled))
+    try:
+        yield
+    finally:
+        _SYNCHRONIZED.reset(token)
+
+
 def batch_norm(x, *, name):
     return keras.layers.BatchNormalization(
-        momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=name
+        momentum=BN_MOMENTUM, epsilon=BN_EPSILON, synchronized=_SYNCHRONIZED.get(), name=name
     )(x)
 
 

@@ -162,3 +162,11 @@ def test_help_shows_each_default_once():
         assert "(default: None)" not in text and "(default: False)" not in text
     text = cli.build_parser().format_help()
     assert text.count("(default: 0.1)") == 1 and "(default: 128)" in text
+
+
+def test_ema_batch_scaling_scales_by_the_batch_over_128():
+    from training.config import ema_batch_scale
+
+    assert ema_batch_scale(cli.parse_config(["--batch-size", "512", "--ema-batch-scaling"])) == 4.0
+    assert ema_batch_scale(cli.parse_config(["--batch-size", "512"])) == 1.0
+    assert ema_batch_scale(cli.parse_config(["--ema-batch-scaling"])) == 1.0

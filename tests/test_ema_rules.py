@@ -269,3 +269,42 @@ def test_the_public_api_imports_from_the_package_and_its_helpers_without_keras()
             "assert 'keras' not in sys.modules, sorted(m for m in sys.modules if 'keras' in m)")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     subprocess.run([sys.executable, "-c", code], cwd=root, check=True)
+
+
+def test_batch_scaling_follows_the_rule_in_closed_form():
+    """Busbridge et al. (2023): a at batch B_ref acts as a^s at batch s * B_ref; the warm-up
+    counts reference steps, (t_ref + 1) = s (t + 1)."""
+    from callbacks.warmup import decays_at
+
+    for scale in (0.5, 2.0, 4.0):
+        for step in (1, 7, 100, 5000):
+            reference = min(0.99, (scale * step) / (scale * step + 9))
+            assert decays_at((0.99,), "steps", step, 1, batch_scale=scale)[0] == pytest.approx(reference**scale)
+        assert decays_at((0.99,), "none", 3, 1, batch_scale=scale)[0] == pytest.approx(0.99**scale)
+        # The release step is the first whose decay is the full a^s (brute force).
+        released = warmup_released_after(0.99, 1, "steps", batch_scale=scale)
+        full = [s for s in range(1, 2000) if decays_at((0.99,), "steps", s, 1, batch_scale=scale)[0]
+                >= 0.99**scale * (1 - 1e-12)]
+        assert released == full[0]
+    assert decays_at((0.99,), "steps", 10, 1, batch_scale=1.0)[0] == min(0.99, 10 / 19)
+
+
+def test_a_batch_scaled_multi_ema_matches_its_rederivation():
+    model = build_model()
+    ema = MultiEMA(decays=(0.9, 0.99), every_steps=EVERY_STEPS, validation_data=EMA_VALIDATION, batch_scale=2.0)
+    recorder = Recorder()
+    model.fit(*TRAIN, batch_size=BATCH_SIZE, epochs=2, shuffle=False, verbose=0, callbacks=[recorder, ema])
+    state = ema.get_state()
+    mask = averaged_mask(model, "eman")
+    averages = [state[f"average/{i}"] for i in range(sum(k.startswith("average/") for k in state))]
+    for index, decay in enumerate((0.9, 0.99)):
+        average = [w.astype("float64") for w in recorder.steps[0]]
+        for step in range(EVERY_STEPS, 2 * STEPS_PER_EPOCH + 1, EVERY_STEPS):
+            a = min(decay, 2 * step / (2 * step + 9)) ** 2
+            average = [a * m + (1 - a) * w for m, w in zip(average, recorder.steps[step])]
+        want = [m for m, averaged in zip(average, mask) if averaged]
+        for got, reference in zip(averages, want):
+            np.testing.assert_allclose(got[index], reference, rtol=1e-5, atol=1e-6)
+    assert ema.summary()["0.99"]["effective_per_step_decay"] == pytest.approx(0.99 ** (2 / EVERY_STEPS))
+    with pytest.raises(ValueError, match="batch_scale"):
+        MultiEMA(batch_scale=0)

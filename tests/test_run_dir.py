@@ -52,6 +52,20 @@ def test_a_run_written_before_a_field_was_renamed_resumes(tmp_path):
         run_dir.check(path, TrainConfig(ema_bn_mode="eman"))
 
 
+def test_fields_newer_than_a_saved_run_take_their_defaults_there(tmp_path):
+    path = str(tmp_path / "run")
+    run_dir.create(path, TrainConfig(devices=1), [])
+    config_path = os.path.join(path, "config.json")
+    saved = json.load(open(config_path))
+    for newer in ("devices", "sync_batch_norm"):
+        del saved[newer]  # as runs written before these fields existed
+    json.dump(saved, open(config_path, "w"))
+    run_dir.check(path, TrainConfig(devices=1))
+    run_dir.check(path, TrainConfig(devices=None))  # not resolved yet: not compared
+    with pytest.raises(UsageError, match=r"differs in: devices, sync_batch_norm\)"):
+        run_dir.check(path, TrainConfig(devices=2, sync_batch_norm=True))
+
+
 def test_a_finished_run_is_refused(tmp_path):
     path = str(tmp_path / "run")
     run_dir.create(path, TrainConfig(), [])

@@ -253,3 +253,6 @@ def test_noisy_labels_and_mixed_precision_through_app_train(tmp_path):
         weights.visititems(lambda name, item: dtypes.add(str(item.dtype)) if hasattr(item, "dtype") else None)
     assert "float32" in dtypes and not dtypes & {"bfloat16", "float16"}
     assert len(read_history(os.path.join(out, "history.csv"))) == 1
+    import keras
+
+    assert keras.mixed_precision.global_policy().name == "float32"  # the run's policy did not leak

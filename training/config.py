@@ -40,6 +40,12 @@ DEFAULT_MODEL_OTHER = "resnet18"
 # 0.05 on CIFAR-100 (used here for every 100+-class dataset).
 SWA_LR_BY_DATASET = {"cifar100": 0.05, "cifar100n": 0.05, "tiny-imagenet": 0.05}
 DEFAULT_SWA_LR = 0.01
+EMA_REFERENCE_BATCH = 128  # the paper's batch (Table 22), for which its decays are given
+
+
+def ema_batch_scale(config):
+    """B / 128 with `--ema-batch-scaling`, else 1 (callbacks/warmup.py `decays_at`)."""
+    return config.batch_size / EMA_REFERENCE_BATCH if config.ema_batch_scaling else 1.0
 
 
 def default_swa_lr(dataset):
@@ -96,6 +102,9 @@ class TrainConfig:
     ema_decays: tuple = DEFAULT_EMA_DECAYS
     ema_every_steps: int = DEFAULT_EVERY_STEPS
     ema_warmup: str = "steps"
+    # Busbridge et al. (2023): the decays are for batch EMA_REFERENCE_BATCH and
+    # act as a^(B/128) at batch B, the warm-up counted in batch-128 steps.
+    ema_batch_scaling: bool = False
     # The final run's EMA epochs, chosen on a validation run (paper §4.1):
     # {"<decay>": {"accuracy": epoch, "loss": epoch}}, 1-based; None: select
     # on this run's evaluation split.
@@ -109,6 +118,10 @@ class TrainConfig:
     swa_cycle_epochs: int = 1
     bootstrap_every_epochs: int = 0
     track_stability: bool = False
+    # Data parallelism (training/distribution.py): devices of one synchronous
+    # run (None: every accelerator, else 1), resolved before the run starts.
+    devices: int | None = None
+    sync_batch_norm: bool = False
     checkpoint_every_steps: int | None = None
     keep_checkpoint: bool = False
     deterministic: bool = False

@@ -15,6 +15,8 @@ import models
 from callbacks.batch_norm import BatchNormRecompute, recomputed_layers
 from callbacks.ema import MultiEMA
 from callbacks.stability import PredictionStability
+from training import distribution
+from training.config import ema_batch_scale
 from training.optimizer import TorchSGD
 from training.schedules import TrainingSchedule
 
@@ -30,7 +32,8 @@ def build_schedule(config, steps_per_epoch):
 
 
 def build_model(config, data, schedule):
-    model = models.build_model(config.model, data.num_classes, image_size=data.image_size)
+    model = models.build_model(config.model, data.num_classes, image_size=data.image_size,
+                               synchronized_batch_norm=distribution.synchronized_batch_norm(config))
     model.compile(
         optimizer=TorchSGD(
             learning_rate=schedule,
@@ -52,6 +55,7 @@ def build_callbacks(config, data, model):
             decays=config.ema_decays,
             every_steps=config.ema_every_steps,
             warmup=config.ema_warmup,
+            batch_scale=ema_batch_scale(config),
             bn_mode=config.ema_bn_mode,
             validation_data=data.validation,
             select_epochs=_select_epochs(config),

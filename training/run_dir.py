@@ -97,7 +97,12 @@ def check(path, config):
         raise UsageError(f"--out {path} holds an unreadable {CONFIG_FILE}; choose another --out")
     ours = _comparable(TrainConfig.to_dict(config))
     theirs = _comparable(saved)
-    differing = sorted(key for key in ours if theirs.get(key) != _jsonable(ours[key]))
+    if config.devices is None:
+        ours.pop("devices")  # not resolved yet (app.train checks again once it is)
+    # A field newer than the saved run is its default there; runs from before
+    # data parallelism ran on one device.
+    defaults = dict(_jsonable(TrainConfig().to_dict()), devices=1)
+    differing = sorted(key for key in ours if theirs.get(key, defaults[key]) != _jsonable(ours[key]))
     if differing:
         raise UsageError(
             f"--out {path} holds a different run (differs in: {', '.join(differing)}); "

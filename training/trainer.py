@@ -18,15 +18,32 @@ from callbacks.divergence import DivergenceGuard, TrainingDiverged
 from callbacks.ema_selection import SUMMARY_KEYS
 from callbacks.warmup import warmup_released_after
 from training import checkpoint
+from training import distribution
 from training import provenance
 from training import recipe
 from training import run_dir as run_directory
 from training import swa_branch
+from training.config import ema_batch_scale
 from training.history import EpochTimer, RunLogger
 from utils.errors import Interrupted
 
 
 def train(config, data, path, argv):
+    """Trains one run into `path` (created, or resumed from its checkpoint); returns the summary.
+
+    The run's precision policy holds for the run only: the caller's global
+    policy is restored afterwards (a later model in the same process must not
+    silently compute in bfloat16).
+    """
+    policy = keras.mixed_precision.global_policy()
+    try:
+        with distribution.data_parallel(config.devices or 1):
+            return _train(config, data, path, argv)
+    finally:
+        keras.mixed_precision.set_global_policy(policy)
+
+
+def _train(config, data, path, argv):
     keras.utils.set_random_seed(config.seed)
     keras.mixed_precision.set_global_policy(config.precision)
     if config.deterministic:
@@ -232,7 +249,7 @@ def warmup_warning(config, steps_per_epoch):
     if config.ema_decays and total < config.ema_every_steps:
         return (f"note: the run has {total} optimizer steps, fewer than --ema-every-steps "
                 f"{config.ema_every_steps}: the EMAs are never updated and stay at the initial weights")
-    release = {d: warmup_released_after(d, config.ema_every_steps, config.ema_warmup)
+    release = {d: warmup_released_after(d, config.ema_every_steps, config.ema_warmup, ema_batch_scale(config))
                for d in config.ema_decays}
     held = [d for d in config.ema_decays if release[d] > total]
     if not held:
