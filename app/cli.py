@@ -7,7 +7,7 @@ here before any data is read or any file is written.
 import argparse
 
 from app import inputs
-from app.errors import DefaultsHelpFormatter, OneLineArgumentParser, UsageError, positive_int
+from app.errors import DefaultsHelpFormatter, OneLineArgumentParser, UsageError, choice, positive_int
 from callbacks import arguments
 from training import config as config_lib
 
@@ -268,27 +268,21 @@ def build_parser(prog="python -m app.train", out_help="run directory (default: r
     return parser
 
 
-def _choice(value, choices, what):
-    if value not in choices:
-        raise UsageError(f"unknown {what} {value!r}; choose from {', '.join(choices)}")
-    return value
-
-
 def parse_config(argv, model_names=config_lib.MODEL_NAMES):
     """Parses and validates `argv`; returns a frozen `TrainConfig`."""
     args = build_parser().parse_args(argv)
-    _choice(args.dataset, config_lib.DATASETS, "dataset")
-    _choice(args.schedule, config_lib.SCHEDULES, "schedule")
-    _choice(args.label_noise, config_lib.LABEL_NOISE, "label noise")
-    _choice(args.ema_bn_mode, config_lib.EMA_BN_MODES, "--ema-bn-mode")
-    _choice(args.ema_warmup, config_lib.EMA_WARMUP_MODES, "--ema-warmup mode")
-    _choice(args.bn_recompute, config_lib.BN_RECOMPUTE_MODES, "--bn-recompute mode")
-    _choice(args.precision, config_lib.PRECISIONS, "precision")
+    choice(args.dataset, config_lib.DATASETS, "dataset")
+    choice(args.schedule, config_lib.SCHEDULES, "schedule")
+    choice(args.label_noise, config_lib.LABEL_NOISE, "label noise")
+    choice(args.ema_bn_mode, config_lib.EMA_BN_MODES, "--ema-bn-mode")
+    choice(args.ema_warmup, config_lib.EMA_WARMUP_MODES, "--ema-warmup mode")
+    choice(args.bn_recompute, config_lib.BN_RECOMPUTE_MODES, "--bn-recompute mode")
+    choice(args.precision, config_lib.PRECISIONS, "precision")
     if args.seeds is not None and len(set(args.seeds)) != len(args.seeds):
         raise UsageError(f"--seeds has duplicates: {' '.join(map(str, args.seeds))}")
     model = args.model or config_lib.default_model(args.dataset)
     if model_names is not None:
-        _choice(model, tuple(model_names), "model")
+        choice(model, tuple(model_names), "model")
     epochs = args.epochs if args.epochs is not None else config_lib.default_epochs(args.dataset)
     if epochs < 1:
         raise UsageError(f"--epochs must be >= 1; got {epochs}")

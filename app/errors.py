@@ -20,6 +20,13 @@ class OneLineArgumentParser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see --help)")
 
 
+def choice(value, choices, what):
+    """`value` if it is one of `choices`; else the one-line `UsageError` naming them."""
+    if value not in choices:
+        raise UsageError(f"unknown {what} {value!r}; choose from {', '.join(choices)}")
+    return value
+
+
 def positive_int(text):
     """argparse type: an integer >= 1."""
     value = int(text)

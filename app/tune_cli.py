@@ -11,7 +11,7 @@ import json
 import os
 
 from app import cli
-from app.errors import OneLineArgumentParser
+from app.errors import OneLineArgumentParser, choice
 from training import config as config_lib
 from utils.errors import UsageError
 
@@ -147,8 +147,8 @@ def parse_config(argv, model_names=config_lib.MODEL_NAMES, environ=None):
             "app.tune scores trials on the validation split: drop --full-train "
             "(best.json's final-run command adds it)"
         )
-    _choice(args.oracle, ORACLES, "--oracle")
-    _choice(args.objective, OBJECTIVE_NAMES, "--objective")
+    choice(args.oracle, ORACLES, "--oracle")
+    choice(args.objective, OBJECTIVE_NAMES, "--objective")
     if args.objective == "ema" and not train.ema_decays:
         raise UsageError("--objective ema needs --ema-decays; give some or use --objective sgd")
     lrs = _positive_values(args.lrs, "--lrs")
@@ -182,11 +182,6 @@ def parse_config(argv, model_names=config_lib.MODEL_NAMES, environ=None):
         overwrite=args.overwrite,
         role=distributed_role(os.environ if environ is None else environ),
     )
-
-
-def _choice(value, choices, flag):
-    if value not in choices:
-        raise UsageError(f"unknown {flag} {value!r}; choose from {', '.join(choices)}")
 
 
 def _positive_values(values, flag, zero_ok=False):

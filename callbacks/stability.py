@@ -14,6 +14,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from callbacks import validation
 from callbacks import variables
 from callbacks.ema import MultiEMA
 
@@ -163,12 +164,7 @@ def _relative_distance(variables, reference):
 def _checked_validation_data(validation_data):
     """(inputs to predict, labels as a NumPy vector or None to read from a dataset)."""
     if isinstance(validation_data, (tuple, list)):
-        if len(validation_data) not in (2, 3):
-            raise ValueError(
-                "Invalid value for argument `validation_data`. Received a "
-                f"{type(validation_data).__name__} of length {len(validation_data)}. "
-                "Expected (x, y) or (x, y, sample_weight)."
-            )
+        validation.checked(validation_data)  # (x, y) or (x, y, sample_weight)
         x, y = validation_data[0], validation_data[1]
         labels = np.asarray(ops.convert_to_numpy(y))
         if labels.ndim == 2 and labels.shape[1] == 1:

@@ -54,15 +54,25 @@ def check(config):
         return sizes
     if _any_version_prepared(root, spec):
         return None  # maybe one TFDS still reads: the full check decides
+    require_obtainable(config, root, f"{spec.tfds_name}/{spec.version}")
+    return None
+
+
+def require_obtainable(config, root, holding):
+    """For data not prepared in `root`: raises UsageError unless it can be prepared.
+
+    It can when the CIFAR-N release files named by `cifar_n_dir` are complete
+    (and the download host answers), a Tiny-ImageNet archive is in the manual
+    directory, or the download hosts answer. `holding` names the prepared
+    folder the fix asks for (`cifar10/3.0.2`).
+    """
     manual = datasets.manual_dir(root)
     if config.dataset in cifar_n.RELEASES and config.cifar_n_dir is not None:
         cifar_n.check_sources(config.dataset, config.cifar_n_dir)
     if config.dataset == "tiny-imagenet" and datasets.find_tiny_imagenet_archive(manual):
-        return None
+        return
     if not all(reachable(url) for url in download_urls(config, manual)):
-        raise not_prepared(config, root, f"{spec.tfds_name}/{spec.version}",
-                           "could not be downloaded (no network?)")
-    return None
+        raise not_prepared(config, root, holding, "could not be downloaded (no network?)")
 
 
 def data_dir_root(data_dir):

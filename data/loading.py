@@ -125,13 +125,8 @@ def check_data_available(config):
         datasets.check_limit(config, datasets.num_train_examples(num_examples, config.full_train,
                                                                config.validation_fraction))
         return builder
-    manual_dir = manual_dir_of(builder)
-    if config.dataset in cifar_n.RELEASES and config.cifar_n_dir is not None:
-        cifar_n.check_sources(config.dataset, config.cifar_n_dir)
-    if config.dataset == "tiny-imagenet" and datasets.find_tiny_imagenet_archive(manual_dir):
-        return builder
-    if not all(availability.reachable(url) for url in availability.download_urls(config, manual_dir)):
-        raise _not_prepared(config, builder, "could not be downloaded (no network?)")
+    availability.require_obtainable(config, os.fspath(builder.data_dir_root),
+                                    f"{builder.name}/{builder.version}")
     return builder
 
 
