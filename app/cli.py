@@ -6,6 +6,7 @@ here before any data is read or any file is written.
 
 import argparse
 
+from app import cli_posthoc
 from app import inputs
 from app.errors import DefaultsHelpFormatter, OneLineArgumentParser, UsageError, choice, positive_int
 from callbacks import arguments
@@ -265,6 +266,7 @@ def build_parser(prog="python -m app.train", out_help="run directory (default: r
         help="every K epochs copy the slowest EMA into the SGD model "
         "(paper App. C; 0: off)",
     )
+    cli_posthoc.add_arguments(parser)
     return parser
 
 
@@ -395,4 +397,5 @@ def parse_config(argv, model_names=config_lib.MODEL_NAMES):
         checkpoint_every_steps=args.checkpoint_every_steps,
         keep_checkpoint=args.keep_checkpoint,
         deterministic=args.deterministic,
+        **cli_posthoc.config_fields(args),
     )

@@ -17,10 +17,12 @@
 | `EMABootstrap`         | restart SGD from an EMA every few epochs (paper App. C)  | bootstrap.py |
 | `PredictionStability`  | epoch-to-epoch prediction stability (paper §3.3)         | stability.py |
 | `DivergenceGuard`      | stop before a non-finite step reaches an average         | divergence.py |
+| `PowerFunctionEMA`     | power-function EMAs + snapshots for post-hoc EMA (EDM2)  | power_ema.py |
 
 The rest are helpers: `ema_averages` (the EMA arithmetic), `ema_selection`
 (best-epoch selection), `warmup` (the decay warm-up), `variables` (swap, copy,
-BatchNorm layers), `validation`, `arguments`, `compiled`. Names are imported
+BatchNorm layers), `validation`, `arguments`, `compiled`, `power_profiles` (post-hoc
+profiles and least squares, NumPy), `power_snapshots` (snapshot files). Names are imported
 on first use, so `import callbacks.warmup` stays free of Keras.
 """
 
@@ -38,6 +40,7 @@ _PUBLIC = {
     "PredictionStability": "callbacks.stability",
     "DivergenceGuard": "callbacks.divergence",
     "TrainingDiverged": "callbacks.divergence",
+    "PowerFunctionEMA": "callbacks.power_ema",
 }
 __all__ = sorted(_PUBLIC)
 

@@ -21,7 +21,7 @@ from callbacks import arguments
 from callbacks import validation
 from callbacks import variables
 from callbacks import warmup as warmup_rule
-from callbacks.ema_averages import EMAAverages
+from callbacks.ema_averages import EMAAverages, steps_in_epoch
 from callbacks.ema_selection import CRITERIA, SUMMARY_KEYS, EpochSelection, weights_file_name
 
 from callbacks.ema_options import BN_MODES, DEFAULT_DECAYS, DEFAULT_EVERY_STEPS
@@ -295,12 +295,7 @@ class MultiEMA(keras.callbacks.Callback):
         self._steps_before_epoch = self.averages.step
 
     def _steps_in(self, batch):
-        # `batch` is the epoch's last step so far (0-based), also when one
-        # call runs `steps_per_execution` steps; Keras reports a whole
-        # execution for the epoch's last, partial one: cap by the epoch's
-        # number of steps where known.
-        steps_per_epoch = (self.params or {}).get("steps")
-        return min(batch + 1, steps_per_epoch or batch + 1)
+        return steps_in_epoch(self.params, batch)
 
     # Evaluating and selecting.
 

@@ -166,6 +166,16 @@ class EMAAverages:
         self.labels = [int(x) for x in state.get("identical_labels", range(len(self.decays)))]
 
 
+def steps_in_epoch(params, batch):
+    """Optimizer steps taken in the epoch after `on_train_batch_end(batch)` (`params`: the callback's)."""
+    # `batch` is the epoch's last step so far (0-based), also when one call
+    # runs `steps_per_execution` steps; Keras reports a whole execution for
+    # the epoch's last, partial one: cap by the epoch's number of steps
+    # where known.
+    steps_per_epoch = (params or {}).get("steps")
+    return min(batch + 1, steps_per_epoch or batch + 1)
+
+
 def _ema_step(averages, currents, factors):
     new_averages = []
     for average, current in zip(averages, currents):

@@ -181,3 +181,42 @@ def plot_decays(group, path, smoothing_window=1):
     axes.set_title(f"{dataset_title(group)} / {group.model}\nEMA per decay, {_seeds_text(group)}")
     _save(pyplot, figure, path)
     return path
+
+
+def plot_posthoc_heatmap(result, history, path):
+    """app.posthoc's heatmap: profile x stopping epoch -> validation accuracy of the rebuilt average.
+
+    A cell whose decay the run also tracked shows, below, that EMA's accuracy
+    as logged during training (its BatchNorm statistics as tracked, so it is
+    not the same BN treatment as the rebuilt one unless the run recomputed
+    every epoch); the best rebuilt cell is outlined.
+    """
+    pyplot, figure, axes = _new_figure()
+    targets = result["targets"]
+    epochs = sorted({row["epoch"] for row in targets})
+    profiles = list(dict.fromkeys((row["profile"], row["value"]) for row in targets))
+    grid = np.full((len(profiles), len(epochs)), np.nan)
+    for row in targets:
+        grid[profiles.index((row["profile"], row["value"])), epochs.index(row["epoch"])] = 100 * row["val_accuracy"]
+    image = axes.imshow(grid, cmap="viridis", aspect="auto")
+    figure.colorbar(image, ax=axes, label="validation accuracy (%), rebuilt")
+    by_epoch = {int(row["epoch"]): row for row in history}
+    for i, (kind, value) in enumerate(profiles):
+        for j, epoch in enumerate(epochs):
+            text = f"{grid[i, j]:.1f}"
+            logged = by_epoch.get(epoch, {}).get(f"ema_{value:g}_val_accuracy") if kind == "ema" else None
+            if logged is not None and not math.isnan(logged):
+                text += f"\ntracked {100 * logged:.1f}"
+            shade = "white" if grid[i, j] < np.nanmean(grid) else "black"
+            axes.text(j, i, text, ha="center", va="center", fontsize=7, color=shade)
+    best = result["best"]
+    bi, bj = profiles.index((best["profile"], best["value"])), epochs.index(best["epoch"])
+    axes.add_patch(pyplot.Rectangle((bj - 0.5, bi - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2))
+    axes.set_xticks(range(len(epochs)), [str(e) for e in epochs])
+    axes.set_yticks(range(len(profiles)),
+                    [f"EMA {v:g}" if k == "ema" else f"power σ_rel {v:g}" for k, v in profiles])
+    axes.set_xlabel("stopping epoch")
+    axes.set_title(f"Post-hoc EMA: {len(result['snapshots'])} snapshots of σ_rel "
+                   f"{', '.join(f'{s:g}' for s in result['sigma_rels_tracked'])}; BatchNorm "
+                   f"{'recomputed' if result['bn'] == 'recompute' else 'averaged'}; best outlined", fontsize=9)
+    _save(pyplot, figure, path)

@@ -11,6 +11,7 @@ import json
 from callbacks.ema_options import BN_MODES as EMA_BN_MODES
 from callbacks.ema_options import DEFAULT_DECAYS as DEFAULT_EMA_DECAYS
 from callbacks.ema_options import DEFAULT_EVERY_STEPS
+from callbacks.power_ema_options import DEFAULT_SIGMA_RELS
 from callbacks.warmup import WARMUP_MODES as EMA_WARMUP_MODES
 from data.datasets import CIFAR10N_LABELS, DATASETS as _DATASETS
 
@@ -122,6 +123,12 @@ class TrainConfig:
     # run (None: every accelerator, else 1), resolved before the run starts.
     devices: int | None = None
     sync_batch_norm: bool = False
+    # Post-hoc EMA (callbacks/power_ema.py): power-function EMAs snapshotted
+    # every N steps (None: every epoch) into RUN/power_ema/ for app.posthoc.
+    post_hoc_ema: bool = False
+    post_hoc_sigma_rels: tuple = DEFAULT_SIGMA_RELS
+    post_hoc_snapshot_every_steps: int | None = None
+    post_hoc_snapshot_dtype: str = "float32"
     checkpoint_every_steps: int | None = None
     keep_checkpoint: bool = False
     deterministic: bool = False
@@ -137,7 +144,7 @@ class TrainConfig:
         names = {field.name for field in dataclasses.fields(cls)}
         values = {RENAMED_FIELDS.get(key, key): value for key, value in values.items()}
         values = {key: value for key, value in values.items() if key in names}
-        for key in ("ema_decays", "seeds"):
+        for key in ("ema_decays", "seeds", "post_hoc_sigma_rels"):
             if key in values:
                 values[key] = tuple(values[key])
         if isinstance(values.get("ema_warmup"), bool):  # before it named its unit

@@ -7,6 +7,7 @@ FIDELITY.md), its schedules (training/schedules.py), and the callbacks
 (callbacks/) in the order their logs must be produced.
 """
 
+import os
 import sys
 
 import keras
@@ -14,8 +15,10 @@ import keras
 import models
 from callbacks.batch_norm import BatchNormRecompute, recomputed_layers
 from callbacks.ema import MultiEMA
+from callbacks.power_ema import PowerFunctionEMA
 from callbacks.stability import PredictionStability
 from training import distribution
+from training import run_dir
 from training.config import ema_batch_scale
 from training.optimizer import TorchSGD
 from training.schedules import TrainingSchedule
@@ -47,8 +50,11 @@ def build_model(config, data, schedule):
     return model
 
 
-def build_callbacks(config, data, model):
-    """The averaging callbacks, in the order their logs must be produced."""
+def build_callbacks(config, data, model, path=None):
+    """The averaging callbacks, in the order their logs must be produced.
+
+    `path`: the run directory, where `--post-hoc-ema` snapshots go (none without it).
+    """
     averaging = {}
     if config.ema_decays:
         averaging["ema"] = MultiEMA(
@@ -69,11 +75,23 @@ def build_callbacks(config, data, model):
                 every_epoch=config.bn_recompute == "epoch",
                 at_end=True,
             )
+    if config.post_hoc_ema:
+        averaging["power_ema"] = PowerFunctionEMA(
+            sigma_rels=config.post_hoc_sigma_rels,
+            snapshot_every_steps=snapshot_every_steps(config, data.steps_per_epoch),
+            directory=os.path.join(path, run_dir.POWER_EMA_DIR) if path else None,
+            snapshot_dtype=config.post_hoc_snapshot_dtype,
+        )
     if config.track_stability:
         averaging["stability"] = PredictionStability(
             validation_data=data.validation, ema=averaging.get("ema")
         )
     return averaging
+
+
+def snapshot_every_steps(config, steps_per_epoch):
+    """`--post-hoc-snapshot-every-steps`, by default one epoch."""
+    return config.post_hoc_snapshot_every_steps or steps_per_epoch
 
 
 def _select_epochs(config):

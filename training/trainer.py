@@ -12,10 +12,13 @@ import sys
 import time
 
 import keras
+import numpy as np
 
 from callbacks.bootstrap import EMABootstrap
 from callbacks.divergence import DivergenceGuard, TrainingDiverged
 from callbacks.ema_selection import SUMMARY_KEYS
+from callbacks.power_snapshots import snapshot_bytes
+from callbacks.variables import batch_norm_statistics
 from callbacks.warmup import warmup_released_after
 from training import checkpoint
 from training import distribution
@@ -53,9 +56,11 @@ def _train(config, data, path, argv):
     if resumed is None:
         run_directory.create(path, config, argv, extra={
             "evaluation_split": data.evaluation_split, "provenance": provenance.collect()})
+        # Snapshots of an attempt killed before its first checkpoint: this start replaces them.
+        shutil.rmtree(os.path.join(path, run_directory.POWER_EMA_DIR), ignore_errors=True)
     schedule = recipe.build_schedule(config, data.steps_per_epoch)
     model = recipe.build_model(config, data, schedule)
-    averaging = recipe.build_callbacks(config, data, model)
+    averaging = recipe.build_callbacks(config, data, model, path)
     stateful = {name: cb for name, cb in averaging.items() if hasattr(cb, "get_state")}
     timer = EpochTimer(config.batch_size)
     logger = RunLogger(path, schedule, config.epochs, rows=resumed[0]["rows"] if resumed else None,
@@ -229,6 +234,20 @@ def _print_header(config, data, model, path):
     warning = warmup_warning(config, data.steps_per_epoch)
     if warning:
         print(warning, flush=True)
+    if config.post_hoc_ema:
+        print(_post_hoc_text(config, data, model, path), flush=True)
+
+
+def _post_hoc_text(config, data, model, path):
+    """What --post-hoc-ema keeps and the disk its snapshots will take."""
+    every = recipe.snapshot_every_steps(config, data.steps_per_epoch)
+    count = data.steps_per_epoch * config.epochs // every
+    values = sum(int(np.prod(v.shape)) for v in model.trainable_variables + batch_norm_statistics(model))
+    size = count * snapshot_bytes(values, len(config.post_hoc_sigma_rels), config.post_hoc_snapshot_dtype)
+    sigmas = ", ".join(f"{s:g}" for s in config.post_hoc_sigma_rels)
+    return (f"post-hoc EMA: power-function EMAs sigma_rel {sigmas}, a {config.post_hoc_snapshot_dtype} "
+            f"snapshot every {every} steps: {count} snapshots, {size / 2**20:,.1f} MiB in "
+            f"{os.path.join(path, run_directory.POWER_EMA_DIR)}")
 
 
 def _warmup_text(config):

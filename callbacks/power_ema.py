@@ -1,0 +1,173 @@
+"""Power-function EMAs with periodic snapshots, for post-hoc EMA (Karras et al. 2024, EDM2).
+
+`PowerFunctionEMA` keeps one power-function EMA per σ_rel (EDM2 §3 tracks
+0.05 and 0.10) of the model's weights and BatchNorm statistics, updated after
+every optimizer step with β_t = (1 - 1/t)^(γ+1), and writes all of them to a
+snapshot file every `snapshot_every_steps` steps. After training,
+`app.posthoc` rebuilds from the snapshots the average of any other profile
+(another σ_rel, or the paper's EMA of any decay stopped at any epoch) by
+least squares: callbacks/power_profiles.py has the profiles and the solver,
+callbacks/power_snapshots.py the file format.
+
+The averages are `EMAAverages` (callbacks/ema_averages.py) with the power
+function's β_t as their decays: the same stacked float32 variables, one fused
+compiled update for all of them, exact swap-in and state.
+"""
+
+import contextlib
+
+import keras
+import numpy as np
+
+from callbacks import arguments
+from callbacks import power_profiles
+from callbacks import power_snapshots
+from callbacks import variables
+from callbacks.ema_averages import EMAAverages, steps_in_epoch
+from callbacks.power_ema_options import DEFAULT_SIGMA_RELS
+
+
+class PowerFunctionEMA(keras.callbacks.Callback):
+    """Power-function EMAs of the weights, snapshotted for post-hoc reconstruction.
+
+    After optimizer step t (counted from 1 over the whole training, across
+    epochs) each average becomes `x <- β_t x + (1 - β_t) θ_t`, `β_t =
+    (1 - 1/t)^(γ+1)`, γ from σ_rel: it weighs the iterate of step s by
+    (s^(γ+1) - (s-1)^(γ+1)) / t^(γ+1) ≈ (γ+1) s^γ / t^(γ+1). BatchNorm moving
+    statistics are averaged too (as EMAN), so a reconstruction can use their
+    average or recompute them. Every `snapshot_every_steps` steps all averages
+    go to `directory` as one `.npz` (float32, or float16 at half the disk).
+    The state (`get_state`/`set_state`) resumes the averages exactly; a
+    snapshot rewritten after a resume is the same file.
+
+    Example:
+
+    ```python
+    ema = PowerFunctionEMA(sigma_rels=(0.05, 0.10), snapshot_every_steps=390,
+                           directory="run/power_ema")
+    model.fit(x, y, batch_size=128, epochs=200, callbacks=[ema])
+    # then: python -m app.posthoc run --decays 0.999 0.9995 --epochs 100 200
+    ```
+
+    Args:
+        sigma_rels: relative widths of the tracked profiles, each in
+            (0, 0.2887) (0.2887 is γ = 0, the uniform average). Defaults to
+            (0.05, 0.10).
+        snapshot_every_steps: optimizer steps between snapshots. Defaults to
+            1000.
+        directory: where snapshots go; `None` writes none (the averages are
+            still there for `swapped_in`). A fresh fit refuses a directory
+            that already holds snapshots. Defaults to None.
+        snapshot_dtype: `"float32"` or `"float16"`. Defaults to "float32".
+    """
+
+    def __init__(self, sigma_rels=DEFAULT_SIGMA_RELS, snapshot_every_steps=1000, directory=None,
+                 snapshot_dtype="float32"):
+        super().__init__()
+        sigma_rels = tuple(sigma_rels) if isinstance(sigma_rels, (list, tuple)) else (sigma_rels,)
+        limit = power_profiles.gamma_to_sigma_rel(0.0)
+        if not sigma_rels or len(set(sigma_rels)) != len(sigma_rels) or any(
+                isinstance(s, bool) or not isinstance(s, (int, float)) or not 0 < s < limit for s in sigma_rels):
+            raise arguments.invalid("sigma_rels", sigma_rels, f"distinct values in (0, {limit:.4f})")
+        self.sigma_rels = tuple(float(s) for s in sigma_rels)
+        self.gammas = tuple(power_profiles.sigma_rel_to_gamma(s) for s in self.sigma_rels)
+        self.snapshot_every_steps = arguments.checked_int("snapshot_every_steps", snapshot_every_steps, 1)
+        self.directory = directory
+        self.snapshot_dtype = arguments.checked_choice("snapshot_dtype", snapshot_dtype,
+                                                       power_snapshots.SNAPSHOT_DTYPES)
+        self.averages = _PowerAverages(self.sigma_rels, self.gammas)
+        self._restored_state = None
+        self._steps_before_epoch = 0
+
+    def get_config(self):
+        return {"sigma_rels": self.sigma_rels, "snapshot_every_steps": self.snapshot_every_steps,
+                "directory": self.directory, "snapshot_dtype": self.snapshot_dtype}
+
+    # Hooks.
+
+    def on_train_begin(self, logs=None):
+        if getattr(self.model, "steps_per_execution", 1) > 1:
+            raise ValueError("PowerFunctionEMA updates after every optimizer step: compile the "
+                             "model with steps_per_execution=1.")
+        self.averages.build(self.model)
+        if self._restored_state is None:
+            self._refuse_old_snapshots()
+            self.averages.start()  # x_0 = θ_0
+        else:
+            self.averages.load_state(self._restored_state)
+            self._restored_state = None
+        self._steps_before_epoch = self.averages.step
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._steps_before_epoch = self.averages.step
+
+    def on_train_batch_end(self, batch, logs=None):
+        step = self._steps_before_epoch + steps_in_epoch(self.params, batch)
+        if step == self.averages.step:
+            return
+        self.model  # JAX: reading it syncs the weights the update reads (keras Callback.model)
+        self.averages.advance_to_step(step)
+        if self.directory is not None and step % self.snapshot_every_steps == 0:
+            self.write_snapshot()
+
+    # Public API.
+
+    def write_snapshot(self):
+        """Writes every average now, as `power_ema-<step>.npz` in `directory`; returns its path."""
+        averages = variables.host_copy(self.averages.averages)  # each (num_sigma_rels,) + shape
+        per_profile = [[average[j] for average in averages] for j in range(len(self.sigma_rels))]
+        return power_snapshots.write_snapshot(
+            self.directory, self.averages.step, self.sigma_rels, self.gammas, self.averages.weight_indices,
+            [v.path for v in self.averages.averaged], per_profile, self.snapshot_dtype)
+
+    @contextlib.contextmanager
+    def swapped_in(self, sigma_rel):
+        """Inside the block the model holds the average of `sigma_rel` (its BN statistics too)."""
+        if sigma_rel not in self.sigma_rels:
+            raise ValueError(f"Unknown sigma_rel {sigma_rel!r}; choose from {self.sigma_rels}.")
+        self.model  # JAX: sync before the swap saves the trained weights
+        with self.averages.swapped_in(self.sigma_rels.index(sigma_rel)):
+            yield
+
+    def averaged_size(self):
+        """Number of values in one average (all averaged variables)."""
+        return sum(int(np.prod(v.shape)) for v in self.averages.averaged)
+
+    def get_state(self):
+        if self.averages.averages is None:
+            if self._restored_state is not None:
+                return dict(self._restored_state)
+            raise RuntimeError("PowerFunctionEMA has no state before it is trained.")
+        return self.averages.state()
+
+    def set_state(self, state):
+        """Restores `get_state()`'s result; the next `on_train_begin` continues from it."""
+        self.averages.check_state(state, owner="PowerFunctionEMA")
+        self._restored_state = dict(state)
+        if self.averages.averages is not None:
+            self.averages.load_state(self._restored_state)
+            self._steps_before_epoch = self.averages.step
+
+    def _refuse_old_snapshots(self):
+        if self.directory is not None and power_snapshots.list_snapshots(self.directory):
+            raise ValueError(
+                f"{self.directory} already holds PowerFunctionEMA snapshots of another training; "
+                "pass an empty directory (or restore the state with set_state to continue that run)."
+            )
+
+
+class _PowerAverages(EMAAverages):
+    """`EMAAverages` whose decays are the power functions' β_t, one update per step."""
+
+    def __init__(self, sigma_rels, gammas):
+        super().__init__(sigma_rels, every_steps=1, warmup="none", bn_mode="eman")
+        self.gammas = np.asarray(gammas, dtype="float64")
+
+    def build(self, model):
+        super().build(model)
+        self.averaged = list(self._averaged)
+        positions = {id(v): i for i, v in enumerate(model.weights)}
+        self.weight_indices = [positions[id(v)] for v in self.averaged]
+
+    def decays_at(self, step, num_updates=None):
+        return power_profiles.power_betas(self.gammas, step)

@@ -1,0 +1,155 @@
+"""Averaging profiles and their least-squares reconstruction (post-hoc EMA).
+
+Karras et al. (2024, "Analyzing and Improving the Training Dynamics of
+Diffusion Models", EDM2, §3 and App. C): a power-function EMA with exponent
+γ weighs the iterates θ_1..θ_t by ∝ τ^γ. Tracking two of them and saving
+snapshots lets one rebuild, after training, the average of any other profile
+as a linear combination of the snapshots. An average is linear in the
+iterates, so each one is a *profile*: the vector p of weights it puts on
+θ_0, θ_1, ..., θ_t (optimizer steps, counted from 1; θ_0 = the initial
+weights). The profiles here are those of the discrete recursions the
+callbacks run, so the inner products are exact sums over the steps, no
+closed form needed.
+
+- Power function (`PowerFunctionEMA`): x_0 = θ_0, then after step t
+  x_t = β_t x_{t-1} + (1 - β_t) θ_t with β_t = (1 - 1/t)^(γ+1). Unrolled, θ_s
+  (1 <= s <= t) gets exactly (s^(γ+1) - (s-1)^(γ+1)) / t^(γ+1): the weights
+  telescope to 1 and approach (γ+1) s^γ / t^(γ+1).
+- Relative width: σ_rel = sqrt((γ+1) / ((γ+2)² (γ+3))) (EDM2 Eq. 3's
+  standard deviation over the mean of the continuous profile); σ_rel 0.05 ->
+  γ 16.97, 0.10 -> γ 6.94.
+- The paper's EMA (`MultiEMA`): x_0 = θ_0, an update after every `every_steps`
+  steps with decay a_k of callbacks/warmup.py (warm-up min(α, (t+1)/(t+10)),
+  paper §4.1).
+
+Plain NumPy, no Keras: `app.posthoc` plans a reconstruction (and refuses a
+bad one) before it loads anything heavy.
+"""
+
+import numpy as np
+
+from callbacks import warmup as warmup_rule
+
+
+def sigma_rel_to_gamma(sigma_rel):
+    """The exponent γ of the power function of relative width `sigma_rel`.
+
+    (γ+1) / ((γ+2)² (γ+3)) = σ² is the cubic
+    γ³ + 7γ² + (16 - 1/σ²) γ + (12 - 1/σ²) = 0; its largest real root.
+    """
+    sigma_rel = float(sigma_rel)
+    if not 0 < sigma_rel < gamma_to_sigma_rel(0.0):
+        raise ValueError(f"sigma_rel must be in (0, {gamma_to_sigma_rel(0.0):.4f}); got {sigma_rel}")
+    inverse = 1.0 / sigma_rel**2
+    roots = np.roots([1.0, 7.0, 16.0 - inverse, 12.0 - inverse])
+    real = roots[np.abs(roots.imag) < 1e-9].real
+    return float(real.max())
+
+
+def gamma_to_sigma_rel(gamma):
+    """The relative width of the power function with exponent `gamma` (>= 0 here)."""
+    gamma = float(gamma)
+    return float(np.sqrt((gamma + 1) / ((gamma + 2) ** 2 * (gamma + 3))))
+
+
+def power_betas(gammas, step):
+    """β_t = (1 - 1/t)^(γ+1) (float64) of the update after optimizer step `step` (>= 1)."""
+    gammas = np.asarray(gammas, dtype="float64")
+    return (1.0 - 1.0 / step) ** (gammas + 1.0)
+
+
+def power_profile(gamma, step, length=None):
+    """The weights the power-function EMA of `gamma`, read after step `step`, puts on θ_0..θ_{length-1}.
+
+    `length` defaults to `step + 1`; entries past `step` are 0.
+    """
+    length = step + 1 if length is None else length
+    profile = np.zeros(length)
+    s = np.arange(1, step + 1, dtype="float64")
+    # In ratios (s/t)^(γ+1): no overflow for large t or γ.
+    profile[1:step + 1] = (s / step) ** (gamma + 1) - ((s - 1) / step) ** (gamma + 1)
+    return profile
+
+
+def ema_profile(decay, step, every_steps=1, warmup="steps", batch_scale=1.0, length=None):
+    """The weights `MultiEMA`'s average of `decay`, read after step `step`, puts on θ_0..θ_{length-1}."""
+    length = step + 1 if length is None else length
+    warmup = warmup_rule.checked_warmup(warmup)
+    update_steps = np.arange(every_steps, step + 1, every_steps)
+    decays = np.array([
+        warmup_rule.decays_at((decay,), warmup, int(s), every_steps, num_updates=k, batch_scale=batch_scale)[0]
+        for k, s in enumerate(update_steps)
+    ])
+    # Update k keeps a_k of everything before it and adds (1 - a_k) θ_{s_k}:
+    # θ_{s_k} ends with (1 - a_k) Π_{j>k} a_j and θ_0 with Π_j a_j.
+    later = np.append(np.cumprod(decays[::-1])[::-1][1:], 1.0) if len(decays) else np.ones(0)
+    profile = np.zeros(length)
+    profile[0] = np.prod(decays)
+    profile[update_steps] = (1.0 - decays) * later
+    return profile
+
+
+class Reconstruction:
+    """The least-squares combination of snapshots closest to a target profile.
+
+    Attributes:
+        coefficients: x, one per snapshot used (float64).
+        snapshots: indices (into the snapshot list given) of the snapshots used.
+        residual: ||Σ x_i p_i - p_r|| / ||p_r||, the relative L2 error of the profile.
+        amplification: Σ |x_i|, the factor by which the snapshots' own rounding
+            errors can grow in the combination.
+    """
+
+    def __init__(self, coefficients, snapshots, residual):
+        self.coefficients = coefficients
+        self.snapshots = snapshots
+        self.residual = float(residual)
+        self.amplification = float(np.abs(coefficients).sum()) if len(coefficients) else 0.0
+
+
+def reconstruct(snapshot_profiles, target, resolution=1):
+    """Solves A x = b, A_ij = <p_i, p_j>, b_i = <p_i, p_r> (EDM2 App. C.3), by least squares.
+
+    Args:
+        snapshot_profiles: list of profiles p_i (1-D arrays, any lengths;
+            entries beyond an array's end are 0).
+        target: the target profile p_r; only snapshots no longer than it
+            (taken no later than the target's step) are used.
+        resolution: compare profiles in blocks of this many steps (θ_0 on
+            its own, then steps 1..r, r+1..2r, ...). The paper's EMA with a
+            period T > 1 weighs only every T-th iterate: step by step its
+            profile is a comb no smooth profile matches (relative residual
+            ~ sqrt(1 - 1/T) however good the fit), while the iterates within
+            one period differ by a few SGD steps. Pass T for such a target.
+            Defaults to 1.
+
+    Returns:
+        A `Reconstruction`.
+    """
+    target = np.asarray(target, dtype="float64")
+    used = [i for i, p in enumerate(snapshot_profiles) if len(p) <= len(target)]
+    if not used:
+        return Reconstruction(np.zeros(0), [], 1.0)
+    basis = np.zeros((len(used), len(target)))
+    for row, i in enumerate(used):
+        profile = np.asarray(snapshot_profiles[i], dtype="float64")
+        basis[row, :len(profile)] = profile
+    basis, target = _blocks(basis, resolution), _blocks(target, resolution)
+    gram = basis @ basis.T
+    products = basis @ target
+    # Snapshots close in time are nearly collinear: lstsq's cut-off drops the
+    # directions the data cannot tell apart instead of amplifying them.
+    coefficients = np.linalg.lstsq(gram, products, rcond=None)[0]
+    error = basis.T @ coefficients - target
+    residual = np.linalg.norm(error) / np.linalg.norm(target)
+    return Reconstruction(coefficients, used, residual)
+
+
+def _blocks(profiles, resolution):
+    """Sums of `profiles` (last axis: θ_0, θ_1, ...) over θ_0 and blocks of `resolution` steps."""
+    if resolution == 1:
+        return profiles
+    head, rest = profiles[..., :1], profiles[..., 1:]
+    padding = -rest.shape[-1] % resolution
+    rest = np.concatenate([rest, np.zeros(rest.shape[:-1] + (padding,))], axis=-1)
+    return np.concatenate([head, rest.reshape(rest.shape[:-1] + (-1, resolution)).sum(-1)], axis=-1)
