@@ -115,13 +115,12 @@ def reconstruct(snapshot_profiles, target, resolution=1):
             entries beyond an array's end are 0).
         target: the target profile p_r; only snapshots no longer than it
             (taken no later than the target's step) are used.
-        resolution: compare profiles in blocks of this many steps (θ_0 on
-            its own, then steps 1..r, r+1..2r, ...). The paper's EMA with a
-            period T > 1 weighs only every T-th iterate: step by step its
-            profile is a comb no smooth profile matches (relative residual
-            ~ sqrt(1 - 1/T) however good the fit), while the iterates within
-            one period differ by a few SGD steps. Pass T for such a target.
-            Defaults to 1.
+        resolution: compare profiles in blocks of this many steps, counted
+            back from the target's step. The paper's EMA with a period T > 1 weighs
+            only every T-th iterate: step by step its profile is a comb no
+            smooth profile matches (relative residual ~ sqrt(1 - 1/T) however
+            good the fit), while the iterates within one period differ by a
+            few SGD steps. Pass T for such a target. Defaults to 1.
 
     Returns:
         A `Reconstruction`.
@@ -135,21 +134,24 @@ def reconstruct(snapshot_profiles, target, resolution=1):
         profile = np.asarray(snapshot_profiles[i], dtype="float64")
         basis[row, :len(profile)] = profile
     basis, target = _blocks(basis, resolution), _blocks(target, resolution)
-    gram = basis @ basis.T
-    products = basis @ target
-    # Snapshots close in time are nearly collinear: lstsq's cut-off drops the
-    # directions the data cannot tell apart instead of amplifying them.
-    coefficients = np.linalg.lstsq(gram, products, rcond=None)[0]
+    # The minimizer of ||Σ x_i p_i - p_r|| is the solution of the normal
+    # equations A x = b above; solved here from the profiles themselves (SVD
+    # of the basis): forming A squares the condition number, and snapshots
+    # close in time make it large. lstsq's cut-off drops the directions the
+    # snapshots cannot tell apart instead of amplifying them.
+    coefficients = np.linalg.lstsq(basis.T, target, rcond=None)[0]
     error = basis.T @ coefficients - target
     residual = np.linalg.norm(error) / np.linalg.norm(target)
     return Reconstruction(coefficients, used, residual)
 
 
 def _blocks(profiles, resolution):
-    """Sums of `profiles` (last axis: θ_0, θ_1, ...) over θ_0 and blocks of `resolution` steps."""
+    """Sums of `profiles` (last axis: θ_0..θ_t) over blocks of `resolution` steps counted back
+    from θ_t: (t-r, t], (t-2r, t-r], ... Any r consecutive steps hold exactly one update of a
+    period-r EMA, which stands for the iterates of its block."""
     if resolution == 1:
         return profiles
-    head, rest = profiles[..., :1], profiles[..., 1:]
-    padding = -rest.shape[-1] % resolution
-    rest = np.concatenate([rest, np.zeros(rest.shape[:-1] + (padding,))], axis=-1)
-    return np.concatenate([head, rest.reshape(rest.shape[:-1] + (-1, resolution)).sum(-1)], axis=-1)
+    backwards = profiles[..., ::-1]
+    padding = -backwards.shape[-1] % resolution
+    padded = np.concatenate([backwards, np.zeros(backwards.shape[:-1] + (padding,))], axis=-1)
+    return padded.reshape(padded.shape[:-1] + (-1, resolution)).sum(-1)

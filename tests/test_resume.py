@@ -24,7 +24,7 @@ ARGS = [
     "--limit-train", "128", "--batch-size", "32", "--limit-validation", "64",
     "--epochs", "3", "--ema-decays", "0.9", "0.99", "--ema-every", "2",
     "--swa", "--swa-start-epoch", "2", "--checkpoint-every-steps", "3", "--deterministic",
-    "--keep-checkpoint",
+    "--keep-checkpoint", "--post-hoc-ema", "--post-hoc-snapshot-every-steps", "2",
 ]
 ENV = dict({k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}, PYTHONUNBUFFERED="1")
 
@@ -73,6 +73,13 @@ def assert_same_run(out, uninterrupted):
         steps = scalar_steps(out, tag)
         assert [step for step, _ in steps] == [1, 2, 3]  # none duplicated, none missing
         assert steps == scalar_steps(uninterrupted, tag)
+    # Post-hoc EMA snapshots: the same steps, the same averages (rewritten after the resume).
+    snapshots = sorted(p.name for p in (out / "power_ema").iterdir())
+    assert snapshots == sorted(p.name for p in (uninterrupted / "power_ema").iterdir()) and len(snapshots) == 6
+    for name in snapshots:
+        with np.load(out / "power_ema" / name) as a, np.load(uninterrupted / "power_ema" / name) as b:
+            assert sorted(a.files) == sorted(b.files)
+            assert all(np.array_equal(a[k], b[k]) for k in a.files)
     summary = json.loads((out / "summary.json").read_text())
     assert summary == {
         **json.loads((uninterrupted / "summary.json").read_text()),
