@@ -67,7 +67,9 @@ def _train(config, data, path, argv):
                        timer=timer, stability=config.track_stability)
     # The timer first (it marks where each epoch's evaluation starts), then the
     # guard: a diverged step must never reach an average or a checkpoint.
-    callbacks = [timer, DivergenceGuard(weights_every_steps=config.ema_every_steps)]
+    # The weights are checked on every step an average takes them in (the power EMAs: every step).
+    guard_every = 1 if config.post_hoc_ema else config.ema_every_steps
+    callbacks = [timer, DivergenceGuard(weights_every_steps=guard_every)]
     callbacks += list(averaging.values()) + [logger]
     if config.bootstrap_every_epochs:
         callbacks.append(
