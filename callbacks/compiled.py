@@ -28,6 +28,8 @@ def compile_update(fn, sources, targets):
     if backend == "tensorflow":
         import tensorflow as tf
 
+        _quiet_first_traces()
+
         @tf.function(autograph=False)
         def update(*args):
             values = fn([variable.value for variable in sources], *args)
@@ -110,3 +112,31 @@ def compile_in_place_update(fn, targets, sources):
         return fn(values[: len(targets)], values[len(targets) :], *args)
 
     return compile_update(split_fn, targets + sources, targets)
+
+
+class _FirstTraceFilter:
+    """Drops TensorFlow's "N out of the last M calls to <function compile_update.<locals>.update>
+    triggered tf.function retracing" warning.
+
+    Each `update` is a tf.function of its own, traced once for its variables
+    (tests/test_power_ema.py checks the tracing count). TensorFlow's
+    frequent-tracing detector counts the first traces of the separate
+    instances (MultiEMA, PowerFunctionEMA and SWA each build three at train
+    begin) as if one function retraced, and would print that warning into
+    every run's terminal.
+    """
+
+    def filter(self, record):
+        message = record.getMessage()
+        return not ("compile_update.<locals>.update" in message and "triggered tf.function retracing" in message)
+
+
+_FILTER = _FirstTraceFilter()
+
+
+def _quiet_first_traces():
+    import logging
+
+    logger = logging.getLogger("tensorflow")
+    if _FILTER not in logger.filters:
+        logger.addFilter(_FILTER)

@@ -218,6 +218,13 @@ def test_bad_arguments_name_themselves(kwargs, message):
         PowerFunctionEMA(**kwargs)
 
 
+def test_the_fused_update_is_traced_once(trained):
+    update = trained[2].averages._update
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("a TensorFlow tf.function's tracing count")
+    assert update.experimental_get_tracing_count() == 1  # 200 calls, one trace
+
+
 def test_swapped_in_holds_the_average_and_restores_the_weights(trained):
     model, _, tracked, *_ = trained
     before = model.get_weights()
