@@ -82,18 +82,37 @@ def prepare(argv):
     from data import loading
     from training import distribution
 
+    settings = distribution.process_settings()  # the KERAS_DISTRIBUTION_* variables: one-line errors
+    if settings and settings[1] > 1:
+        check_several_processes(config, settings[1])
     loading.check_data_available(config)  # asking TFDS itself
+    distribution.initialize_processes()  # joins the other processes, before JAX is asked for devices
     devices = distribution.resolve(config.devices)
-    runs = [(dataclasses.replace(run_config, devices=devices), run_path) for run_config, run_path in runs]
+    process_id = settings[2] if settings else 0  # process k > 0 writes a copy (run_dir.process_path)
+    runs = [(dataclasses.replace(run_config, devices=devices), run_directory.process_path(run_path, process_id))
+            for run_config, run_path in runs]
     for run_config, run_path in runs:
         run_directory.check(run_path, run_config)  # now with the device count
     return runs
 
 
+def check_several_processes(config, num_processes):
+    """What a run over several processes (KERAS_DISTRIBUTION_*) cannot do, as one-line errors."""
+    if config.out is None:
+        # Each process would stamp its own default path.
+        raise UsageError(f"a run of {num_processes} processes needs --out, the same on every process")
+    if config.track_stability:
+        raise UsageError(f"--track-stability cannot run over {num_processes} processes (Keras's predict does not "
+                         "gather the other processes' predictions); leave it out, or train in one process")
+
+
 def load_data(config):
     from data import loading
+    from training import distribution
 
-    return loading.load_data(config)
+    data = loading.load_data(config)
+    distribution.check_batches(config, data)
+    return data
 
 
 if __name__ == "__main__":

@@ -103,6 +103,7 @@ def update_times(config, calls, steps):
         callback.set_model(model)
         callback.averages.build(model)
         callback.averages.start()
+        callback.averages.step = 1000  # any step past the first: β_t of a typical update
         factors = callback.averages.decay_factors()
         callback.averages._update(factors)  # compile
         seconds = []

@@ -218,5 +218,6 @@ def plot_posthoc_heatmap(result, history, path):
     axes.set_xlabel("stopping epoch")
     axes.set_title(f"Post-hoc EMA: {len(result['snapshots'])} snapshots of σ_rel "
                    f"{', '.join(f'{s:g}' for s in result['sigma_rels_tracked'])}; BatchNorm "
-                   f"{'recomputed' if result['bn'] == 'recompute' else 'averaged'}; best outlined", fontsize=9)
+                   f"{'recomputed' if result['bn'] == 'recompute' else 'averaged'}; best outlined\n"
+                   "tracked: the EMA the run itself kept, as logged during training (its BN as tracked)", fontsize=9)
     _save(pyplot, figure, path)

@@ -17,6 +17,10 @@ the saved epoch and batch and sees each batch exactly once.
 Files: `<run>/checkpoint/last.npz` and `previous.npz`. A save writes a
 temporary file, fsyncs it, moves `last` to `previous`, then renames the
 temporary file to `last`: a crash at any point leaves a readable checkpoint.
+
+Several processes (JAX) each save their own copy (training/run_dir.py,
+`process_path`) at the same steps; a kill can land between two processes'
+saves, so they resume at the newest step that every one of them has.
 """
 
 import json
@@ -26,6 +30,7 @@ import zipfile
 import keras
 import numpy as np
 
+from training import distribution
 from utils.errors import UsageError
 
 FORMAT_VERSION = 1
@@ -112,6 +117,8 @@ def load(directory):
     """
     candidates = [os.path.join(directory, name) for name in (LAST, PREVIOUS)]
     existing = [path for path in candidates if os.path.exists(path)]
+    if distribution.process_count() > 1:
+        existing = _held_by_every_process(directory, candidates, existing)
     if not existing:
         return None
     problems = []
@@ -124,6 +131,36 @@ def load(directory):
         f"the checkpoint in {directory} is truncated or not ours ({'; '.join(problems)}); "
         "delete that folder to start the run over, or choose another --out"
     )
+
+
+def _held_by_every_process(directory, candidates, existing):
+    """The checkpoints among `existing` whose step every process has saved too (a collective: all call it)."""
+    steps = [_step(path) if path in existing else -1 for path in candidates]
+    common = common_steps(distribution.gather_from_processes(steps))
+    if common is None:
+        return existing  # none readable anywhere: `load` says so, as for one process
+    if not common:
+        raise UsageError(f"the processes of this run hold checkpoints of no common step (this one: {directory}, "
+                         f"steps {[step for step in steps if step >= 0]}); delete the checkpoint folders of the run "
+                         "and of its process-<k>/ copies to start over, or choose another --out")
+    return [path for path, step in zip(candidates, steps) if step in common]
+
+
+def common_steps(steps_per_process):
+    """The steps saved by every process (-1: no file); None if no process saved any."""
+    saved = [{step for step in steps if step >= 0} for steps in steps_per_process]
+    if not any(saved):
+        return None
+    return set.intersection(*saved)
+
+
+def _step(path):
+    # The header alone (np.load reads an npz member on access).
+    try:
+        with np.load(path, allow_pickle=False) as contents:
+            return int(json.loads(str(contents["header"]))["meta"]["global_step"])
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        return -1  # unreadable: as if absent
 
 
 def restore(model, contents):

@@ -15,8 +15,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def collect():
-    """A JSON-able dict: python, package versions, Keras backend, devices, git commit and dirtiness."""
+    """A JSON-able dict: python, package versions, Keras backend, devices, processes, git commit and dirtiness."""
     import keras
+
+    from training import distribution
 
     versions = {}
     for package in PACKAGES:
@@ -29,7 +31,8 @@ def collect():
         "platform": platform.platform(),
         "versions": versions,
         "keras_backend": keras.backend.backend(),
-        "devices": [str(device) for device in keras.distribution.list_devices()],
+        "devices": [str(device) for device in keras.distribution.list_devices()],  # of every process
+        "processes": distribution.process_count(),
         **_git(),
     }
 

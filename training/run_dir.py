@@ -9,6 +9,7 @@ import csv
 import datetime
 import json
 import os
+import re
 import shlex
 import tempfile
 
@@ -27,6 +28,9 @@ POSTHOC_DIR = "posthoc"  # what app.posthoc writes
 EVALUATION_FILE = "evaluation.json"  # per run, by app.evaluate: Table 5 (shape: evaluation/report.py)
 TRANSFER_FILE = "transfer.json"  # per run, by app.transfer: Table 4
 CONSISTENCY_FILE = "consistency.json"  # per multi-seed directory, by app.consistency: Table 3
+# A run of several JAX processes: process k > 0 writes its own copy of the run in <run>/process-<k>/.
+PROCESS_DIR = "process-{}"
+_PROCESS_COPY = re.compile(r"process-[1-9][0-9]*")
 # Weights: weights/<stem>.weights.h5 with the stems `final`, `swa` and `ema_stem(...)`.
 WEIGHTS_SUFFIX = ".weights.h5"
 FINAL_WEIGHTS = "final"
@@ -60,6 +64,20 @@ def read_history(path, missing=None):
         raise UsageError(f"{path} holds a non-numeric cell; rewrite it or leave this run out")
 
 
+def process_path(run_path, process_id):
+    """Where process `process_id` of a run of several processes writes that run.
+
+    Keras's multi-worker convention (`distributed_file_utils.write_dirpath`):
+    the chief (process 0) writes the run directory itself, exactly as a
+    one-process run does; every other process writes the same files (all
+    hold the same replicated state) in its own directory inside it, where two
+    processes never collide, also on a shared file system, and from which it
+    resumes on its own. Readers of runs look for `config.json` and `seed-<k>/`
+    only, so they never take a copy for a run.
+    """
+    return run_path if process_id == 0 else os.path.join(run_path, PROCESS_DIR.format(process_id))
+
+
 def default_path(config):
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     return os.path.join("runs", f"{config.dataset}-{config.model}-{stamp}")
@@ -80,7 +98,8 @@ def check(path, config):
     """Raises UsageError if `path` cannot hold this run. Writes nothing."""
     if os.path.exists(path) and not os.path.isdir(path):
         raise UsageError(f"--out {path} is a file; choose a directory path")
-    if not os.path.isdir(path) or not os.listdir(path):
+    # Other processes' copies (`process_path`) may be there before the chief writes anything.
+    if not os.path.isdir(path) or all(_PROCESS_COPY.fullmatch(name) for name in os.listdir(path)):
         target = os.path.abspath(path)
         while not os.path.exists(target):
             target = os.path.dirname(target)
