@@ -47,8 +47,8 @@ def build_parser():
     parser.add_argument("--decays", type=float, nargs="*", default=None,
                         help="EMA decays to rebuild, as the run's MultiEMA would keep them "
                         "(its --ema-every-steps and warm-up) (default: the run's --ema-decays)")
-    parser.add_argument("--sigma-rels", type=float, nargs="*", default=[],
-                        help="power-function EMAs (EDM2 sigma_rel) to rebuild as well")
+    parser.add_argument("--sigma-rels", type=float, nargs="*", default=None,
+                        help="power-function EMAs (EDM2 sigma_rel) to rebuild as well (default: none)")
     parser.add_argument("--epochs", type=positive_int, nargs="+", required=True,
                         help="1-based epochs at whose end to stop each average")
     parser.add_argument("--max-residual", type=float, default=None,
@@ -81,6 +81,7 @@ def prepare(argv):
     from training import run_dir as run_directory
 
     args = build_parser().parse_args(argv)
+    args.sigma_rels = args.sigma_rels or []
     choice(args.bn, BN_MODES, "--bn mode")
     path = args.run_dir.rstrip("/")
     if not os.path.isfile(os.path.join(path, run_directory.CONFIG_FILE)):
