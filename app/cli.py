@@ -8,7 +8,7 @@ import argparse
 
 from app import cli_posthoc
 from app import inputs
-from app.errors import DefaultsHelpFormatter, OneLineArgumentParser, UsageError, choice, positive_int
+from app.errors import DefaultsHelpFormatter, OneLineArgumentParser, UsageError, choice, flag_error, positive_int
 from callbacks import arguments
 from training import config as config_lib
 
@@ -316,8 +316,7 @@ def parse_config(argv, model_names=config_lib.MODEL_NAMES):
         try:
             decays = arguments.checked_decays(args.ema_decays)
         except ValueError as error:
-            expected = str(error).rsplit("Expected ", 1)[-1].rstrip(".")
-            raise UsageError(f"--ema-decays {' '.join(map(str, args.ema_decays))}: expected {expected}")
+            raise flag_error("--ema-decays", args.ema_decays, error) from None
     swa_start_epoch = args.swa_start_epoch
     if args.swa:
         if swa_start_epoch is None:

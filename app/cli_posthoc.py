@@ -1,6 +1,6 @@
 """`app.train`'s post-hoc EMA flags (PowerFunctionEMA snapshots for `python -m app.posthoc`)."""
 
-from app.errors import UsageError, choice, positive_int
+from app.errors import choice, flag_error, positive_int
 from callbacks import power_profiles
 from callbacks import power_snapshots
 from callbacks.power_ema_options import DEFAULT_SIGMA_RELS
@@ -37,11 +37,10 @@ def add_arguments(parser):
 def config_fields(args):
     """The TrainConfig fields of the post-hoc flags, checked."""
     choice(args.post_hoc_snapshot_dtype, power_snapshots.SNAPSHOT_DTYPES, "--post-hoc-snapshot-dtype")
-    sigma_rels = tuple(args.post_hoc_sigma_rels)
-    limit = power_profiles.gamma_to_sigma_rel(0.0)
-    if len(set(sigma_rels)) != len(sigma_rels) or not all(0 < s < limit for s in sigma_rels):
-        raise UsageError(f"--post-hoc-sigma-rels {' '.join(map(str, sigma_rels))}: expected distinct "
-                         f"values in (0, {limit:.4f}) (EDM2 tracks 0.05 0.1)")
+    try:
+        sigma_rels = power_profiles.checked_sigma_rels(args.post_hoc_sigma_rels)  # PowerFunctionEMA's rule
+    except ValueError as error:
+        raise flag_error("--post-hoc-sigma-rels", args.post_hoc_sigma_rels, error) from None
     return dict(
         post_hoc_ema=args.post_hoc_ema,
         post_hoc_sigma_rels=sigma_rels,

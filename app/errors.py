@@ -27,6 +27,12 @@ def choice(value, choices, what):
     return value
 
 
+def flag_error(flag, values, error):
+    """A library's argument ValueError ("... Expected X.") as the one-line `UsageError` of `flag`."""
+    expected = str(error).rsplit("Expected ", 1)[-1].rstrip(".")
+    return UsageError(f"{flag} {' '.join(map(str, values))}: expected {expected}")
+
+
 def positive_int(text):
     """argparse type: an integer >= 1."""
     value = int(text)

@@ -31,7 +31,7 @@ import os
 import sys
 import time
 
-from app.errors import DefaultsHelpFormatter, OneLineArgumentParser, UsageError, choice, positive_int
+from app.errors import DefaultsHelpFormatter, OneLineArgumentParser, UsageError, choice, flag_error, positive_int
 
 BN_MODES = ("recompute", "average")
 
@@ -96,11 +96,12 @@ def prepare(argv):
     try:
         decays = arguments.checked_decays(decays) if decays else ()
     except ValueError as error:
-        raise UsageError(f"--decays {' '.join(map(str, decays))}: expected "
-                         f"{str(error).rsplit('Expected ', 1)[-1].rstrip('.')}") from None
-    limit = power_profiles.gamma_to_sigma_rel(0.0)
-    if not all(0 < s < limit for s in args.sigma_rels):
-        raise UsageError(f"--sigma-rels {' '.join(map(str, args.sigma_rels))}: expected values in (0, {limit:.4f})")
+        raise flag_error("--decays", decays, error) from None
+    if args.sigma_rels:
+        try:
+            power_profiles.checked_sigma_rels(args.sigma_rels, distinct=False)
+        except ValueError as error:
+            raise flag_error("--sigma-rels", args.sigma_rels, error) from None
     if not decays and not args.sigma_rels:
         raise UsageError("nothing to rebuild: give --decays or --sigma-rels")
     max_residual = posthoc.DEFAULT_MAX_RESIDUAL if args.max_residual is None else args.max_residual

@@ -42,10 +42,8 @@ class EMAAverages:
     def build(self, model):
         """Creates the averages for `model`'s variables (again only if they changed)."""
         statistics = {id(v) for v in variables.batch_norm_statistics(model)}
-        averaged_ids = {id(v) for v in model.trainable_variables}
-        if self.bn_mode == "eman":
-            averaged_ids |= statistics
-        averaged = [v for v in model.weights if id(v) in averaged_ids]
+        averaged = averaged_variables(model, self.bn_mode)
+        averaged_ids = {id(v) for v in averaged}
         if self._built_for == [id(v) for v in averaged]:
             return
         self._averaged = averaged
@@ -164,6 +162,15 @@ class EMAAverages:
         self.num_updates = int(state["num_updates"])
         # A state saved before labels existed: treat every average as distinct.
         self.labels = [int(x) for x in state.get("identical_labels", range(len(self.decays)))]
+
+
+def averaged_variables(model, bn_mode):
+    """The variables an average of `model` holds, in `model.weights` order: the trainable
+    ones, and with `bn_mode="eman"` the BatchNorm moving statistics too."""
+    averaged_ids = {id(v) for v in model.trainable_variables}
+    if bn_mode == "eman":
+        averaged_ids |= {id(v) for v in variables.batch_norm_statistics(model)}
+    return [v for v in model.weights if id(v) in averaged_ids]
 
 
 def steps_in_epoch(params, batch):

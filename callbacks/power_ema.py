@@ -64,12 +64,7 @@ class PowerFunctionEMA(keras.callbacks.Callback):
     def __init__(self, sigma_rels=DEFAULT_SIGMA_RELS, snapshot_every_steps=1000, directory=None,
                  snapshot_dtype="float32"):
         super().__init__()
-        sigma_rels = tuple(sigma_rels) if isinstance(sigma_rels, (list, tuple)) else (sigma_rels,)
-        limit = power_profiles.gamma_to_sigma_rel(0.0)
-        if not sigma_rels or len(set(sigma_rels)) != len(sigma_rels) or any(
-                isinstance(s, bool) or not isinstance(s, (int, float)) or not 0 < s < limit for s in sigma_rels):
-            raise arguments.invalid("sigma_rels", sigma_rels, f"distinct values in (0, {limit:.4f})")
-        self.sigma_rels = tuple(float(s) for s in sigma_rels)
+        self.sigma_rels = power_profiles.checked_sigma_rels(sigma_rels)
         self.gammas = tuple(power_profiles.sigma_rel_to_gamma(s) for s in self.sigma_rels)
         self.snapshot_every_steps = arguments.checked_int("snapshot_every_steps", snapshot_every_steps, 1)
         self.directory = directory
@@ -128,10 +123,6 @@ class PowerFunctionEMA(keras.callbacks.Callback):
         self.model  # JAX: sync before the swap saves the trained weights
         with self.averages.swapped_in(self.sigma_rels.index(sigma_rel)):
             yield
-
-    def averaged_size(self):
-        """Number of values in one average (all averaged variables)."""
-        return sum(int(np.prod(v.shape)) for v in self.averages.averaged)
 
     def get_state(self):
         if self.averages.averages is None:

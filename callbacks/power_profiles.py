@@ -28,6 +28,7 @@ bad one) before it loads anything heavy.
 
 import numpy as np
 
+from callbacks import arguments
 from callbacks import warmup as warmup_rule
 
 
@@ -44,6 +45,17 @@ def sigma_rel_to_gamma(sigma_rel):
     roots = np.roots([1.0, 7.0, 16.0 - inverse, 12.0 - inverse])
     real = roots[np.abs(roots.imag) < 1e-9].real
     return float(real.max())
+
+
+def checked_sigma_rels(sigma_rels, distinct=True):
+    """`sigma_rels` as a tuple of floats, each in (0, σ_rel of γ = 0, the uniform average)."""
+    sigma_rels = tuple(sigma_rels) if isinstance(sigma_rels, (list, tuple)) else (sigma_rels,)
+    limit = gamma_to_sigma_rel(0.0)
+    if (not sigma_rels or (distinct and len(set(sigma_rels)) != len(sigma_rels)) or any(
+            isinstance(s, bool) or not isinstance(s, (int, float)) or not 0 < s < limit for s in sigma_rels)):
+        kind = "distinct values" if distinct else "values"
+        raise arguments.invalid("sigma_rels", sigma_rels, f"{kind} in (0, {limit:.4f})")
+    return tuple(float(s) for s in sigma_rels)
 
 
 def gamma_to_sigma_rel(gamma):

@@ -96,7 +96,8 @@ def _compare(plan, evaluator, model, key, target, indices, is_statistic):
 
     rebuilt = posthoc.combine(target)
     _load_weights(model, run_directory.weights_path(plan["path"], run_directory.ema_stem(key, "accuracy")))
-    tracked = [model.get_weights()[i] for i in indices]
+    weights = model.get_weights()
+    tracked = [weights[i] for i in indices]
     split = {flag: ([r for r, s in zip(rebuilt, is_statistic) if s == flag],
                     [t for t, s in zip(tracked, is_statistic) if s == flag]) for flag in (False, True)}
     # Both with BatchNorm recomputed over the same pass: the run saved the tracked one so (`_bn`).

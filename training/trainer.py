@@ -16,9 +16,9 @@ import numpy as np
 
 from callbacks.bootstrap import EMABootstrap
 from callbacks.divergence import DivergenceGuard, TrainingDiverged
+from callbacks.ema_averages import averaged_variables
 from callbacks.ema_selection import SUMMARY_KEYS
 from callbacks.power_snapshots import snapshot_bytes
-from callbacks.variables import batch_norm_statistics
 from callbacks.warmup import warmup_released_after
 from training import checkpoint
 from training import distribution
@@ -244,7 +244,7 @@ def _post_hoc_text(config, data, model, path):
     """What --post-hoc-ema keeps and the disk its snapshots will take."""
     every = recipe.snapshot_every_steps(config, data.steps_per_epoch)
     count = data.steps_per_epoch * config.epochs // every
-    values = sum(int(np.prod(v.shape)) for v in model.trainable_variables + batch_norm_statistics(model))
+    values = sum(int(np.prod(v.shape)) for v in averaged_variables(model, "eman"))  # PowerFunctionEMA's
     size = count * snapshot_bytes(values, len(config.post_hoc_sigma_rels), config.post_hoc_snapshot_dtype)
     sigmas = ", ".join(f"{s:g}" for s in config.post_hoc_sigma_rels)
     return (f"post-hoc EMA: power-function EMAs sigma_rel {sigmas}, a {config.post_hoc_snapshot_dtype} "
