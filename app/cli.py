@@ -135,9 +135,9 @@ def build_parser(prog="python -m app.train", out_help="run directory (default: r
     )
     train.add_argument(
         "--warmup-epochs",
-        type=int,
+        type=float,
         default=None,
-        help="linear warm-up epochs (default: 5 for cosine, else 0)",
+        help="linear warm-up epochs, fractions allowed (default: 5 for cosine, else 0)",
     )
     train.add_argument("--seed", type=int, default=0, help="random seed")
     train.add_argument(
@@ -306,6 +306,7 @@ def parse_config(argv, model_names=config_lib.MODEL_NAMES):
     warmup_epochs = args.warmup_epochs
     if warmup_epochs is None:
         warmup_epochs = min(5, epochs - 1) if args.schedule == "cosine" else 0
+    warmup_epochs = config_lib.whole_if_integral(warmup_epochs)
     if not 0 <= warmup_epochs < epochs:
         raise UsageError(
             f"--warmup-epochs must be in [0, epochs); got {warmup_epochs} "

@@ -24,6 +24,7 @@ Example:
 
 import argparse
 import dataclasses
+import math
 import os
 import shlex
 import sys
@@ -31,6 +32,7 @@ import time
 
 from app.errors import DefaultsHelpFormatter, OneLineArgumentParser, UsageError
 from evaluation import claims as claim_pages
+from evaluation import scaling
 from evaluation.claims import CLAIM_ORDER, CLAIMS
 
 BUDGETS = ("small", "paper", "tiny")
@@ -77,15 +79,25 @@ def _setups(budget, out):
                           ["--lr", "0.1"], extra=_ADDA_FLAGS),
         }
     if budget == "small":
-        # 10,000 images x 30 epochs = 2,370 steps. The warm-up min(a, (t+1)/(t+10))
-        # releases 0.968 / 0.984 / 0.992 / 0.996 at steps 272 / 553 / 1,115 / 2,240
-        # (epochs 4, 8, 15, 29); T=4 keeps 0.996's window (1,000 steps, 13 epochs)
-        # shorter than the run, as the paper's 0.998 at T=16 (8,000 of 62,400 steps).
-        decays = (0.968, 0.984, 0.992, 0.996)
+        # The budget-scaling rule (evaluation/scaling.py): 10,000 training images at
+        # batch 32 give the paper's 313 steps per epoch, 9,390 steps in 30 epochs; with
+        # the paper's T=16, decays scaled by 62,600 / 9,390 keep its windows (0.8-12.8 %
+        # of the run) and release steps (0.998's at 7.2 %); lr warm-up 2.5 %; lr tuned
+        # on the validation split (app.tune).
+        protocol_steps = math.ceil(10000 / 32) * 30
+        decays = scaling.scaled_decays(protocol_steps)
+        tuned = ["--lr-from", os.path.join(out, "tuning")]
+        warmup = ["--warmup-epochs", f"{scaling.scaled_warmup_epochs(30):g}"]
+        noisy_warmup = ["--warmup-epochs", f"{scaling.scaled_warmup_epochs(60):g}"]
         return {
-            "protocol": Setup("cifar10", "resnet20", 30, decays, 4, ["--lr", "0.1"], 10000, 2000),
-            # Fewer images for more epochs: SGD must reach the memorization phase.
-            "noisy": Setup("cifar10n", "resnet20", 60, decays, 4, ["--lr", "0.1"], 5000, 2000),
+            "protocol": Setup("cifar10", "resnet20", 30, decays, scaling.PAPER_EVERY_STEPS, tuned, 10000, 2000,
+                              batch_size=32, extra=tuple(warmup)),
+            # Fewer images for more epochs (SGD must reach the memorization phase); about
+            # the same steps (157 x 60 = 9,420), so the same decays.
+            "noisy": Setup("cifar10n", "resnet20", 60, decays, scaling.PAPER_EVERY_STEPS,
+                           ["--lr-from", os.path.join(out, "tuning-noisy")], 5000, 2000,
+                           batch_size=32, extra=tuple(noisy_warmup)),
+            # Adda et al.'s own protocol (every step, no decay warm-up), outside the rule.
             "adda": Setup("cifar10", "resnet20", 30, (0.9, 0.99, 0.999), 1, ["--lr", "0.1"], 10000, 2000,
                           extra=_ADDA_FLAGS),
         }
@@ -129,22 +141,26 @@ def plan(budget, out, data_dir, seeds):
         "adda_cosine": os.path.join(out, "adda", "cosine"),
     }
     protocol, noisy, adda = setups["protocol"], setups["noisy"], setups["adda"]
-    limit_test = ["--limit-test", str(protocol.limit_validation)] if protocol.limit_validation else []
+    # Tests on the whole test set (10,000 CIFAR images), except the test suite's budget.
+    limit_test = ["--limit-test", str(protocol.limit_validation)] if budget == "tiny" else []
     steps = {}
     tune = []
-    if budget == "paper":
-        # §3.1 one-shot tuning: log grid wide enough for Fig. 2's peak near lr 0.4 at mid-training.
-        tune = [_tune_step(protocol, data_dir, os.path.join(out, "tuning")),
-                _tune_step(noisy, data_dir, os.path.join(out, "tuning-noisy"))]
+    if budget in ("paper", "small"):
+        # §3.1 one-shot tuning of the initial learning rate on the validation split.
+        tune = [_tune_step(protocol, data_dir, os.path.join(out, "tuning"), budget),
+                _tune_step(noisy, data_dir, os.path.join(out, "tuning-noisy"), budget)]
     validation = _train_step(protocol, data_dir, dirs["validation"], ["--bn-recompute", "epoch"])
     other_seeds = [s for s in seeds if s != seeds[0]]
-    validation_seeds = _train_step(protocol, data_dir, dirs["validation_seeds"], [], other_seeds)
+    # Every seed's validation run recomputes BN each epoch: Fig. 1a/1b show 3-seed bands.
+    validation_seeds = _train_step(protocol, data_dir, dirs["validation_seeds"], ["--bn-recompute", "epoch"],
+                                   other_seeds)
     final = _train_step(
         protocol, data_dir, dirs["final"],
         ["--full-train", "--stop-epochs-from", dirs["validation"], "--swa"], seeds,
     )
-    steps["fig1a"] = tune[:1] + [validation]
-    steps["fig1b"] = tune[:1] + [validation]
+    figure_runs = [validation] + ([validation_seeds] if other_seeds else [])
+    steps["fig1a"] = tune[:1] + figure_runs
+    steps["fig1b"] = tune[:1] + figure_runs
     steps["table1"] = tune[:1] + [validation, final]
     steps["swa"] = tune[:1] + [validation, final]
     steps["table3"] = tune[:1] + [validation, final, _consistency_step(dirs["final"], seeds, limit_test)]
@@ -201,8 +217,10 @@ def _train_step(setup, data_dir, path, extra, seeds=None):
     return Step("train", tuple(argv), done, images * runs, forward * runs)
 
 
-def _tune_step(setup, data_dir, path):
-    grid = ["0.025", "0.05", "0.1", "0.2", "0.4", "0.8", "1.6"]
+def _tune_step(setup, data_dir, path, budget):
+    # The paper's log grid is wide enough for Fig. 2's peak near lr 0.4 at mid-training;
+    # the small budget (batch 32) tries its short end, 0.4 included.
+    grid = ["0.05", "0.1", "0.2", "0.4"] if budget == "small" else ["0.025", "0.05", "0.1", "0.2", "0.4", "0.8", "1.6"]
     argv = [a for a in setup.argv(data_dir) if a not in setup.lr] + ["--lrs", *grid, "--out", path]
     trial = _num_train(setup) * 0.8 * setup.epochs
     return Step("tune", tuple(argv), (os.path.join(path, "best.json"),), int(trial * len(grid)), 0)

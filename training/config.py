@@ -49,6 +49,12 @@ def ema_batch_scale(config):
     return config.batch_size / EMA_REFERENCE_BATCH if config.ema_batch_scaling else 1.0
 
 
+def whole_if_integral(epochs):
+    """`epochs` as an int when it is whole (5.0 -> 5), else the float (0.75)."""
+    epochs = float(epochs)
+    return int(epochs) if epochs.is_integer() else epochs
+
+
 def default_swa_lr(dataset):
     return SWA_LR_BY_DATASET.get(dataset, DEFAULT_SWA_LR)
 
@@ -97,7 +103,7 @@ class TrainConfig:
     validation_fraction: float = 0.2
     split_seed: int = 0
     schedule: str = "cosine"
-    warmup_epochs: int = 5
+    warmup_epochs: float = 5  # an int when whole (config.json: 5, not 5.0)
     label_noise: str = "worse"
     # Weight averaging (callbacks/); an empty tuple turns EMA off.
     ema_decays: tuple = DEFAULT_EMA_DECAYS

@@ -16,6 +16,8 @@ import math
 import keras
 from keras import ops
 
+from training.config import whole_if_integral
+
 MULTISTEP_MILESTONES = (0.5, 0.75)  # fractions of the budget, Adda et al. App. A
 MULTISTEP_FACTOR = 0.1
 STEP_FACTOR = 0.97  # Adda et al. App. A: x0.97 every 2 epochs
@@ -31,8 +33,9 @@ class TrainingSchedule(keras.optimizers.schedules.LearningRateSchedule):
         initial_lr: peak learning rate (after warm-up).
         steps_per_epoch: optimizer steps per epoch.
         epochs: the training budget in epochs.
-        warmup_epochs: linear warm-up length; step `s < warmup_steps` gets
-            `initial_lr * (s + 1) / warmup_steps`. Defaults to 0.
+        warmup_epochs: linear warm-up length in epochs, possibly fractional
+            (`warmup_steps` = its steps, rounded); step `s < warmup_steps`
+            gets `initial_lr * (s + 1) / warmup_steps`. Defaults to 0.
     """
 
     def __init__(self, name, initial_lr, steps_per_epoch, epochs, warmup_epochs=0):
@@ -40,7 +43,7 @@ class TrainingSchedule(keras.optimizers.schedules.LearningRateSchedule):
         self.initial_lr = float(initial_lr)
         self.steps_per_epoch = int(steps_per_epoch)
         self.epochs = int(epochs)
-        self.warmup_epochs = int(warmup_epochs)
+        self.warmup_epochs = whole_if_integral(warmup_epochs)
 
     @property
     def total_steps(self):
@@ -48,7 +51,7 @@ class TrainingSchedule(keras.optimizers.schedules.LearningRateSchedule):
 
     @property
     def warmup_steps(self):
-        return self.steps_per_epoch * self.warmup_epochs
+        return round(self.steps_per_epoch * self.warmup_epochs)
 
     def __call__(self, step):
         step = ops.cast(step, "float32")

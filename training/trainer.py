@@ -256,7 +256,7 @@ def _warmup_text(config):
     if not config.warmup_epochs:
         return ""
     shrunk = config.schedule == "cosine" and config.warmup_epochs == config.epochs - 1 < 5
-    return (f" (warm-up {config.warmup_epochs} epoch{'s' if config.warmup_epochs > 1 else ''}"
+    return (f" (warm-up {config.warmup_epochs:g} epoch{'s' if config.warmup_epochs != 1 else ''}"
             f"{': the paper’s 5 shrunk to fit the run' if shrunk else ''})")
 
 
