@@ -4,10 +4,10 @@ Karras et al. (2024, "Analyzing and Improving the Training Dynamics of
 Diffusion Models", EDM2, §3 and App. C): a power-function EMA with exponent
 γ weighs the iterates θ_1..θ_t by ∝ τ^γ. Tracking two of them and saving
 snapshots lets one rebuild, after training, the average of any other profile
-as a linear combination of the snapshots. An average is linear in the
-iterates, so each one is a *profile*: the vector p of weights it puts on
-θ_0, θ_1, ..., θ_t (optimizer steps, counted from 1; θ_0 = the initial
-weights). The profiles here are those of the discrete recursions the
+as a combination of the snapshots whose coefficients sum to 1. An average is
+linear in the iterates, so each one is a *profile*: the vector p of weights it
+puts on θ_0, θ_1, ..., θ_t (optimizer steps, counted from 1; θ_0 = the
+initial weights). The profiles here are those of the discrete recursions the
 callbacks run, so the inner products are exact sums over the steps, no
 closed form needed.
 
@@ -102,10 +102,10 @@ def ema_profile(decay, step, every_steps=1, warmup="steps", batch_scale=1.0, len
 
 
 class Reconstruction:
-    """The least-squares combination of snapshots closest to a target profile.
+    """The combination of snapshots, coefficients summing to 1, closest to a target profile.
 
     Attributes:
-        coefficients: x, one per snapshot used (float64).
+        coefficients: x, one per snapshot used (float64); Σ x_i = 1.
         snapshots: indices (into the snapshot list given) of the snapshots used.
         residual: ||Σ x_i p_i - p_r|| / ||p_r||, the relative L2 error of the profile.
         amplification: Σ |x_i|, the factor by which the snapshots' own rounding
@@ -120,7 +120,13 @@ class Reconstruction:
 
 
 def reconstruct(snapshot_profiles, target, resolution=1):
-    """Solves A x = b, A_ij = <p_i, p_j>, b_i = <p_i, p_r> (EDM2 App. C.3), by least squares.
+    """Minimizes ||Σ x_i p_i - p_r|| subject to Σ x_i = 1 (EDM2 App. C.3).
+
+    Every profile here sums to 1 (an average), and EDM2 normalizes its
+    profiles so; the constraint makes the combination an average too. Without
+    it the least-squares x sums to 1 only up to about the profile residual, and
+    whatever all the snapshots share (the bulk of the weights, θ_0's scale) is
+    rebuilt times Σ x_i: a constant trajectory c would come back as (Σ x_i) c.
 
     Args:
         snapshot_profiles: list of profiles p_i (1-D arrays, any lengths;
@@ -146,15 +152,30 @@ def reconstruct(snapshot_profiles, target, resolution=1):
         profile = np.asarray(snapshot_profiles[i], dtype="float64")
         basis[row, :len(profile)] = profile
     basis, target = _blocks(basis, resolution), _blocks(target, resolution)
-    # The minimizer of ||Σ x_i p_i - p_r|| is the solution of the normal
-    # equations A x = b above; solved here from the profiles themselves (SVD
-    # of the basis): forming A squares the condition number, and snapshots
-    # close in time make it large. lstsq's cut-off drops the directions the
-    # snapshots cannot tell apart instead of amplifying them.
-    coefficients = np.linalg.lstsq(basis.T, target, rcond=None)[0]
+    # Null-space method: x = 1/n + N z, N an orthonormal basis of {Σ x_i = 0}, then
+    # an unconstrained least squares in z, solved from the profiles themselves
+    # (SVD): forming EDM2's normal equations A x = b, A_ij = <p_i, p_j>, squares
+    # the condition number, and snapshots close in time make it large. lstsq's
+    # cut-off drops the directions the snapshots cannot tell apart instead of
+    # amplifying them; N orthonormal and orthogonal to 1/n, so its minimum-norm z
+    # gives the minimum-norm x among the best.
+    count = len(used)
+    uniform = np.full(count, 1.0 / count)
+    null_space = _sum_zero_basis(count)
+    shift = np.linalg.lstsq(basis.T @ null_space, target - basis.T @ uniform, rcond=None)[0]
+    coefficients = uniform + null_space @ shift
     error = basis.T @ coefficients - target
     residual = np.linalg.norm(error) / np.linalg.norm(target)
     return Reconstruction(coefficients, used, residual)
+
+
+def _sum_zero_basis(count):
+    """An orthonormal basis (count x count-1) of the vectors whose entries sum to 0: the
+    columns 2.. of the Householder reflection H = I - 2 v v^T / v^T v, v = u + e_1,
+    u = (1, ..., 1)/sqrt(count), which maps e_1 to -u (v_1 > 0: no cancellation)."""
+    v = np.full(count, 1.0 / np.sqrt(count))
+    v[0] += 1.0
+    return np.eye(count)[:, 1:] - np.outer(v, v[1:]) * (2.0 / (v @ v))
 
 
 def _blocks(profiles, resolution):

@@ -7,6 +7,10 @@
   between the tracked 0.05 and 0.10) and of the paper's EMA (tracked directly
   by MultiEMA in the same fit) are close to the directly tracked averages; the
   relative weight errors are printed (pytest -s) and bounded.
+- The reconstruction's coefficients sum to 1 (EDM2 App. C.3): they equal a
+  direct solve of the constrained problem's KKT system, a constant trajectory
+  comes back exactly, and on the recorded trajectory the constrained weights
+  are no further from the tracked ones than the unconstrained least squares'.
 - The state resumes exactly; a fresh fit refuses old snapshots; float16
   snapshots cost a measured extra error.
 """
@@ -114,6 +118,70 @@ def test_profiles_are_the_recursions_unrolled():
     np.testing.assert_allclose(power_profiles.ema_profile(0.9, 40, every_steps=3) @ thetas, x, rtol=1e-12)
 
 
+SNAPSHOT_PROFILES = [power_profiles.power_profile(gamma, step)
+                     for step in range(10, 201, 10) for gamma in (16.97, 6.94)]
+TARGETS = [  # (profile, resolution): inside the snapshots' reach, and far outside it (EMA 0.5)
+    (power_profiles.power_profile(power_profiles.sigma_rel_to_gamma(0.07), 200), 1),
+    (power_profiles.ema_profile(0.95, 200, every_steps=2), 2),
+    (power_profiles.ema_profile(0.98, 150, every_steps=2), 2),
+    (power_profiles.ema_profile(0.5, 200, every_steps=2), 2),
+]
+
+
+@pytest.mark.parametrize("target, resolution", TARGETS, ids=["power-0.07", "ema-0.95", "ema-0.98-150", "ema-0.5"])
+def test_the_coefficients_sum_to_one_and_a_constant_trajectory_comes_back_exactly(target, resolution):
+    reconstruction = power_profiles.reconstruct(SNAPSHOT_PROFILES, target, resolution)
+    assert reconstruction.coefficients.sum() == pytest.approx(1.0, abs=1e-12)
+    # θ_t = c for every t: each snapshot is (Σ_s p_i[s]) c = c, and so must the combination be.
+    constant = np.random.default_rng(2).normal(size=(len(target), 5))  # 5 values, the same every step
+    constant[:] = constant[0]
+    rebuilt = sum(x * (SNAPSHOT_PROFILES[i] @ constant[:len(SNAPSHOT_PROFILES[i])])
+                  for x, i in zip(reconstruction.coefficients, reconstruction.snapshots))
+    np.testing.assert_allclose(rebuilt, constant[0], rtol=1e-12, atol=0)
+
+
+def test_the_constrained_solution_is_the_kkt_systems():
+    # Random averaging profiles of different lengths; the minimizer of ||P^T x - b|| with Σ x = 1
+    # solves [[P P^T, 1], [1^T, 0]] [x; λ] = [P b; 1] (Lagrange), here by a direct dense solve.
+    rng = np.random.default_rng(3)
+    for resolution in (1, 3):
+        profiles = [rng.random(length) for length in (12, 20, 25, 31, 40, 40)]
+        profiles = [p / p.sum() for p in profiles]
+        target = rng.random(41)
+        target /= target.sum()
+        reconstruction = power_profiles.reconstruct(profiles, target, resolution)
+        basis = _block_sums([np.pad(p, (0, 41 - len(p))) for p in profiles], resolution)
+        b = _block_sums(target, resolution)[0]
+        count = len(profiles)
+        kkt = np.block([[basis @ basis.T, np.ones((count, 1))], [np.ones((1, count)), np.zeros((1, 1))]])
+        want = np.linalg.solve(kkt, np.append(basis @ b, 1.0))[:count]
+        np.testing.assert_allclose(reconstruction.coefficients, want, rtol=1e-9, atol=1e-12)
+        residual = np.linalg.norm(basis.T @ want - b) / np.linalg.norm(b)
+        assert reconstruction.residual == pytest.approx(residual, rel=1e-9)
+        # Not the unconstrained optimum: that one sums to something else and fits better.
+        free = np.linalg.lstsq(basis.T, b, rcond=None)[0]
+        assert abs(free.sum() - 1) > 1e-3 and np.linalg.norm(basis.T @ free - b) < np.linalg.norm(basis.T @ want - b)
+
+
+def test_a_constant_trajectory_is_rebuilt_from_float32_snapshots(tmp_path):
+    # Learning rate 0 and no BatchNorm: every θ_t is θ_0, so any average of them is θ_0.
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(12, activation="relu"), keras.layers.Dense(3)])
+    model.compile(optimizer=keras.optimizers.SGD(0.0), loss=keras.losses.SparseCategoricalCrossentropy(True))
+    initial = model.get_weights()
+    x, y = _data()
+    directory = str(tmp_path / "snapshots")
+    model.fit(x, y, batch_size=BATCH, epochs=EPOCHS, shuffle=False, verbose=0,
+              callbacks=[PowerFunctionEMA(sigma_rels=(0.05, 0.10), snapshot_every_steps=EVERY, directory=directory)])
+    snapshots = posthoc.snapshots_of(directory)
+    config = {"ema_every_steps": 2, "ema_warmup": "steps"}
+    for kind, value in (("power", 0.07), ("ema", 0.95), ("ema", 0.98)):
+        target = posthoc.plan_one(snapshots, kind, value, EPOCHS, STEPS_PER_EPOCH, config)
+        error = posthoc.relative_distance(posthoc.combine(target), initial)
+        # float32 rounding of the snapshots, grown at most by Σ |x|.
+        assert error < 1e-7 * target.reconstruction.amplification, (kind, value, error)
+
+
 def test_averages_equal_a_numpy_rederivation(trained):
     model, trajectory, tracked, between, _, directory, _ = trained
     indices = tracked.averages.weight_indices
@@ -145,6 +213,25 @@ def _reconstruction_error(directory, kind, value, step, tracked_average, config)
     return posthoc.relative_distance(rebuilt, tracked_average), target.reconstruction
 
 
+def _block_sums(profiles, resolution):
+    """Sums over blocks of `resolution` steps counted back from the last step (NumPy, rows)."""
+    profiles = np.atleast_2d(profiles)[:, ::-1]
+    padded = np.pad(profiles, ((0, 0), (0, -profiles.shape[1] % resolution)))
+    return padded.reshape(len(padded), -1, resolution).sum(-1)
+
+
+def _unconstrained_error(directory, kind, value, step, tracked_average, config):
+    """The same reconstruction by plain least squares (coefficients free to sum to anything)."""
+    snapshots = [s for s in posthoc.snapshots_of(directory) if s.step <= step]
+    resolution = config["ema_every_steps"] if kind == "ema" else 1
+    basis = _block_sums([power_profiles.power_profile(s.gamma, s.step, step + 1) for s in snapshots], resolution)
+    target = _block_sums(posthoc.target_profile(kind, value, step, config), resolution)[0]
+    coefficients = np.linalg.lstsq(basis.T, target, rcond=None)[0]
+    rebuilt = [sum(c * a for c, a in zip(coefficients, arrays)) for arrays in zip(
+        *(power_snapshots.read_averages(s.path, s.index) for s in snapshots))]
+    return posthoc.relative_distance(rebuilt, tracked_average), coefficients.sum()
+
+
 def test_a_third_power_function_and_the_papers_ema_are_rebuilt_from_snapshots(trained):
     _, _, _, between, ema, directory, directory16 = trained
     config = {"ema_every_steps": 2, "ema_warmup": "steps"}
@@ -153,12 +240,16 @@ def test_a_third_power_function_and_the_papers_ema_are_rebuilt_from_snapshots(tr
     for kind, value, tracked_average in cases:
         error, reconstruction = _reconstruction_error(directory, kind, value, 200, tracked_average, config)
         error16, _ = _reconstruction_error(directory16, kind, value, 200, tracked_average, config)
+        free_error, free_sum = _unconstrained_error(directory, kind, value, 200, tracked_average, config)
         print(f"{kind} {value}: profile residual {reconstruction.residual:.2e}, relative weight error "
-              f"{error:.2e} (float16 snapshots {error16:.2e}), sum |x| {reconstruction.amplification:.2f}")
+              f"{error:.2e} (float16 snapshots {error16:.2e}; unconstrained least squares {free_error:.2e}, "
+              f"its sum x {free_sum:.6f}), sum |x| {reconstruction.amplification:.2f}")
         assert reconstruction.residual < 0.05
         assert error < 0.01 and error16 < 0.01
         # The weight error follows from the profile error: far below the tracked weights' own scale.
         assert error < 2 * reconstruction.residual + 1e-4
+        assert reconstruction.coefficients.sum() == pytest.approx(1.0, abs=1e-12)
+        assert error <= free_error
     # The power EMA of σ_rel 0.05 at a snapshot step is that snapshot: residual 0, error float32 rounding.
     tracked = posthoc.snapshots_of(directory)
     error, reconstruction = _reconstruction_error(directory, "power", 0.05, 200,
