@@ -9,7 +9,7 @@ a budget. Nothing here trains.
 import json
 import os
 
-from evaluation import claim_tables, report
+from evaluation import claim_tables, report, runs, scaling
 
 CLAIMS = {
     "fig1a": "§3.2-3.3 Fig. 1a: validation accuracy of SGD and of the best EMA each epoch "
@@ -46,12 +46,14 @@ def write_claim(claim, text, out, dirs, commands, command, wall_seconds, images,
     result = BUILDERS[claim](dirs, out)
     csv_path = report.write_csv(os.path.join(out, f"{claim}.csv"), result["rows"])
     parts = [f"# {claim}\n\n", f"**Claim.** {text}\n\n", f"**Ours.** {result['headline']}\n\n",
-             f"**Verdict: {result['verdict']}.** {result['reason']}.\n\n"]
+             f"**Verdict: {result['verdict']}.** {result['reason']}\n\n"]
     if result["mechanism"]:
         parts.append(f"{result['mechanism']}\n\n")
     parts.append(result["table"] + "\n")
     for path in result["figures"]:
         parts.append(f"![{claim}]({os.path.basename(path)})\n\n")
+    parts.append(_scaling_text(result) + "\n\n")
+    parts.append(_provenance_text(result["runs"], commands) + "\n\n")
     parts.append(f"Command: `{command}`. Its training runs took {run_seconds / 60:.0f} min here (2 CPU cores; "
                  f"sum of their summary.json wall times) and process about {images:,} training and "
                  f"{forward:,} forward images (evaluation, BN recompute); this invocation took "
@@ -68,6 +70,44 @@ def write_claim(claim, text, out, dirs, commands, command, wall_seconds, images,
                    "train_images": images, "forward_images": forward}, handle, indent=2)
     files = [markdown, csv_path, verdict_path] + list(result["figures"])
     return {"files": files, "headline": result["headline"], "verdict": result["verdict"], "rows": result["rows"]}
+
+
+def _scaling_text(result):
+    """The budget's averaging geometry beside the paper's (evaluation/scaling.py)."""
+    if result.get("outside_rule"):
+        return f"**Budget vs paper.** {result['outside_rule']}"
+    config = result["config"]
+    swa_start = config.get("swa_start_epoch") if config.get("swa") else None
+    rows = scaling.ratio_rows(runs.steps_per_epoch(config), config["epochs"], config.get("ema_decays", ()),
+                              config["ema_every_steps"], config.get("warmup_epochs", 0), swa_start)
+    return ("**Budget vs paper** (evaluation/scaling.py's rule: T=16 and 1 − α scaled by the paper's 62,600 steps "
+            f"over this run's {runs.steps_per_epoch(config) * config['epochs']:,}, so each fraction of the run "
+            "matches):\n\n" + scaling.ratio_table(rows))
+
+
+def _provenance_text(used, commands):
+    """Which code and command produced each run the page reads (config.json's provenance, command.txt)."""
+    lines = ["| run | seed | commit | tree | command.txt is a step below |", "|---|---|---|---|---|"]
+    planned = {" ".join(command.split()) for command in commands}
+    for run in used:
+        provenance = run.config.get("provenance") or {}
+        commit = provenance.get("git_commit")
+        dirty = provenance.get("git_dirty")
+        tree = "unknown" if dirty is None else ("dirty" if dirty else "clean")
+        try:
+            with open(os.path.join(run.path, "command.txt"), encoding="utf-8") as handle:
+                recorded = " ".join(handle.read().split())
+        except OSError:
+            recorded = None
+        matches = "—" if recorded is None else ("yes" if _matches(recorded, planned) else f"no: `{recorded}`")
+        lines.append(f"| {run.path} | {run.config.get('seed', '?')} | {commit[:10] if commit else 'not recorded'} "
+                     f"| {tree} | {matches} |")
+    return "**Provenance** (each run's config.json and command.txt):\n\n" + "\n".join(lines)
+
+
+def _matches(recorded, planned):
+    """A run's command.txt against the planned steps; a multi-seed step wrote it with all its --seeds."""
+    return recorded in planned or any(recorded.split(" --seeds ")[0] == step.split(" --seeds ")[0] for step in planned)
 
 
 def verdict_index(budget_dir, claim_order, link_prefix):

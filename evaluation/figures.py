@@ -14,6 +14,7 @@ The paper smooths Fig. 1 with a sliding window of 5 epochs; `smoothing_window`
 """
 
 import math
+import warnings
 
 import numpy as np
 
@@ -29,18 +30,36 @@ DATASET_TITLES = {
 LABEL_NOISE_DATASETS = ("cifar10n", "cifar100n")
 
 
-def mean_curve(runs, column):
-    """(epochs, mean over seeds) of one history column; NaN where no seed has a value."""
+def seed_curves(runs, column):
+    """(epochs, values (seeds, epochs)) of one history column; NaN where a seed has no value."""
     epochs = sorted({int(row["epoch"]) for run in runs for row in run.history})
     values = np.full((len(runs), len(epochs)), np.nan)
     position = {epoch: index for index, epoch in enumerate(epochs)}
     for row_index, run in enumerate(runs):
         for row in run.history:
             values[row_index, position[int(row["epoch"])]] = row.get(column, math.nan)
+    return np.array(epochs), values
+
+
+def mean_curve(runs, column):
+    """(epochs, mean over seeds) of one history column; NaN where no seed has a value."""
+    epochs, values = seed_curves(runs, column)
     counts = np.sum(np.isfinite(values), axis=0)
     sums = np.nansum(values, axis=0)
     with np.errstate(invalid="ignore", divide="ignore"):
-        return np.array(epochs), np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+        return epochs, np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+
+
+def _band(axes, runs, column, colour, smoothing_window):
+    """Shades the range (min to max) over seeds of one column, when there are several seeds."""
+    if len(runs) < 2:
+        return
+    epochs, values = seed_curves(runs, column)
+    smoothed = np.stack([smooth(row, smoothing_window) for row in values])
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN epochs (a column some epochs lack)
+        low, high = np.nanmin(smoothed, axis=0), np.nanmax(smoothed, axis=0)
+    axes.fill_between(epochs, 100 * low, 100 * high, color=colour, alpha=0.18, linewidth=0)
 
 
 def smooth(values, window):
@@ -75,7 +94,7 @@ def _split_label(group):
 
 def _seeds_text(group):
     count = len(group.runs)
-    return f"mean of {count} seeds" if count > 1 else "1 seed"
+    return f"mean of {count} seeds, shaded: their range" if count > 1 else "1 seed"
 
 
 def _new_figure():
@@ -108,9 +127,11 @@ def plot_ema_vs_sgd(group, path, ema_column, ema_label, smoothing_window=1):
     pyplot, figure, axes = _new_figure()
     epochs, sgd = mean_curve(group.runs, "val_accuracy")
     lines = axes.plot(epochs, 100 * smooth(sgd, smoothing_window), color="tab:blue", label="SGD")
+    _band(axes, group.runs, "val_accuracy", "tab:blue", smoothing_window)
     if has_column(group.runs, ema_column):
         _, ema = mean_curve(group.runs, ema_column)
         lines += axes.plot(epochs, 100 * smooth(ema, smoothing_window), color="tab:red", label=ema_label)
+        _band(axes, group.runs, ema_column, "tab:red", smoothing_window)
     _label_epochs(axes, group)
     if has_column(group.runs, "lr"):
         lr_axes = axes.twinx()
@@ -170,6 +191,7 @@ def plot_decays(group, path, smoothing_window=1):
         if twin is not None:
             label += f" (= α={twin[0]} to epoch {twin[1]})"
         axes.plot(epochs, 100 * smooth(values, smoothing_window), color=colour, label=label)
+        _band(axes, group.runs, f"ema_{key}_val_accuracy", colour, smoothing_window)
         if has_column(group.runs, f"ema_{key}_bn_val_accuracy"):
             epochs, values = mean_curve(group.runs, f"ema_{key}_bn_val_accuracy")
             axes.plot(

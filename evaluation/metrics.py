@@ -249,11 +249,15 @@ def pairwise_mean(metric, predictions):
     With 3 seeds this is the mean over the pairs (0,1), (0,2), (1,2), as in the
     paper's Table 3 ("pair-wise churn and JS divergence").
     """
+    return float(np.mean(pairwise_values(metric, predictions)))
+
+
+def pairwise_values(metric, predictions):
+    """`metric(a, b)` for every unordered pair, in `itertools.combinations` order ((0,1), (0,2), (1,2))."""
     predictions = list(predictions)
     if len(predictions) < 2:
         raise ValueError(f"Expected predictions of at least 2 models. Received {len(predictions)}.")
-    values = [metric(a, b) for a, b in itertools.combinations(predictions, 2)]
-    return float(np.mean(values))
+    return [float(metric(a, b)) for a, b in itertools.combinations(predictions, 2)]
 
 
 def prediction_stability(correct_previous, correct_current):

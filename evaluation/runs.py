@@ -34,7 +34,7 @@ def summary_key(method):
 _SEED_DIRECTORY = re.compile(r"seed-(\d+)$")
 # Config keys that may differ between the seeds of one group (provenance: a
 # seed may run on another commit or machine; the result is still the same setup).
-_PER_RUN_KEYS = ("seed", "out", "data_dir", "cifar_n_dir", "provenance", "keep_checkpoint")
+_PER_RUN_KEYS = ("seed", "seeds", "out", "data_dir", "cifar_n_dir", "provenance", "keep_checkpoint")
 
 
 @dataclasses.dataclass

@@ -1,0 +1,105 @@
+"""Paired confidence intervals and the three verdicts of the claim pages.
+
+A claim compares two methods trained from the same seeds (EMA vs the SGD run
+it averages, SWA vs SGD): the per-seed differences d_s carry the pairing, and
+their mean has the t-based interval
+
+    mean(d) ± t_{0.975, n-1} * sd(d) / sqrt(n)
+
+(n = 3 seeds: t = 4.30). A claim states a direction and a margin (e.g. "EMA
+beats SGD by at least 0 points"); the verdict is symmetric:
+
+- **holds**: the whole interval lies beyond the margin, on the claimed side;
+- **does not hold**: the whole interval lies on the other side;
+- **inconclusive**: the interval contains the margin.
+
+One seed gives no interval (verdict inconclusive unless `fallback_se` is
+given, e.g. a binomial standard error over the test images).
+"""
+
+import dataclasses
+import math
+
+import numpy as np
+from scipy import stats as scipy_stats
+
+VERDICTS = ("holds", "does not hold", "inconclusive")
+LEVEL = 0.95
+
+
+@dataclasses.dataclass(frozen=True)
+class Interval:
+    """The mean of paired differences and its two-sided `level` interval."""
+
+    mean: float
+    low: float
+    high: float
+    n: int
+    method: str  # how the interval was computed, for the page
+
+    @property
+    def half_width(self):
+        return (self.high - self.low) / 2
+
+    def text(self, scale=100.0, digits=2, unit=" points"):
+        if math.isnan(self.low):
+            return f"{scale * self.mean:+.{digits}f}{unit} (n={self.n}, no interval)"
+        return (f"{scale * self.mean:+.{digits}f}{unit}, 95 % CI [{scale * self.low:+.{digits}f}, "
+                f"{scale * self.high:+.{digits}f}] ({self.method})")
+
+
+def paired_interval(a, b, level=LEVEL, fallback_se=None):
+    """The t-interval of mean(a - b) over paired samples (one value per seed each)."""
+    a, b = np.asarray(a, "float64"), np.asarray(b, "float64")
+    if a.shape != b.shape or a.ndim != 1 or not len(a):
+        raise ValueError(f"paired samples need the same 1-D length; got {a.shape} and {b.shape}")
+    diff = a - b
+    n, mean = len(diff), float(diff.mean())
+    if n >= 2:
+        se = float(diff.std(ddof=1)) / math.sqrt(n)
+        half = float(scipy_stats.t.ppf(0.5 + level / 2, n - 1)) * se
+        return Interval(mean, mean - half, mean + half, n, f"paired t, {n} seeds")
+    if fallback_se is not None:
+        half = float(scipy_stats.norm.ppf(0.5 + level / 2)) * fallback_se
+        return Interval(mean, mean - half, mean + half, n, "1 seed: binomial error of the test images")
+    return Interval(mean, math.nan, math.nan, n, "1 seed")
+
+
+def binomial_se(p1, p2, examples):
+    """Standard error of p1 - p2 for two accuracies on `examples` images, as if independent.
+
+    Predictions of two models on the same images are positively correlated,
+    so this overstates the paired error: a conservative stand-in for one seed.
+    """
+    return math.sqrt((p1 * (1 - p1) + p2 * (1 - p2)) / examples)
+
+
+def verdict(interval, margin=0.0, higher_is_better=True):
+    """holds / does not hold / inconclusive: the interval against `margin` (see the module doc)."""
+    if math.isnan(interval.low):
+        return "inconclusive"
+    low, high = (interval.low, interval.high) if higher_is_better else (-interval.high, -interval.low)
+    margin = margin if higher_is_better else -margin
+    if low > margin:
+        return "holds"
+    if high < margin:
+        return "does not hold"
+    return "inconclusive"
+
+
+def combined(verdicts):
+    """One verdict for a claim made of several parts: all hold, any fails, else inconclusive."""
+    verdicts = list(verdicts)
+    if all(v == "holds" for v in verdicts):
+        return "holds"
+    if any(v == "does not hold" for v in verdicts):
+        return "does not hold"
+    return "inconclusive"
+
+
+def rule_text(margin, scale=100.0, unit=" points", higher_is_better=True):
+    side = "above" if higher_is_better else "below"
+    other = "below" if higher_is_better else "above"
+    value = f"{scale * margin:+g}{unit}"
+    return (f"holds if the 95 % CI lies entirely {side} {value}, does not hold if entirely {other}, "
+            f"inconclusive otherwise")

@@ -1,0 +1,116 @@
+"""Paired intervals and verdicts (evaluation/stats.py) and the budget-scaling rule (evaluation/scaling.py)."""
+
+import math
+
+import numpy as np
+import pytest
+
+from evaluation import scaling, stats
+
+T_975_2 = 4.302652729911275  # Student t quantile, 2 degrees of freedom (tables)
+T_975_1 = 12.706204736174707
+
+
+def test_paired_interval_is_the_t_interval_of_the_differences():
+    ema, sgd = [0.781, 0.776, 0.790], [0.770, 0.772, 0.779]
+    diff = np.subtract(ema, sgd)
+    half = T_975_2 * diff.std(ddof=1) / math.sqrt(3)
+    interval = stats.paired_interval(ema, sgd)
+    assert interval.mean == pytest.approx(diff.mean())
+    assert (interval.low, interval.high) == pytest.approx((diff.mean() - half, diff.mean() + half))
+    assert interval.n == 3
+    two = stats.paired_interval(ema[:2], sgd[:2])
+    assert two.half_width == pytest.approx(T_975_1 * diff[:2].std(ddof=1) / math.sqrt(2))
+
+
+def test_pairing_removes_the_seed_effect():
+    # Seeds differ by a lot, the method's gain is the same in each: paired, the interval is tight.
+    sgd = [0.70, 0.75, 0.80]
+    ema = [a + 0.01 + e for a, e in zip(sgd, (0.001, -0.001, 0.0))]
+    interval = stats.paired_interval(ema, sgd)
+    assert interval.low > 0.005 and stats.verdict(interval) == "holds"
+
+
+@pytest.mark.parametrize("low, high, margin, higher, expected", [
+    (0.001, 0.02, 0.0, True, "holds"),
+    (-0.02, -0.001, 0.0, True, "does not hold"),
+    (-0.01, 0.01, 0.0, True, "inconclusive"),
+    (0.002, 0.009, 0.01, True, "does not hold"),  # above 0 but below the +1 point margin
+    (0.011, 0.03, 0.01, True, "holds"),
+    (-0.02, -0.001, 0.0, False, "holds"),  # lower is better (ECE, churn)
+    (0.001, 0.02, 0.0, False, "does not hold"),
+])
+def test_verdicts_are_symmetric_around_the_margin(low, high, margin, higher, expected):
+    interval = stats.Interval((low + high) / 2, low, high, 3, "test")
+    assert stats.verdict(interval, margin, higher_is_better=higher) == expected
+
+
+def test_one_seed_has_no_interval_unless_a_binomial_error_is_given():
+    assert stats.verdict(stats.paired_interval([0.8], [0.7])) == "inconclusive"
+    se = stats.binomial_se(0.8, 0.7, 2000)
+    assert se == pytest.approx(math.sqrt((0.8 * 0.2 + 0.7 * 0.3) / 2000))
+    interval = stats.paired_interval([0.8], [0.7], fallback_se=se)
+    assert interval.half_width == pytest.approx(1.959963984540054 * se)
+    assert stats.verdict(interval, 0.01) == "holds"
+
+
+def test_combined_verdict():
+    assert stats.combined(["holds", "holds"]) == "holds"
+    assert stats.combined(["holds", "inconclusive"]) == "inconclusive"
+    assert stats.combined(["inconclusive", "does not hold"]) == "does not hold"
+
+
+def test_bad_pairs_are_refused():
+    with pytest.raises(ValueError, match="same 1-D length"):
+        stats.paired_interval([0.1, 0.2], [0.1])
+
+
+def test_the_paper_run_scales_to_itself():
+    assert scaling.PAPER_STEPS == 313 * 200
+    assert scaling.scaled_decays(scaling.PAPER_STEPS) == scaling.PAPER_DECAYS
+
+
+def test_scaled_decays_keep_the_papers_fractions():
+    steps = 313 * 30  # 10,000 images at batch 32, 30 epochs
+    decays = scaling.scaled_decays(steps)
+    assert decays == (0.7867, 0.8933, 0.9467, 0.9733, 0.9867)
+    rows = scaling.ratio_rows(313, 30, decays, 16, scaling.scaled_warmup_epochs(30), scaling.swa_start_epoch(30))
+    by_name = {name.split(",")[0] + name.split("α=")[1].split(" /")[0]: (paper, ours)
+               for name, paper, ours in rows if "α=" in name}
+    for paper_decay, decay in zip(scaling.PAPER_DECAYS, decays):
+        # Window T / (1 - α) as a share of the run: 16 / (1 - 0.998) / 62,600 = 12.78 % for the largest.
+        paper, ours = by_name[f"window T/(1-α){paper_decay:g}"]
+        assert paper == pytest.approx(100 * 16 / (1 - paper_decay) / 62600)
+        assert ours == pytest.approx(paper, rel=3e-3)  # the decays are rounded to 4 digits
+        # Release: the first t with (t+1)/(t+10) >= α, found by brute force.
+        paper, ours = by_name[f"decay released (step){paper_decay:g}"]
+        first = next(t for t in range(100000) if (t + 1) / (t + 10) >= decay)
+        assert ours == pytest.approx(100 * first / steps)
+        assert abs(ours - paper) < 0.15  # percentage points of the run
+    warmup = [r for r in rows if r[0] == "lr warm-up"][0]
+    assert warmup[1:] == pytest.approx((2.5, 2.5))
+
+
+def test_too_short_a_run_is_refused():
+    with pytest.raises(ValueError, match="too short"):
+        scaling.scaled_decays(1500)
+
+
+def test_fractional_warmup_epochs():
+    from training.config import whole_if_integral
+    from training.schedules import TrainingSchedule
+
+    assert whole_if_integral(5.0) == 5 and isinstance(whole_if_integral(5.0), int)
+    assert whole_if_integral(0.75) == 0.75
+    schedule = TrainingSchedule("cosine", 0.2, 313, 30, 0.75)
+    assert schedule.warmup_steps == round(313 * 0.75) == 235
+    lrs = [float(schedule(step)) for step in (0, 117, 234, 235)]
+    assert lrs == pytest.approx([0.2 / 235, 0.2 * 118 / 235, 0.2, 0.2], rel=1e-5)
+    assert schedule.get_config()["warmup_epochs"] == 0.75
+
+
+def test_fractional_warmup_flag():
+    from app import cli
+
+    assert cli.parse_config(["--dataset", "cifar10", "--warmup-epochs", "0.75", "--epochs", "30"]).warmup_epochs == 0.75
+    assert cli.parse_config(["--dataset", "cifar10", "--warmup-epochs", "5", "--epochs", "30"]).warmup_epochs == 5
