@@ -1,9 +1,10 @@
 """Stochastic Weight Averaging (Izmailov et al. 2018).
 
-`SWA` keeps the uniform average of the weights captured at the end of every
+`SWA` keeps the uniform average of the weights the SWA phase starts from
+(Algorithm 1's `w_SWA <- w_hat`) and of those captured at the end of every
 epoch (constant SWA learning rate) or of every cycle (cyclic learning rate,
-captured at its minimum alpha_2), Algorithm 1; BatchNorm statistics are
-recomputed for the average after training (§3.2). Its learning rates:
+captured at its minimum alpha_2); BatchNorm statistics are recomputed for the
+average after training (§3.2). Its learning rates:
 callbacks/swa_cyclic_schedule.py (§3.1) and callbacks/swa_schedules.py (§4.1:
 conventional training for about 75% of the budget, then the SWA rate).
 """
@@ -26,11 +27,15 @@ class SWA(keras.callbacks.Callback):
 
     Epochs are Keras's 0-based indices: `start_epoch` is the first epoch of
     the SWA phase (the `start_epoch` epochs before it are conventional
-    training). The weights are captured at the end of epoch `e` when
-    `e >= start_epoch` and `(e - start_epoch + 1) % cycle_epochs == 0`: every
-    epoch for a constant SWA learning rate (`cycle_epochs=1`), or the last
-    epoch of every cycle, where a cyclic learning rate of `cycle_epochs`
-    epochs (`SWACyclicSchedule`, `swa_schedule`) reaches its minimum alpha_2.
+    training). As in Algorithm 1 (`w_SWA <- w_hat`, n_models = 1) the
+    average starts with the weights at the beginning of epoch `start_epoch`
+    (`include_start`; with `start_epoch=0` these are the weights `fit` starts
+    from, so pass `include_start=False` unless they are pretrained). Then the
+    weights are captured at the end of epoch `e` when `e >= start_epoch` and
+    `(e - start_epoch + 1) % cycle_epochs == 0`: every epoch for a constant
+    SWA learning rate (`cycle_epochs=1`), or the last epoch of every cycle,
+    where a cyclic learning rate of `cycle_epochs` epochs
+    (`SWACyclicSchedule`, `swa_schedule`) reaches its minimum alpha_2.
     The running mean `swa <- swa + (w - swa) / (n + 1)` (float32) covers every
     float weight of the model, BatchNorm moving statistics included: a cheap
     stand-in for the per-epoch logs `swa_val_loss`, `swa_val_accuracy`, ...
@@ -69,10 +74,11 @@ class SWA(keras.callbacks.Callback):
             `None` (one full pass).
         batch_size: batch size for array data. Defaults to `None` (required
             when `train_data` is an array).
-        include_start_weights: also average the weights the SWA phase starts
-            from (the beginning of epoch `start_epoch`), as Algorithm 1 does
-            with `w_SWA <- w_hat`. Defaults to `False` (only end-of-cycle
-            captures, as PyTorch's `swa_utils` and `--swa-start-epoch`).
+        include_start: also average the weights the SWA phase starts from
+            (the beginning of epoch `start_epoch`, BatchNorm statistics
+            included), as Algorithm 1 does with `w_SWA <- w_hat`; `False`
+            averages the end-of-epoch/cycle captures only (PyTorch's
+            `swa_utils`). Defaults to `True`.
     """
 
     def __init__(
@@ -84,7 +90,7 @@ class SWA(keras.callbacks.Callback):
         bn_every_epoch=False,
         steps=None,
         batch_size=None,
-        include_start_weights=False,
+        include_start=True,
     ):
         super().__init__()
         arguments.checked_int("start_epoch", start_epoch, minimum=0)
@@ -106,8 +112,9 @@ class SWA(keras.callbacks.Callback):
         self.bn_every_epoch = bool(bn_every_epoch)
         self.steps = steps
         self.batch_size = batch_size
-        self.include_start_weights = bool(include_start_weights)
+        self.include_start = bool(include_start)
         self.count = 0
+        self.start_included = False
         self.final_metrics = {}
         self._average = None
         self._final_weights = None
@@ -122,8 +129,9 @@ class SWA(keras.callbacks.Callback):
         self._start_average()
 
     def on_epoch_begin(self, epoch, logs=None):
-        if self.include_start_weights and epoch == self.start_epoch and self.count == 0:
+        if self._is_start(epoch):
             self._capture()
+            self.start_included = True
 
     def on_epoch_end(self, epoch, logs=None):
         if self._is_capture_epoch(epoch):
@@ -136,10 +144,15 @@ class SWA(keras.callbacks.Callback):
             self._finish()
 
     def get_state(self):
-        """`{"average": [NumPy arrays], "count": int}`, to resume with `set_state`."""
+        """`{"average": [NumPy arrays], "count": int, "start_included": bool}`,
+        to resume with `set_state`."""
         if self._average is None:
-            return {"average": None, "count": 0}
-        return {"average": variables.host_copy(self._average), "count": self.count}
+            return {"average": None, "count": 0, "start_included": False}
+        return {
+            "average": variables.host_copy(self._average),
+            "count": self.count,
+            "start_included": self.start_included,
+        }
 
     def set_state(self, state):
         """Restores `get_state()`'s result for the next `on_train_begin`.
@@ -156,17 +169,21 @@ class SWA(keras.callbacks.Callback):
                 "Invalid value for argument `state`. Received count="
                 f"{count} with average=None. Expected `get_state()`'s result."
             )
-        self._pending_state = {"average": state["average"], "count": count}
+        # A state saved before `start_included` existed never included it.
+        start_included = bool(state.get("start_included", False))
+        self._pending_state = {"average": state["average"], "count": count, "start_included": start_included}
         if self._average is not None:
             self._load_state(self._pending_state)
 
     def summary(self):
         """Start epoch (1-based, like `--swa-start-epoch`), number of models
-        averaged and the final metrics (`val_loss`, ...), BatchNorm recomputed."""
+        averaged (the starting point among them if `start_included`) and the
+        final metrics (`val_loss`, ...), BatchNorm recomputed."""
         return {
             "start_epoch": self.start_epoch + 1,
             "cycle_epochs": self.cycle_epochs,
             "models_averaged": self.count,
+            "start_included": self.start_included,
             **self.final_metrics,
         }
 
@@ -193,6 +210,7 @@ class SWA(keras.callbacks.Callback):
         ]
         self._update = compile_update(_running_mean, self._weights + self._average, self._average)
         self.count = 0
+        self.start_included = False
         self.final_metrics = {}
         self._final_weights = None
         if self._pending_state is not None:
@@ -208,6 +226,11 @@ class SWA(keras.callbacks.Callback):
                 )
             variables.write(self._average, state["average"])
         self.count = state["count"]
+        self.start_included = state["start_included"]
+
+    def _is_start(self, epoch):
+        # Only before any capture: a fit resumed later (set_state) has passed the start.
+        return self.include_start and epoch == self.start_epoch and self.count == 0
 
     def _is_capture_epoch(self, epoch):
         after_start = epoch - self.start_epoch + 1

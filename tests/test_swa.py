@@ -132,20 +132,26 @@ def assert_average(got, captured):
 @pytest.mark.parametrize(
     "start_epoch, cycle_epochs, epochs, include_start, captures",
     [
+        # Algorithm 1 (the default): the weights at the start of epoch
+        # `start_epoch`, then those at each epoch's (cycle's) end.
+        (2, 1, 5, None, [("begin", 2), ("end", 2), ("end", 3), ("end", 4)]),
+        (1, 2, 6, True, [("begin", 1), ("end", 2), ("end", 4)]),
+        # include_start=False: the captures only (PyTorch's swa_utils).
         (2, 1, 6, False, [("end", 2), ("end", 3), ("end", 4), ("end", 5)]),
         (1, 2, 7, False, [("end", 2), ("end", 4), ("end", 6)]),
-        (1, 2, 6, True, [("begin", 1), ("end", 2), ("end", 4)]),
     ],
 )
 def test_average_is_mean_of_captured_weights(start_epoch, cycle_epochs, epochs, include_start, captures):
+    options = {} if include_start is None else {"include_start": include_start}
     swa = SWA(
         start_epoch, cycle_epochs=cycle_epochs, train_data=(X, Y), validation_data=(X_VAL, Y_VAL),
-        batch_size=BN_BATCH, include_start_weights=include_start,
+        batch_size=BN_BATCH, **options,
     )
     schedule = swa_schedule(0.1, start_epoch * 3, swa_lr=0.02, cycle_steps=3 * cycle_epochs)
     model, record, history = train(swa, epochs, learning_rate=schedule)
     state = swa.get_state()
     assert state["count"] == len(captures) == swa.summary()["models_averaged"]
+    assert state["start_included"] == swa.summary()["start_included"] == (captures[0][0] == "begin")
     captured = [getattr(record, where)[epoch] for where, epoch in captures]
     for k, got in enumerate(state["average"]):
         assert_average(got, [weights[k] for weights in captured])
@@ -166,7 +172,8 @@ def test_average_is_mean_of_captured_weights(start_epoch, cycle_epochs, epochs, 
 def test_final_model_has_exact_batch_norm_statistics_and_is_saved(tmp_path):
     swa = SWA(1, train_data=(X, Y), validation_data=(X_VAL, Y_VAL), batch_size=BN_BATCH)
     model, record, _ = train(swa, 4)
-    average = [np.mean([record.end[e][k] for e in (1, 2, 3)], axis=0, dtype=np.float64).astype("float32")
+    captured = [record.begin[1], record.end[1], record.end[2], record.end[3]]  # the start, then 3 epochs
+    average = [np.mean([weights[k] for weights in captured], axis=0, dtype=np.float64).astype("float32")
                for k in range(len(model.weights))]
     want = with_exact_statistics(model, average)
     with swa.swapped_in():
@@ -177,7 +184,7 @@ def test_final_model_has_exact_batch_norm_statistics_and_is_saved(tmp_path):
         np.testing.assert_array_equal(old, new)
     metrics = evaluate_separately(want)
     summary = swa.summary()
-    assert summary["start_epoch"] == 2 and summary["models_averaged"] == 3
+    assert summary["start_epoch"] == 2 and summary["models_averaged"] == 4 and summary["start_included"]
     assert summary["val_loss"] == pytest.approx(metrics["loss"], rel=1e-5, abs=1e-6)
     assert summary["val_accuracy"] == pytest.approx(metrics["accuracy"], abs=1e-6)
     path = swa.save(str(tmp_path / "weights"))  # creates the directory
@@ -195,7 +202,8 @@ def test_bn_every_epoch_logs_use_exact_statistics():
               bn_every_epoch=True)
     model, record, history = train(swa, 2)
     for epoch in (0, 1):
-        mean = [np.mean([record.end[e][k] for e in range(epoch + 1)], axis=0, dtype=np.float64)
+        captured = [record.begin[0]] + [record.end[e] for e in range(epoch + 1)]  # the start, then epochs
+        mean = [np.mean([weights[k] for weights in captured], axis=0, dtype=np.float64)
                 .astype("float32") for k in range(len(model.weights))]
         want = evaluate_separately(with_exact_statistics(model, mean))
         assert history.history["swa_val_loss"][epoch] == pytest.approx(want["loss"], rel=1e-5, abs=1e-6)
@@ -206,17 +214,37 @@ def test_resume_with_state_continues_the_average():
     first = SWA(1, train_data=(X, Y), batch_size=BN_BATCH)
     _, record_1, _ = train(first, 3, model=model)
     state = first.get_state()
-    assert state["count"] == 2
+    assert state["count"] == 3 and state["start_included"]
     second = SWA(1, train_data=(X, Y), batch_size=BN_BATCH)
     second.set_state(state)
     _, record_2, _ = train(second, 5, model=model, initial_epoch=3)
-    captured = [record_1.end[1], record_1.end[2], record_2.end[3], record_2.end[4]]
-    assert second.count == 4
+    captured = [record_1.begin[1], record_1.end[1], record_1.end[2], record_2.end[3], record_2.end[4]]
+    assert second.count == 5 and second.summary()["start_included"]  # the start taken once
     for k, got in enumerate(second.get_state()["average"]):
         assert_average(got, [weights[k] for weights in captured])
     # Re-use without set_state starts afresh (state reset in on_train_begin).
     train(second, 2, model=model)
-    assert second.count == 1
+    assert second.count == 2  # the start of epoch 1 and its end
+
+
+def test_a_fit_resumed_at_the_start_epoch_takes_the_start_once():
+    """As the app's SWA branch: a fit from `initial_epoch=start_epoch`, killed
+    after one epoch, resumed from its state (a state without `start_included`,
+    as written before it existed, means the start was not taken)."""
+    model = compile_model(build_model())
+    model.fit(X, Y, batch_size=BATCH, epochs=2, shuffle=False, verbose=0)  # the conventional phase
+    first = SWA(2, train_data=(X, Y), batch_size=BN_BATCH)
+    _, record_1, _ = train(first, 3, model=model, initial_epoch=2)
+    second = SWA(2, train_data=(X, Y), batch_size=BN_BATCH)
+    second.set_state(first.get_state())
+    _, record_2, _ = train(second, 4, model=model, initial_epoch=3)
+    captured = [record_1.begin[2], record_1.end[2], record_2.end[3]]
+    assert second.count == 3 and second.start_included
+    for k, got in enumerate(second.get_state()["average"]):
+        assert_average(got, [weights[k] for weights in captured])
+    old = {key: value for key, value in first.get_state().items() if key != "start_included"}
+    second.set_state(old)
+    assert not second.start_included and second.count == 2
 
 
 def test_no_capture_before_start_and_errors(tmp_path):
