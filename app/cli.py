@@ -7,6 +7,7 @@ here before any data is read or any file is written.
 import argparse
 
 from app import cli_posthoc
+from app import cli_swa
 from app import inputs
 from app.errors import DefaultsHelpFormatter, OneLineArgumentParser, UsageError, choice, flag_error, positive_int
 from callbacks import arguments
@@ -227,32 +228,7 @@ def build_parser(prog="python -m app.train", out_help="run directory (default: r
         "curves, and once more for the selected EMA models at the end), end (only "
         "once, for the selected EMA models)",
     )
-    averaging.add_argument(
-        "--swa",
-        action="store_true",
-        help="after training, branch SWA off the baseline's checkpoint at 75%% of the "
-        "epochs: the rest of the budget at a constant (or cyclic) SWA learning rate, "
-        "averaging every epoch (SWA paper §4.1), in RUN/swa/",
-    )
-    averaging.add_argument(
-        "--swa-start-epoch",
-        type=int,
-        default=None,
-        help="first epoch (1-based) of the SWA branch (default: after 75%% of the epochs)",
-    )
-    averaging.add_argument(
-        "--swa-lr",
-        type=float,
-        default=None,
-        help="SWA learning rate of the branch (default: 0.05 for cifar100/cifar100n/"
-        "tiny-imagenet, else 0.01; SWA paper App. A)",
-    )
-    averaging.add_argument(
-        "--swa-cycle-epochs",
-        type=positive_int,
-        default=1,
-        help="SWA capture period in epochs (cycle length of the cyclic schedule)",
-    )
+    cli_swa.add_arguments(averaging)
     averaging.add_argument(
         "--track-stability",
         action="store_true",
@@ -318,24 +294,7 @@ def parse_config(argv, model_names=config_lib.MODEL_NAMES):
             decays = arguments.checked_decays(args.ema_decays)
         except ValueError as error:
             raise flag_error("--ema-decays", args.ema_decays, error) from None
-    swa_start_epoch = args.swa_start_epoch
-    if args.swa:
-        if swa_start_epoch is None:
-            # SWA paper §4.1: conventional training for 75 % of the budget.
-            swa_start_epoch = max(1, int(0.75 * epochs) + 1)
-        if not 1 <= swa_start_epoch <= epochs:
-            raise UsageError(
-                f"--swa-start-epoch must be in [1, {epochs}]; got {swa_start_epoch}"
-            )
-        if args.swa_lr is None:
-            args.swa_lr = config_lib.default_swa_lr(args.dataset)
-        if not args.swa_lr > 0:
-            raise UsageError(f"--swa-lr must be > 0; got {args.swa_lr}")
-        if swa_start_epoch < 2:
-            raise UsageError(
-                f"--swa-start-epoch must be >= 2 (the branch starts from a baseline "
-                f"checkpoint); got {swa_start_epoch}"
-            )
+    swa_fields = cli_swa.config_fields(args, epochs, args.dataset)
     if args.full_train:
         args.validation_fraction = 0.2  # unused, kept comparable across runs
     elif not 0.0 < args.validation_fraction < 1.0:
@@ -388,14 +347,11 @@ def parse_config(argv, model_names=config_lib.MODEL_NAMES):
         stop_epochs_from=args.stop_epochs_from,
         ema_bn_mode=args.ema_bn_mode,
         bn_recompute=args.bn_recompute,
-        swa=args.swa,
-        swa_start_epoch=swa_start_epoch if args.swa else None,
-        swa_lr=args.swa_lr,
-        swa_cycle_epochs=args.swa_cycle_epochs,
         bootstrap_every_epochs=args.bootstrap_every_epochs,
         track_stability=args.track_stability,
         checkpoint_every_steps=args.checkpoint_every_steps,
         keep_checkpoint=args.keep_checkpoint,
         deterministic=args.deterministic,
+        **swa_fields,
         **cli_posthoc.config_fields(args),
     )

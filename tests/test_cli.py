@@ -30,6 +30,12 @@ def test_defaults_follow_the_paper():
     assert parse("--model", "vgg16").weight_decay == 5e-4
     assert parse("--schedule", "constant").warmup_epochs == 0
     assert parse("--swa", "--epochs", "200").swa_start_epoch == 151
+    # The SWA branch: the rest of the budget, its starting point averaged too (SWA paper Algorithm 1).
+    swa = parse("--swa", "--epochs", "30")
+    assert (swa.swa_start_epoch, swa.swa_epochs, swa.swa_include_start) == (23, 8, True)
+    longer = parse("--swa", "--epochs", "30", "--swa-epochs", "15", "--no-swa-include-start")
+    assert (longer.swa_start_epoch, longer.swa_epochs, longer.swa_include_start) == (23, 15, False)
+    assert (parse().swa_epochs, parse().swa_include_start) == (None, True)
     assert parse("--seeds", "0", "1", "2").seeds == (0, 1, 2)
     assert parse().precision == "float32"
     # Paper §4.1: warm-up counted in optimizer steps; Nesterov; 80/20 split.
@@ -64,6 +70,15 @@ def test_defaults_follow_the_paper():
         (["--stop-epochs-from", "runs/x"], "--stop-epochs-from is for the final --full-train run; add --full-train"),
         (["--full-train", "--stop-epochs-from", "/nonexistent/run"], "--stop-epochs-from: no finished run with EMAs in /nonexistent/run"),
         (["--swa", "--swa-start-epoch", "1"], "--swa-start-epoch must be >= 2"),
+        (["--swa", "--swa-epochs", "0"], "argument --swa-epochs: expected an integer >= 1, got 0"),
+        (["--swa", "--swa-epochs", "-3"], "argument --swa-epochs: expected an integer >= 1, got -3"),
+        (["--swa", "--swa-epochs", "2.5"], "argument --swa-epochs: invalid positive_int value: '2.5'"),
+        (["--swa-epochs", "10"], "--swa-epochs is for the SWA branch; add --swa"),
+        (["--no-swa-include-start"], "--no-swa-include-start is for the SWA branch; add --swa"),
+        (["--swa", "--swa-epochs", "3", "--swa-cycle-epochs", "4"],
+         "--swa-epochs 3 is shorter than one --swa-cycle-epochs 4 cycle; use --swa-epochs 4 or more"),
+        (["--swa", "--epochs", "4", "--swa-start-epoch", "4", "--swa-cycle-epochs", "2"],
+         "the SWA branch (epochs 4-4) is shorter than one --swa-cycle-epochs 2 cycle; use --swa-epochs 2"),
     ],
 )
 def test_bad_input_is_one_line_naming_the_fix(argv, message):
@@ -78,7 +93,8 @@ def test_help_lists_every_flag_with_its_default():
     for flag in ("--dataset", "--model", "--epochs", "--lr", "--batch-size", "--weight-decay",
                  "--seed", "--data-dir", "--out", "--limit-train", "--full-train", "--schedule",
                  "--label-noise", "--ema-decays", "--ema-every-steps", "--ema-bn-mode", "--bn-recompute",
-                 "--swa", "--swa-start-epoch", "--swa-lr", "--swa-cycle-epochs",
+                 "--swa", "--swa-start-epoch", "--swa-lr", "--swa-cycle-epochs", "--swa-epochs",
+                 "--no-swa-include-start",
                  "--bootstrap-every-epochs", "--ema-warmup", "--stop-epochs-from", "--no-nesterov",
                  "--validation-fraction"):
         assert flag in text
@@ -98,6 +114,33 @@ def test_command_line_error_exit_status_and_no_traceback(tmp_path):
         "cifar100n, tiny-imagenet"
     ]
     assert not (tmp_path / "run").exists()
+
+
+def test_a_bad_swa_branch_length_is_exit_status_2(tmp_path, capsys):
+    from app import train
+
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as exit:
+        train.main(["--swa", "--swa-epochs", "0", "--out", str(out)])
+    assert exit.value.code == 2 and not out.exists()
+    assert capsys.readouterr().err == (
+        "error: argument --swa-epochs: expected an integer >= 1, got 0 (see --help)\n")
+
+
+def test_an_older_swa_run_resumes_with_its_branch_length(tmp_path):
+    """A config.json from before --swa-epochs: its branch ran to the end of the budget."""
+    import json
+
+    from training import run_dir
+
+    config = parse("--swa", "--epochs", "30")
+    saved = {key: value for key, value in config.to_dict().items()
+             if key not in ("swa_epochs", "swa_include_start")}
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    run_dir.check(str(tmp_path), config)  # the same run: resumes
+    assert run_dir.load_config(str(tmp_path)).swa_epochs == 8
+    with pytest.raises(UsageError, match=r"differs in: swa_epochs\)"):
+        run_dir.check(str(tmp_path), parse("--swa", "--epochs", "30", "--swa-epochs", "15"))
 
 
 def test_lr_from_reads_the_tuner_best_json(tmp_path):

@@ -135,25 +135,30 @@ def test_kill_and_resume_equals_the_uninterrupted_run(uninterrupted, tmp_path, k
         assert_same_run(truncated, uninterrupted)
 
 
-def test_a_cyclic_swa_branch_killed_mid_cycle_resumes_exactly(tmp_path):
-    """--swa-cycle-epochs 2 --swa-lr 0.02: one cycle over epochs 2-3 (steps 5-12); killed at step 9."""
-    cyclic = ["--swa-cycle-epochs", "2", "--swa-lr", "0.02"]
+def test_a_cyclic_swa_branch_past_the_budget_killed_mid_cycle_resumes_exactly(tmp_path):
+    """--swa-cycle-epochs 2 --swa-lr 0.02 --swa-epochs 4: two cycles over epochs 2-5 (steps
+    5-20) of a 3-epoch budget; killed at step 14, in epoch 4, past the budget."""
+    cyclic = ["--swa-cycle-epochs", "2", "--swa-lr", "0.02", "--swa-epochs", "4"]
     whole, out = tmp_path / "whole", tmp_path / "run"
     assert run(whole, *cyclic).returncode == 0
-    killed = run(out, *cyclic, module="tests.kill_during_training", env={"KILL_IN_SWA_AT_STEP": "9"})
+    killed = run(out, *cyclic, module="tests.kill_during_training", env={"KILL_IN_SWA_AT_STEP": "14"})
     assert killed.returncode == -9
-    # Killed in the branch's epoch 3, after its epoch-2 checkpoint: mid-cycle.
+    # Killed in the branch's epoch 4, after its epoch-3 checkpoint: mid-cycle.
     _, at_kill = checkpoint_arrays(out / "swa")
-    assert at_kill["epoch"] == 2 and not (out / "summary.json").exists()
+    assert at_kill["epoch"] == 3 and not (out / "summary.json").exists()
     resumed = run(out, *cyclic)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "3 models averaged, the starting point included; branch epochs 2-5" in resumed.stdout
     branch_want, branch_meta_want = checkpoint_arrays(whole / "swa")
     branch_got, branch_meta_got = checkpoint_arrays(out / "swa")
     assert [key for key in branch_want if not np.array_equal(branch_got[key], branch_want[key])] == []
     assert _untimed(branch_meta_got) == _untimed(branch_meta_want)
     assert _untimed_csv(out / "swa" / "history.csv") == _untimed_csv(whole / "swa" / "history.csv")
+    assert [row["epoch"] for row in branch_meta_got["rows"]] == [2, 3, 4, 5]
     got, want = (json.loads((path / "summary.json").read_text())["swa"] for path in (out, whole))
-    assert got == want and got["models_averaged"] == 1 and got["cycle_epochs"] == 2
+    # The branch's starting point and the ends of its two cycles (epochs 3 and 5).
+    assert got == want and got["models_averaged"] == 3 and got["cycle_epochs"] == 2
+    assert got["start_included"] and (got["branch"]["epochs"], got["branch"]["last_epoch"]) == (4, 5)
 
 
 def test_ctrl_c_is_one_line_exit_130_and_resumes_exactly(uninterrupted, tmp_path):

@@ -90,7 +90,9 @@ def test_summary_selects_the_epochs_history_shows(run):
         assert entry["lowest_val_loss"]["val_loss"] == pytest.approx(min(losses))
         assert entry["effective_per_step_decay"] == pytest.approx(float(decay) ** 0.5)
         assert set(entry["best_val_accuracy"]["bn_recomputed"]) == {"val_loss", "val_accuracy"}
-    assert summary["swa"]["models_averaged"] == 2 and summary["swa"]["start_epoch"] == 2
+    # The branch's starting point (SWA paper Algorithm 1), then epochs 2 and 3.
+    assert summary["swa"]["models_averaged"] == 3 and summary["swa"]["start_epoch"] == 2
+    assert summary["swa"]["start_included"]
 
 
 def test_swa_branches_off_the_baseline_at_a_constant_rate(run):
@@ -108,9 +110,29 @@ def test_swa_branches_off_the_baseline_at_a_constant_rate(run):
     assert [row["lr"] for row in branch] == pytest.approx([0.01, 0.01])  # SWA paper App. A, CIFAR-10
     assert branch[0]["val_accuracy"] != baseline[1]["val_accuracy"]  # a different trajectory
     assert summary["swa"]["branch"]["from_epoch"] == 1
+    assert (summary["swa"]["branch"]["epochs"], summary["swa"]["branch"]["last_epoch"]) == (2, 3)
     assert summary["swa"]["branch"]["final_sgd_val_accuracy"] == branch[-1]["val_accuracy"]
     # The baseline's own schedule is untouched: still the cosine decay.
     assert baseline[2]["lr"] < baseline[1]["lr"] and baseline[2]["lr"] != pytest.approx(0.01)
+
+
+def test_swa_average_is_the_mean_of_the_start_and_the_branch_epochs(run):
+    """Algorithm 1's average, from the kept checkpoints: the baseline after epoch 1
+    (swa-branch.npz), the branch after epoch 2 (previous.npz) and 3 (last.npz)."""
+    from training import checkpoint
+
+    out, _, _ = run
+    models = [checkpoint.read(os.path.join(out, *path))[1]["model"] for path in (
+        ("checkpoint", "swa-branch.npz"), ("swa", "checkpoint", "previous.npz"), ("swa", "checkpoint", "last.npz"))]
+    state = checkpoint.read(os.path.join(out, "swa", "checkpoint", "last.npz"))[1]["states"]["swa"]
+    assert state["count"] == 3 and state["start_included"]
+    floats = [k for k, w in enumerate(models[0]) if w.dtype.kind == "f"]
+    assert len(state["average"]) == len(floats)
+    for got, k in zip(state["average"], floats):
+        want = np.mean([np.asarray(m[k], np.float64) for m in models], axis=0)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    without_start = np.mean([np.asarray(m[floats[0]], np.float64) for m in models[1:]], axis=0)
+    assert not np.allclose(state["average"][0], without_start, rtol=1e-5, atol=1e-6)
 
 
 def test_tensorboard_scalars_equal_history(run):
@@ -198,7 +220,8 @@ def test_a_final_run_on_the_test_set_with_copied_statistics_bootstrap_and_a_cycl
     out = str(tmp_path / "final")
     argv = [a if a != "3" else "4" for a in SMALL] + [
         "--full-train", "--ema-bn-mode", "copy", "--bn-recompute", "epoch", "--bootstrap-every-epochs", "1",
-        "--swa", "--swa-start-epoch", "3", "--swa-lr", "0.02", "--swa-cycle-epochs", "2", "--out", out]
+        "--swa", "--swa-start-epoch", "3", "--swa-lr", "0.02", "--swa-cycle-epochs", "2",
+        "--no-swa-include-start", "--out", out]
     summary = train.main(argv)
     config = json.load(open(os.path.join(out, "config.json")))
     assert (config["evaluation_split"], config["ema_bn_mode"], config["bootstrap_every_epochs"]) == ("test", "copy", 1)
@@ -217,10 +240,12 @@ def test_a_final_run_on_the_test_set_with_copied_statistics_bootstrap_and_a_cycl
     loss = np.mean(np.log(np.exp(logits).sum(axis=1)) - logits[np.arange(len(labels)), labels])
     assert loss == pytest.approx(rows[-1]["ema_0.99_val_loss"], rel=2e-4)
     assert loss != pytest.approx(rows[-1]["val_loss"], rel=2e-4)
-    # SWA: one cycle of 2 epochs (3-4) from the baseline after epoch 2, down to --swa-lr.
+    # SWA: one cycle of 2 epochs (3-4) from the baseline after epoch 2, down to --swa-lr;
+    # --no-swa-include-start: the cycle's end only.
     branch = read_history(os.path.join(out, "swa", "history.csv"))
     assert [row["epoch"] for row in branch] == [3, 4]
     assert summary["swa"]["models_averaged"] == 1 and summary["swa"]["branch"]["from_epoch"] == 2
+    assert not summary["swa"]["start_included"] and config["swa_include_start"] is False
     assert branch[0]["lr"] > branch[1]["lr"] == pytest.approx(0.02)  # the cycle ends at --swa-lr
 
 

@@ -78,6 +78,15 @@ def default_weight_decay(model):
 RENAMED_FIELDS = {"ema_bn": "ema_bn_mode"}
 
 
+def with_added_fields(values):
+    """A config.json's dict with the fields added since, as that run had them."""
+    values = dict(values)
+    if values.get("swa") and values.get("swa_epochs") is None and values.get("swa_start_epoch"):
+        # Before --swa-epochs the SWA branch ran to the end of the budget.
+        values["swa_epochs"] = values["epochs"] - values["swa_start_epoch"] + 1
+    return values
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     dataset: str = "cifar10"
@@ -123,6 +132,10 @@ class TrainConfig:
     swa_start_epoch: int | None = None  # first epoch of the SWA branch (1-based)
     swa_lr: float | None = None
     swa_cycle_epochs: int = 1
+    # The branch's length in epochs, also past `epochs` (SWA paper Table 1's
+    # 1.25 and 1.5 budgets); resolved from the command line: the rest of the budget.
+    swa_epochs: int | None = None
+    swa_include_start: bool = True  # average the branch's starting point too (SWA paper Algorithm 1)
     bootstrap_every_epochs: int = 0
     track_stability: bool = False
     # Data parallelism (training/distribution.py): devices of one synchronous
@@ -148,7 +161,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, values):
         names = {field.name for field in dataclasses.fields(cls)}
-        values = {RENAMED_FIELDS.get(key, key): value for key, value in values.items()}
+        values = with_added_fields({RENAMED_FIELDS.get(key, key): value for key, value in values.items()})
         values = {key: value for key, value in values.items() if key in names}
         for key in ("ema_decays", "seeds", "post_hoc_sigma_rels"):
             if key in values:

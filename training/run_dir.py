@@ -14,7 +14,7 @@ import shlex
 import tempfile
 
 from callbacks.ema_selection import weights_file_name
-from training.config import RENAMED_FIELDS, TrainConfig
+from training.config import RENAMED_FIELDS, TrainConfig, with_added_fields
 from utils.errors import UsageError
 from utils.files import atomic_write_text
 
@@ -88,7 +88,7 @@ def _comparable(config_dict):
     # the evaluation batch changes no weight, only the order of float sums.
     return {
         RENAMED_FIELDS.get(key, key): value  # a config.json written before a field was renamed
-        for key, value in config_dict.items()
+        for key, value in with_added_fields(config_dict).items()
         if key not in ("out", "data_dir", "cifar_n_dir", "evaluation_split", "checkpoint_every_steps",
                        "provenance", "keep_checkpoint", "eval_batch_size")
     }

@@ -3,16 +3,20 @@
 Izmailov et al. (2018) §4.1: conventional SGD for about 75 % of the budget,
 then, from those weights, a constant (or cyclic) SWA learning rate for the
 rest, capturing the weights once per epoch (or at each cycle's end) and
-recomputing the BatchNorm statistics of the average at the end (§3.2). So
+recomputing the BatchNorm statistics of the average at the end (§3.2); the
+average starts with those weights, Algorithm 1's `w_SWA <- w_hat`
+(`swa_include_start`, on by default). So
 that the baseline and its EMAs (Table 1's other columns) stay one unchanged
 cosine run, the SWA phase runs after the baseline has finished, from the
 baseline's checkpoint at the end of epoch `swa_start_epoch - 1`, in
 `RUN/swa/` (its own history.csv, TensorBoard logs and checkpoint; it resumes
 like the main run). The final average is saved as `RUN/weights/swa.weights.h5`.
-The branch trains `epochs - swa_start_epoch + 1` more epochs: SWA costs that
-much more compute than the baseline, as in the SWA paper's "budget" tables,
-where the SWA run's total epochs equal the baseline's and the first 75 % of
-them are the same conventional phase.
+The branch trains `swa_epochs` more epochs, by default `epochs -
+swa_start_epoch + 1`: SWA costs that much more compute than the baseline, as
+in the SWA paper's "budget" tables, where the SWA run's total epochs equal the
+baseline's and the first 75 % of them are the same conventional phase; a
+longer branch gives its 1.25 and 1.5 budgets (Table 1, SWA for 0.5 and 0.75
+of the budget after 0.75 of it).
 """
 
 import os
@@ -61,6 +65,18 @@ def branch_schedule(config, steps_per_epoch):
     )
 
 
+def last_epoch(config):
+    """The branch's last epoch (1-based), past `config.epochs` for a long branch."""
+    return config.swa_start_epoch - 1 + config.swa_epochs
+
+
+def models_averaged(summary):
+    """An SWA summary's count in words: `9 models averaged, the starting point included`."""
+    count = summary["models_averaged"]
+    start = "included" if summary.get("start_included") else "not included"
+    return f"{count} model{'s' if count != 1 else ''} averaged, the starting point {start}"
+
+
 def train_branch(config, data, run_path):
     """Runs (or resumes) the SWA branch; returns its summary entry."""
     path = os.path.join(run_path, DIRECTORY)
@@ -83,11 +99,13 @@ def train_branch(config, data, run_path):
         cycle_epochs=config.swa_cycle_epochs,
         train_data=data.train_one_pass,
         validation_data=data.validation,
+        include_start=config.swa_include_start,
     )
     if resumed is not None:
         swa.set_state(contents["states"]["swa"])
     timer = EpochTimer(config.batch_size)
-    logger = RunLogger(path, schedule, config.epochs, rows=meta["rows"] if resumed else None, timer=timer)
+    end = last_epoch(config)
+    logger = RunLogger(path, schedule, end, rows=meta["rows"] if resumed else None, timer=timer)
     callbacks = [
         timer,
         DivergenceGuard(weights_every_steps=config.ema_every_steps),
@@ -95,10 +113,12 @@ def train_branch(config, data, run_path):
         logger,
         checkpoint.RunCheckpoint(checkpoint_dir, {"swa": swa}, logger),
     ]
+    past_budget = f", {end - config.epochs} past the budget" if end > config.epochs else ""
     print(
         f"SWA branch from epoch {start_epoch} of the baseline: epochs "
-        f"{config.swa_start_epoch}-{config.epochs} at SWA lr {config.swa_lr:g}"
+        f"{config.swa_start_epoch}-{end} ({config.swa_epochs}{past_budget}) at SWA lr {config.swa_lr:g}"
         f"{f' (cycles of {config.swa_cycle_epochs} epochs)' if config.swa_cycle_epochs > 1 else ''}"
+        f"{', averaging its starting point too' if config.swa_include_start else ''}"
         f" -> {path}",
         flush=True,
     )
@@ -106,7 +126,7 @@ def train_branch(config, data, run_path):
         data.train_from(meta["epoch"]),
         steps_per_epoch=data.steps_per_epoch,
         initial_epoch=meta["epoch"],
-        epochs=config.epochs,
+        epochs=end,
         callbacks=callbacks,
         validation_data=data.validation,
         shuffle=False,
@@ -116,6 +136,8 @@ def train_branch(config, data, run_path):
     summary = swa.summary()
     summary["branch"] = {
         "from_epoch": start_epoch,
+        "epochs": config.swa_epochs,
+        "last_epoch": end,
         "swa_lr": config.swa_lr,
         "directory": DIRECTORY,
         "final_sgd_val_accuracy": logger.rows[-1]["val_accuracy"],

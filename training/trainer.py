@@ -313,6 +313,9 @@ def _print_summary(summary, path):
                 line("  + BN recomputed", entry[criterion]["bn_recomputed"])
     if "swa" in summary:
         line("SWA (BN recomputed)", summary["swa"])
+        swa = summary["swa"]
+        lines.append(f"  {swa_branch.models_averaged(swa)}; branch epochs "
+                     f"{swa['branch']['from_epoch'] + 1}-{swa['branch']['last_epoch']}")
     lines.append(f"wall time {summary.get('wall_time_seconds', 0):.0f} s; "
                  f"details: {os.path.join(path, run_directory.SUMMARY_FILE)}")
     print("\n".join(lines), flush=True)
