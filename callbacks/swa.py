@@ -195,6 +195,27 @@ class SWA(keras.callbacks.Callback):
         variables.save_weights(self.model, weights, path)
         return path
 
+    def save_average(self, path):
+        """Writes the average so far, BatchNorm recomputed over `train_data`, to `path` (a
+        `.weights.h5`); returns its metrics on `validation_data` (`val_loss`, ...; {} without).
+
+        For a mid-fit copy, e.g. the average at the end of one budget while the SWA
+        phase goes on (SWA paper Table 1: 1 and 1.5 budgets from one run). The
+        model keeps its own weights; the file is written atomically.
+        """
+        if not self.count:
+            raise ValueError("No SWA average yet: `save_average` needs at least one captured model.")
+        metrics = {}
+        with self._running_average_swapped_in():
+            self._recompute()
+            if self.validation_data is not None:
+                metrics = {f"val_{k}": v for k, v in
+                           validation.evaluate(self.model, self.validation_data, self.batch_size).items()}
+            temporary = path[: -len(".weights.h5")] + ".tmp.weights.h5"
+            self.model.save_weights(temporary)
+        os.replace(temporary, path)
+        return metrics
+
     @contextlib.contextmanager
     def swapped_in(self):
         """Puts the final average (BatchNorm recomputed) into the model; restores on exit."""

@@ -273,36 +273,49 @@ def _selected_on(group, method):
     return "; ".join(sorted({run.summary["ema"][decay][criterion].get("selected_on", "?") for run in group.runs}))
 
 
-SWA_MARGIN = 0.006  # the SWA paper's CIFAR-10 gains are ~+0.5 points (§5.1); ask for +0.6
+SWA_MARGIN = 0.006  # the EMA paper's Table 1 SWA gain on CIFAR-100 is +1.06; the issue asks for +0.6
 
 
 def swa(dirs, out):
     group = _group(dirs["final"])
     sgd = _test_values(group, "baseline")
-    averaged = _test_values(group, "swa")
     first = group.runs[0].summary["swa"]
-    branch = first["branch"]
-    rows = [{"seed": run.config["seed"], "sgd_final": s, "swa": a,
-             "swa_branch_sgd_final": run.summary["swa"]["branch"]["final_sgd_val_accuracy"],
-             "models_averaged": run.summary["swa"]["models_averaged"]}
-            for run, s, a in zip(group.runs, sgd, averaged)]
-    interval = stats.paired_interval(averaged, sgd)
-    parts = [(f"SWA − SGD (cosine to 0, final), margin +{100 * SWA_MARGIN:g} points", interval,
-              stats.verdict(interval, SWA_MARGIN))]
-    verdict = parts[0][2]
+    branch, budget = first["branch"], group.config["epochs"]
+    lengths = []  # (method, label, models averaged)
+    if "swa_budget" in _evaluated(group)[0]["models"]:
+        lengths.append(("swa_budget", f"SWA at the budget's end (epoch {budget}, 1 budget)",
+                        first["budget"]["models_averaged"]))
+    end = branch.get("last_epoch", budget)
+    lengths.append(("swa", f"SWA at the branch's end (epoch {end}, {end / budget:.2f} budgets)",
+                    first["models_averaged"]))
+    averaged = {method: _test_values(group, method) for method, _, _ in lengths}
+    intervals = {method: stats.paired_interval(averaged[method], sgd) for method, _, _ in lengths}
+    parts = [(f"{label} − SGD, margin +{100 * SWA_MARGIN:g} points", intervals[method],
+              stats.verdict(intervals[method], SWA_MARGIN)) for method, label, _ in lengths]
+    verdict = parts[0][2]  # the SWA paper's main comparison: the same budget as SGD
+    rows = [{"seed": run.config["seed"], "sgd_final": s,
+             **{method: averaged[method][i] for method, _, _ in lengths},
+             "swa_branch_sgd_final": run.summary["swa"]["branch"]["final_sgd_val_accuracy"]}
+            for i, (run, s) in enumerate(zip(group.runs, sgd))]
+    ci = {m: f"{100 * iv.mean:+.2f}" + ("" if math.isnan(iv.low) else f" [{100 * iv.low:+.2f}, {100 * iv.high:+.2f}]")
+          for m, iv in intervals.items()}
     table = report.markdown_table(
-        ["", "SGD (cosine to 0, final)", "SWA (BN recomputed)", "SWA − SGD, 95 % CI"],
-        [["ours: test accuracy (%)", _pm(*_mean_std(sgd)), _pm(*_mean_std(averaged)),
-          f"{100 * interval.mean:+.2f}" + ("" if math.isnan(interval.low) else
-                                           f" [{100 * interval.low:+.2f}, {100 * interval.high:+.2f}]")],
-         ["paper (EMA paper Table 1, R18/C100)", "77.63 ± 0.14", "78.69 ± 0.25", "+1.06"]])
-    table += "\nTest accuracy (%) per seed:\n\n" + _per_seed_table(group, [
-        ("SGD final", sgd), ("SWA", averaged), ("SGD iterate at the branch's end", [r["swa_branch_sgd_final"] for r in rows])])
+        ["", "test accuracy (%)", "models averaged", "− SGD, 95 % CI"],
+        [["SGD (cosine to 0, final)", _pm(*_mean_std(sgd)), "—", "—"]]
+        + [[label, _pm(*_mean_std(averaged[m])), str(count), ci[m]] for m, label, count in lengths]
+        + [["paper (EMA paper Table 1, R18/C100): SGD / SWA", "77.63 ± 0.14 / 78.69 ± 0.25", "—", "+1.06"],
+           ["paper (SWA paper Table 1, CIFAR-10, VGG-16 / ResNet-164 / WRN-28-10: 1 / 1.25 budgets)", "—", "—",
+            "+0.34 / +0.28 / +0.27; +0.45 / +0.49 / +0.46"]])
+    table += "\nTest accuracy (%) per seed:\n\n" + _per_seed_table(group, [("SGD final", sgd)] + [
+        (label.split(" (")[0], averaged[m]) for m, label, _ in lengths])
+    included = "the starting point included" if first.get("start_included") else "the starting point not included"
     headline = (f"SWA ({group.dataset}/{group.model}, {_test_examples(group):,} test images, {len(group.runs)} seeds; "
-                f"branch from epoch {branch['from_epoch']} at constant lr {branch['swa_lr']:g}, "
-                f"{first['models_averaged']} models averaged): {interval.text()} over SGD.")
-    return _result(rows, table, headline, verdict, stats.rule_text(SWA_MARGIN) + "\n\n" + _interval_lines(parts),
-                   group)
+                f"branch from epoch {branch['from_epoch']} at constant lr {branch['swa_lr']:g}, {included}): "
+                + "; ".join(f"{label.split(' (')[0]} {intervals[m].text()} over SGD" for m, label, _ in lengths) + ".")
+    reason = (stats.rule_text(SWA_MARGIN) + " (the SWA paper: +0.3 points at 1 budget and +0.5 at 1.25 on "
+              "CIFAR-10, +0.6 to +1.3 on CIFAR-100, Table 1); the verdict is the 1-budget comparison\n\n"
+              + _interval_lines(parts))
+    return _result(rows, table, headline, verdict, reason, group)
 
 
 # Table 3.

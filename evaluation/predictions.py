@@ -62,6 +62,8 @@ def saved_weights(run):
                 names.append(run_directory.ema_stem(key, criterion, bn_recomputed=True))
     if "swa" in run.summary:
         names.append(run_directory.SWA_WEIGHTS)
+        if "budget" in run.summary["swa"]:
+            names.append(run_directory.SWA_BUDGET_WEIGHTS)
     for name in names:
         if not os.path.isfile(weights_path(run.path, name)):
             raise UsageError(
@@ -91,6 +93,8 @@ def method_weights(run, decay_key, names=None):
                     break
     if run_directory.SWA_WEIGHTS in names:
         methods["swa"] = run_directory.SWA_WEIGHTS
+    if run_directory.SWA_BUDGET_WEIGHTS in names:
+        methods["swa_budget"] = run_directory.SWA_BUDGET_WEIGHTS
     return methods
 
 
@@ -100,6 +104,8 @@ def describe(name):
         return "SGD (final)"
     if name == "swa":
         return "SWA (BN recomputed)"
+    if name == "swa_budget":
+        return "SWA at the budget's end (BN recomputed)"
     _, decay, criterion, *bn = name.split("_")
     label = f"EMA {decay} ({'acc.' if criterion == 'acc' else 'loss'})"
     return label + (" + BN recomputed" if bn else "")

@@ -133,8 +133,9 @@ def test_dry_run_prints_the_commands_and_runs_nothing(tmp_path, capsys):
     assert "--lrs 0.05 0.1 0.2 0.4" in lines[0] and "--batch-size 32" in lines[0]
     assert "--stop-epochs-from" in lines[2] and "--seeds 0 1 2" in lines[2]
     # 4 tuning trials and the validation run: 30 epochs x 10,000 images each (the limit applies
-    # after the 80/20 split); 3 final runs with an 8-epoch SWA branch.
-    assert result["train_images"] == 4 * 30 * 10000 + 30 * 10000 + 3 * (30 + 8) * 10000
+    # after the 80/20 split); 3 final runs with a 15-epoch SWA branch.
+    assert "--swa-lr 0.05 --swa-epochs 15" in lines[2]
+    assert result["train_images"] == 4 * 30 * 10000 + 30 * 10000 + 3 * (30 + 15) * 10000
     assert not os.listdir(tmp_path)
 
 

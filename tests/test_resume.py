@@ -159,6 +159,10 @@ def test_a_cyclic_swa_branch_past_the_budget_killed_mid_cycle_resumes_exactly(tm
     # The branch's starting point and the ends of its two cycles (epochs 3 and 5).
     assert got == want and got["models_averaged"] == 3 and got["cycle_epochs"] == 2
     assert got["start_included"] and (got["branch"]["epochs"], got["branch"]["last_epoch"]) == (4, 5)
+    # The average at the budget's end (epoch 3: the start and the first cycle), saved on the way.
+    assert got["budget"] == {"epoch": 3, "models_averaged": 2, "weights": "swa_budget"}
+    for name in ("swa_budget.weights.h5", "swa.weights.h5"):
+        assert (out / "weights" / name).read_bytes() == (whole / "weights" / name).read_bytes()
 
 
 def test_ctrl_c_is_one_line_exit_130_and_resumes_exactly(uninterrupted, tmp_path):

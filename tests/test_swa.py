@@ -7,6 +7,7 @@ Backend-neutral: runs under TensorFlow and with KERAS_BACKEND=jax (NumPy data).
 
 import functools
 import math
+import os
 
 import keras
 import numpy as np
@@ -195,6 +196,42 @@ def test_final_model_has_exact_batch_norm_statistics_and_is_saved(tmp_path):
     loaded.load_weights(path)
     for got, expected in zip(numpy_weights(loaded), in_model):
         np.testing.assert_array_equal(got, expected)
+
+
+class SaveAverageAt(keras.callbacks.Callback):
+    """Calls `swa.save_average` at the end of epoch `epoch` (after `SWA` captured it)."""
+
+    def __init__(self, swa, epoch, path):
+        super().__init__()
+        self.swa, self.epoch, self.path = swa, epoch, path
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == self.epoch:
+            self.metrics = self.swa.save_average(self.path)
+
+
+def test_save_average_mid_fit_is_the_mean_so_far_with_exact_batch_norm(tmp_path):
+    # SWA paper Table 1's "1 budget" from a longer SWA phase: the average at epoch 2's end.
+    swa = SWA(1, train_data=(X, Y), validation_data=(X_VAL, Y_VAL), batch_size=BN_BATCH)
+    path = str(tmp_path / "swa_budget.weights.h5")
+    saver = SaveAverageAt(swa, 2, path)
+    model = compile_model(build_model())
+    before = Recorder()
+    model.fit(X, Y, batch_size=BATCH, epochs=5, shuffle=False, verbose=0, callbacks=[before, swa, saver])
+    captured = [before.begin[1], before.end[1], before.end[2]]  # the start, epochs 1 and 2 (0-based)
+    average = [np.mean([weights[k] for weights in captured], axis=0, dtype=np.float64).astype("float32")
+               for k in range(len(model.weights))]
+    want = with_exact_statistics(model, average)
+    loaded = build_model(seed=5)
+    loaded.load_weights(path)
+    for got, expected in zip(numpy_weights(loaded), want):
+        np.testing.assert_allclose(got, expected, rtol=2e-5, atol=1e-6)
+    metrics = evaluate_separately(want)
+    assert saver.metrics["val_loss"] == pytest.approx(metrics["loss"], rel=1e-5, abs=1e-6)
+    assert swa.summary()["models_averaged"] == 5  # the phase went on: start + epochs 1-4
+    assert not [name for name in os.listdir(tmp_path) if ".tmp." in name]
+    with pytest.raises(ValueError, match="at least one captured model"):
+        SWA(3).save_average(path)
 
 
 def test_bn_every_epoch_logs_use_exact_statistics():

@@ -35,6 +35,7 @@ _PROCESS_COPY = re.compile(r"process-[1-9][0-9]*")
 WEIGHTS_SUFFIX = ".weights.h5"
 FINAL_WEIGHTS = "final"
 SWA_WEIGHTS = "swa"
+SWA_BUDGET_WEIGHTS = "swa_budget"  # a branch past the budget: its average at the budget's last epoch
 
 
 def ema_stem(decay, criterion, bn_recomputed=False):

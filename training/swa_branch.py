@@ -52,6 +52,20 @@ class KeepBranchPoint(keras.callbacks.Callback):
         os.replace(temporary, os.path.join(self.checkpoint_dir, BRANCH_POINT))
 
 
+class SaveBudgetAverage(keras.callbacks.Callback):
+    """For a branch past the budget: at the budget's last epoch, saves the average so far
+    (BN recomputed) as `weights/swa_budget.weights.h5` (SWA paper Table 1's "1 budget"
+    beside the longer branch's own). Runs after `SWA` captured that epoch."""
+
+    def __init__(self, swa, budget_epochs, path):
+        super().__init__()
+        self.swa, self.budget_epochs, self.path = swa, budget_epochs, path
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch + 1 == self.budget_epochs:
+            self.swa.save_average(self.path)
+
+
 def branch_schedule(config, steps_per_epoch):
     """The SWA phase's learning rate: constant, or cyclic with `swa_cycle_epochs` > 1."""
     return swa_schedule(
@@ -63,6 +77,14 @@ def branch_schedule(config, steps_per_epoch):
             config.swa_cycle_epochs * steps_per_epoch if config.swa_cycle_epochs > 1 else None
         ),
     )
+
+
+def _budget_entry(config):
+    """The average saved at the budget's end: its epoch and model count (its test numbers:
+    `app.evaluate`, which evaluates every saved weights file)."""
+    captured = config.epochs - config.swa_start_epoch + 1  # epoch captures up to the budget's end
+    count = captured // config.swa_cycle_epochs + int(config.swa_include_start)
+    return {"epoch": config.epochs, "models_averaged": count, "weights": run_directory.SWA_BUDGET_WEIGHTS}
 
 
 def last_epoch(config):
@@ -105,11 +127,15 @@ def train_branch(config, data, run_path):
         swa.set_state(contents["states"]["swa"])
     timer = EpochTimer(config.batch_size)
     end = last_epoch(config)
+    weights_dir = os.path.join(run_path, run_directory.WEIGHTS_DIR)
+    budget_average = SaveBudgetAverage(
+        swa, config.epochs, os.path.join(weights_dir, run_directory.SWA_BUDGET_WEIGHTS + run_directory.WEIGHTS_SUFFIX))
     logger = RunLogger(path, schedule, end, rows=meta["rows"] if resumed else None, timer=timer)
     callbacks = [
         timer,
         DivergenceGuard(weights_every_steps=config.ema_every_steps),
         swa,
+        *([budget_average] if end > config.epochs else []),
         logger,
         checkpoint.RunCheckpoint(checkpoint_dir, {"swa": swa}, logger),
     ]
@@ -132,8 +158,11 @@ def train_branch(config, data, run_path):
         shuffle=False,
         verbose=0,
     )
-    swa.save(os.path.join(run_path, run_directory.WEIGHTS_DIR))
+    os.makedirs(weights_dir, exist_ok=True)
+    swa.save(weights_dir)
     summary = swa.summary()
+    if end > config.epochs:
+        summary["budget"] = _budget_entry(config)
     summary["branch"] = {
         "from_epoch": start_epoch,
         "epochs": config.swa_epochs,
