@@ -62,7 +62,7 @@ def require_obtainable(config, root, holding):
     """For data not prepared in `root`: raises UsageError unless it can be prepared.
 
     It can when the CIFAR-N release files named by `cifar_n_dir` are complete
-    (and the download host answers), a Tiny-ImageNet archive is in the manual
+    (and the image host answers), a Tiny-ImageNet archive is in the manual
     directory, or the download hosts answer. `holding` names the prepared
     folder the fix asks for (`cifar10/3.0.2`).
     """
@@ -71,8 +71,12 @@ def require_obtainable(config, root, holding):
         cifar_n.check_sources(config.dataset, config.cifar_n_dir)
     if config.dataset == "tiny-imagenet" and datasets.find_tiny_imagenet_archive(manual):
         return
-    if not all(reachable(url) for url in download_urls(config, manual)):
-        raise not_prepared(config, root, holding, "could not be downloaded (no network?)")
+    unreachable = [url for url in download_urls(config, manual) if not reachable(url)]
+    if unreachable:
+        hosts = ", ".join(urllib.parse.urlsplit(url).hostname for url in unreachable)
+        raise not_prepared(config, root, holding,
+                           f"preparing it needs {hosts}, which did not answer within {NETWORK_PROBE_SECONDS:g} s "
+                           f"(offline?)")
 
 
 def data_dir_root(data_dir):
@@ -105,15 +109,40 @@ def download_urls(config, manual_directory):
 
 
 def not_prepared(config, root, holding, what_failed):
-    """The one-line error for data that is not prepared and cannot be."""
+    """The one-line error for data that is not prepared and cannot be: what is missing, what was
+    found, and how to prepare it elsewhere (`python -m app.prepare`) and bring it here."""
+    spec = datasets.spec_of(config)
+    missing = f"dataset {config.dataset!r} is not prepared in {root} (no {holding}/{INFO_FILE})"
+    elsewhere = (f"on a machine with network run `python -m app.prepare {config.dataset} --data-dir DIR"
+                 f"{_cifar_n_flag(config)}` and copy DIR/{spec.tfds_name}/ into {root}")
     if config.dataset == "tiny-imagenet":
-        fix = (
-            f"run once online, put {datasets.TINY_IMAGENET_ARCHIVE} ({datasets.TINY_IMAGENET_URL}) in "
-            f"{datasets.manual_dir(root)}, or pass --data-dir DIR holding {holding}"
-        )
+        fix = (f"put {datasets.TINY_IMAGENET_ARCHIVE} ({datasets.TINY_IMAGENET_URL}) in "
+               f"{datasets.manual_dir(root)} and rerun, or {elsewhere}")
     else:
-        fix = f"run once online or pass --data-dir DIR holding {holding}"
-    return UsageError(f"dataset {config.dataset!r} is not prepared in {root} and {what_failed}; {fix}")
+        fix = elsewhere
+    found = _cifar_n_found(config, root)
+    return UsageError(f"{missing} and {what_failed}{found}; {fix}, or pass --data-dir DIR holding {holding}")
+
+
+def _cifar_n_flag(config):
+    if config.dataset in cifar_n.RELEASES:
+        return f" --cifar-n-dir {config.cifar_n_dir or 'FILES'}"
+    return ""
+
+
+def _cifar_n_found(config, root):
+    """For CIFAR-N: that the annotations are there and the images are what is missing."""
+    if config.dataset not in cifar_n.RELEASES:
+        return ""
+    images = "CIFAR-10" if config.dataset == "cifar10n" else "CIFAR-100"
+    if config.cifar_n_dir is not None:
+        where = f"--cifar-n-dir {config.cifar_n_dir}"
+    elif cifar_n.manual_dir_is_ready(config.dataset, datasets.manual_dir(root)):
+        where = datasets.manual_dir(root)
+    else:
+        return (f" (it needs the {images} images and the CIFAR-N annotation files, e.g. "
+                f"{cifar_n.RELEASES[config.dataset].human_pt}: pass them with --cifar-n-dir)")
+    return f" (the CIFAR-N annotations in {where} are complete; the {images} images are what is missing)"
 
 
 def reachable(url, timeout=NETWORK_PROBE_SECONDS):

@@ -130,6 +130,13 @@ def check_data_available(config):
     return builder
 
 
+def prepare(config):
+    """Downloads and prepares `config`'s dataset with TFDS unless it is prepared; returns the builder."""
+    builder = check_data_available(config)
+    _prepare(builder, config)
+    return builder
+
+
 def manual_dir_of(builder):
     """TFDS's default manual directory of `builder`: `<data_dir>/downloads/manual`."""
     return datasets.manual_dir(builder.data_dir_root)

@@ -165,10 +165,33 @@ def test_missing_dataset_fails_in_one_line_without_downloading(tmp_path, monkeyp
     with pytest.raises(UsageError) as error:
         check(config)
     assert str(error.value) == (
-        f"dataset 'cifar100' is not prepared in {tmp_path} and could not be downloaded "
-        "(no network?); run once online or pass --data-dir DIR holding cifar100/3.0.2"
+        f"dataset 'cifar100' is not prepared in {tmp_path} (no cifar100/3.0.2/dataset_info.json) and preparing "
+        "it needs www.cs.toronto.edu, which did not answer within 5 s (offline?); on a machine with network run "
+        f"`python -m app.prepare cifar100 --data-dir DIR` and copy DIR/cifar100/ into {tmp_path}, or pass "
+        "--data-dir DIR holding cifar100/3.0.2"
     )
     assert not os.listdir(tmp_path)
+
+
+@pytest.mark.parametrize("check", [availability.check, loading.check_data_available],
+                         ids=["without TFDS", "asking TFDS"])
+def test_cifar100n_offline_names_what_is_missing_and_how_to_prepare_it(tmp_path, monkeypatch, check):
+    # The annotations are there (--cifar-n-dir): the CIFAR-100 images are what is missing.
+    _no_network(monkeypatch)
+    files = tmp_path / "cifar-n"
+    files.mkdir()
+    for name in ("side_info_cifar100N.csv", "image_order_c100.npy", "CIFAR-100_human.pt"):
+        (files / name).write_bytes(b"x")
+    data = tmp_path / "tfds"
+    config = TrainConfig(dataset="cifar100n", data_dir=str(data), cifar_n_dir=str(files))
+    with pytest.raises(UsageError) as error:
+        check(config)
+    message = str(error.value)
+    assert "\n" not in message
+    assert f"the CIFAR-N annotations in --cifar-n-dir {files} are complete; the CIFAR-100 images are what is missing" in message
+    assert (f"run `python -m app.prepare cifar100n --data-dir DIR --cifar-n-dir {files}` and copy "
+            f"DIR/cifar100_n/ into {data}") in message
+    assert "www.cs.toronto.edu, which did not answer" in message
 
 
 @pytest.mark.parametrize("dataset", sorted(datasets.DATASETS))
@@ -378,3 +401,29 @@ def test_evaluation_batches_are_larger_and_give_the_same_predictions():
     want = model.evaluate(small.validation, verbose=0, return_dict=True)
     assert got["accuracy"] == want["accuracy"]
     assert got["loss"] == pytest.approx(want["loss"], rel=1e-6)
+
+
+def test_prepare_command_leaves_prepared_data_alone(capsys):
+    from app import prepare
+
+    tfds_dir = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "data", "tfds")
+    if not os.path.isdir(os.path.join(tfds_dir, "cifar10")):
+        pytest.skip("needs the prepared cifar10 in ../shared/data/tfds")
+    folder = prepare.main(["cifar10", "--data-dir", tfds_dir])
+    assert folder == os.path.join(tfds_dir, "cifar10", "3.0.2")
+    assert capsys.readouterr().out == f"cifar10: already prepared in {folder}\n"
+
+
+def test_prepare_command_offline_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys):
+    from app import prepare
+
+    _no_network(monkeypatch)
+    with pytest.raises(SystemExit) as exit:
+        prepare.main(["cifar100", "--data-dir", str(tmp_path)])
+    assert exit.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: dataset 'cifar100' is not prepared in")
+    assert not os.listdir(tmp_path)
+    with pytest.raises(SystemExit) as exit:
+        prepare.main(["cifar1000"])
+    assert exit.value.code == 2 and "unknown dataset 'cifar1000'" in capsys.readouterr().err

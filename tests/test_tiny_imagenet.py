@@ -124,8 +124,9 @@ def test_missing_archive_offline_is_one_line(tmp_path, monkeypatch):
         loading.check_data_available(config)
     manual_dir = os.path.join(str(tmp_path), "downloads", "manual")
     assert str(error.value) == (
-        f"dataset 'tiny-imagenet' is not prepared in {tmp_path} and could not be downloaded "
-        f"(no network?); run once online, put tiny-imagenet-200.zip "
-        f"(http://cs231n.stanford.edu/tiny-imagenet-200.zip) in {manual_dir}, "
-        "or pass --data-dir DIR holding tiny_imagenet/1.0.0"
+        f"dataset 'tiny-imagenet' is not prepared in {tmp_path} (no tiny_imagenet/1.0.0/dataset_info.json) and "
+        "preparing it needs cs231n.stanford.edu, which did not answer within 5 s (offline?); put "
+        f"tiny-imagenet-200.zip (http://cs231n.stanford.edu/tiny-imagenet-200.zip) in {manual_dir} and rerun, "
+        "or on a machine with network run `python -m app.prepare tiny-imagenet --data-dir DIR` and copy "
+        f"DIR/tiny_imagenet/ into {tmp_path}, or pass --data-dir DIR holding tiny_imagenet/1.0.0"
     )

@@ -227,10 +227,9 @@ def _print_header(config, data, model, path):
     print(
         f"{config.dataset} ({data.num_train_examples} train / "
         f"{data.num_validation_examples} {data.evaluation_split}), {config.model} "
-        f"({model.count_params():,} parameters), {config.epochs} epochs x "
-        f"{data.steps_per_epoch} steps, lr {config.lr} {config.schedule}{_warmup_text(config)}, "
-        f"EMA decays {', '.join(f'{d:g}' for d in config.ema_decays) or 'none'} "
-        f"every {config.ema_every_steps} steps -> {path}",
+        f"({model.count_params():,} parameters), {_count(config.epochs, 'epoch')} x "
+        f"{_count(data.steps_per_epoch, 'step')}, lr {config.lr} {config.schedule}{_warmup_text(config)}, "
+        f"{_ema_text(config)} -> {path}",
         flush=True,
     )
     warning = warmup_warning(config, data.steps_per_epoch)
@@ -238,6 +237,19 @@ def _print_header(config, data, model, path):
         print(warning, flush=True)
     if config.post_hoc_ema:
         print(_post_hoc_text(config, data, model, path), flush=True)
+
+
+def _count(number, noun):
+    """'1 epoch', '30 epochs'."""
+    return f"{number:,} {noun}{'' if number == 1 else 's'}"
+
+
+def _ema_text(config):
+    if not config.ema_decays:
+        return "no EMA"
+    decays = ", ".join(f"{d:g}" for d in config.ema_decays)
+    every = "every step" if config.ema_every_steps == 1 else f"every {config.ema_every_steps} steps"
+    return f"EMA decay{'s' if len(config.ema_decays) > 1 else ''} {decays} {every}"
 
 
 def _post_hoc_text(config, data, model, path):
@@ -248,7 +260,7 @@ def _post_hoc_text(config, data, model, path):
     size = count * snapshot_bytes(values, len(config.post_hoc_sigma_rels), config.post_hoc_snapshot_dtype)
     sigmas = ", ".join(f"{s:g}" for s in config.post_hoc_sigma_rels)
     return (f"post-hoc EMA: power-function EMAs sigma_rel {sigmas}, a {config.post_hoc_snapshot_dtype} "
-            f"snapshot every {every} steps: {count} snapshots, {size / 2**20:,.1f} MiB in "
+            f"snapshot every {_count(every, 'step')}: {_count(count, 'snapshot')}, {size / 2**20:,.1f} MiB in "
             f"{os.path.join(path, run_directory.POWER_EMA_DIR)}")
 
 
