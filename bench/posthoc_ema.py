@@ -10,17 +10,26 @@ measured extra reconstruction error.
 Evidence: `python bench/posthoc_ema.py [RUN]` (default RUN: the real run
 reproductions/small/posthoc/run, ResNet-20, 30 epochs x 79 steps, a snapshot
 every epoch), TensorFlow backend on this machine's 2 shared CPU cores;
-results in bench/results/posthoc_ema.json (one run, while a test suite
-shared the cores):
+results in bench/results/posthoc_ema.json (one run, after the fix that makes
+the coefficients sum to 1, while other training jobs and a test suite kept
+the cores loaded, load average ~8: its times are upper bounds and vary from
+run to run; three runs within 5 minutes gave a least-squares median of 136,
+18 and 7 ms, the last with OPENBLAS_NUM_THREADS=1, whose BLAS threads do not
+contend with the other jobs):
 
     averages held          2 power EMAs 2.17 MB vs the paper's 5 EMAs 5.42 MB (0.40x)
     snapshots on disk      30 x 2.24 MB = 64 MiB float32; float16 31 MiB
-    fused update           2 power EMAs 4.3 ms every step = 0.97 % of a 440 ms step
-                           5 EMAs 8.1 ms every T=4 steps = 0.46 %
-    reconstruction         least squares 3.9 ms, weighted sum of the snapshots
-                           (reads included) 307 ms per target (medians of 24)
+    fused update           2 power EMAs 4.8 ms every step = 0.65 % of a 735 ms step
+                           5 EMAs 8.0 ms every T=4 steps = 0.27 %
+    reconstruction         least squares (coefficients summing to 1) 18 ms, weighted
+                           sum of the snapshots (reads included) 0.75 s per target
+                           (medians of 24)
     float16 snapshots      relative weight distance to the float32 reconstruction
                            at most 2.7e-4 (over the 24 targets)
+
+The previous recording (while only a test suite shared the cores, before
+the fix): update 4.3 ms = 0.97 % of a 440 ms step, 5 EMAs 0.46 %; least
+squares 3.9 ms, sum 0.31 s; float16 2.7e-4.
 
 The per-epoch evaluation of every tracked EMA (4.66x an SGD evaluation for 5
 decays, bench/ema_overhead.py) is what post-hoc EMA saves; a rebuilt target
@@ -35,10 +44,10 @@ Method:
    machine (one `fit` of `--steps` steps); per-step cost: MultiEMA's update
    / T, PowerFunctionEMA's every step.
 4. Reconstruction: for every decay the run tracked and every 5th epoch, the
-   least-squares solve and the weighted sum of the snapshots (file reads
-   included), timed; and the relative weight distance between the
-   reconstruction from the float32 snapshots and from the same snapshots
-   rounded to float16.
+   least-squares solve (the profiles and the constrained fit) and the
+   weighted sum of the snapshots (file reads included), timed; and the
+   relative weight distance between the reconstruction from the float32
+   snapshots and from the same snapshots rounded to float16.
 """
 
 import argparse
