@@ -80,9 +80,10 @@ def _scaling_text(result):
     swa_start = config.get("swa_start_epoch") if config.get("swa") else None
     rows = scaling.ratio_rows(runs.steps_per_epoch(config), config["epochs"], config.get("ema_decays", ()),
                               config["ema_every_steps"], config.get("warmup_epochs", 0), swa_start)
-    return ("**Budget vs paper** (evaluation/scaling.py's rule: T=16 and 1 − α scaled by the paper's 62,600 steps "
-            f"over this run's {runs.steps_per_epoch(config) * config['epochs']:,}, so each fraction of the run "
-            "matches):\n\n" + scaling.ratio_table(rows))
+    return ("**Budget vs paper**: where the paper's averaging windows, decay releases, lr warm-up and SWA start "
+            f"fall, as fractions of its run (62,600 steps) and of this one ({runs.steps_per_epoch(config) * config['epochs']:,} "
+            "steps); evaluation/scaling.py's rule (T=16, 1 − α scaled by the ratio of the steps) makes the columns "
+            "agree, decays paired by rank:\n\n" + scaling.ratio_table(rows))
 
 
 def _provenance_text(used, commands):

@@ -36,12 +36,16 @@ class Interval:
     high: float
     n: int
     method: str  # how the interval was computed, for the page
+    scale: float = 100.0  # how `text` shows it: accuracy differences in points by default
+    unit: str = " points"
+    digits: int = 2
 
     @property
     def half_width(self):
         return (self.high - self.low) / 2
 
-    def text(self, scale=100.0, digits=2, unit=" points"):
+    def text(self):
+        scale, unit, digits = self.scale, self.unit, self.digits
         if math.isnan(self.low):
             return f"{scale * self.mean:+.{digits}f}{unit} (n={self.n}, no interval)"
         return (f"{scale * self.mean:+.{digits}f}{unit}, 95 % CI [{scale * self.low:+.{digits}f}, "
@@ -61,7 +65,7 @@ def paired_interval(a, b, level=LEVEL, fallback_se=None):
         return Interval(mean, mean - half, mean + half, n, f"paired t, {n} seeds")
     if fallback_se is not None:
         half = float(scipy_stats.norm.ppf(0.5 + level / 2)) * fallback_se
-        return Interval(mean, mean - half, mean + half, n, "1 seed: binomial error of the test images")
+        return Interval(mean, mean - half, mean + half, n, "1 seed: binomial error over the evaluated images")
     return Interval(mean, math.nan, math.nan, n, "1 seed")
 
 

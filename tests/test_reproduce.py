@@ -44,7 +44,8 @@ def _summary(path):
 def tiny(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("reproduce"))
     common = ["--budget", "tiny", "--seeds", "0", "1", "--out", out, "--data-dir", TFDS_DIR]
-    results = {claim: reproduce.main([claim, *common])[claim] for claim in ("fig1a", "table1")}
+    results = {claim: reproduce.main([claim, *common])[claim] for claim in ("fig1a", "table1", "fig1b", "swa",
+                                                                         "table5", "table3")}
     return os.path.join(out, "tiny"), results, common
 
 
@@ -112,7 +113,31 @@ def test_table1_is_the_mean_over_the_final_runs(tiny):
     verdicts = {claim: json.load(open(os.path.join(base, claim, f"{claim}.json"))) for claim in ("fig1a", "table1")}
     for claim, entry in verdicts.items():
         assert f"| [{claim}](#{claim}) | **{entry['verdict']}** |" in index
-    assert "](fig1a/fig1a.png)" in index and "Not run yet: fig1b," in index
+    assert "](fig1a/fig1a.png)" in index and "Not run yet: fig2, table2, adda-constant-lr." in index
+
+
+@needs_cifar10
+def test_every_protocol_claim_page_has_its_interval_ratio_table_and_provenance(tiny):
+    base, results, _ = tiny
+    for claim in ("fig1a", "fig1b", "table1", "swa", "table5", "table3"):
+        assert results[claim]["verdict"] in ("holds", "does not hold", "inconclusive")
+        text = open(os.path.join(base, claim, f"{claim}.md"), encoding="utf-8").read()
+        assert "95 % CI" in text and "**Budget vs paper**" in text and "**Provenance**" in text, claim
+    # Table 5 reads app.evaluate on both validation runs: the per-seed ECE rows are theirs.
+    evaluations = [_json(os.path.join(base, "protocol", path, "evaluation.json"))
+                   for path in ("validation", os.path.join("validation-seeds", "seed-1"))]
+    rows = {(r["method"], r["metric"]): r for r in _csv(os.path.join(base, "table5", "table5.csv"))}
+    ece = [e["models"]["ema_acc"]["ece"] for e in evaluations]
+    assert float(rows[("ema_acc", "ece")]["mean"]) == pytest.approx(np.mean(ece))
+    # Table 3: churn per pair of seeds, its mean the table's.
+    consistency = _json(os.path.join(base, "protocol", "final", "consistency.json"))
+    baseline = consistency["models"]["baseline"]
+    assert consistency["pair_seeds"] == [[0, 1]]
+    assert baseline["churn"] == pytest.approx(np.mean(baseline["churn_by_pair"]))
+    # SWA: the average of the branch (the starting point included) against SGD's final, on the test set.
+    finals = [_json(os.path.join(base, "protocol", "final", f"seed-{s}", "evaluation.json")) for s in (0, 1)]
+    swa_rows = _csv(os.path.join(base, "swa", "swa.csv"))
+    assert [float(r["swa"]) for r in swa_rows] == pytest.approx([e["models"]["swa"]["accuracy"] for e in finals])
 
 
 @needs_cifar10
