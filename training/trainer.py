@@ -167,6 +167,7 @@ def _fit(config, data, model, callbacks, start_epoch, skip_batches, contents):
 def finish(config, data, model, averaging, rows, path):
     """Saves every model and builds summary.json."""
     weights_dir = os.path.join(path, run_directory.WEIGHTS_DIR)
+    print(f"saving the weights of every model to {weights_dir} ...", flush=True)
     model.save_weights(run_directory.weights_path(path, run_directory.FINAL_WEIGHTS))
     summary = {
         "evaluation_split": data.evaluation_split,
