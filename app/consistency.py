@@ -104,13 +104,18 @@ def measure(plan):
     from evaluation import metrics, predictions
 
     # Seeds differ only in `seed` (checked by load_groups): one copy of the data serves all.
+    print(f"{plan['directory']}: loading the {plan['config'].dataset} data ...", flush=True)
     data = predictions.load_run_data(plan["config"], limit_test=plan["limit_test"], batch_size=plan["batch_size"])
     labels = data.test.labels
     probabilities = {}  # method -> [per seed (N, classes)]
     accuracies = {}
+    count, number = sum(len(seed["weights"]) for seed in plan["seeds"]), 0
     for seed in plan["seeds"]:
         predictor = predictions.RunPredictor(seed["run"], plan["config"], data)
         for method, name in seed["weights"].items():
+            number += 1
+            print(f"predicting {len(labels):,} test images with {count} models: seed "
+                  f"{seed['run'].config.get('seed')} {predictions.describe(name)} {number}/{count} ...", flush=True)
             logits = predictor.logits(name, data.test)
             probabilities.setdefault(method, []).append(metrics.softmax(logits))
             accuracies.setdefault(method, []).append(metrics.accuracy(logits, labels))

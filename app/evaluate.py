@@ -86,11 +86,16 @@ def evaluate(plan):
     """Predicts with every saved model of one run, writes evaluation.json, prints the table."""
     from evaluation import predictions
 
-    run, config = plan["run"], plan["config"]
+    run, config, names = plan["run"], plan["config"], plan["names"]
+    print(f"{run.path}: loading the {config.dataset} data ...", flush=True)
     data = predictions.load_run_data(config, limit_test=plan["limit_test"], batch_size=plan["batch_size"])
     predictor = predictions.RunPredictor(run, config, data)
+    images = f"{len(data.test):,} test" + ("" if data.validation is None else
+                                           f" + {len(data.validation):,} validation (for T)")
     by_weights = {}
-    for name in plan["names"]:
+    for number, name in enumerate(names, 1):
+        print(f"evaluating {len(names)} models on {images} images: {predictions.describe(name)} "
+              f"{number}/{len(names)} ...", flush=True)
         test_logits = predictor.logits(name, data.test)
         holdout_logits = None if data.validation is None else predictor.logits(name, data.validation)
         by_weights[name] = {"weights": predictions.relative_weights_path(name),
@@ -161,6 +166,10 @@ def format_table(path, result):
             f"{number(entry['temperature'], 1, 3):>7}{number(entry['ece_temperature_scaled'], 100, 2):>11}"
             f"  {reported.get(entry['weights'], '')}"
         )
+    if result["ema_decay"] is not None:
+        lines.append(f"table: the rows app.report's tables take (paper Table 5); ema_acc and ema_loss are EMA "
+                     f"{result['ema_decay']}: --ema-decay, by default the largest decay kept, the one the paper "
+                     f"reports, which need not be the best here")
     lines.append(f"(accuracy and ECE in %) -> {os.path.join(path, EVALUATION_FILE)}")
     return "\n".join(lines)
 

@@ -12,6 +12,7 @@ the selected EMA models after training (tables).
 
 import itertools
 import os
+import time
 import weakref
 
 import keras
@@ -22,7 +23,7 @@ from callbacks import arguments
 from callbacks import validation
 from callbacks import variables
 from callbacks.compiled import compile_pure
-from callbacks.ema_selection import CRITERIA, SUMMARY_KEYS, weights_file_name
+from callbacks.ema_selection import CRITERIA, SUMMARY_KEYS, selection_label, weights_file_name
 
 # model -> (signature of its variables and BN layers, compiled batch step)
 _COMPILED_STEPS = weakref.WeakKeyDictionary()
@@ -145,6 +146,9 @@ class BatchNormRecompute(keras.callbacks.Callback):
             `None` (one full pass).
         batch_size: batch size for array data (recomputation and evaluation).
             Defaults to `None` (required when `train_data` is an array).
+        verbose: if 1, print a line as each distinct selected EMA's
+            recomputation after training starts, and one when all are done
+            (plain lines, for terminals and logs alike). Defaults to 0.
     """
 
     def __init__(
@@ -156,6 +160,7 @@ class BatchNormRecompute(keras.callbacks.Callback):
         at_end=True,
         steps=None,
         batch_size=None,
+        verbose=0,
     ):
         super().__init__()
         for name in ("decays", "swapped_in", "selected_weights"):
@@ -174,6 +179,7 @@ class BatchNormRecompute(keras.callbacks.Callback):
         self.at_end = bool(at_end)
         self.steps = steps
         self.batch_size = batch_size
+        self.verbose = verbose
         self.results = {}
         self._selected = {}
 
@@ -224,24 +230,37 @@ class BatchNormRecompute(keras.callbacks.Callback):
     def _recompute_selected(self):
         # Selections often coincide (acc. and loss at one epoch; every decay
         # while the warm-up min(α, (t+1)/(t+10)) still rules): compute each once.
-        self._done = {}
+        groups = self._distinct_selections()
+        started = time.time()
         with variables.swapped(self.model.weights, lambda: None):
-            for decay in self.ema.decays:
-                for criterion in CRITERIA:
-                    self._recompute_one_selected(decay, criterion)
+            for number, group in enumerate(groups, 1):
+                if self.verbose:
+                    print(f"recomputing BatchNorm for {selection_label(group)} [{number}/{len(groups)}] ...",
+                          flush=True)
+                self._recompute_group(group)
+        if self.verbose and groups:
+            print(f"BatchNorm recomputed for {len(groups)} selected EMA model{'s' if len(groups) > 1 else ''} "
+                  f"in {time.time() - started:.0f} s", flush=True)
 
-    def _recompute_one_selected(self, decay, criterion):
-        if self.ema.summary()[f"{decay:g}"][SUMMARY_KEYS[criterion]] is None:
-            return  # MultiEMA evaluated no epoch: nothing was selected
-        selected = self.ema.selected_weights(decay, criterion)
-        digest = variables.digest(selected)
-        if digest not in self._done:
-            variables.write(self.model.weights, selected)
-            metrics = self._recompute_and_evaluate(keep_statistics=True)
-            self._done[digest] = (metrics, variables.host_copy(self.model.weights))
-        metrics, self._selected[(decay, criterion)] = self._done[digest]
-        entry = self.results.setdefault(f"{decay:g}", {})
-        entry[SUMMARY_KEYS[criterion]] = {f"val_{k}": v for k, v in metrics.items()}
+    def _distinct_selections(self):
+        """`[[(decay, criterion), ...], ...]`: the selections grouped by bitwise-equal weights."""
+        groups = {}
+        for decay in self.ema.decays:
+            for criterion in CRITERIA:
+                if self.ema.summary()[f"{decay:g}"][SUMMARY_KEYS[criterion]] is None:
+                    continue  # MultiEMA evaluated no epoch: nothing was selected
+                digest = variables.digest(self.ema.selected_weights(decay, criterion))
+                groups.setdefault(digest, []).append((decay, criterion))
+        return list(groups.values())
+
+    def _recompute_group(self, group):
+        variables.write(self.model.weights, self.ema.selected_weights(*group[0]))
+        metrics = self._recompute_and_evaluate(keep_statistics=True)
+        weights = variables.host_copy(self.model.weights)
+        for decay, criterion in group:
+            self._selected[(decay, criterion)] = weights
+            entry = self.results.setdefault(f"{decay:g}", {})
+            entry[SUMMARY_KEYS[criterion]] = {f"val_{k}": v for k, v in metrics.items()}
 
     def _recompute_and_evaluate(self, keep_statistics):
         statistics = _statistics_variables(self.model)

@@ -16,12 +16,27 @@ CRITERIA = ("accuracy", "loss")
 # criterion -> the key of `MultiEMA.summary()` entries (and of summary.json).
 SUMMARY_KEYS = {"accuracy": "best_val_accuracy", "loss": "lowest_val_loss"}
 _FILE_SUFFIXES = {"accuracy": "acc", "loss": "loss"}
+CRITERION_LABELS = {"accuracy": "acc.", "loss": "loss"}  # in tables: "EMA 0.998 (acc.)"
 
 
 def weights_file_name(decay, criterion, bn_recomputed=False):
     """`ema_<decay>_{acc,loss}[_bn].weights.h5`: the one naming of saved EMA selections."""
     suffix = "_bn" if bn_recomputed else ""
     return f"ema_{decay:g}_{_FILE_SUFFIXES[criterion]}{suffix}.weights.h5"
+
+
+def selection_label(selections):
+    """'EMA 0.9 (acc. = loss)', 'EMA 0.996, 0.998 (acc.)': `(decay, criterion)` selections that are one model.
+
+    `decay` a float or its key ('0.998').
+    """
+    by_decay = {}
+    for decay, criterion in selections:
+        by_decay.setdefault(float(decay), []).append(CRITERION_LABELS[criterion])
+    labels = {" = ".join(criteria) for criteria in by_decay.values()}
+    if len(labels) == 1:
+        return f"EMA {', '.join(f'{d:g}' for d in by_decay)} ({labels.pop()})"
+    return " = ".join(f"EMA {d:g} ({' = '.join(c)})" for d, c in by_decay.items())
 
 
 def checked_criterion(criterion):

@@ -79,6 +79,8 @@ class SWA(keras.callbacks.Callback):
             included), as Algorithm 1 does with `w_SWA <- w_hat`; `False`
             averages the end-of-epoch/cycle captures only (PyTorch's
             `swa_utils`). Defaults to `True`.
+        verbose: if 1, print a line when the final average's BatchNorm
+            recomputation and evaluation start. Defaults to 0.
     """
 
     def __init__(
@@ -91,6 +93,7 @@ class SWA(keras.callbacks.Callback):
         steps=None,
         batch_size=None,
         include_start=True,
+        verbose=0,
     ):
         super().__init__()
         arguments.checked_int("start_epoch", start_epoch, minimum=0)
@@ -113,6 +116,7 @@ class SWA(keras.callbacks.Callback):
         self.steps = steps
         self.batch_size = batch_size
         self.include_start = bool(include_start)
+        self.verbose = verbose
         self.count = 0
         self.start_included = False
         self.final_metrics = {}
@@ -273,6 +277,9 @@ class SWA(keras.callbacks.Callback):
         return {f"swa_val_{name}": value for name, value in metrics.items()}
 
     def _finish(self):
+        if self.verbose:
+            doing = "recomputing BatchNorm for" if self.train_data is not None else "evaluating"
+            print(f"{doing} the SWA average of {self.count} models ...", flush=True)
         with self._running_average_swapped_in():
             self._recompute()
             if self.validation_data is not None:

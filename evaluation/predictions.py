@@ -98,17 +98,8 @@ def method_weights(run, decay_key, names=None):
     return methods
 
 
-def describe(name):
-    """A table label for a weights stem: 'EMA 0.998 (loss) + BN recomputed'."""
-    if name == "final":
-        return "SGD (final)"
-    if name == "swa":
-        return "SWA (BN recomputed)"
-    if name == "swa_budget":
-        return "SWA at the budget's end (BN recomputed)"
-    _, decay, criterion, *bn = name.split("_")
-    label = f"EMA {decay} ({'acc.' if criterion == 'acc' else 'loss'})"
-    return label + (" + BN recomputed" if bn else "")
+# A table label for a weights stem: 'EMA 0.998 (loss) + BN recomputed'.
+describe = run_directory.describe_weights
 
 
 def run_config(run, data_dir=None):

@@ -55,6 +55,19 @@ def test_criterion_flag_compares_the_best_accuracy_ema(tiny_seed_runs):
     assert result["models"]["ema_acc"]["weights"] == "ema_0.9_acc_bn" and result["criterion"] == "accuracy"
 
 
+def test_each_prediction_shows_progress_in_plain_lines(tiny_seed_runs, capsys):
+    consistency.main([tiny_seed_runs, "--limit-test", "32"])
+    printed = capsys.readouterr().out
+    assert "\r" not in printed and "\x1b" not in printed
+    lines = printed.splitlines()
+    start = lines.index(f"{tiny_seed_runs}: loading the cifar10 data ...")
+    labels = [(seed, label) for seed in TINY_SEEDS for label in ("SGD (final)", "EMA 0.9 (loss) + BN recomputed")]
+    assert lines[start + 1:start + 5] == [
+        f"predicting 32 test images with 4 models: seed {seed} {label} {number}/4 ..."
+        for number, (seed, label) in enumerate(labels, 1)
+    ]
+
+
 @pytest.mark.parametrize("case", ["one_run", "one_seed", "bad_decay", "bad_criterion"])
 def test_bad_input_is_one_line_and_exit_2(tiny_seed_runs, tmp_path, capsys, case):
     single_seed = tmp_path / "single"

@@ -1,5 +1,7 @@
 """`python -m app.evaluate` on real tiny CIFAR-10 runs, against recomputation from the saved weights."""
 
+import contextlib
+import io
 import json
 import os
 import shutil
@@ -17,8 +19,17 @@ NAMES = ["final", "ema_0.9_acc", "ema_0.9_acc_bn", "ema_0.9_loss", "ema_0.9_loss
 
 
 @pytest.fixture(scope="module")
-def evaluated(tiny_seed_runs):
-    return evaluate.main([tiny_seed_runs, "--limit-test", str(LIMIT_TEST)])
+def evaluated_with_output(tiny_seed_runs):
+    """app.evaluate's result and what it printed (to a pipe, as when redirected to a file)."""
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        result = evaluate.main([tiny_seed_runs, "--limit-test", str(LIMIT_TEST)])
+    return result, printed.getvalue()
+
+
+@pytest.fixture(scope="module")
+def evaluated(evaluated_with_output):
+    return evaluated_with_output[0]
 
 
 def _logits(model, run_path, name, images):
@@ -47,6 +58,28 @@ def test_every_seed_is_evaluated_and_written(tiny_seed_runs, evaluated):
             numbers = {k: v for k, v in entry.items() if k not in ("decay", "bn_recomputed")}
             assert numbers == on_disk["by_weights"][name]
             assert set(numbers) == {"weights", "accuracy", "loss", "ece", "temperature", "ece_temperature_scaled"}
+
+
+def test_each_model_shows_progress_in_plain_lines_and_the_table_column_is_explained(tiny_seed_runs,
+                                                                                    evaluated_with_output):
+    _, printed = evaluated_with_output
+    assert "\r" not in printed and "\x1b" not in printed
+    lines = printed.splitlines()
+    labels = ["SGD (final)", "EMA 0.9 (acc.)", "EMA 0.9 (acc.) + BN recomputed", "EMA 0.9 (loss)",
+              "EMA 0.9 (loss) + BN recomputed"]
+    for seed in TINY_SEEDS:
+        path = os.path.join(tiny_seed_runs, f"seed-{seed}")
+        start = lines.index(f"{path}: loading the cifar10 data ...")
+        assert lines[start + 1:start + 1 + len(NAMES)] == [
+            f"evaluating 5 models on {LIMIT_TEST} test + 128 validation (for T) images: {label} {number}/5 ..."
+            for number, label in enumerate(labels, 1)
+        ]
+        table = lines[lines.index(f"{path}: {LIMIT_TEST} test examples, ECE with 100 equal-mass bins, "
+                                  "temperature fitted on validation"):]
+        # The decay of the ema_* rows, and why that one (the only one this run kept: also the largest).
+        assert table[2 + len(NAMES)].startswith("table: the rows app.report's tables take (paper Table 5); "
+                                                "ema_acc and ema_loss are EMA 0.9: --ema-decay, by default "
+                                                "the largest decay kept")
 
 
 def test_numbers_equal_a_numpy_recomputation_from_the_saved_weights(tiny_seed_runs, evaluated):

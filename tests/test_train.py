@@ -33,8 +33,8 @@ def run(tmp_path_factory):
 def test_run_directory_holds_everything(run):
     out, argv, _ = run
     assert sorted(os.listdir(out)) == [
-        "checkpoint", "command.txt", "config.json", "history.csv", "summary.json", "swa", "tensorboard",
-        "weights",
+        "best.keras", "checkpoint", "command.txt", "config.json", "history.csv", "summary.json", "swa",
+        "tensorboard", "weights",
     ]
     config = json.load(open(os.path.join(out, "config.json")))
     assert config["lr"] == 0.1 and config["ema_decays"] == [0.9, 0.99]

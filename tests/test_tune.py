@@ -10,9 +10,11 @@ needed; ResNet-20, 2 epochs of 4 steps.
 import contextlib
 import csv
 import glob
+import io
 import json
 import math
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -89,11 +91,18 @@ def read_json(path):
 
 
 @pytest.fixture(scope="module")
-def searched(tmp_path_factory):
+def searched_with_output(tmp_path_factory):
+    """The search, and what it printed (to a pipe, as when redirected to a file)."""
     tuner_dir = str(tmp_path_factory.mktemp("search") / "c10")
-    with synthetic_data():
+    printed = io.StringIO()
+    with synthetic_data(), contextlib.redirect_stdout(printed):
         returned = tune.main(TRAIN_FLAGS + GRID + ["--out", tuner_dir])
-    return tuner_dir, returned
+    return tuner_dir, returned, printed.getvalue()
+
+
+@pytest.fixture(scope="module")
+def searched(searched_with_output):
+    return searched_with_output[:2]
 
 
 def test_best_json_names_the_trial_with_the_highest_objective(searched):
@@ -122,6 +131,22 @@ def test_best_json_names_the_trial_with_the_highest_objective(searched):
     summary = read_json(os.path.join(trial_dir, "summary.json"))
     for key, entry in summary["ema"].items():
         assert config.ema_select_epochs[key]["accuracy"] == entry["best_val_accuracy"]["epoch"]
+
+
+def test_trials_print_app_train_lines_in_a_log_with_the_warm_up_note(searched_with_output):
+    tuner_dir, _, printed = searched_with_output
+    assert "\r" not in printed and "\x1b" not in printed and "\b" not in printed  # no Keras progress bar
+    lines = printed.splitlines()
+    # 2 epochs of 4 steps: both decays stay under min(a, (t+1)/(t+10)) (released after steps 81 and 891).
+    note = ("note: EMA decays 0.9, 0.99 never leave the decay warm-up min(a, (t+1)/(t+10)) in this run "
+            "(released after step 81, 891; the run has 8 steps); they hold one and the same average")
+    assert lines.count(note) == len(LRS)
+    for history in sorted(glob.glob(os.path.join(tuner_dir, "trial_*", "history.csv"))):
+        for row in read_history(os.path.dirname(history)):  # app.train's line for every epoch the trial logged
+            epoch, lr = int(row["epoch"]), re.escape(f"{row['lr']:.4g}")
+            assert any(re.fullmatch(rf"epoch {epoch}/2 \| lr {lr} \| .* \| "
+                                    rf"\d+s \(train \d+ img/s, eval \d+s\) \| ETA \d+m\d\ds", line)
+                       for line in lines), (history, epoch)
 
 
 def test_the_objective_is_the_max_over_epochs_of_ema_best_val_accuracy(searched):

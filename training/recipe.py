@@ -74,6 +74,7 @@ def build_callbacks(config, data, model, path=None):
                 validation_data=data.validation,
                 every_epoch=config.bn_recompute == "epoch",
                 at_end=True,
+                verbose=1,  # a line per selected EMA: minutes after the last epoch line otherwise
             )
     if config.post_hoc_ema:
         averaging["power_ema"] = PowerFunctionEMA(

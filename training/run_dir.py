@@ -36,11 +36,25 @@ WEIGHTS_SUFFIX = ".weights.h5"
 FINAL_WEIGHTS = "final"
 SWA_WEIGHTS = "swa"
 SWA_BUDGET_WEIGHTS = "swa_budget"  # a branch past the budget: its average at the budget's last epoch
+BEST_MODEL_FILE = "best.keras"  # the best saved model on the validation split, whole (training/best_model.py)
 
 
 def ema_stem(decay, criterion, bn_recomputed=False):
     """`ema_<decay>_{acc,loss}[_bn]`: a selected EMA's weights stem (`decay` a float or its key)."""
     return weights_file_name(float(decay), criterion, bn_recomputed)[: -len(WEIGHTS_SUFFIX)]
+
+
+def describe_weights(stem):
+    """A table label for a weights stem: 'EMA 0.998 (loss) + BN recomputed'."""
+    if stem == FINAL_WEIGHTS:
+        return "SGD (final)"
+    if stem == SWA_WEIGHTS:
+        return "SWA (BN recomputed)"
+    if stem == SWA_BUDGET_WEIGHTS:
+        return "SWA at the budget's end (BN recomputed)"
+    _, decay, criterion, *bn = stem.split("_")
+    label = f"EMA {decay} ({'acc.' if criterion == 'acc' else 'loss'})"
+    return label + (" + BN recomputed" if bn else "")
 
 
 def weights_path(run_path, stem):

@@ -122,6 +122,7 @@ def train_branch(config, data, run_path):
         train_data=data.train_one_pass,
         validation_data=data.validation,
         include_start=config.swa_include_start,
+        verbose=1,
     )
     if resumed is not None:
         swa.set_state(contents["states"]["swa"])

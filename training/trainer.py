@@ -3,10 +3,12 @@
 `train(config, data, path, argv)` is what `python -m app.train` runs for each
 seed: it creates (or resumes from its checkpoint) the run directory
 (docs/run-directory.md), fits with the callbacks of training/recipe.py, saves
-every selected model, writes summary.json and prints the summary table.
+every selected model and the best one whole (best.keras), writes summary.json
+and prints the summary table, the best model and the command to run next.
 """
 
 import os
+import shlex
 import shutil
 import sys
 import time
@@ -17,9 +19,10 @@ import numpy as np
 from callbacks.bootstrap import EMABootstrap
 from callbacks.divergence import DivergenceGuard, TrainingDiverged
 from callbacks.ema_averages import averaged_variables
-from callbacks.ema_selection import SUMMARY_KEYS
+from callbacks.ema_selection import CRITERIA, SUMMARY_KEYS, selection_label
 from callbacks.power_snapshots import snapshot_bytes
 from callbacks.warmup import warmup_released_after
+from training import best_model
 from training import checkpoint
 from training import distribution
 from training import provenance
@@ -39,11 +42,30 @@ def train(config, data, path, argv):
     silently compute in bfloat16).
     """
     policy = keras.mixed_precision.global_policy()
+    started = time.time()
     try:
         with distribution.data_parallel(config.devices or 1):
-            return _train(config, data, path, argv)
+            summary = _train(config, data, path, argv)
     finally:
         keras.mixed_precision.set_global_policy(policy)
+    return _conclude(config, data, path, summary, started)
+
+
+def _conclude(config, data, path, summary, started):
+    """Writes best.keras and summary.json (the run is then finished), prints the summary."""
+    if summary.get("best"):
+        print(f"writing the best model to {os.path.join(path, run_directory.BEST_MODEL_FILE)} ...", flush=True)
+        best_model.save(path, config, data, summary["best"]["name"])
+    summary["wall_time_seconds"] = round(time.time() - started, 1)
+    summary = run_directory.rounded(summary)
+    run_directory.write_summary(path, summary)
+    if not config.keep_checkpoint:
+        # The run is finished (summary.json): nothing will resume it.
+        checkpoint_dir = os.path.join(path, checkpoint.DIRECTORY)
+        for directory in (checkpoint_dir, os.path.join(path, swa_branch.DIRECTORY, checkpoint.DIRECTORY)):
+            shutil.rmtree(directory, ignore_errors=True)
+    _print_summary(summary, path)
+    return summary
 
 
 def _train(config, data, path, argv):
@@ -93,7 +115,6 @@ def _train(config, data, path, argv):
         skip_batches = meta["global_step"] - start_epoch * data.steps_per_epoch
         print(f"resuming {path} at epoch {start_epoch + 1}, step {skip_batches + 1}", flush=True)
     _print_header(config, data, model, path)
-    started = time.time()
     try:
         _fit(config, data, model, callbacks, start_epoch, skip_batches, contents)
     except KeyboardInterrupt:
@@ -118,14 +139,9 @@ def _train(config, data, path, argv):
     summary["timing"] = timing_totals(logger.rows)
     if config.swa:
         summary["swa"] = swa_branch.train_branch(config, data, path)
-    summary["wall_time_seconds"] = round(time.time() - started, 1)
-    summary = run_directory.rounded(summary)
-    run_directory.write_summary(path, summary)
-    if not config.keep_checkpoint:
-        # The run is finished (summary.json): nothing will resume it.
-        for directory in (checkpoint_dir, os.path.join(path, swa_branch.DIRECTORY, checkpoint.DIRECTORY)):
-            shutil.rmtree(directory, ignore_errors=True)
-    _print_summary(summary, path)
+    best = best_model.choose(summary)
+    if best is not None:
+        summary["best"] = best
     return summary
 
 
@@ -167,6 +183,7 @@ def _fit(config, data, model, callbacks, start_epoch, skip_batches, contents):
 def finish(config, data, model, averaging, rows, path):
     """Saves every model and builds summary.json."""
     weights_dir = os.path.join(path, run_directory.WEIGHTS_DIR)
+    print(f"saving the weights of every model to {weights_dir} ...", flush=True)
     model.save_weights(run_directory.weights_path(path, run_directory.FINAL_WEIGHTS))
     summary = {
         "evaluation_split": data.evaluation_split,
@@ -299,35 +316,57 @@ def warmup_warning(config, steps_per_epoch):
 def _print_summary(summary, path):
     split = summary["evaluation_split"]
     lines = [f"\nSummary ({split} split) — run directory: {path}"]
-    lines.append(f"{'model':<24}{'epoch':>6}{'accuracy':>10}{'loss':>9}")
+    lines.append(f"{'model':<28}{'epoch':>6}{'accuracy':>10}{'loss':>9}")
 
     def line(name, entry):
         lines.append(
-            f"{name:<24}{entry.get('epoch', ''):>6}"
+            f"{name:<28}{entry.get('epoch', ''):>6}"
             f"{entry['val_accuracy']:>10.4f}{entry['val_loss']:>9.4f}"
         )
 
     sgd = summary["sgd"]
-    line("SGD (final)", sgd["final"])
-    line("SGD (best acc.)", sgd["best_val_accuracy"])
+    if sgd["best_val_accuracy"]["epoch"] == sgd["final"]["epoch"]:
+        line("SGD (final = best acc.)", sgd["final"])
+    else:
+        line("SGD (final)", sgd["final"])
+        line("SGD (best acc.)", sgd["best_val_accuracy"])
     shown = set()
     for key, entry in summary.get("ema", {}).items():
         if key in shown:
             continue
         same = [key] + list(entry.get("identical_to", []))
         shown.update(same)
-        name = ", ".join(same)
         if len(same) > 1:
-            lines.append(f"EMA {name}: one average (never released by the decay warm-up)")
-        for criterion, label in (("best_val_accuracy", "acc."), ("lowest_val_loss", "loss")):
-            line(f"EMA {key if len(same) == 1 else name.split(',')[0] + '...'} ({label})", entry[criterion])
-            if "bn_recomputed" in entry[criterion]:
-                line("  + BN recomputed", entry[criterion]["bn_recomputed"])
+            lines.append(f"EMA {', '.join(same)}: one average (never released by the decay warm-up)")
+        for criteria in _distinct_criteria(entry):
+            label = selection_label([(key, criterion) for criterion in criteria])
+            selected = entry[SUMMARY_KEYS[criteria[0]]]
+            line(label.replace(f" {key} ", f" {key}... ") if len(same) > 1 else label, selected)
+            if "bn_recomputed" in selected:
+                line("  + BN recomputed", selected["bn_recomputed"])
     if "swa" in summary:
         line("SWA (BN recomputed)", summary["swa"])
         swa = summary["swa"]
         lines.append(f"  {swa_branch.models_averaged(swa)}; branch epochs "
                      f"{swa['branch']['from_epoch'] + 1}-{swa['branch']['last_epoch']}")
+    best = summary.get("best")
+    if best:
+        lines.append(f"best on the validation split (highest accuracy): "
+                     f"{run_directory.describe_weights(best['name'])}, {best['val_accuracy']:.4f}")
+        lines.append(f"  weights: {os.path.join(path, best['weights'])}")
+        lines.append(f"  whole Keras model (raw pixels in, logits out): {os.path.join(path, best['model'])}")
+    else:
+        lines.append(f"no best model chosen: the run has no validation split (--full-train), and choosing "
+                     f"on the {split} split would flatter the choice")
+    lines.append(f"next: python -m app.evaluate {shlex.quote(path)}   (test accuracy, NLL and ECE of every "
+                 f"saved model)")
     lines.append(f"wall time {summary.get('wall_time_seconds', 0):.0f} s; "
                  f"details: {os.path.join(path, run_directory.SUMMARY_FILE)}")
     print("\n".join(lines), flush=True)
+
+
+def _distinct_criteria(entry):
+    """`[("accuracy", "loss")]` when both criteria selected one epoch (one model), else one per criterion."""
+    selected = [criterion for criterion in CRITERIA if entry.get(SUMMARY_KEYS[criterion]) is not None]
+    epochs = {entry[SUMMARY_KEYS[criterion]]["epoch"] for criterion in selected}
+    return [tuple(selected)] if len(epochs) == 1 else [(criterion,) for criterion in selected]

@@ -29,7 +29,7 @@ from data import pipeline
 from training import recipe
 from training import run_dir as run_directory
 from training import trainer
-from training.history import RunLogger
+from training.history import EpochTimer, RunLogger
 from tuning import hparams_logging
 
 # --objective -> the epoch-log key whose maximum over epochs is the objective.
@@ -67,7 +67,10 @@ class OneShotHyperModel(keras_tuner.HyperModel):
     returns the `History`: KerasTuner takes the objective as the best epoch of
     `OBJECTIVES[objective]`. A diverging trial (a NaN or infinite training
     loss) raises `keras_tuner.errors.FailedTrialError`: KerasTuner records it
-    as failed and the search goes on.
+    as failed and the search goes on. With a truthy `verbose` (KerasTuner's
+    `search(verbose=...)`) a trial prints what `app.train` prints: the note on
+    decays the warm-up never releases and one line per epoch (a live status
+    line on a terminal only), never Keras's progress bar.
 
     With `trial_dir` (passed by `OneShotTuner`) the trial also writes an
     `app.train` run directory there: config.json, command.txt (the
@@ -153,12 +156,19 @@ class OneShotHyperModel(keras_tuner.HyperModel):
         # Only the EMAs: BN recomputation and SWA do not change the trajectory.
         averaging_config = dataclasses.replace(config, bn_recompute="none", swa=False)
         ema = recipe.build_callbacks(averaging_config, data, model).get("ema")
-        ours = [ema] if ema is not None else []
+        # app.train's epoch lines (the timer first: it marks where evaluation starts),
+        # not Keras's progress bar, which writes carriage returns and colours into logs too.
+        timer = EpochTimer(config.batch_size, live=None if verbose else False)
+        ours = [timer] + ([ema] if ema is not None else [])
         ours.append(keras.callbacks.TerminateOnNaN())
         logger = None
         if trial_dir is not None:
-            logger = self._start_trial_directory(trial_dir, config, hp, schedule)
+            logger = self._start_trial_directory(trial_dir, config, hp, schedule, timer, bool(verbose))
             ours.append(logger)
+        if verbose:
+            warning = trainer.warmup_warning(config, data.steps_per_epoch)
+            if warning:
+                print(warning, flush=True)
         after = []
         if config.bootstrap_every_epochs:
             after.append(EMABootstrap(ema, every_epochs=config.bootstrap_every_epochs))
@@ -169,7 +179,7 @@ class OneShotHyperModel(keras_tuner.HyperModel):
             validation_data=data.validation,
             shuffle=False,  # the stream is shuffled per epoch, reproducibly (data/pipeline.py)
             callbacks=ours + list(callbacks or []) + after,
-            verbose=verbose,
+            verbose=0,
             **kwargs,
         )
         _check_finite(history.history, config)
@@ -179,7 +189,7 @@ class OneShotHyperModel(keras_tuner.HyperModel):
         print(_result_line(result, hp.values), flush=True)
         return history
 
-    def _start_trial_directory(self, trial_dir, config, hp, schedule):
+    def _start_trial_directory(self, trial_dir, config, hp, schedule, timer, verbose):
         # An interrupted trial reruns in the same directory: start its curves afresh.
         shutil.rmtree(os.path.join(trial_dir, "tensorboard"), ignore_errors=True)
         argv = list(self.train_argv) + hyperparameter_flags(hp.values)
@@ -187,7 +197,7 @@ class OneShotHyperModel(keras_tuner.HyperModel):
         hparams_logging.write_session(
             os.path.join(trial_dir, "tensorboard"), hp.values, os.path.basename(trial_dir)
         )
-        return RunLogger(trial_dir, schedule, config.epochs)
+        return RunLogger(trial_dir, schedule, config.epochs, verbose=verbose, timer=timer)
 
     def _finish_trial_directory(self, trial_dir, model, ema, rows, result, hp):
         summary = {
