@@ -132,6 +132,9 @@ def test_kill_and_resume_equals_the_uninterrupted_run(uninterrupted, tmp_path, k
         resumed = run(truncated)  # falls back to previous.npz (step 6) and replays
         assert resumed.returncode == 0, resumed.stderr[-2000:]
         assert "at epoch 2, step 3" in resumed.stdout
+        # ... and says so (issue 19: the fallback was silent).
+        assert (f"warning: unreadable checkpoint in {truncated / 'checkpoint'} (last.npz: BadZipFile); "
+                "resuming from previous.npz instead, at epoch 2, step 3") in resumed.stderr.splitlines()
         assert_same_run(truncated, uninterrupted)
 
 

@@ -26,6 +26,7 @@ saves, so they resume at the newest step that every one of them has.
 import json
 import os
 import zipfile
+from typing import NamedTuple
 
 import keras
 import numpy as np
@@ -110,21 +111,30 @@ def read(path):
     return header["meta"], _unflatten(header["skeleton"], arrays)
 
 
+class Loaded(NamedTuple):
+    """A checkpoint read back: its `meta` and `contents`, the file, and the newer files that were unreadable."""
+
+    meta: dict
+    contents: dict
+    path: str
+    unreadable: list  # ["last.npz: BadZipFile"]: skipped for `path`
+
+
 def load(directory):
-    """Returns `(meta, contents)` of the newest readable checkpoint, or None if none exists.
+    """Returns the newest readable checkpoint as `Loaded`, or None if none exists.
 
     Raises UsageError when checkpoint files exist but none can be read.
     """
     candidates = [os.path.join(directory, name) for name in (LAST, PREVIOUS)]
     existing = [path for path in candidates if os.path.exists(path)]
+    problems = []
     if distribution.process_count() > 1:
-        existing = _held_by_every_process(directory, candidates, existing)
+        existing, problems = _held_by_every_process(directory, candidates, existing)
     if not existing:
         return None
-    problems = []
     for path in existing:
         try:
-            return read(path)
+            return Loaded(*read(path), path, problems)
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
             problems.append(f"{os.path.basename(path)}: {type(error).__name__}")
     raise UsageError(
@@ -133,17 +143,36 @@ def load(directory):
     )
 
 
+def resume_position(meta, steps_per_epoch):
+    """`(epoch, step)`, both counted from 1: where a run resumed from this checkpoint goes on."""
+    done_in_epoch = meta["global_step"] - meta["epoch"] * steps_per_epoch
+    return meta["epoch"] + 1, done_in_epoch + 1
+
+
+def fallback_warning(loaded, steps_per_epoch):
+    """One line when a newer checkpoint file was unreadable and an older one is resumed; else None."""
+    if not loaded.unreadable:
+        return None
+    epoch, step = resume_position(loaded.meta, steps_per_epoch)
+    skipped = "; ".join(loaded.unreadable)
+    return (f"warning: unreadable checkpoint in {os.path.dirname(loaded.path)} ({skipped}); "
+            f"resuming from {os.path.basename(loaded.path)} instead, at epoch {epoch}, step {step}")
+
+
 def _held_by_every_process(directory, candidates, existing):
-    """The checkpoints among `existing` whose step every process has saved too (a collective: all call it)."""
+    """The checkpoints among `existing` whose step every process has saved too, and this process's
+    unreadable ones (a collective: all call it)."""
     steps = [_step(path) if path in existing else -1 for path in candidates]
+    unreadable = [f"{os.path.basename(path)}: unreadable" for path, step in zip(candidates, steps)
+                  if path in existing and step < 0]
     common = common_steps(distribution.gather_from_processes(steps))
     if common is None:
-        return existing  # none readable anywhere: `load` says so, as for one process
+        return existing, []  # none readable anywhere: `load` says so, as for one process
     if not common:
         raise UsageError(f"the processes of this run hold checkpoints of no common step (this one: {directory}, "
                          f"steps {[step for step in steps if step >= 0]}); delete the checkpoint folders of the run "
                          "and of its process-<k>/ copies to start over, or choose another --out")
-    return [path for path, step in zip(candidates, steps) if step in common]
+    return [path for path, step in zip(candidates, steps) if step in common], unreadable
 
 
 def common_steps(steps_per_process):

@@ -63,7 +63,7 @@ def _train(config, data, path, argv):
     averaging = recipe.build_callbacks(config, data, model, path)
     stateful = {name: cb for name, cb in averaging.items() if hasattr(cb, "get_state")}
     timer = EpochTimer(config.batch_size)
-    logger = RunLogger(path, schedule, config.epochs, rows=resumed[0]["rows"] if resumed else None,
+    logger = RunLogger(path, schedule, config.epochs, rows=resumed.meta["rows"] if resumed else None,
                        timer=timer, stability=config.track_stability)
     # The timer first (it marks where each epoch's evaluation starts), then the
     # guard: a diverged step must never reach an average or a checkpoint.
@@ -85,12 +85,15 @@ def _train(config, data, path, argv):
         callbacks.append(swa_branch.KeepBranchPoint(checkpoint_dir, config.swa_start_epoch - 1))
     start_epoch, skip_batches, contents = 0, 0, None
     if resumed is not None:
-        meta, contents = resumed
+        meta, contents = resumed.meta, resumed.contents
         checkpoint.restore(model, contents)
         for name, callback in stateful.items():
             callback.set_state(contents["states"][name])
         start_epoch = meta["epoch"]
         skip_batches = meta["global_step"] - start_epoch * data.steps_per_epoch
+        warning = checkpoint.fallback_warning(resumed, data.steps_per_epoch)
+        if warning:
+            print(warning, file=sys.stderr, flush=True)
         print(f"resuming {path} at epoch {start_epoch + 1}, step {skip_batches + 1}", flush=True)
     _print_header(config, data, model, path)
     started = time.time()
