@@ -30,11 +30,13 @@ def main(argv=None):
         runs = prepare(argv)
         from training.trainer import train
 
-        if len(runs) == 1 and not runs[0][0].seeds:
-            config, path = runs[0]
-            return train(config, load_data(config), path, argv)
-        # --seeds: independent runs into OUT/seed-<k>/, one after the other.
-        return {config.seed: train(config, load_data(config), path, argv) for config, path in runs}
+        # One writer per run directory: a second command with the same --out is refused here.
+        with run_directory.locked(path for _, path in runs):
+            if len(runs) == 1 and not runs[0][0].seeds:
+                config, path = runs[0]
+                return train(config, load_data(config), path, argv)
+            # --seeds: independent runs into OUT/seed-<k>/, one after the other.
+            return {config.seed: train(config, load_data(config), path, argv) for config, path in runs}
     except UsageError as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2)

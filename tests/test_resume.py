@@ -118,6 +118,7 @@ def test_kill_and_resume_equals_the_uninterrupted_run(uninterrupted, tmp_path, k
     killed = run(out, module="tests.kill_during_training", env=kill)
     assert killed.returncode == -9
     assert not (out / "summary.json").exists()
+    assert (out / "run.lock").exists()  # the killed writer's lock file: the OS released its lock
     if "KILL_AT_EPOCH" in kill:
         # The same kill, then a crash that truncated the newest checkpoint file.
         truncated = tmp_path / "truncated"
@@ -198,13 +199,13 @@ def test_unreadable_or_foreign_checkpoints_are_one_line_errors(uninterrupted, tm
         path = out / "checkpoint" / name
         if path.exists():
             path.write_bytes(b"not a checkpoint")
-    before = {path.name: path.read_bytes() for path in out.rglob("*") if path.is_file()}
+    before = _file_bytes(out)
     result = run(out)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith(
         f"error: the checkpoint in {out / 'checkpoint'} is truncated or not ours"
     )
-    assert {path.name: path.read_bytes() for path in out.rglob("*") if path.is_file()} == before
+    assert _file_bytes(out) == before
 
     # A readable checkpoint of another model, copied in by mistake.
     foreign = tmp_path / "foreign"
@@ -217,6 +218,11 @@ def test_unreadable_or_foreign_checkpoints_are_one_line_errors(uninterrupted, tm
     result = run(foreign)
     assert result.returncode == 2
     assert "do not match this model; it belongs to another run" in result.stderr.strip().splitlines()[-1]
+
+
+def _file_bytes(out):
+    # run.lock names its last holder (this command, refused after taking it): the one file it rewrites.
+    return {path.name: path.read_bytes() for path in out.rglob("*") if path.is_file() and path.name != "run.lock"}
 
 
 @pytest.mark.parametrize("how", ["absurd-lr", "nan-batch"])
