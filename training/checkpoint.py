@@ -25,6 +25,7 @@ saves, so they resume at the newest step that every one of them has.
 
 import json
 import os
+import threading
 import zipfile
 from typing import NamedTuple
 
@@ -38,6 +39,10 @@ FORMAT_VERSION = 1
 DIRECTORY = "checkpoint"
 LAST = "last.npz"
 PREVIOUS = "previous.npz"
+# Held while a save moves files: app/signals.py takes it before it reads the
+# checkpoint a rerun will find and ends the process, so a save never finishes
+# between that reading and the exit.
+SAVING = threading.Lock()
 
 
 # Flattening nested states (dicts, lists, arrays, scalars) into npz entries.
@@ -91,14 +96,15 @@ def save(directory, model, states, meta):
     header = {"format": FORMAT_VERSION, "meta": meta, "skeleton": skeleton}
     arrays["header"] = np.array(json.dumps(header))
     temporary = os.path.join(directory, "saving.npz.tmp")
-    with open(temporary, "wb") as handle:
-        np.savez(handle, **arrays)
-        handle.flush()
-        os.fsync(handle.fileno())
-    last = os.path.join(directory, LAST)
-    if os.path.exists(last):
-        os.replace(last, os.path.join(directory, PREVIOUS))
-    os.replace(temporary, last)
+    with SAVING:
+        with open(temporary, "wb") as handle:
+            np.savez(handle, **arrays)
+            handle.flush()
+            os.fsync(handle.fileno())
+        last = os.path.join(directory, LAST)
+        if os.path.exists(last):
+            os.replace(last, os.path.join(directory, PREVIOUS))
+        os.replace(temporary, last)
 
 
 def read(path):
@@ -183,13 +189,18 @@ def common_steps(steps_per_process):
     return set.intersection(*saved)
 
 
-def _step(path):
-    # The header alone (np.load reads an npz member on access).
+def read_meta(path):
+    """The `meta` of one checkpoint file from its header alone, or None if unreadable or absent."""
     try:
-        with np.load(path, allow_pickle=False) as contents:
-            return int(json.loads(str(contents["header"]))["meta"]["global_step"])
+        with np.load(path, allow_pickle=False) as contents:  # reads a member on access: the header only
+            return json.loads(str(contents["header"]))["meta"]
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
-        return -1  # unreadable: as if absent
+        return None
+
+
+def _step(path):
+    meta = read_meta(path)
+    return -1 if meta is None else int(meta["global_step"])  # unreadable: as if absent
 
 
 def restore(model, contents):
@@ -244,6 +255,7 @@ class RunCheckpoint(keras.callbacks.Callback):
         self.every_steps = every_steps
         self.meta = dict(meta or {})
         self._epoch = 0
+        self._saved_step = None
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch
@@ -261,10 +273,17 @@ class RunCheckpoint(keras.callbacks.Callback):
         step = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
         self._save(epoch=epoch + 1, global_step=step)
 
+    def save_within_epoch(self):
+        """Saves at the step just done (not an epoch's last: see on_epoch_end), unless saved already."""
+        step = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+        if step != self._saved_step:
+            self._save(epoch=self._epoch, global_step=step)
+
     def _save(self, epoch, global_step):
         states = {name: callback.get_state() for name, callback in self.stateful.items()}
         meta = dict(self.meta, epoch=epoch, global_step=global_step, rows=self.logger.rows)
         save(self.directory, self.model, states, meta)
+        self._saved_step = global_step
 
 
 class HookFilter(keras.callbacks.Callback):

@@ -25,6 +25,7 @@ from training import distribution
 from training import provenance
 from training import recipe
 from training import run_dir as run_directory
+from training import stopping
 from training import swa_branch
 from training.config import ema_batch_scale
 from training.history import EpochTimer, RunLogger
@@ -42,7 +43,12 @@ def train(config, data, path, argv):
     try:
         with distribution.data_parallel(config.devices or 1):
             return _train(config, data, path, argv)
+    except KeyboardInterrupt:  # a caller without app/signals.py's handling (python -m app.train has it)
+        raise Interrupted(stopping.message("interrupted")) from None
+    except stopping.Stopped:  # SIGTERM: the checkpoint is saved
+        raise Interrupted(stopping.message("terminated"), status=143) from None
     finally:
+        stopping.end()
         keras.mixed_precision.set_global_policy(policy)
 
 
@@ -52,6 +58,7 @@ def _train(config, data, path, argv):
     if config.deterministic:
         recipe.enable_determinism()
     checkpoint_dir = os.path.join(path, checkpoint.DIRECTORY)
+    stopping.start(stopping.checkpoint_files(checkpoint_dir), data.steps_per_epoch)
     resumed = checkpoint.load(checkpoint_dir)  # UsageError if unreadable
     if resumed is None:
         run_directory.create(path, config, argv, extra={
@@ -75,14 +82,14 @@ def _train(config, data, path, argv):
         callbacks.append(
             EMABootstrap(averaging["ema"], every_epochs=config.bootstrap_every_epochs)
         )
-    callbacks.append(
-        checkpoint.RunCheckpoint(
-            checkpoint_dir, stateful, logger, every_steps=config.checkpoint_every_steps
-        )
+    run_checkpoint = checkpoint.RunCheckpoint(
+        checkpoint_dir, stateful, logger, every_steps=config.checkpoint_every_steps
     )
+    callbacks.append(run_checkpoint)
     if config.swa:
         # The SWA branch starts from the baseline as it was at this epoch end.
         callbacks.append(swa_branch.KeepBranchPoint(checkpoint_dir, config.swa_start_epoch - 1))
+    callbacks.append(stopping.StopAtStepEnd(run_checkpoint))  # last: after every save of the step
     start_epoch, skip_batches, contents = 0, 0, None
     if resumed is not None:
         meta, contents = resumed.meta, resumed.contents
@@ -99,12 +106,6 @@ def _train(config, data, path, argv):
     started = time.time()
     try:
         _fit(config, data, model, callbacks, start_epoch, skip_batches, contents)
-    except KeyboardInterrupt:
-        step = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
-        raise Interrupted(
-            f"at epoch {step // data.steps_per_epoch + 1} step {step % data.steps_per_epoch + 1}; "
-            f"run the same command to resume from the last checkpoint in {checkpoint_dir}"
-        ) from None
     except TrainingDiverged as error:
         kept = (
             f"the last good checkpoint is kept in {checkpoint_dir}"

@@ -15,18 +15,28 @@ import contextlib
 import os
 import sys
 
+_real_stderr = 2  # the terminal's stderr, also while fd 2 is muted (`stderr_fd`)
+
+
+def stderr_fd():
+    """The file descriptor of the real stderr: a signal handler's one line must not go to /dev/null."""
+    return _real_stderr
+
 
 @contextlib.contextmanager
 def _stderr_muted():
+    global _real_stderr
     sys.stderr.flush()
     saved = os.dup(2)
     null = os.open(os.devnull, os.O_WRONLY)
+    _real_stderr = saved
     os.dup2(null, 2)
     try:
         yield
     finally:
         sys.stderr.flush()
         os.dup2(saved, 2)
+        _real_stderr = 2
         os.close(saved)
         os.close(null)
 
