@@ -14,7 +14,11 @@ tests/test_resume.py). The epoch's last step is saved after its evaluation,
 as always (an evaluation in progress holds the averages swapped in), so a
 signal there stops after the epoch's own checkpoint. A run of several JAX
 processes stops at the step JAX's preemption service agrees on: JAX takes
-SIGTERM over there, and every process must save the same step.
+SIGTERM over there (`jax.distributed.initialize` installs its own handler),
+and every process must save the same step. JAX agrees on the step after the
+newest one any process has passed to `reached_preemption_sync_point` (0 before
+the first call), so a SIGTERM between joining and the first step of a resumed
+run picks step 1, which that run never reaches: it is not acted on.
 """
 
 import os
