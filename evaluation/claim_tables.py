@@ -112,12 +112,12 @@ def fig1a(dirs, out):
     best = np.stack([_column(run, "ema_best_val_accuracy") for run in group.runs])
     epochs, lr = figures.mean_curve(group.runs, "lr")
     count, half = sgd.shape[1], sgd.shape[1] // 2
+    per_decay = np.stack([figures.mean_curve(group.runs, f"ema_{d}_val_accuracy")[1] for d in decays])
     rows = []
     for i, epoch in enumerate(epochs):
         gap = stats.paired_interval(best[:, i], sgd[:, i])
-        per_decay = [np.mean([_column(run, f"ema_{d}_val_accuracy")[i] for run in group.runs]) for d in decays]
         rows.append({"epoch": int(epoch), "lr": lr[i], "sgd_val_accuracy": sgd[:, i].mean(),
-                     "ema_best_val_accuracy": best[:, i].mean(), "best_decay": decays[int(np.argmax(per_decay))],
+                     "ema_best_val_accuracy": best[:, i].mean(), "best_decay": decays[int(np.argmax(per_decay[:, i]))],
                      "gap": gap.mean, "gap_low": gap.low, "gap_high": gap.high, "seeds": len(group.runs)})
     mean_best = best.mean(axis=0)
     peak = int(np.argmax(mean_best))
