@@ -196,10 +196,10 @@ def _unique(steps):
     return list(dict.fromkeys(steps))
 
 
-def _num_train(setup):
+def _num_train(setup, full_train=True):
     from evaluation.runs import train_examples
 
-    return train_examples(setup.dataset, setup.limit_train, full_train=True)
+    return train_examples(setup.dataset, setup.limit_train, full_train=full_train)
 
 
 def _train_step(setup, data_dir, path, extra, seeds=None):
@@ -232,9 +232,7 @@ def _tune_step(setup, data_dir, path, budget):
     # the small budget (batch 32) tries its short end, 0.4 included.
     grid = ["0.05", "0.1", "0.2", "0.4"] if budget == "small" else ["0.025", "0.05", "0.1", "0.2", "0.4", "0.8", "1.6"]
     argv = [a for a in setup.argv(data_dir) if a not in setup.lr] + ["--lrs", *grid, "--out", path]
-    from evaluation.runs import train_examples
-
-    trial = train_examples(setup.dataset, setup.limit_train, full_train=False) * setup.epochs
+    trial = _num_train(setup, full_train=False) * setup.epochs  # trials train on the 80/20 split
     return Step("tune", tuple(argv), (os.path.join(path, "best.json"),), int(trial * len(grid)), 0)
 
 
