@@ -236,6 +236,9 @@ def check_out(config):
     except (OSError, ValueError):
         raise UsageError(f"--out {path} holds an unreadable {TUNING_FILE}; pass --overwrite")
     ours, theirs = _comparable(config.to_dict()), _comparable(saved)
+    # A training setting newer than the saved search is its default there.
+    defaults = _comparable({"train": config_lib.TrainConfig().to_dict()})
+    theirs = {**{k: v for k, v in defaults.items() if k in ours}, **theirs}
     differing = sorted(key for key in set(ours) | set(theirs) if ours.get(key) != theirs.get(key))
     if differing:
         raise UsageError(

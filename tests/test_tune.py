@@ -25,6 +25,7 @@ import pytest
 from data import availability
 from data import loading
 from app import tune
+from utils.errors import UsageError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN_FLAGS = [
@@ -381,6 +382,21 @@ def test_an_older_search_resumes_under_out_and_tuner_dir(searched, tmp_path):
     with open(tmp_path / "old" / tune_cli.TUNING_FILE, "w") as handle:
         json.dump(old, handle)
     tune_cli.check_out(tune_cli.parse_config(argv + ["--out", str(tmp_path / "old")]))
+
+
+def test_a_search_saved_before_a_setting_existed_resumes_at_its_default(searched, tmp_path):
+    from app import tune_cli
+
+    saved = read_json(os.path.join(searched[0], tune_cli.TUNING_FILE))
+    del saved["train"]["swa_include_start"]  # written before the setting existed
+    (tmp_path / "older").mkdir()
+    with open(tmp_path / "older" / tune_cli.TUNING_FILE, "w") as handle:
+        json.dump(saved, handle)
+    out = ["--out", str(tmp_path / "older")]
+    tune_cli.check_out(tune_cli.parse_config(TRAIN_FLAGS + GRID + out))  # the default: resumable
+    swa = ["--swa", "--no-swa-include-start"]
+    with pytest.raises(UsageError, match=r"differs in: .*swa_include_start"):
+        tune_cli.check_out(tune_cli.parse_config(TRAIN_FLAGS + GRID + out + swa))
 
 
 def test_trials_too_short_for_any_ema_update_are_refused(tmp_path, capsys):
