@@ -12,15 +12,21 @@ Example:
         --data-dir ../shared/data/tfds --limit-train 4000 --epochs 4
 """
 
-import dataclasses
 import os
 import sys
 
-from app import cli
-from utils import quiet
-from data import availability
-from training import run_dir as run_directory
-from utils.errors import Interrupted, UsageError
+if __name__ == "__main__":
+    from app import signals
+
+    signals.install()  # first: a Ctrl-C during the imports below is one line too
+
+import dataclasses  # noqa: E402
+
+from app import cli, signals  # noqa: E402
+from utils import quiet  # noqa: E402
+from data import availability  # noqa: E402
+from training import run_dir as run_directory  # noqa: E402
+from utils.errors import Interrupted, UsageError  # noqa: E402
 
 
 def main(argv=None):
@@ -30,33 +36,36 @@ def main(argv=None):
         runs = prepare(argv)
         from training.trainer import train
 
-        if len(runs) == 1 and not runs[0][0].seeds:
-            config, path = runs[0]
-            return train(config, load_data(config), path, argv)
-        # --seeds: independent runs into OUT/seed-<k>/, one after the other.
-        return {config.seed: train(config, load_data(config), path, argv) for config, path in runs}
+        # One writer per run directory: a second command with the same --out is refused here.
+        with run_directory.locked(path for _, path in runs):
+            if len(runs) == 1 and not runs[0][0].seeds:
+                config, path = runs[0]
+                return train(config, load_data(config), path, argv)
+            # --seeds: independent runs into OUT/seed-<k>/, one after the other.
+            return {config.seed: train(config, load_data(config), path, argv) for config, path in runs}
     except UsageError as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2)
     except Interrupted as interrupted:
-        print(f"interrupted {interrupted}", file=sys.stderr, flush=True)
-        raise SystemExit(130)
+        signals.report(str(interrupted))
+        raise SystemExit(interrupted.status)
 
 
 def exit_fast_on_interrupt(main_function):
-    """Runs the command line; after Ctrl-C exits at once (status 130).
+    """Runs the command line; after Ctrl-C or SIGTERM's stop exits at once (status 130 or 143).
 
     Every file a run writes is written atomically, so skipping the
     interpreter's teardown (tf.data's threads can hold it for many seconds)
-    loses nothing.
+    loses nothing. (Under app/signals.py a Ctrl-C ends the process before it
+    gets here; SIGTERM's checkpointed stop comes here.)
     """
     try:
         main_function()
     except SystemExit as exit:
-        if exit.code == 130:
+        if exit.code in (signals.INTERRUPTED, signals.TERMINATED):
             sys.stdout.flush()
             sys.stderr.flush()
-            os._exit(130)
+            os._exit(exit.code)
         raise
 
 

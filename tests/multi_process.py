@@ -7,6 +7,7 @@ one-process reference run (for app.train, one process with 2 CPU devices).
 
     python -m tests.multi_process toy OUT    # writes OUT.<process id>.npz
     python -m tests.multi_process train ARGS...    # python -m app.train ARGS..., once joined
+    TERMINATE_AT_STEP=k python -m tests.multi_process train ARGS...    # ... with a SIGTERM after step k
 
 The input is tf.data batches of the global batch size, as app.train feeds: in
 a multi-process run `training.distribution.GlobalBatchDataParallel` hands each
@@ -18,6 +19,7 @@ after joining).
 """
 
 import os
+import signal
 import sys
 import threading
 
@@ -100,11 +102,30 @@ def join():
 
 
 def train(argv):
-    """`python -m app.train argv`, which finds this process already joined."""
+    """`python -m app.train argv`, which finds this process already joined.
+
+    TERMINATE_AT_STEP=k: process 0 sends itself a SIGTERM right after optimizer
+    step k, as a scheduler preempting one host would (JAX's preemption service
+    tells the others).
+    """
     from app import train as train_command
 
     join()
-    train_command.main(argv)
+    terminate_step = int(os.environ.get("TERMINATE_AT_STEP", 0))
+    if terminate_step and distribution.process_count() > 1:
+        import jax
+
+        from training import stopping
+
+        batch_end = stopping.StopAtStepEnd.on_train_batch_end
+
+        def on_train_batch_end(self, batch, logs=None):
+            batch_end(self, batch, logs)
+            if stopping.POSITION.steps_done == terminate_step and jax.process_index() == 0:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+        stopping.StopAtStepEnd.on_train_batch_end = on_train_batch_end
+    train_command.exit_fast_on_interrupt(lambda: train_command.main(argv))
 
 
 if __name__ == "__main__":

@@ -153,11 +153,12 @@ UNCOMPARED = {"out", "provenance", "timing", "wall_time_seconds", "epoch_seconds
 
 
 def _files(run):
-    """The run directory's files (its process-<k>/ copies left out); TensorBoard's named up to the host and time."""
-    found = []
+    """The run directory's files (its process-<k>/ copies left out); TensorBoard's named up to the host and time
+    (a resumed run has one event file per session)."""
+    found = set()
     for folder, folders, files in os.walk(run):
         folders[:] = [name for name in folders if not name.startswith("process-")]
-        found += [os.path.relpath(os.path.join(folder, name), run).split(".out.tfevents.")[0] for name in files]
+        found |= {os.path.relpath(os.path.join(folder, name), run).split(".out.tfevents.")[0] for name in files}
     return sorted(found)
 
 
@@ -188,11 +189,19 @@ def test_two_processes_run_app_train_as_one_process_on_two_devices(tmp_path):
     results = _run_all([(["train", *TRAIN, "--devices", "2", "--out", reference], two_devices)]
                        + [(["train", *TRAIN, "--out", run], env) for env in _process_environments()], tmp_path)
     _check_finished(results)
+    _assert_the_run_of_one_process(run, reference)
 
+
+def _assert_the_run_of_one_process(run, reference, resumed=False):
+    """The chief's run directory equals the one-process `reference`; process 1's copy equals the chief's.
+
+    A `resumed` run's previous.npz is the checkpoint it stopped at, not the reference's: left out.
+    """
     copy = os.path.join(run, "process-1")
     assert _files(run) == _files(reference) == _files(copy)
     assert set(os.listdir(run)) - set(os.listdir(reference)) == {"process-1"}
-    weights = [name for name in _files(run) if name.endswith((".npz", ".h5"))]
+    weights = [name for name in _files(run) if name.endswith((".npz", ".h5"))
+               and not (resumed and name == "checkpoint/previous.npz")]
     assert "checkpoint/last.npz" in weights and "weights/ema_0.99_acc_bn.weights.h5" in weights
     for name in weights:
         expected, chief, other = (_arrays(os.path.join(where, name)) for where in (reference, run, copy))
@@ -214,6 +223,36 @@ def test_two_processes_run_app_train_as_one_process_on_two_devices(tmp_path):
     provenance = [json.load(open(os.path.join(where, "config.json")))["provenance"] for where in (reference, run)]
     assert [p["processes"] for p in provenance] == [1, PROCESSES]
     assert [len(p["devices"]) for p in provenance] == [2, 2]
+
+
+@pytest.mark.skipif(not os.path.isdir(os.path.join(TFDS_DIR, "cifar10")),
+                    reason="needs the prepared cifar10 in ../shared/data/tfds (see README, Test)")
+def test_a_sigterm_stops_every_process_at_one_step_and_the_resumed_run_is_the_one_process_run(tmp_path):
+    """Issue 19: JAX's preemption service took SIGTERM over and the processes went on. Now process 0's
+    SIGTERM after step 5 stops both at the step JAX's service agrees on, each with a checkpoint there."""
+    reference, run = str(tmp_path / "reference"), str(tmp_path / "run")
+    two_devices = dict(_environment(), XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    terminated = [dict(env, TERMINATE_AT_STEP="5") for env in _process_environments()]
+    results = _run_all([(["train", *TRAIN, "--devices", "2", "--out", reference], two_devices)]
+                       + [(["train", *TRAIN, "--out", run], env) for env in terminated], tmp_path)
+    _check_finished([(0 if status == 143 else status, log) for status, log in results])  # skips if it cannot
+    assert [status for status, _ in results] == [0, 143, 143], results[1][1][-3000:]
+    steps = [checkpoint.read_meta(os.path.join(where, "checkpoint", "last.npz"))["global_step"]
+             for where in (run, os.path.join(run, "process-1"))]
+    # 4 steps per epoch: a step after 5 within epoch 2 (step 8 would wait for the epoch's evaluation).
+    assert steps[0] == steps[1] and 6 <= steps[0] <= 8, steps
+    for (_, log), where in zip(results[1:], (run, os.path.join(run, "process-1"))):
+        last = os.path.join(where, "checkpoint", "last.npz")
+        line = (f"terminated at epoch 2 step {steps[0] - 3}; run the same command to resume from {last}, "
+                f"saved after step {steps[0] - 4} of epoch 2 (nothing to redo)") if steps[0] < 8 else (
+                f"terminated at epoch 3 step 1; run the same command to resume from {last}, saved at the end of "
+                "epoch 2 (nothing to redo)")
+        assert log.strip().splitlines()[-1] == line
+    _check_finished(_run_all([(["train", *TRAIN, "--out", run], env) for env in _process_environments()],
+                             tmp_path))
+    for where in (run, os.path.join(run, "process-1")):
+        assert checkpoint.read_meta(os.path.join(where, "checkpoint", "previous.npz"))["global_step"] == steps[0]
+    _assert_the_run_of_one_process(run, reference, resumed=True)
 
 
 def _variables(address="127.0.0.1:1234", count="2", index="0"):

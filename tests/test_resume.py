@@ -1,4 +1,4 @@
-"""Reliability: kill -9 and resume equals an uninterrupted run; divergence; bad checkpoints.
+"""Reliability: kill -9, Ctrl-C or SIGTERM and resume equals an uninterrupted run; divergence; bad checkpoints.
 
 Each run is a real `python -m app.train` process on real CIFAR-10 (tiny budget,
 ResNet-20, 4 steps per epoch, deterministic kernels).
@@ -118,6 +118,7 @@ def test_kill_and_resume_equals_the_uninterrupted_run(uninterrupted, tmp_path, k
     killed = run(out, module="tests.kill_during_training", env=kill)
     assert killed.returncode == -9
     assert not (out / "summary.json").exists()
+    assert (out / "run.lock").exists()  # the killed writer's lock file: the OS released its lock
     if "KILL_AT_EPOCH" in kill:
         # The same kill, then a crash that truncated the newest checkpoint file.
         truncated = tmp_path / "truncated"
@@ -132,6 +133,9 @@ def test_kill_and_resume_equals_the_uninterrupted_run(uninterrupted, tmp_path, k
         resumed = run(truncated)  # falls back to previous.npz (step 6) and replays
         assert resumed.returncode == 0, resumed.stderr[-2000:]
         assert "at epoch 2, step 3" in resumed.stdout
+        # ... and says so (issue 19: the fallback was silent).
+        assert (f"warning: unreadable checkpoint in {truncated / 'checkpoint'} (last.npz: BadZipFile); "
+                "resuming from previous.npz instead, at epoch 2, step 3") in resumed.stderr.splitlines()
         assert_same_run(truncated, uninterrupted)
 
 
@@ -169,14 +173,53 @@ def test_ctrl_c_is_one_line_exit_130_and_resumes_exactly(uninterrupted, tmp_path
     out = tmp_path / "run"
     interrupted = run(out, module="tests.kill_during_training", env={"INTERRUPT_AT_STEP": "7"})
     assert interrupted.returncode == 130
+    # Step 7 done, the Ctrl-C during step 8; checkpoints every 3 steps: step 7 is redone.
     assert interrupted.stderr.splitlines() == [
-        f"interrupted at epoch 2 step 4; run the same command to resume from the last checkpoint "
-        f"in {out / 'checkpoint'}"
+        f"interrupted at epoch 2 step 4; run the same command to resume from {out / 'checkpoint' / 'last.npz'}, "
+        "saved after step 2 of epoch 2 (1 step to redo)"
     ]
     assert not (out / "summary.json").exists()
     resumed = run(out)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "at epoch 2, step 3" in resumed.stdout  # the step-6 checkpoint
+    assert_same_run(out, uninterrupted)
+
+
+def test_ctrl_c_before_the_first_checkpoint_says_the_run_starts_over(tmp_path):
+    """Issue 19: in epoch 1 the line promised a checkpoint that did not exist."""
+    out = tmp_path / "run"
+    interrupted = run(out, module="tests.kill_during_training", env={"INTERRUPT_AT_STEP": "2"})
+    assert interrupted.returncode == 130
+    assert interrupted.stderr.splitlines() == [
+        "interrupted at epoch 1 step 3; no checkpoint was saved yet: run the same command to start the run over"]
+    assert not (out / "checkpoint").exists()  # the same command finds none: it starts over
+
+
+@pytest.mark.parametrize(
+    "terminate_after, line, resumes_at",
+    [
+        # Noted after step 6 (a checkpoint step), acted on at step 7's end: a checkpoint there.
+        (6, "terminated at epoch 2 step 4; run the same command to resume from {last}, saved after step 3 of "
+            "epoch 2 (nothing to redo)", "at epoch 2, step 4"),
+        # Step 8 is epoch 2's last: its checkpoint comes after the epoch's evaluation, then the stop.
+        (7, "terminated at epoch 3 step 1; run the same command to resume from {last}, saved at the end of "
+            "epoch 2 (nothing to redo)", "at epoch 3, step 1"),
+    ],
+    ids=["mid-epoch", "epoch-end"],
+)
+def test_sigterm_checkpoints_at_the_step_end_says_where_and_resumes_exactly(uninterrupted, tmp_path,
+                                                                          terminate_after, line, resumes_at):
+    """Issue 19: SIGTERM (Slurm, Kubernetes) exited 143 with no line and no checkpoint."""
+    out = tmp_path / "run"
+    terminated = run(out, module="tests.kill_during_training", env={"TERMINATE_AT_STEP": str(terminate_after)})
+    assert terminated.returncode == 143
+    assert terminated.stderr.splitlines() == [line.format(last=out / "checkpoint" / "last.npz")]
+    _, meta = checkpoint_arrays(out)
+    assert meta["global_step"] == terminate_after + 1
+    assert not (out / "summary.json").exists()
+    resumed = run(out)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert resumes_at in resumed.stdout
     assert_same_run(out, uninterrupted)
 
 
@@ -195,13 +238,13 @@ def test_unreadable_or_foreign_checkpoints_are_one_line_errors(uninterrupted, tm
         path = out / "checkpoint" / name
         if path.exists():
             path.write_bytes(b"not a checkpoint")
-    before = {path.name: path.read_bytes() for path in out.rglob("*") if path.is_file()}
+    before = _file_bytes(out)
     result = run(out)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith(
         f"error: the checkpoint in {out / 'checkpoint'} is truncated or not ours"
     )
-    assert {path.name: path.read_bytes() for path in out.rglob("*") if path.is_file()} == before
+    assert _file_bytes(out) == before
 
     # A readable checkpoint of another model, copied in by mistake.
     foreign = tmp_path / "foreign"
@@ -214,6 +257,11 @@ def test_unreadable_or_foreign_checkpoints_are_one_line_errors(uninterrupted, tm
     result = run(foreign)
     assert result.returncode == 2
     assert "do not match this model; it belongs to another run" in result.stderr.strip().splitlines()[-1]
+
+
+def _file_bytes(out):
+    # run.lock names its last holder (this command, refused after taking it): the one file it rewrites.
+    return {path.name: path.read_bytes() for path in out.rglob("*") if path.is_file() and path.name != "run.lock"}
 
 
 @pytest.mark.parametrize("how", ["absurd-lr", "nan-batch"])

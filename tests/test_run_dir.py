@@ -1,13 +1,33 @@
-"""Run-directory checks: a different run is never overwritten."""
+"""Run-directory checks: a different run is never overwritten, nor written by two processes at once."""
 
+import dataclasses
 import json
 import os
+import socket
+import subprocess
+import sys
 
 import pytest
 
 from training import run_dir
 from training.config import TrainConfig
 from utils.errors import UsageError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TFDS_DIR = os.path.join(os.path.dirname(ROOT), "shared", "data", "tfds")
+# Another process that holds a run directory's lock until it is killed: through run_dir, or with
+# flock(2) alone on an empty run.lock (what any writer does, whatever it writes in the file).
+HOLD_LOCK = ("import sys, time\nfrom training import run_dir\n"
+             "with run_dir.locked([sys.argv[1]]):\n    print('held', flush=True)\n    time.sleep(300)\n")
+HOLD_FLOCK = ("import fcntl, os, sys, time\nos.makedirs(sys.argv[1], exist_ok=True)\n"
+              "handle = open(os.path.join(sys.argv[1], 'run.lock'), 'w')\n"
+              "fcntl.flock(handle, fcntl.LOCK_EX)\nprint('held', flush=True)\ntime.sleep(300)\n")
+
+
+def _holding(path, code=HOLD_LOCK):
+    holder = subprocess.Popen([sys.executable, "-c", code, path], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline() == "held\n"
+    return holder
 
 
 def test_create_writes_config_and_command(tmp_path):
@@ -91,3 +111,52 @@ def test_an_unwritable_place_is_refused_before_anything_is_written(tmp_path):
     with pytest.raises(UsageError, match="cannot write in"):
         run_dir.check(str(blocker / "run"), TrainConfig())
     assert blocker.read_text() == "" and sorted(os.listdir(tmp_path)) == ["a-file"]
+
+
+def test_a_second_writer_is_refused_and_a_killed_one_blocks_nothing(tmp_path):
+    path = str(tmp_path / "run")
+    holder = _holding(path)
+    try:
+        with pytest.raises(UsageError, match=rf"^--out {path} is being written by app.train pid {holder.pid} on "
+                           rf"{socket.gethostname()} \(it holds run.lock\); wait for it to end, or choose another"):
+            with run_dir.locked([path]):
+                pass
+    finally:
+        holder.kill()  # SIGKILL: the holder cleans nothing up
+        holder.wait()
+    with run_dir.locked([path]):
+        # Held by this process now; a second open of the same file is another writer, refused too.
+        with pytest.raises(UsageError, match=f"being written by app.train pid {os.getpid()} "):
+            with run_dir.locked([path]):
+                pass
+    with run_dir.locked([path]):  # released when the block ends
+        pass
+    # A start that ended after taking the lock, before writing the run, left a directory that is still fresh.
+    assert os.listdir(path) == [run_dir.LOCK_FILE]
+    run_dir.check(path, TrainConfig())
+
+
+def test_app_train_refuses_an_out_another_process_is_writing(tmp_path):
+    if not os.path.isdir(os.path.join(TFDS_DIR, "cifar10")):
+        pytest.skip("needs the prepared cifar10 in ../shared/data/tfds (see README, Test)")
+    from app import cli
+
+    path = str(tmp_path / "run")
+    argv = ["--data-dir", TFDS_DIR, "--limit-train", "64", "--limit-validation", "64", "--epochs", "1",
+            "--model", "resnet20", "--out", path]
+    # The first writer's run, not finished: before issue 19 a second command "resumed" it too (exit 0).
+    run_dir.create(path, dataclasses.replace(cli.parse_config(argv), devices=1), argv)
+    holder = _holding(path, HOLD_FLOCK)
+    before = sorted(os.listdir(path))
+    try:
+        env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+        result = subprocess.run([sys.executable, "-m", "app.train", *argv], cwd=ROOT, env=env, capture_output=True,
+                                text=True, timeout=300)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert result.stderr.splitlines() == [
+        f"error: --out {path} is being written by another process (it holds run.lock); "
+        "wait for it to end, or choose another --out"]
+    assert result.returncode == 2
+    assert sorted(os.listdir(path)) == before == ["command.txt", "config.json", "run.lock", "weights"]

@@ -81,8 +81,9 @@ def test_data_errors_come_before_tensorflow_is_imported(tmp_path, module, argv, 
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("level, quiet", [(None, True), ("0", False)], ids=["default", "user's level"])
-def test_tensorflow_start_up_logs_only_when_the_user_sets_the_level(level, quiet):
+@pytest.mark.parametrize("level, quiet", [(None, True), ("1", True), ("2", True), ("0", False)],
+                         ids=["default", "level 1", "level 2", "level 0"])
+def test_tensorflow_start_up_logs_only_when_the_user_asks_for_level_0(level, quiet):
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
     if level is not None:
         env["TF_CPP_MIN_LOG_LEVEL"] = level
@@ -90,6 +91,23 @@ def test_tensorflow_start_up_logs_only_when_the_user_sets_the_level(level, quiet
                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert (result.stderr == "") == quiet, result.stderr
+
+
+@pytest.mark.parametrize("level", [None, "2"], ids=["unset", "level 2"])
+def test_an_error_after_the_tensorflow_import_is_one_line_whatever_the_shell_sets(tmp_path, level):
+    """Issue 19: a shell that exports TF_CPP_MIN_LOG_LEVEL=2 got 7 lines of TensorFlow's start-up around it."""
+    if not os.path.isdir(os.path.join(TFDS_DIR, "cifar10")):
+        pytest.skip("needs the prepared cifar10 in ../shared/data/tfds (see README, Test)")
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    if level is not None:
+        env["TF_CPP_MIN_LOG_LEVEL"] = level
+    result = subprocess.run([sys.executable, "-m", "app.train", "--data-dir", TFDS_DIR, "--devices", "64",
+                             "--out", str(tmp_path / "out")], cwd=ROOT, env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 2
+    # --devices is checked against the devices TensorFlow lists: after its import.
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: --devices 64: this machine has"), (
+        result.stderr)
 
 
 def test_the_modules_the_command_lines_start_with_import_nothing_heavy():

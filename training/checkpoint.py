@@ -25,7 +25,9 @@ saves, so they resume at the newest step that every one of them has.
 
 import json
 import os
+import threading
 import zipfile
+from typing import NamedTuple
 
 import keras
 import numpy as np
@@ -37,6 +39,10 @@ FORMAT_VERSION = 1
 DIRECTORY = "checkpoint"
 LAST = "last.npz"
 PREVIOUS = "previous.npz"
+# Held while a save moves files: app/signals.py takes it before it reads the
+# checkpoint a rerun will find and ends the process, so a save never finishes
+# between that reading and the exit.
+SAVING = threading.Lock()
 
 
 # Flattening nested states (dicts, lists, arrays, scalars) into npz entries.
@@ -90,14 +96,15 @@ def save(directory, model, states, meta):
     header = {"format": FORMAT_VERSION, "meta": meta, "skeleton": skeleton}
     arrays["header"] = np.array(json.dumps(header))
     temporary = os.path.join(directory, "saving.npz.tmp")
-    with open(temporary, "wb") as handle:
-        np.savez(handle, **arrays)
-        handle.flush()
-        os.fsync(handle.fileno())
-    last = os.path.join(directory, LAST)
-    if os.path.exists(last):
-        os.replace(last, os.path.join(directory, PREVIOUS))
-    os.replace(temporary, last)
+    with SAVING:
+        with open(temporary, "wb") as handle:
+            np.savez(handle, **arrays)
+            handle.flush()
+            os.fsync(handle.fileno())
+        last = os.path.join(directory, LAST)
+        if os.path.exists(last):
+            os.replace(last, os.path.join(directory, PREVIOUS))
+        os.replace(temporary, last)
 
 
 def read(path):
@@ -110,21 +117,30 @@ def read(path):
     return header["meta"], _unflatten(header["skeleton"], arrays)
 
 
+class Loaded(NamedTuple):
+    """A checkpoint read back: its `meta` and `contents`, the file, and the newer files that were unreadable."""
+
+    meta: dict
+    contents: dict
+    path: str
+    unreadable: list  # ["last.npz: BadZipFile"]: skipped for `path`
+
+
 def load(directory):
-    """Returns `(meta, contents)` of the newest readable checkpoint, or None if none exists.
+    """Returns the newest readable checkpoint as `Loaded`, or None if none exists.
 
     Raises UsageError when checkpoint files exist but none can be read.
     """
     candidates = [os.path.join(directory, name) for name in (LAST, PREVIOUS)]
     existing = [path for path in candidates if os.path.exists(path)]
+    problems = []
     if distribution.process_count() > 1:
-        existing = _held_by_every_process(directory, candidates, existing)
+        existing, problems = _held_by_every_process(directory, candidates, existing)
     if not existing:
         return None
-    problems = []
     for path in existing:
         try:
-            return read(path)
+            return Loaded(*read(path), path, problems)
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
             problems.append(f"{os.path.basename(path)}: {type(error).__name__}")
     raise UsageError(
@@ -133,17 +149,36 @@ def load(directory):
     )
 
 
+def resume_position(meta, steps_per_epoch):
+    """`(epoch, step)`, both counted from 1: where a run resumed from this checkpoint goes on."""
+    done_in_epoch = meta["global_step"] - meta["epoch"] * steps_per_epoch
+    return meta["epoch"] + 1, done_in_epoch + 1
+
+
+def fallback_warning(loaded, steps_per_epoch):
+    """One line when a newer checkpoint file was unreadable and an older one is resumed; else None."""
+    if not loaded.unreadable:
+        return None
+    epoch, step = resume_position(loaded.meta, steps_per_epoch)
+    skipped = "; ".join(loaded.unreadable)
+    return (f"warning: unreadable checkpoint in {os.path.dirname(loaded.path)} ({skipped}); "
+            f"resuming from {os.path.basename(loaded.path)} instead, at epoch {epoch}, step {step}")
+
+
 def _held_by_every_process(directory, candidates, existing):
-    """The checkpoints among `existing` whose step every process has saved too (a collective: all call it)."""
+    """The checkpoints among `existing` whose step every process has saved too, and this process's
+    unreadable ones (a collective: all call it)."""
     steps = [_step(path) if path in existing else -1 for path in candidates]
+    unreadable = [f"{os.path.basename(path)}: unreadable" for path, step in zip(candidates, steps)
+                  if path in existing and step < 0]
     common = common_steps(distribution.gather_from_processes(steps))
     if common is None:
-        return existing  # none readable anywhere: `load` says so, as for one process
+        return existing, []  # none readable anywhere: `load` says so, as for one process
     if not common:
         raise UsageError(f"the processes of this run hold checkpoints of no common step (this one: {directory}, "
                          f"steps {[step for step in steps if step >= 0]}); delete the checkpoint folders of the run "
                          "and of its process-<k>/ copies to start over, or choose another --out")
-    return [path for path, step in zip(candidates, steps) if step in common]
+    return [path for path, step in zip(candidates, steps) if step in common], unreadable
 
 
 def common_steps(steps_per_process):
@@ -154,13 +189,18 @@ def common_steps(steps_per_process):
     return set.intersection(*saved)
 
 
-def _step(path):
-    # The header alone (np.load reads an npz member on access).
+def read_meta(path):
+    """The `meta` of one checkpoint file from its header alone, or None if unreadable or absent."""
     try:
-        with np.load(path, allow_pickle=False) as contents:
-            return int(json.loads(str(contents["header"]))["meta"]["global_step"])
+        with np.load(path, allow_pickle=False) as contents:  # reads a member on access: the header only
+            return json.loads(str(contents["header"]))["meta"]
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
-        return -1  # unreadable: as if absent
+        return None
+
+
+def _step(path):
+    meta = read_meta(path)
+    return -1 if meta is None else int(meta["global_step"])  # unreadable: as if absent
 
 
 def restore(model, contents):
@@ -215,6 +255,7 @@ class RunCheckpoint(keras.callbacks.Callback):
         self.every_steps = every_steps
         self.meta = dict(meta or {})
         self._epoch = 0
+        self._saved_step = None
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch
@@ -232,10 +273,17 @@ class RunCheckpoint(keras.callbacks.Callback):
         step = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
         self._save(epoch=epoch + 1, global_step=step)
 
+    def save_within_epoch(self):
+        """Saves at the step just done (not an epoch's last: see on_epoch_end), unless saved already."""
+        step = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+        if step != self._saved_step:
+            self._save(epoch=self._epoch, global_step=step)
+
     def _save(self, epoch, global_step):
         states = {name: callback.get_state() for name, callback in self.stateful.items()}
         meta = dict(self.meta, epoch=epoch, global_step=global_step, rows=self.logger.rows)
         save(self.directory, self.model, states, meta)
+        self._saved_step = global_step
 
 
 class HookFilter(keras.callbacks.Callback):

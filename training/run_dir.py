@@ -5,12 +5,15 @@ a run directory takes its names from here. `check` runs before any expensive
 work and never writes; `create` writes `config.json` and `command.txt`.
 """
 
+import contextlib
 import csv
 import datetime
+import fcntl
 import json
 import os
 import re
 import shlex
+import socket
 import tempfile
 
 from callbacks.ema_selection import weights_file_name
@@ -28,6 +31,8 @@ POSTHOC_DIR = "posthoc"  # what app.posthoc writes
 EVALUATION_FILE = "evaluation.json"  # per run, by app.evaluate: Table 5 (shape: evaluation/report.py)
 TRANSFER_FILE = "transfer.json"  # per run, by app.transfer: Table 4
 CONSISTENCY_FILE = "consistency.json"  # per multi-seed directory, by app.consistency: Table 3
+# Held (flock) by the process writing the run; the OS releases it when that process ends, however it ends.
+LOCK_FILE = "run.lock"
 # A run of several JAX processes: process k > 0 writes its own copy of the run in <run>/process-<k>/.
 PROCESS_DIR = "process-{}"
 _PROCESS_COPY = re.compile(r"process-[1-9][0-9]*")
@@ -114,7 +119,9 @@ def check(path, config):
     if os.path.exists(path) and not os.path.isdir(path):
         raise UsageError(f"--out {path} is a file; choose a directory path")
     # Other processes' copies (`process_path`) may be there before the chief writes anything.
-    if not os.path.isdir(path) or all(_PROCESS_COPY.fullmatch(name) for name in os.listdir(path)):
+    # So may the lock file of a start that ended before it wrote anything.
+    if not os.path.isdir(path) or all(_PROCESS_COPY.fullmatch(name) or name == LOCK_FILE
+                                      for name in os.listdir(path)):
         target = os.path.abspath(path)
         while not os.path.exists(target):
             target = os.path.dirname(target)
@@ -149,6 +156,42 @@ def check(path, config):
             f"--out {path} holds a finished run with this config; choose another --out"
         )
     _check_writable(path, path)
+
+
+@contextlib.contextmanager
+def locked(paths):
+    """Holds the lock of each run directory in `paths` (creating them) while the block runs.
+
+    Raises UsageError if another process holds one: two processes writing one
+    run would each resume it and interleave their checkpoints and history.
+    `fcntl.flock` locks belong to the open file, so the OS releases them when
+    the process ends in any way (SIGKILL, a crash): a dead run never blocks its
+    rerun. The file stays (removing it would race with a new holder) and names
+    the last holder. Process k of a run of several processes locks its own
+    copy, `process_path(run, k)`.
+    """
+    with contextlib.ExitStack() as held:
+        for path in paths:
+            held.enter_context(_lock(path))
+        yield
+
+
+def _lock(path):
+    os.makedirs(path, exist_ok=True)
+    handle = open(os.path.join(path, LOCK_FILE), "a+", encoding="utf-8")  # not truncated before it is ours
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise UsageError(f"--out {path} is being written by {holder} (it holds {LOCK_FILE}); "
+                         "wait for it to end, or choose another --out") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"app.train pid {os.getpid()} on {socket.gethostname()}\n")
+    handle.flush()
+    return handle
 
 
 def _check_writable(path, directory):

@@ -21,6 +21,7 @@ of the budget after 0.75 of it).
 
 import os
 import shutil
+import sys
 
 import keras
 
@@ -29,6 +30,7 @@ from callbacks.swa import SWA
 from callbacks.swa_schedules import swa_schedule
 from training import checkpoint
 from training import run_dir as run_directory
+from training import stopping
 from training.history import EpochTimer, RunLogger
 from training.recipe import build_model, build_schedule
 
@@ -105,13 +107,17 @@ def train_branch(config, data, run_path):
     checkpoint_dir = os.path.join(path, checkpoint.DIRECTORY)
     os.makedirs(path, exist_ok=True)
     start_epoch = config.swa_start_epoch - 1
+    branch_point = os.path.join(run_path, checkpoint.DIRECTORY, BRANCH_POINT)
+    stopping.start(stopping.checkpoint_files(checkpoint_dir, branch_point), data.steps_per_epoch)
     resumed = checkpoint.load(checkpoint_dir)
     if resumed is None:
-        branch_point = os.path.join(run_path, checkpoint.DIRECTORY, BRANCH_POINT)
         meta, contents = checkpoint.read(branch_point)
         assert meta["epoch"] == start_epoch, (meta["epoch"], start_epoch)
     else:
-        meta, contents = resumed
+        meta, contents = resumed.meta, resumed.contents
+        warning = checkpoint.fallback_warning(resumed, data.steps_per_epoch)
+        if warning:
+            print(warning, file=sys.stderr, flush=True)
     keras.utils.set_random_seed(config.seed + 1)
     schedule = branch_schedule(config, data.steps_per_epoch)
     model = build_model(config, data, schedule)
@@ -132,13 +138,16 @@ def train_branch(config, data, run_path):
     budget_average = SaveBudgetAverage(
         swa, config.epochs, os.path.join(weights_dir, run_directory.SWA_BUDGET_WEIGHTS + run_directory.WEIGHTS_SUFFIX))
     logger = RunLogger(path, schedule, end, rows=meta["rows"] if resumed else None, timer=timer)
+    run_checkpoint = checkpoint.RunCheckpoint(checkpoint_dir, {"swa": swa}, logger)
     callbacks = [
         timer,
         DivergenceGuard(weights_every_steps=config.ema_every_steps),
         swa,
         *([budget_average] if end > config.epochs else []),
         logger,
-        checkpoint.RunCheckpoint(checkpoint_dir, {"swa": swa}, logger),
+        run_checkpoint,
+        # The branch resumes at epoch ends only (one fit from meta["epoch"]): SIGTERM stops without a checkpoint.
+        stopping.StopAtStepEnd(run_checkpoint, within_epoch=False),
     ]
     past_budget = f", {end - config.epochs} past the budget" if end > config.epochs else ""
     print(

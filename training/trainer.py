@@ -28,6 +28,7 @@ from training import distribution
 from training import provenance
 from training import recipe
 from training import run_dir as run_directory
+from training import stopping
 from training import swa_branch
 from training.config import ema_batch_scale
 from training.history import EpochTimer, RunLogger
@@ -46,7 +47,12 @@ def train(config, data, path, argv):
     try:
         with distribution.data_parallel(config.devices or 1):
             summary = _train(config, data, path, argv)
+    except KeyboardInterrupt:  # a caller without app/signals.py's handling (python -m app.train has it)
+        raise Interrupted(stopping.message("interrupted")) from None
+    except stopping.Stopped:  # SIGTERM: the checkpoint is saved
+        raise Interrupted(stopping.message("terminated"), status=143) from None
     finally:
+        stopping.end()
         keras.mixed_precision.set_global_policy(policy)
     return _conclude(config, data, path, summary, started)
 
@@ -74,6 +80,7 @@ def _train(config, data, path, argv):
     if config.deterministic:
         recipe.enable_determinism()
     checkpoint_dir = os.path.join(path, checkpoint.DIRECTORY)
+    stopping.start(stopping.checkpoint_files(checkpoint_dir), data.steps_per_epoch)
     resumed = checkpoint.load(checkpoint_dir)  # UsageError if unreadable
     if resumed is None:
         run_directory.create(path, config, argv, extra={
@@ -85,7 +92,7 @@ def _train(config, data, path, argv):
     averaging = recipe.build_callbacks(config, data, model, path)
     stateful = {name: cb for name, cb in averaging.items() if hasattr(cb, "get_state")}
     timer = EpochTimer(config.batch_size)
-    logger = RunLogger(path, schedule, config.epochs, rows=resumed[0]["rows"] if resumed else None,
+    logger = RunLogger(path, schedule, config.epochs, rows=resumed.meta["rows"] if resumed else None,
                        timer=timer, stability=config.track_stability)
     # The timer first (it marks where each epoch's evaluation starts), then the
     # guard: a diverged step must never reach an average or a checkpoint.
@@ -97,32 +104,29 @@ def _train(config, data, path, argv):
         callbacks.append(
             EMABootstrap(averaging["ema"], every_epochs=config.bootstrap_every_epochs)
         )
-    callbacks.append(
-        checkpoint.RunCheckpoint(
-            checkpoint_dir, stateful, logger, every_steps=config.checkpoint_every_steps
-        )
+    run_checkpoint = checkpoint.RunCheckpoint(
+        checkpoint_dir, stateful, logger, every_steps=config.checkpoint_every_steps
     )
+    callbacks.append(run_checkpoint)
     if config.swa:
         # The SWA branch starts from the baseline as it was at this epoch end.
         callbacks.append(swa_branch.KeepBranchPoint(checkpoint_dir, config.swa_start_epoch - 1))
+    callbacks.append(stopping.StopAtStepEnd(run_checkpoint))  # last: after every save of the step
     start_epoch, skip_batches, contents = 0, 0, None
     if resumed is not None:
-        meta, contents = resumed
+        meta, contents = resumed.meta, resumed.contents
         checkpoint.restore(model, contents)
         for name, callback in stateful.items():
             callback.set_state(contents["states"][name])
         start_epoch = meta["epoch"]
         skip_batches = meta["global_step"] - start_epoch * data.steps_per_epoch
+        warning = checkpoint.fallback_warning(resumed, data.steps_per_epoch)
+        if warning:
+            print(warning, file=sys.stderr, flush=True)
         print(f"resuming {path} at epoch {start_epoch + 1}, step {skip_batches + 1}", flush=True)
     _print_header(config, data, model, path)
     try:
         _fit(config, data, model, callbacks, start_epoch, skip_batches, contents)
-    except KeyboardInterrupt:
-        step = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
-        raise Interrupted(
-            f"at epoch {step // data.steps_per_epoch + 1} step {step % data.steps_per_epoch + 1}; "
-            f"run the same command to resume from the last checkpoint in {checkpoint_dir}"
-        ) from None
     except TrainingDiverged as error:
         kept = (
             f"the last good checkpoint is kept in {checkpoint_dir}"

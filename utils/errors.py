@@ -11,4 +11,13 @@ class UsageError(Exception):
 
 
 class Interrupted(Exception):
-    """Ctrl-C during a run; the message says where and how to resume (exit status 130)."""
+    """Ctrl-C (exit status 130) or SIGTERM (143) during a run; the message says what a rerun will do."""
+
+    def __init__(self, message, status=130):
+        super().__init__(message)
+        self.status = status
+
+
+def start_up_line(verb):
+    """What a signal before any training says (`verb`: interrupted, terminated)."""
+    return f"{verb} during start-up; nothing was trained yet: run the same command to start again"
