@@ -136,6 +136,29 @@ def test_a_second_writer_is_refused_and_a_killed_one_blocks_nothing(tmp_path):
     run_dir.check(path, TrainConfig())
 
 
+def test_a_start_that_fails_before_writing_leaves_no_directory_it_created(tmp_path):
+    new = tmp_path / "new" / "run"
+    with pytest.raises(UsageError, match="a limit above the split"):
+        with run_dir.locked([str(new)]):
+            assert os.listdir(new) == [run_dir.LOCK_FILE]
+            raise UsageError("a limit above the split")
+    assert not new.exists() and (tmp_path / "new").is_dir()
+    # A directory the user made is theirs: kept (with the lock file, which check() accepts).
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    with pytest.raises(UsageError):
+        with run_dir.locked([str(mine)]):
+            raise UsageError("a limit above the split")
+    assert os.listdir(mine) == [run_dir.LOCK_FILE]
+    run_dir.check(str(mine), TrainConfig())
+    # A directory the run wrote into stays, whatever ended the block.
+    with pytest.raises(KeyboardInterrupt):
+        with run_dir.locked([str(new)]):
+            (new / "config.json").write_text("{}")
+            raise KeyboardInterrupt
+    assert sorted(os.listdir(new)) == ["config.json", run_dir.LOCK_FILE]
+
+
 def test_app_train_refuses_an_out_another_process_is_writing(tmp_path):
     if not os.path.isdir(os.path.join(TFDS_DIR, "cifar10")):
         pytest.skip("needs the prepared cifar10 in ../shared/data/tfds (see README, Test)")

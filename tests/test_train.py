@@ -33,7 +33,7 @@ def run(tmp_path_factory):
 def test_run_directory_holds_everything(run):
     out, argv, _ = run
     assert sorted(os.listdir(out)) == [
-        "best.keras", "checkpoint", "command.txt", "config.json", "history.csv", "summary.json", "swa",
+        "best.keras", "checkpoint", "command.txt", "config.json", "history.csv", "run.lock", "summary.json", "swa",
         "tensorboard", "weights",
     ]
     config = json.load(open(os.path.join(out, "config.json")))

@@ -176,22 +176,34 @@ def locked(paths):
         yield
 
 
+@contextlib.contextmanager
 def _lock(path):
+    created = not os.path.exists(path)
     os.makedirs(path, exist_ok=True)
-    handle = open(os.path.join(path, LOCK_FILE), "a+", encoding="utf-8")  # not truncated before it is ours
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+    lock_path = os.path.join(path, LOCK_FILE)
+    with open(lock_path, "a+", encoding="utf-8") as handle:  # not truncated before it is ours
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise UsageError(f"--out {path} is being written by {holder} (it holds {LOCK_FILE}); "
+                             "wait for it to end, or choose another --out") from None
         handle.seek(0)
-        holder = handle.read().strip() or "another process"
-        handle.close()
-        raise UsageError(f"--out {path} is being written by {holder} (it holds {LOCK_FILE}); "
-                         "wait for it to end, or choose another --out") from None
-    handle.seek(0)
-    handle.truncate()
-    handle.write(f"app.train pid {os.getpid()} on {socket.gethostname()}\n")
-    handle.flush()
-    return handle
+        handle.truncate()
+        handle.write(f"app.train pid {os.getpid()} on {socket.gethostname()}\n")
+        handle.flush()
+        try:
+            yield
+        finally:
+            if created and os.listdir(path) == [LOCK_FILE]:
+                # A start that failed before writing anything (e.g. a limit above the
+                # split, found while loading the data) leaves no directory behind.
+                try:
+                    os.remove(lock_path)
+                    os.rmdir(path)
+                except OSError:
+                    pass  # another start took the path meanwhile: it is theirs
 
 
 def _check_writable(path, directory):
