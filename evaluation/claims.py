@@ -1,7 +1,8 @@
 """The paper's claims that `python -m app.reproduce` checks, and the pages it writes.
 
 `CLAIMS` states each claim with the paper's numbers; `BUILDERS` computes its
-table, figure and verdict from finished runs (evaluation/claim_tables.py);
+table, figure and verdict from finished runs (evaluation/claim_tables.py,
+evaluation/noise_claims.py);
 `write_claim` writes `<claim>.md/.csv/.json`, `write_index` the RESULTS.md of
 a budget. Nothing here trains.
 """
@@ -9,7 +10,7 @@ a budget. Nothing here trains.
 import json
 import os
 
-from evaluation import claim_tables, report, runs, scaling
+from evaluation import claim_tables, noise_claims, report, runs, scaling
 
 CLAIMS = {
     "fig1a": "§3.2-3.3 Fig. 1a: validation accuracy of SGD and of the best EMA each epoch "
@@ -35,7 +36,7 @@ CLAIM_ORDER = tuple(CLAIMS)
 
 BUILDERS = {"fig1a": claim_tables.fig1a, "fig1b": claim_tables.fig1b, "table1": claim_tables.table1,
             "table3": claim_tables.table3, "table5": claim_tables.table5, "swa": claim_tables.swa,
-            "fig2": claim_tables.fig2, "table2": claim_tables.table2, "adda-constant-lr": claim_tables.adda}
+            "fig2": noise_claims.fig2, "table2": noise_claims.table2, "adda-constant-lr": noise_claims.adda}
 
 
 def write_claim(claim, text, out, dirs, commands, command, wall_seconds, images, forward, run_seconds=0.0):
