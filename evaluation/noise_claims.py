@@ -105,7 +105,8 @@ def adda(dirs, out):
            ["paper cosine", "91.4", "91.4", "91.4", "91.4"]])
     constant, cosine = rows
     config = used[0].config
-    examples = config.get("limit_validation") or int(
+    # The hold-out's size as data/loading.split_indices rounds it (int() drops one image at e.g. 0.29).
+    examples = config.get("limit_validation") or round(
         runs.train_examples(config["dataset"], None, True) * config.get("validation_fraction", 0.1))
     best = max(decays, key=lambda d: constant[f"ema_{d}"])
     se = {r["schedule"]: stats.binomial_se(r[f"ema_{best}"], r["no_ema"], examples) for r in rows}
