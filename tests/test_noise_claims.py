@@ -1,0 +1,425 @@
+"""evaluation/noise_claims.py (Fig. 2, Table 2, Adda et al.) on fabricated run directories.
+
+The run directories are written here in the format `app.train` / `app.evaluate`
+write (docs/run-directory.md; copied from reproductions/small-v1/noisy/final
+and adda/), with per-seed numbers chosen so that each claim lands on a known
+verdict. Every number the builders report is re-derived here in NumPy:
+means over seeds, the paired t interval with t(0.975, 2) in closed form, and
+for Adda's one-seed fallback the binomial standard error from the exact
+binomial distribution (math.comb), not from evaluation/stats.py.
+"""
+
+import csv
+import fractions
+import json
+import math
+import os
+import re
+import struct
+
+import numpy as np
+import pytest
+
+from evaluation import noise_claims
+
+SEEDS = (0, 1, 2)
+DECAYS = (0.9, 0.99)  # the largest (0.99) is the one Fig. 2 reports
+EPOCHS = 8
+TEST_EXAMPLES = 2000
+# Student's t, 2 degrees of freedom, has the closed-form quantile t_p = (2p - 1) / sqrt(2 p (1 - p)).
+T_975_DF2 = 0.95 / math.sqrt(2 * 0.975 * 0.025)
+Z_975 = 1.959963984540054  # standard normal 0.975 quantile (table value)
+# Each seed's EMA (largest decay) curve is its peak value times this shape: the peak is epoch 5.
+EMA_SHAPE = np.array([0.40, 0.60, 0.80, 0.95, 1.00, 0.97, 0.94, 0.92])
+# The smaller decay peaks higher and earlier (epoch 3): a builder reading it would get other numbers.
+SMALL_DECAY_SHAPE = np.array([0.70, 0.90, 1.00, 0.90, 0.85, 0.80, 0.78, 0.76])
+INTERVAL = re.compile(r"([+-]\d+\.\d+) points, 95 % CI \[([+-]\d+\.\d+), ([+-]\d+\.\d+)\] \(([^)]*)\)")
+
+
+def _write_json(path, content):
+    with open(path, "w", encoding="utf-8") as handle:
+        json.dump(content, handle, indent=2)
+
+
+def _write_history(path, rows):
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _config(**overrides):
+    """config.json as app.train writes it (reproductions/small-v1/noisy/final/seed-0)."""
+    config = {
+        "batch_size": 32, "bn_recompute": "end", "bootstrap_every_epochs": 0, "checkpoint_every_steps": None,
+        "cifar_n_dir": None, "data_dir": "../shared/data/tfds", "dataset": "cifar10n", "deterministic": False,
+        "ema_bn": "eman", "ema_decays": list(DECAYS), "ema_every_steps": 16,
+        "ema_select_epochs": {f"{d:g}": {"accuracy": 5, "loss": 4} for d in DECAYS}, "ema_warmup": "steps",
+        "epochs": EPOCHS, "eval_batch_size": 512, "evaluation_split": "test", "full_train": True,
+        "keep_checkpoint": False, "label_noise": "worse", "limit_train": 5000, "limit_validation": 2000,
+        "lr": 0.1, "model": "resnet20", "momentum": 0.9, "nesterov": True, "out": "", "precision": "float32",
+        "provenance": {"devices": ["cpu:0"], "git_commit": "0" * 40, "git_dirty": False,
+                       "keras_backend": "tensorflow"},
+        "schedule": "cosine", "seed": 0, "seeds": list(SEEDS), "split_seed": 0,
+        "stop_epochs_from": "runs/noisy/validation", "swa": False, "swa_cycle_epochs": 1, "swa_lr": None,
+        "swa_start_epoch": None, "track_stability": False, "validation_fraction": 0.2, "warmup_epochs": 1,
+        "weight_decay": 0.0001,
+    }
+    config.update(overrides)
+    return config
+
+
+def _history_rows(lr, train_accuracy, val_accuracy, ema_accuracy):
+    """history.csv rows in app.train's column order; `ema_accuracy` = {decay key: per-epoch values}."""
+    rows = []
+    for i in range(len(lr)):
+        row = {"epoch": i + 1, "lr": lr[i], "train_loss": 2.0 - 1.5 * train_accuracy[i],
+               "train_accuracy": train_accuracy[i], "val_loss": 2.0 - 1.5 * val_accuracy[i],
+               "val_accuracy": val_accuracy[i]}
+        for key, values in ema_accuracy.items():
+            row[f"ema_{key}_val_accuracy"] = values[i]
+            row[f"ema_{key}_val_loss"] = 2.0 - 1.5 * values[i]
+        row["ema_best_val_accuracy"] = max(values[i] for values in ema_accuracy.values())
+        row.update(epoch_seconds=20.0, train_images_per_second=300.0, evaluation_seconds=3.0)
+        rows.append(row)
+    return rows
+
+
+def _entry(history, epoch, prefix):
+    row = history[epoch - 1]
+    return {"epoch": epoch, "val_loss": row[f"{prefix}val_loss"], "val_accuracy": row[f"{prefix}val_accuracy"]}
+
+
+def _summary(history, config):
+    """summary.json as app.train writes it for a run of `history` (docs/run-directory.md)."""
+    last = len(history)
+    best_sgd = max(range(1, last + 1), key=lambda e: history[e - 1]["val_accuracy"])
+    lowest_sgd = min(range(1, last + 1), key=lambda e: history[e - 1]["val_loss"])
+    ema = {}
+    for decay in config["ema_decays"]:
+        key = f"{decay:g}"
+        prefix = f"ema_{key}_"
+        best = max(range(1, last + 1), key=lambda e: history[e - 1][prefix + "val_accuracy"])
+        lowest = min(range(1, last + 1), key=lambda e: history[e - 1][prefix + "val_loss"])
+        selected_on = "validation" if not config["full_train"] else f"validation (run {config['stop_epochs_from']})"
+        ema[key] = {
+            "decay": decay, "every_steps": config["ema_every_steps"],
+            "effective_per_step_decay": decay ** (1 / config["ema_every_steps"]), "identical_to": [],
+            "best_val_accuracy": dict(_entry(history, best, prefix), selected_on=selected_on,
+                                      bn_recomputed=_entry(history, best, prefix)),
+            "lowest_val_loss": dict(_entry(history, lowest, prefix), selected_on=selected_on,
+                                    bn_recomputed=_entry(history, lowest, prefix)),
+        }
+    return {"evaluation_split": config["evaluation_split"], "epochs_completed": last,
+            "sgd": {"final": _entry(history, last, ""), "best_val_accuracy": _entry(history, best_sgd, ""),
+                    "lowest_val_loss": _entry(history, lowest_sgd, "")},
+            "ema": ema, "wall_time_seconds": 100.0}
+
+
+def _model(weights, accuracy, **extra):
+    return dict(weights=weights, accuracy=accuracy, loss=2.0 - 1.5 * accuracy, ece=0.08, temperature=1.4,
+                ece_temperature_scaled=0.05, **extra)
+
+
+def _evaluation(ema_accuracy, baseline_accuracy):
+    """evaluation.json as app.evaluate writes it (reproductions/small-v1/protocol/validation)."""
+    key = f"{max(DECAYS):g}"
+    # EMA (loss) and the non-recomputed weights get other numbers: Table 2 must read EMA (acc.), BN recomputed.
+    return {
+        "split": "test", "test_examples": TEST_EXAMPLES, "temperature_fitted_on": "validation",
+        "validation_examples": 2000, "ece_bins": 100, "ema_decay": key,
+        "models": {
+            "baseline": _model("weights/final.weights.h5", baseline_accuracy),
+            "ema_acc": _model(f"weights/ema_{key}_acc_bn.weights.h5", ema_accuracy, decay=max(DECAYS),
+                              bn_recomputed=True),
+            "ema_loss": _model(f"weights/ema_{key}_loss_bn.weights.h5", ema_accuracy - 0.02, decay=max(DECAYS),
+                               bn_recomputed=True),
+        },
+        "by_weights": {
+            "final": _model("weights/final.weights.h5", baseline_accuracy),
+            f"ema_{key}_acc": _model(f"weights/ema_{key}_acc.weights.h5", ema_accuracy - 0.01),
+            f"ema_{key}_acc_bn": _model(f"weights/ema_{key}_acc_bn.weights.h5", ema_accuracy),
+        },
+    }
+
+
+def _noisy_final(root, ema_peak, sgd_final, ema_test=None, baseline_test=None):
+    """noisy/final/seed-<k>/ for the three seeds; returns `dirs` as app.reproduce.plan names them.
+
+    Seed k's EMA (largest decay) peaks at `ema_peak[k]` in epoch 5 and its SGD
+    curve ends at `sgd_final[k]`; evaluation.json holds `ema_test[k]` (EMA acc.)
+    and `baseline_test[k]` (SGD final).
+    """
+    final = os.path.join(root, "noisy", "final")
+    lr = 0.1 * 0.5 * (1 + np.cos(np.pi * np.arange(EPOCHS) / EPOCHS))
+    for k, seed in enumerate(SEEDS):
+        path = os.path.join(final, f"seed-{seed}")
+        os.makedirs(path)
+        config = _config(seed=seed, out=path)
+        ema = {f"{DECAYS[0]:g}": SMALL_DECAY_SHAPE * (ema_peak[k] + 0.1), f"{DECAYS[1]:g}": EMA_SHAPE * ema_peak[k]}
+        sgd = np.linspace(0.3, 1.0, EPOCHS) * sgd_final[k]
+        train = np.linspace(0.2, 0.9, EPOCHS) + 0.01 * k
+        history = _history_rows(lr, train, sgd, ema)
+        _write_json(os.path.join(path, "config.json"), config)
+        _write_history(os.path.join(path, "history.csv"), history)
+        _write_json(os.path.join(path, "summary.json"), _summary(history, config))
+        with open(os.path.join(path, "command.txt"), "w", encoding="utf-8") as handle:
+            handle.write(f"python -m app.train --dataset cifar10n --seeds 0 1 2 --out {final}\n")
+        if ema_test is not None:
+            _write_json(os.path.join(path, "evaluation.json"), _evaluation(ema_test[k], baseline_test[k]))
+    return {"noisy_validation": os.path.join(root, "noisy", "validation"), "noisy_final": final}
+
+
+def _t_interval(a, b):
+    """(mean, low, high) of the paired 95 % t interval of a - b over 3 seeds."""
+    diff = np.asarray(a, "float64") - np.asarray(b, "float64")
+    assert len(diff) == 3  # T_975_DF2 is for n - 1 = 2
+    mean = diff.mean()
+    half = T_975_DF2 * np.sqrt(np.sum((diff - mean) ** 2) / (len(diff) - 1)) / np.sqrt(len(diff))
+    return mean, mean - half, mean + half
+
+
+def _verdict(low, high, margin):
+    return "holds" if low > margin else "does not hold" if high < margin else "inconclusive"
+
+
+def _check_interval_text(text, mean, low, high, method):
+    """`text` shows (mean, low, high) in points to 2 decimals: each within rounding of ours."""
+    match = INTERVAL.search(text)
+    assert match, text
+    shown = [float(value) for value in match.groups()[:3]]
+    assert np.abs(np.array(shown) - 100 * np.array([mean, low, high])).max() <= 0.005 + 1e-9, (shown, text)
+    assert match.group(4) == method
+
+
+def _per_seed_table(table):
+    """{first cell: [other cells]} of the last Markdown table in `table` (the per-seed one)."""
+    block = table.rsplit("Per seed", 1)[-1] if "Per seed" in table else table.rsplit("per seed", 1)[-1]
+    rows = [line.strip("|").split("|") for line in block.splitlines() if line.startswith("| ")]
+    return {cells[0].strip(): [cell.strip() for cell in cells[1:]] for cells in rows[1:]}
+
+
+def _check_per_seed_table(table, columns):
+    """The per-seed rows and the mean ± sd row of `table` against `columns` (per-seed values, 0-1)."""
+    rows = _per_seed_table(table)
+    assert list(rows) == [str(seed) for seed in SEEDS] + ["mean ± sd"]
+    for i, seed in enumerate(SEEDS):
+        assert [float(cell) for cell in rows[str(seed)]] == pytest.approx([100 * c[i] for c in columns], abs=0.0051)
+    for cell, values in zip(rows["mean ± sd"], columns):
+        mean, sd = (float(part) for part in cell.split(" ± "))
+        assert mean == pytest.approx(100 * np.mean(values), abs=0.0051)
+        assert sd == pytest.approx(100 * np.std(values, ddof=1), abs=0.0051)
+
+
+def test_t_quantile_closed_form_matches_the_table():
+    assert T_975_DF2 == pytest.approx(4.302652729749464, abs=1e-12)
+    # Z_975 solves Phi(z) = 0.975.
+    assert 0.5 * (1 + math.erf(Z_975 / math.sqrt(2))) == pytest.approx(0.975, abs=1e-15)
+
+
+# (EMA peak per seed, SGD final per seed, verdict of "EMA's peak beats SGD's final").
+FIG2_CASES = {
+    # +1.5/+2.5/+2.0 points: the CI [+0.76, +3.24] clears 0 but not +1 (a wrong margin would show).
+    "holds": ([0.62, 0.63, 0.645], [0.605, 0.605, 0.625], "holds"),
+    "does not hold": ([0.60, 0.60, 0.60], [0.615, 0.625, 0.62], "does not hold"),  # CI [-3.24, -0.76]
+    "inconclusive": ([0.62, 0.58, 0.60], [0.58, 0.60, 0.59], "inconclusive"),  # +4/-2/+1 points
+}
+
+
+@pytest.mark.parametrize("case", FIG2_CASES)
+def test_fig2_reads_the_mean_curves_peak_and_tests_it_against_sgd_final(tmp_path, case):
+    ema_peak, sgd_final, expected = FIG2_CASES[case]
+    out = tmp_path / "fig2"
+    out.mkdir()
+    dirs = _noisy_final(str(tmp_path), ema_peak, sgd_final)
+    result = noise_claims.fig2(dirs, str(out))
+
+    # The mean curves over seeds, recomputed from the fabricated per-seed curves.
+    key = f"{max(DECAYS):g}"
+    ema_curves = np.array([EMA_SHAPE * p for p in ema_peak])
+    sgd_curves = np.array([np.linspace(0.3, 1.0, EPOCHS) * f for f in sgd_final])
+    train_curves = np.array([np.linspace(0.2, 0.9, EPOCHS) + 0.01 * k for k in range(len(SEEDS))])
+    lr = 0.1 * 0.5 * (1 + np.cos(np.pi * np.arange(EPOCHS) / EPOCHS))
+    rows = result["rows"]
+    assert [row["epoch"] for row in rows] == list(range(1, EPOCHS + 1))
+    np.testing.assert_allclose([row[f"ema_{key}_test_accuracy"] for row in rows], ema_curves.mean(0), rtol=1e-12)
+    np.testing.assert_allclose([row["sgd_test_accuracy"] for row in rows], sgd_curves.mean(0), rtol=1e-12)
+    np.testing.assert_allclose([row["sgd_train_accuracy_noisy_labels"] for row in rows], train_curves.mean(0),
+                               rtol=1e-12)
+    np.testing.assert_allclose([row["lr"] for row in rows], lr, rtol=1e-12)
+
+    # The peak of the mean EMA curve (epoch 5 by construction), each seed's value there vs its SGD final.
+    peak = int(np.argmax(ema_curves.mean(0)))
+    assert peak == 4
+    per_seed_peak, per_seed_final = ema_curves[:, peak], sgd_curves[:, -1]
+    np.testing.assert_allclose(per_seed_peak, ema_peak, rtol=1e-12)
+    _check_per_seed_table(result["table"], [per_seed_peak, per_seed_final])
+    mean, low, high = _t_interval(per_seed_peak, per_seed_final)
+    assert _verdict(low, high, 0.0) == expected  # the fabricated numbers land where intended
+    assert result["verdict"] == expected
+    _check_interval_text(result["headline"], mean, low, high, "paired t, 3 seeds")
+    assert f"(epoch {peak + 1}, lr {lr[peak]:.3g})" in result["headline"]
+    assert f"peaks at {100 * ema_curves.mean(0)[peak]:.2f} %" in result["headline"]
+    assert "training accuracy on the noisy labels" in result["headline"]
+    assert f"→ **{expected}**" in result["reason"]
+    assert [run.config["seed"] for run in result["runs"]] == list(SEEDS)
+
+    # The figure: a PNG of the documented 1200 x 675 pixels in `out`.
+    assert result["figures"] == [str(out / "fig2.png")]
+    with open(out / "fig2.png", "rb") as handle:
+        header = handle.read(24)
+    assert header[:8] == b"\x89PNG\r\n\x1a\n"
+    assert struct.unpack(">II", header[16:24]) == (1200, 675)
+
+
+# (EMA (acc.) test accuracy per seed, SGD final per seed, verdict of "EMA (acc.) beats CE").
+TABLE2_CASES = {
+    "holds": ([0.6015, 0.6040, 0.6000], [0.5865, 0.5790, 0.5800], "holds"),  # +1.5/+2.5/+2.0: CI [+0.76, +3.24]
+    "does not hold": ([0.5500, 0.5520, 0.5490], [0.5650, 0.5770, 0.5690], "does not hold"),  # CI [-3.24, -0.76]
+    "inconclusive": ([0.6000, 0.5700, 0.5900], [0.5800, 0.5900, 0.5800], "inconclusive"),  # +2/-2/+1
+}
+
+
+@pytest.mark.parametrize("case", TABLE2_CASES)
+def test_table2_tests_ema_acc_against_sgd_final_from_evaluation_json(tmp_path, case):
+    ema, sgd, expected = TABLE2_CASES[case]
+    dirs = _noisy_final(str(tmp_path), [0.6] * 3, [0.55] * 3, ema_test=ema, baseline_test=sgd)
+    result = noise_claims.table2(dirs, str(tmp_path))
+
+    mean, low, high = _t_interval(ema, sgd)
+    assert _verdict(low, high, 0.0) == expected
+    assert result["verdict"] == expected
+    ours, ce, difference = result["rows"][:3]
+    assert ours["accuracy_mean"] == pytest.approx(np.mean(ema), rel=1e-12)
+    assert ours["accuracy_std"] == pytest.approx(np.std(ema, ddof=1), rel=1e-9)
+    assert ce["accuracy_mean"] == pytest.approx(np.mean(sgd), rel=1e-12)
+    assert ce["accuracy_std"] == pytest.approx(np.std(sgd, ddof=1), rel=1e-9)
+    assert [difference["accuracy_mean"], difference["ci_low"], difference["ci_high"]] == pytest.approx(
+        [mean, low, high], rel=1e-9, abs=1e-12)
+    _check_per_seed_table(result["table"], [ema, sgd])
+    # Our rows in the comparison table, beside the published methods.
+    ours_line = next(line for line in result["table"].splitlines() if line.startswith("| EMA (acc.) — ours |"))
+    shown_mean, shown_sd = (float(part) for part in ours_line.split("|")[2].split(" ± "))
+    assert [shown_mean, shown_sd] == pytest.approx([100 * np.mean(ema), 100 * np.std(ema, ddof=1)], abs=0.0051)
+    assert "| EMA (acc.) — the paper (quoted from the paper) | 86.71 ± 0.17 | 65.15 ± 0.20 |" in result["table"]
+    _check_interval_text(result["headline"], mean, low, high, "paired t, 3 seeds")
+    assert f"{TEST_EXAMPLES:,} test images" in result["headline"]
+    assert f"→ **{expected}**" in result["reason"]
+
+
+def test_table2_names_the_missing_evaluation(tmp_path):
+    dirs = _noisy_final(str(tmp_path), [0.6] * 3, [0.55] * 3)
+    with pytest.raises(ValueError, match=r"seed-0 has no evaluation.json; run `python -m app.evaluate"):
+        noise_claims.table2(dirs, str(tmp_path))
+
+
+def _adda_run(root, schedule, no_ema, ema, validation_fraction=0.1, limit_validation=2000):
+    """adda/<schedule>/ as app.train writes it (reproductions/small-v1/adda/constant); `ema` per decay."""
+    path = os.path.join(root, "adda", schedule)
+    os.makedirs(path)
+    decays = (0.9, 0.99, 0.999)
+    config = _config(dataset="cifar10", ema_decays=list(decays), ema_every_steps=1, ema_select_epochs=None,
+                     ema_warmup="none", evaluation_split="validation", full_train=False, limit_train=10000,
+                     limit_validation=limit_validation, nesterov=False, schedule=schedule, seed=0, seeds=[],
+                     stop_epochs_from=None, validation_fraction=validation_fraction, warmup_epochs=0,
+                     batch_size=128, out=path)
+    # Earlier epochs below the last one: the claim reads the final epoch only.
+    ramp = np.linspace(0.5, 1.0, 4)
+    history = _history_rows([0.1] * 4, 0.8 * ramp, no_ema * ramp,
+                            {f"{d:g}": value * ramp for d, value in zip(decays, ema)})
+    _write_json(os.path.join(path, "config.json"), config)
+    _write_history(os.path.join(path, "history.csv"), history)
+    _write_json(os.path.join(path, "summary.json"), _summary(history, config))
+    return path
+
+
+def _binomial_variance(p, n):
+    """Var(K / n) for K ~ Binomial(n, p), summed exactly over the distribution (not p(1 - p) / n)."""
+    p = fractions.Fraction(p).limit_denominator(n)
+    a, scale = p.numerator, p.denominator
+    total = sum(math.comb(n, k) * a ** k * (scale - a) ** (n - k) * (k * scale - n * a) ** 2 for k in range(n + 1))
+    return float(fractions.Fraction(total, scale ** (n + 2) * n ** 2))
+
+
+# Final-epoch validation accuracy (SGD, EMA 0.9 / 0.99 / 0.999) under the constant and the cosine
+# schedule, the hold-out's size (--limit-validation), and the verdicts of: the constant-lr EMA gain
+# > 1 point; that gain minus cosine's > 1 point; both.
+ADDA_CASES = {
+    # reproductions/small-v1's numbers (to the 2,000-image grid): both parts hold.
+    "holds": ((0.675, (0.7245, 0.7875, 0.721)), (0.7515, (0.751, 0.754, 0.714)), 2000,
+              ("holds", "holds"), "holds"),
+    # EMA 2 points below SGD (CI [-4.68, +0.68]: below +1, not below 0), and cosine gains 3 points.
+    "does not hold": ((0.76, (0.70, 0.74, 0.72)), (0.73, (0.75, 0.76, 0.75)), 2000,
+                      ("does not hold", "does not hold"), "does not hold"),
+    # The gain holds, but cosine gains half as much: CI of the difference [+0.66, +8.34] (above 0, not +1).
+    "inconclusive": ((0.70, (0.72, 0.80, 0.71)), (0.70, (0.72, 0.755, 0.71)), 2000,
+                     ("holds", "inconclusive"), "inconclusive"),
+    # EMA gains too little with a constant lr (CI [-1.32, +4.32]) though cosine's EMA falls 7 points
+    # behind: the difference holds, the claim does not follow from it.
+    "gain unclear": ((0.70, (0.69, 0.715, 0.70)), (0.75, (0.70, 0.68, 0.69)), 2000,
+                     ("inconclusive", "holds"), "inconclusive"),
+    # A 64-image hold-out (--limit-validation 64): a wide interval, where n vs n - 1 shows in the second decimal.
+    "64 images": ((40 / 64, (44 / 64, 52 / 64, 46 / 64)), (48 / 64, (48 / 64, 49 / 64, 47 / 64)), 64,
+                  ("holds", "inconclusive"), "inconclusive"),
+}
+
+
+@pytest.mark.parametrize("case", ADDA_CASES)
+def test_adda_one_seed_binomial_intervals_and_verdicts(tmp_path, case):
+    (constant_sgd, constant_ema), (cosine_sgd, cosine_ema), n, part_verdicts, expected = ADDA_CASES[case]
+    dirs = {"adda_constant": _adda_run(str(tmp_path), "constant", constant_sgd, constant_ema, limit_validation=n),
+            "adda_cosine": _adda_run(str(tmp_path), "cosine", cosine_sgd, cosine_ema, limit_validation=n)}
+    result = noise_claims.adda(dirs, str(tmp_path))
+
+    decays = ("0.9", "0.99", "0.999")
+    assert result["rows"] == [
+        dict(schedule="constant", no_ema=pytest.approx(constant_sgd, rel=1e-12),
+             **{f"ema_{d}": pytest.approx(v, rel=1e-12) for d, v in zip(decays, constant_ema)}),
+        dict(schedule="cosine", no_ema=pytest.approx(cosine_sgd, rel=1e-12),
+             **{f"ema_{d}": pytest.approx(v, rel=1e-12) for d, v in zip(decays, cosine_ema)}),
+    ]
+    best = int(np.argmax(constant_ema))
+
+    def se(sgd, ema):
+        # Two independent binomial proportions on the same n images.
+        return math.sqrt(_binomial_variance(ema, n) + _binomial_variance(sgd, n))
+
+    se_constant, se_cosine = se(constant_sgd, constant_ema[best]), se(cosine_sgd, cosine_ema[best])
+    assert se_constant == pytest.approx(math.sqrt((constant_sgd * (1 - constant_sgd)
+                                                   + constant_ema[best] * (1 - constant_ema[best])) / n), rel=1e-9)
+    gain = constant_ema[best] - constant_sgd
+    versus = gain - (cosine_ema[best] - cosine_sgd)
+    intervals = [(gain, gain - Z_975 * se_constant, gain + Z_975 * se_constant),
+                 (versus, versus - Z_975 * math.hypot(se_constant, se_cosine),
+                  versus + Z_975 * math.hypot(se_constant, se_cosine))]
+    verdicts = tuple(_verdict(low, high, 0.01) for _, low, high in intervals)
+    assert verdicts == part_verdicts  # the fabricated numbers land where intended
+    assert result["verdict"] == expected
+
+    lines = [line for line in result["reason"].splitlines() if line.startswith("- ")]
+    assert len(lines) == 2
+    assert lines[0].startswith(f"- constant lr: EMA {decays[best]} − SGD, margin +1 point")
+    for line, (mean, low, high), verdict in zip(lines, intervals, verdicts):
+        _check_interval_text(line, mean, low, high, "1 seed: binomial error over the evaluated images")
+        assert line.endswith(f"→ **{verdict}**")
+    assert f"{n:,} images, 1 seed" in result["headline"]
+    assert f"cosine: {100 * (cosine_ema[best] - cosine_sgd):+.2f}." in result["headline"]
+    assert [run.config["schedule"] for run in result["runs"]] == ["constant", "cosine"]
+    assert result["outside_rule"]
+
+
+@pytest.mark.parametrize("validation_fraction, expected", [(0.1, 5000), (0.29, 14500), (0.57, 28500)])
+def test_adda_counts_the_hold_out_as_the_data_split_does(tmp_path, validation_fraction, expected):
+    # Without --limit-validation the hold-out is round(50,000 x fraction) images (data/loading.split_indices).
+    holds = ADDA_CASES["holds"]
+    dirs = {schedule_key: _adda_run(str(tmp_path), schedule, sgd, ema, validation_fraction, None)
+            for schedule_key, schedule, (sgd, ema) in
+            (("adda_constant", "constant", holds[0]), ("adda_cosine", "cosine", holds[1]))}
+    result = noise_claims.adda(dirs, str(tmp_path))
+    assert f"{validation_fraction:.0%} hold-out, {expected:,} images" in result["headline"]
+    # The interval's half width follows that count.
+    (sgd, ema), best = holds[0], 1
+    half = Z_975 * math.sqrt((sgd * (1 - sgd) + ema[best] * (1 - ema[best])) / expected)
+    gain_line = next(line for line in result["reason"].splitlines() if line.startswith("- constant lr:"))
+    _check_interval_text(gain_line, ema[best] - sgd, ema[best] - sgd - half, ema[best] - sgd + half,
+                         "1 seed: binomial error over the evaluated images")
