@@ -2,8 +2,9 @@
 (Fig. 2, Table 2) and Adda et al.'s constant-lr claim.
 
 Same contract as evaluation/claim_tables.py (rows, Markdown table, figures,
-verdict from paired 95 % CIs or a binomial test, runs read); shared helpers:
-evaluation/claim_common.py. Evidence: tests/test_reproduce.py.
+verdict from paired 95 % CIs over seeds, or for Adda et al.'s one-seed runs a
+normal-approximation interval from binomial standard errors; runs read); shared
+helpers: evaluation/claim_common.py. Evidence: tests/test_noise_claims.py.
 """
 
 import math
