@@ -3,12 +3,14 @@
 `tiny_seed_runs`: one real `python -m app.train --seeds 0 1` on CIFAR-10
 (ResNet-20, 128 training / 128 validation examples, 2 epochs, one EMA of
 decay 0.9 updated every 2 steps, BatchNorm recomputed at the end), trained
-once per session (~30-60 s on 2 CPU cores) and read by the evaluation
+once per session (~30-60 s on 2 CPU cores; under tests/run.sh's pytest-xdist
+workers once for all of them) and read by the evaluation
 commands' tests (test_evaluate.py, test_consistency.py, test_transfer.py).
 Those tests write their own files into it (evaluation.json, transfer.json,
 consistency.json) and must not change what training wrote.
 """
 
+import fcntl
 import os
 
 import numpy as np
@@ -31,9 +33,35 @@ def tiny_seed_runs(tmp_path_factory):
         pytest.skip("needs the prepared cifar10 in ../shared/data/tfds (see README, Test)")
     from app import train
 
-    out = str(tmp_path_factory.mktemp("tiny_runs") / "cifar10-resnet20")
-    train.main(TINY_RUN_ARGS + ["--seeds", *map(str, TINY_SEEDS), "--out", out])
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        out = str(tmp_path_factory.mktemp("tiny_runs") / "cifar10-resnet20")
+        train.main(TINY_RUN_ARGS + ["--seeds", *map(str, TINY_SEEDS), "--out", out])
+        return out
+    # Under pytest-xdist (tests/run.sh) the workers share one training: the first
+    # to get here trains into their common base directory, the others wait for it.
+    shared = tmp_path_factory.getbasetemp().parent / "tiny_runs"
+    shared.mkdir(exist_ok=True)
+    out = str(shared / "cifar10-resnet20")
+    with open(shared / "lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (shared / "trained").exists():
+            train.main(TINY_RUN_ARGS + ["--seeds", *map(str, TINY_SEEDS), "--out", out])
+            (shared / "trained").touch()
     return out
+
+
+# Files whose tests take minutes, scheduled first so that pytest-xdist's
+# workers (tests/run.sh: one file per worker at a time) end together.
+LONGEST_FIRST = (
+    "test_distribution_app.py", "test_resume.py", "test_reproduce.py", "test_distribution.py",
+    "test_multi_process.py", "test_train.py", "test_tune.py", "test_evaluate.py", "test_posthoc.py",
+    "test_end_of_run.py", "test_consistency.py", "test_models.py",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: file order kept otherwise
 
 
 def normalized_test_images(run_path, limit):

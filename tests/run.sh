@@ -1,8 +1,31 @@
 #!/usr/bin/env bash
 # The project's test command (README "Test"): the whole suite on the
 # TensorFlow backend, then the backend-neutral averaging callbacks and models
-# on the JAX backend.
+# on the JAX backend, each spread over TEST_WORKERS pytest-xdist workers
+# (default 2; a file's tests stay on one worker, so its module fixtures are
+# built once).
+#   bash tests/run.sh          # everything (CI runs this)
+#   bash tests/run.sh quick    # the inner loop: the tests that train no ResNet
 set -euo pipefail
 cd "$(dirname "$0")/.."
-python -m pytest -q tests
-KERAS_BACKEND=jax python -m pytest -q tests/test_ema.py tests/test_ema_rules.py tests/test_batch_norm.py tests/test_swa.py tests/test_bootstrap.py tests/test_stability.py tests/test_readme_example.py tests/test_power_ema.py tests/test_posthoc.py
+WORKERS=(-n "${TEST_WORKERS:-2}" --dist loadfile)
+JAX_FILES=(tests/test_ema.py tests/test_ema_rules.py tests/test_batch_norm.py tests/test_swa.py
+           tests/test_bootstrap.py tests/test_stability.py tests/test_readme_example.py
+           tests/test_power_ema.py tests/test_posthoc.py)
+QUICK_FILES=(tests/test_stats.py tests/test_schedules.py tests/test_metrics.py tests/test_optimizer.py
+             tests/test_cli.py tests/test_report.py tests/test_noise_claims.py tests/test_bootstrap.py
+             tests/test_ema.py tests/test_swa.py tests/test_power_ema.py tests/test_batch_norm.py
+             tests/test_ema_rules.py tests/test_run_dir.py tests/test_tiny_imagenet.py)
+case "${1:-all}" in
+    all)
+        python -m pytest -q "${WORKERS[@]}" tests
+        KERAS_BACKEND=jax python -m pytest -q "${WORKERS[@]}" "${JAX_FILES[@]}"
+        ;;
+    quick)
+        python -m pytest -q "${WORKERS[@]}" "${QUICK_FILES[@]}"
+        ;;
+    *)
+        echo "usage: bash tests/run.sh [all|quick]" >&2
+        exit 2
+        ;;
+esac
