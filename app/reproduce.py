@@ -152,32 +152,32 @@ def plan(budget, out, data_dir, seeds):
     validation = _train_step(protocol, data_dir, dirs["validation"], ["--bn-recompute", "epoch"])
     other_seeds = [s for s in seeds if s != seeds[0]]
     # Every seed's validation run recomputes BN each epoch: Fig. 1a/1b show 3-seed bands.
+    # Multi-seed runs are one step per seed, so that a table's steps test each seed
+    # right after it trains (the weights are not committed; a later session cannot test them).
     validation_seeds = _train_step(protocol, data_dir, dirs["validation_seeds"], ["--bn-recompute", "epoch"],
                                    other_seeds)
     final = _train_step(
         protocol, data_dir, dirs["final"],
         ["--full-train", "--stop-epochs-from", dirs["validation"], "--swa", *_swa_flags(budget)], seeds,
     )
-    # The tables' numbers: every saved model of the final runs on the test split (app.evaluate).
-    final_tested = _evaluate_step(dirs["final"], seeds, limit_test)
-    figure_runs = [validation] + ([validation_seeds] if other_seeds else [])
+    figure_runs = [validation, *validation_seeds]
     steps["fig1a"] = tune[:1] + figure_runs
     steps["fig1b"] = tune[:1] + figure_runs
-    steps["table1"] = tune[:1] + figure_runs + [final, final_tested]
-    steps["swa"] = tune[:1] + [validation, final, final_tested]
-    steps["table3"] = tune[:1] + [validation, final, _consistency_step(dirs["final"], seeds, limit_test)]
+    # The tables' numbers: every saved model of the final runs on the test split (app.evaluate).
+    final_tested = _tested(final, dirs["final"], limit_test)
+    steps["table1"] = tune[:1] + figure_runs + final_tested
+    steps["swa"] = tune[:1] + [validation, *final_tested]
+    steps["table3"] = tune[:1] + [validation, *final, _consistency_step(dirs["final"], seeds, limit_test)]
     # Table 5 fits the temperature on the 20 % hold-out: the 80/20 runs, tested.
-    steps["table5"] = tune[:1] + [validation, _evaluate_step(dirs["validation"], [], limit_test)]
-    if other_seeds:
-        steps["table5"] += [validation_seeds,
-                            _evaluate_step(dirs["validation_seeds"], other_seeds, limit_test)]
+    steps["table5"] = tune[:1] + [validation, _evaluate_step(dirs["validation"], [], limit_test),
+                                  *_tested(validation_seeds, dirs["validation_seeds"], limit_test)]
     noisy_validation = _train_step(noisy, data_dir, dirs["noisy_validation"], ["--label-noise", "worse"])
     noisy_final = _train_step(
         noisy, data_dir, dirs["noisy_final"],
         ["--label-noise", "worse", "--full-train", "--stop-epochs-from", dirs["noisy_validation"]], seeds,
     )
-    steps["fig2"] = tune[1:] + [noisy_validation, noisy_final]
-    steps["table2"] = tune[1:] + [noisy_validation, noisy_final, _evaluate_step(dirs["noisy_final"], seeds, limit_test)]
+    steps["fig2"] = tune[1:] + [noisy_validation, *noisy_final]
+    steps["table2"] = tune[1:] + [noisy_validation, *_tested(noisy_final, dirs["noisy_final"], limit_test)]
     steps["adda-constant-lr"] = [
         _train_step(adda, data_dir, dirs["adda_constant"], ["--schedule", "constant"]),
         _train_step(adda, data_dir, dirs["adda_cosine"], ["--schedule", "cosine"]),
@@ -202,14 +202,25 @@ def _num_train(setup, full_train=True):
     return train_examples(setup.dataset, setup.limit_train, full_train=full_train)
 
 
+def _tested(train_steps, path, limit_test):
+    """Each seed's training step followed by its test evaluation."""
+    return [step for train, seed in zip(train_steps, _step_seeds(train_steps))
+            for step in (train, _evaluate_step(os.path.join(path, f"seed-{seed}"), [], limit_test))]
+
+
+def _step_seeds(train_steps):
+    return [int(step.argv[step.argv.index("--seeds") + 1]) for step in train_steps]
+
+
 def _train_step(setup, data_dir, path, extra, seeds=None):
-    argv = setup.argv(data_dir) + list(extra) + ["--out", path]
+    """One step, or with `seeds` a list of one `--seeds k` step per seed (into path/seed-k/)."""
     if seeds:
-        argv += ["--seeds", *map(str, seeds)]
-        done = tuple(os.path.join(path, f"seed-{s}", "summary.json") for s in seeds)
+        return [_train_step(setup, data_dir, path, [*extra, "--seeds", str(seed)]) for seed in seeds]
+    argv = setup.argv(data_dir) + list(extra) + ["--out", path]
+    if "--seeds" in extra:
+        done = (os.path.join(path, f"seed-{extra[extra.index('--seeds') + 1]}", "summary.json"),)
     else:
         done = (os.path.join(path, "summary.json"),)
-    runs = len(seeds) if seeds else 1
     train = _num_train(setup)
     validation = setup.limit_validation or 10000
     models = 1 + len(setup.decays)
@@ -224,7 +235,7 @@ def _train_step(setup, data_dir, path, extra, seeds=None):
                   else setup.epochs - int(0.75 * setup.epochs))
         images += train * branch
         forward += validation * branch + train + validation
-    return Step("train", tuple(argv), done, images * runs, forward * runs)
+    return Step("train", tuple(argv), done, images, forward)
 
 
 def _tune_step(setup, data_dir, path, budget):

@@ -36,13 +36,22 @@ def main(argv=None):
         runs = prepare(argv)
         from training.trainer import train
 
-        # One writer per run directory: a second command with the same --out is refused here.
-        with run_directory.locked(path for _, path in runs):
-            if len(runs) == 1 and not runs[0][0].seeds:
-                config, path = runs[0]
+        if len(runs) == 1 and not runs[0][0].seeds:
+            config, path = runs[0]
+            # One writer per run directory: a second command with the same --out is refused here.
+            with run_directory.locked([path]):
                 return train(config, load_data(config), path, argv)
-            # --seeds: independent runs into OUT/seed-<k>/, one after the other.
-            return {config.seed: train(config, load_data(config), path, argv) for config, path in runs}
+        # --seeds: independent runs into OUT/seed-<k>/, one after the other; a rerun
+        # keeps the seeds that finished and resumes the others.
+        summaries = {config.seed: _finished_summary(path) for config, path in runs if _finished(path)}
+        to_train = [(config, path) for config, path in runs if config.seed not in summaries]
+        if summaries:
+            print(f"seeds {', '.join(map(str, summaries))} finished already (kept); "
+                  f"training seeds {', '.join(str(config.seed) for config, _ in to_train)}", flush=True)
+        with run_directory.locked(path for _, path in to_train):
+            for config, path in to_train:
+                summaries[config.seed] = train(config, load_data(config), path, argv)
+        return {config.seed: summaries[config.seed] for config, _ in runs}
     except UsageError as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2)
@@ -84,8 +93,10 @@ def prepare(argv):
         ]
     else:
         runs = [(config, path)]
-    for run_config, run_path in runs:
-        run_directory.check(run_path, run_config)
+    finished = [run_directory.check(run_path, run_config, finished_ok=bool(config.seeds))
+                for run_config, run_path in runs]
+    if all(finished):
+        raise UsageError(f"--out {path} holds every seed's run finished with this config; choose another --out")
     availability.check(config)  # without TensorFlow, where it can tell
     quiet.import_tensorflow()  # the arguments are fine: now the heavy imports
     from data import loading
@@ -101,8 +112,19 @@ def prepare(argv):
     runs = [(dataclasses.replace(run_config, devices=devices), run_directory.process_path(run_path, process_id))
             for run_config, run_path in runs]
     for run_config, run_path in runs:
-        run_directory.check(run_path, run_config)  # now with the device count
+        run_directory.check(run_path, run_config, finished_ok=bool(config.seeds))  # now with the device count
     return runs
+
+
+def _finished(path):
+    return os.path.exists(os.path.join(path, run_directory.SUMMARY_FILE))
+
+
+def _finished_summary(path):
+    import json
+
+    with open(os.path.join(path, run_directory.SUMMARY_FILE), encoding="utf-8") as handle:
+        return json.load(handle)
 
 
 def check_several_processes(config, num_processes):

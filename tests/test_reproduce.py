@@ -146,7 +146,8 @@ def test_rerun_skips_finished_steps(tiny, capsys):
     before = os.path.getmtime(os.path.join(base, "protocol", "final", "seed-0", "summary.json"))
     reproduce.main(["table1", *common])
     out = capsys.readouterr().out
-    assert out.count("done already") == 4 and "running:" not in out
+    # tuning is not in the tiny budget: validation, validation-seeds/seed-1, and per seed the final run and its test.
+    assert out.count("done already") == 6 and "running:" not in out
     assert os.path.getmtime(os.path.join(base, "protocol", "final", "seed-0", "summary.json")) == before
 
 
@@ -154,14 +155,28 @@ def test_dry_run_prints_the_commands_and_runs_nothing(tmp_path, capsys):
     result = reproduce.main(["table3", "--budget", "small", "--out", str(tmp_path), "--dry-run"])
     out = capsys.readouterr().out
     lines = [line for line in out.splitlines() if line.startswith("python -m app.")]
-    assert [line.split()[2] for line in lines] == ["app.tune", "app.train", "app.train", "app.consistency"]
+    assert [line.split()[2] for line in lines] == ["app.tune"] + ["app.train"] * 4 + ["app.consistency"]
     assert "--lrs 0.05 0.1 0.2 0.4" in lines[0] and "--batch-size 32" in lines[0]
-    assert "--stop-epochs-from" in lines[2] and "--seeds 0 1 2" in lines[2]
+    # One step per seed (each into final/seed-k/), so that each seed can be tested right after it trains.
+    assert all("--stop-epochs-from" in lines[2 + seed] and f"--seeds {seed} --out" in lines[2 + seed]
+               for seed in range(3))
     # 4 tuning trials and the validation run: 30 epochs x 10,000 images each (the limit applies
     # after the 80/20 split); 3 final runs with a 15-epoch SWA branch.
     assert "--swa-lr 0.05 --swa-epochs 15" in lines[2]
     assert result["train_images"] == 4 * 30 * 10000 + 30 * 10000 + 3 * (30 + 15) * 10000
     assert not os.listdir(tmp_path)
+
+
+def test_each_seed_is_tested_right_after_it_trains(tmp_path):
+    steps, _, _ = reproduce.plan("small", str(tmp_path), "data", (0, 1, 2))
+    texts = [step.text() for step in steps["table1"]]
+    for seed in range(3):
+        trained = next(i for i, text in enumerate(texts) if "app.train" in text and f"--seeds {seed} --out" in text
+                       and text.endswith(os.path.join("protocol", "final")))
+        assert texts[trained + 1] == "python -m app.evaluate " + os.path.join(str(tmp_path), "protocol", "final",
+                                                                              f"seed-{seed}")
+    table5 = [step.text() for step in steps["table5"]]
+    assert [text.split()[2] for text in table5] == ["app.tune"] + ["app.train", "app.evaluate"] * 3
 
 
 def test_list_names_every_claim_with_the_papers_numbers(capsys):

@@ -183,3 +183,12 @@ def test_app_train_refuses_an_out_another_process_is_writing(tmp_path):
         "wait for it to end, or choose another --out"]
     assert result.returncode == 2
     assert sorted(os.listdir(path)) == before == ["command.txt", "config.json", "run.lock", "weights"]
+
+
+def test_a_seed_run_is_not_another_run_because_its_batch_differs(tmp_path):
+    path = str(tmp_path / "seed-1")
+    config = TrainConfig(seed=1, seeds=(1, 2), out=path)
+    run_dir.create(path, config, ["--seeds", "1", "2"])
+    run_dir.check(path, dataclasses.replace(config, seeds=(1,)))  # resumes
+    with pytest.raises(UsageError, match="differs in: seed"):
+        run_dir.check(path, dataclasses.replace(config, seed=2))

@@ -8,7 +8,7 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from app import train
-from training.run_dir import read_history
+from training.run_dir import load_config, read_history
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TFDS_DIR = os.path.join(os.path.dirname(ROOT), "shared", "data", "tfds")
@@ -281,3 +281,34 @@ def test_noisy_labels_and_mixed_precision_through_app_train(tmp_path):
     import keras
 
     assert keras.mixed_precision.global_policy().name == "float32"  # the run's policy did not leak
+
+
+def _files(path):
+    return {name: open(os.path.join(path, name), "rb").read()
+            for name in ("config.json", "history.csv", "summary.json")}
+
+
+def test_a_seeds_batch_rerun_keeps_its_finished_seeds_and_trains_the_rest(tiny_seed_runs, tmp_path, capsys):
+    """`--seeds` interrupted after a seed finished: the same command (here with another
+    seed list, as app.reproduce's per-seed steps give) trains only the missing seeds."""
+    import shutil
+
+    from tests.conftest import TINY_RUN_ARGS
+
+    out = tmp_path / "batch"
+    shutil.copytree(os.path.join(tiny_seed_runs, "seed-0"), out / "seed-0")  # saved with seeds (0, 1)
+    before = _files(out / "seed-0")
+    summaries = train.main(TINY_RUN_ARGS + ["--seeds", "0", "2", "--out", str(out)])
+    assert "seeds 0 finished already (kept); training seeds 2" in capsys.readouterr().out
+    assert _files(out / "seed-0") == before
+    assert sorted(summaries) == [0, 2]
+    assert summaries[0] == json.loads(before["summary.json"])
+    assert summaries[2] == json.load(open(out / "seed-2" / "summary.json"))
+    assert load_config(str(out / "seed-2")).seed == 2
+    # Every seed finished: the same command is refused, nothing rewritten.
+    with pytest.raises(SystemExit) as exit:
+        train.main(TINY_RUN_ARGS + ["--seeds", "0", "2", "--out", str(out)])
+    assert exit.value.code == 2
+    assert "holds every seed's run finished with this config" in capsys.readouterr().err
+    assert _files(out / "seed-0") == before
+

@@ -110,12 +110,18 @@ def _comparable(config_dict):
         RENAMED_FIELDS.get(key, key): value  # a config.json written before a field was renamed
         for key, value in with_added_fields(config_dict).items()
         if key not in ("out", "data_dir", "cifar_n_dir", "evaluation_split", "checkpoint_every_steps",
-                       "provenance", "keep_checkpoint", "eval_batch_size")
+                       "provenance", "keep_checkpoint", "eval_batch_size",
+                       # the batch of runs `--seeds` started; the run's own seed is `seed`
+                       "seeds")
     }
 
 
-def check(path, config):
-    """Raises UsageError if `path` cannot hold this run. Writes nothing."""
+def check(path, config, finished_ok=False):
+    """Raises UsageError if `path` cannot hold this run. Writes nothing.
+
+    Returns True if `path` holds this run finished, which is an error unless
+    `finished_ok` (a `--seeds` batch rerun after some of its seeds finished).
+    """
     if os.path.exists(path) and not os.path.isdir(path):
         raise UsageError(f"--out {path} is a file; choose a directory path")
     # Other processes' copies (`process_path`) may be there before the chief writes anything.
@@ -126,7 +132,7 @@ def check(path, config):
         while not os.path.exists(target):
             target = os.path.dirname(target)
         _check_writable(path, target)
-        return
+        return False
     config_path = os.path.join(path, CONFIG_FILE)
     if not os.path.exists(config_path):
         raise UsageError(
@@ -152,10 +158,13 @@ def check(path, config):
             "choose another --out"
         )
     if os.path.exists(os.path.join(path, SUMMARY_FILE)):
+        if finished_ok:
+            return True
         raise UsageError(
             f"--out {path} holds a finished run with this config; choose another --out"
         )
     _check_writable(path, path)
+    return False
 
 
 @contextlib.contextmanager
