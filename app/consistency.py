@@ -8,8 +8,10 @@ Table 3), every seed predicts the test split; then churn (fraction of test
 samples whose top-1 class differs) and the Jensen-Shannon divergence (natural
 log, mean over samples) are averaged over all pairs of seeds, and the accuracy
 over seeds. Writes RUN_DIR/consistency.json (shape: evaluation/report.py) and
-prints the table. Evidence: tests/test_consistency.py counts the churn
-directly from the two seeds' saved weights.
+prints the table. A seed whose weights are gone (committed results keep
+none) is read from the test logits `app.evaluate` saved (`test_logits.npz`).
+Evidence: tests/test_consistency.py counts the churn directly from the two
+seeds' saved weights, and gets the same table from the saved logits.
 
 Example:
 
@@ -25,7 +27,7 @@ import sys
 
 from app.errors import DefaultsHelpFormatter, OneLineArgumentParser, UsageError, positive_int
 from evaluation.runs import EMA_METHODS
-from training.run_dir import CONSISTENCY_FILE
+from training.run_dir import CONSISTENCY_FILE, TEST_LOGITS_FILE
 
 CRITERIA = {criterion: method for method, criterion in EMA_METHODS.items()}  # --criterion -> method
 
@@ -82,17 +84,22 @@ def prepare(argv):
         decay_key = predictions.choose_decay(run, args.ema_decay)
         if decay_key is None:
             raise UsageError(f"{run.path} kept no EMA; train with --ema-decays")
-        chosen = predictions.method_weights(run, decay_key)
+        chosen = predictions.method_weights(run, decay_key, predictions.saved_weights(run, require_files=False))
         if method not in chosen:
             raise UsageError(f"{run.path} selected no EMA by {args.criterion}; train for at least one epoch")
-        seeds.append({"run": run, "weights": {"baseline": chosen["baseline"], method: chosen[method]}})
+        weights = {"baseline": chosen["baseline"], method: chosen[method]}
+        cached = None  # (logits by stem, labels) where the weights are gone (committed results keep none)
+        if not all(os.path.isfile(predictions.weights_path(run.path, name)) for name in weights.values()):
+            cached = predictions.cached_test_logits(run, list(weights.values()), args.limit_test)
+        seeds.append({"run": run, "weights": weights, "cached": cached})
     names = {tuple(seed["weights"].values()) for seed in seeds}
     if len(names) != 1:
         raise UsageError(f"the seeds in {args.run_dir} saved different EMA models ({sorted(names)}); "
                          "train every seed with the same flags")
     config = predictions.run_config(group.runs[0], args.data_dir)
-    predictions.check_data(config, args.limit_test)
-    quiet.import_tensorflow()  # the runs are fine: now the heavy imports
+    if any(seed["cached"] is None for seed in seeds):
+        predictions.check_data(config, args.limit_test)
+        quiet.import_tensorflow()  # the runs are fine: now the heavy imports
     return {"directory": args.run_dir, "config": config, "seeds": seeds, "decay_key": decay_key,
             "criterion": args.criterion, "limit_test": args.limit_test, "batch_size": args.batch_size}
 
@@ -104,19 +111,35 @@ def measure(plan):
     from evaluation import metrics, predictions
 
     # Seeds differ only in `seed` (checked by load_groups): one copy of the data serves all.
-    print(f"{plan['directory']}: loading the {plan['config'].dataset} data ...", flush=True)
-    data = predictions.load_run_data(plan["config"], limit_test=plan["limit_test"], batch_size=plan["batch_size"])
-    labels = data.test.labels
+    cached = [seed["cached"] for seed in plan["seeds"] if seed["cached"] is not None]
+    if len(cached) < len(plan["seeds"]):
+        print(f"{plan['directory']}: loading the {plan['config'].dataset} data ...", flush=True)
+        data = predictions.load_run_data(plan["config"], limit_test=plan["limit_test"],
+                                         batch_size=plan["batch_size"])
+        labels = data.test.labels
+    else:
+        labels = cached[0][1]
+    if any(not np.array_equal(seed_labels, labels) for _, seed_labels in cached):
+        raise UsageError(f"the test labels saved in {plan['directory']}'s {TEST_LOGITS_FILE} files differ "
+                         "from each other or from the data; run `python -m app.evaluate` on every seed again")
     probabilities = {}  # method -> [per seed (N, classes)]
     accuracies = {}
     count, number = sum(len(seed["weights"]) for seed in plan["seeds"]), 0
     for seed in plan["seeds"]:
-        predictor = predictions.RunPredictor(seed["run"], plan["config"], data)
+        label = f"seed {seed['run'].config.get('seed')}"
+        if seed["cached"] is None:
+            predictor = predictions.RunPredictor(seed["run"], plan["config"], data)
+        else:
+            print(f"{label}: its weights are gone; using the test logits app.evaluate saved in "
+                  f"{os.path.join(seed['run'].path, TEST_LOGITS_FILE)}", flush=True)
         for method, name in seed["weights"].items():
             number += 1
-            print(f"predicting {len(labels):,} test images with {count} models: seed "
-                  f"{seed['run'].config.get('seed')} {predictions.describe(name)} {number}/{count} ...", flush=True)
-            logits = predictor.logits(name, data.test)
+            if seed["cached"] is None:
+                print(f"predicting {len(labels):,} test images with {count} models: {label} "
+                      f"{predictions.describe(name)} {number}/{count} ...", flush=True)
+                logits = predictor.logits(name, data.test)
+            else:
+                logits = seed["cached"][0][name]
             probabilities.setdefault(method, []).append(metrics.softmax(logits))
             accuracies.setdefault(method, []).append(metrics.accuracy(logits, labels))
     models = {}

@@ -11,8 +11,10 @@ A `--full-train` run has no hold-out: its temperature fields are null (fitting
 T on the test split it is measured on would flatter it).
 
 Writes RUN_DIR/evaluation.json (shape: evaluation/report.py) and prints a
-table. `models` holds the paper's methods (`baseline`, `ema_acc`, `ema_loss`
-of one decay, `--ema-decay` or the largest, BN recomputed; `swa`) for Table 5;
+table; also RUN_DIR/test_logits.npz, the test logits of `baseline`, `ema_acc`
+and `ema_loss`, which `app.consistency` uses when the weights are gone.
+`models` holds the paper's methods (`baseline`, `ema_acc`, `ema_loss` of one
+decay, `--ema-decay` or the largest, BN recomputed; `swa`) for Table 5;
 `by_weights` holds every weights file's numbers (App. B). A RUN_DIR holding
 `seed-<k>/` runs is evaluated seed by seed. Evidence: tests/test_evaluate.py
 recomputes the numbers from the saved weights with NumPy.
@@ -93,10 +95,14 @@ def evaluate(plan):
     images = f"{len(data.test):,} test" + ("" if data.validation is None else
                                            f" + {len(data.validation):,} validation (for T)")
     by_weights = {}
+    cached_names = {plan["methods"][method] for method in predictions.CACHED_METHODS if method in plan["methods"]}
+    cached_logits = {}
     for number, name in enumerate(names, 1):
         print(f"evaluating {len(names)} models on {images} images: {predictions.describe(name)} "
               f"{number}/{len(names)} ...", flush=True)
         test_logits = predictor.logits(name, data.test)
+        if name in cached_names:
+            cached_logits[name] = test_logits
         holdout_logits = None if data.validation is None else predictor.logits(name, data.validation)
         by_weights[name] = {"weights": predictions.relative_weights_path(name),
                             **model_metrics(test_logits, data, holdout_logits)}
@@ -121,6 +127,8 @@ def evaluate(plan):
     from utils.files import atomic_write_text
 
     atomic_write_text(os.path.join(run.path, EVALUATION_FILE), json.dumps(result, indent=2) + "\n")
+    # For app.consistency once the weights are gone (they are not kept with committed results).
+    predictions.save_test_logits(run.path, cached_logits, data.test.labels, plan["limit_test"])
     print(format_table(run.path, result), flush=True)
     return result
 

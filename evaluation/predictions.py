@@ -45,11 +45,11 @@ def relative_weights_path(name):
     return f"{run_directory.WEIGHTS_DIR}/{name}{run_directory.WEIGHTS_SUFFIX}"
 
 
-def saved_weights(run):
+def saved_weights(run, require_files=True):
     """Stems of every weights file `summary.json` says the run saved, in table order.
 
     Raises:
-        UsageError: if one of them is missing.
+        UsageError: if one of them is missing (unless `require_files` is False).
     """
     names = [run_directory.FINAL_WEIGHTS]
     for key, entry in run.summary.get("ema", {}).items():
@@ -64,7 +64,7 @@ def saved_weights(run):
         names.append(run_directory.SWA_WEIGHTS)
         if "budget" in run.summary["swa"]:
             names.append(run_directory.SWA_BUDGET_WEIGHTS)
-    for name in names:
+    for name in names if require_files else ():
         if not os.path.isfile(weights_path(run.path, name)):
             raise UsageError(
                 f"{weights_path(run.path, name)} is missing although summary.json lists it; "
@@ -81,7 +81,10 @@ def choose_decay(run, requested=None):
 
 
 def method_weights(run, decay_key, names=None):
-    """{method: stem} for `baseline`, `ema_acc`, `ema_loss` (BN recomputed where saved) and `swa`."""
+    """{method: stem} for `baseline`, `ema_acc`, `ema_loss` (BN recomputed where saved) and `swa`.
+
+    `names` defaults to `saved_weights(run)` (which requires the files).
+    """
     names = saved_weights(run) if names is None else names
     methods = {"baseline": run_directory.FINAL_WEIGHTS}
     if decay_key is not None:
@@ -257,3 +260,46 @@ class RunPredictor:
             load_weights(self.model, self.run, name)
             self._cache[key] = predict_logits(self.model, split)
         return self._cache[key]
+
+
+# The test logits of the Table 3 models (`baseline`, `ema_acc`, `ema_loss`),
+# written by app.evaluate beside evaluation.json. Weights are not kept with
+# committed results (they are large), so app.consistency falls back on these
+# to compare seeds trained and evaluated in different sessions.
+CACHED_METHODS = ("baseline", "ema_acc", "ema_loss")
+_LABELS_KEY = "labels"
+_LIMIT_KEY = "limit_test"  # 0: the whole test split
+
+
+def save_test_logits(run_path, logits_by_name, labels, limit_test):
+    """Writes `test_logits.npz` (float32 logits per weights stem, the labels, the limit) atomically."""
+    path = os.path.join(run_path, run_directory.TEST_LOGITS_FILE)
+    temporary = f"{path}.tmp.npz"
+    arrays = {name: np.asarray(value, dtype=np.float32) for name, value in logits_by_name.items()}
+    np.savez_compressed(temporary, **arrays, **{_LABELS_KEY: np.asarray(labels, dtype=np.int64),
+                                                 _LIMIT_KEY: np.int64(limit_test or 0)})
+    os.replace(temporary, path)
+    return path
+
+
+def cached_test_logits(run, names, limit_test):
+    """({stem: logits}, labels) from the run's `test_logits.npz` for `names`, first `limit_test` rows.
+
+    Raises:
+        UsageError: the file is missing, lacks a model or holds fewer test examples than asked.
+    """
+    path = os.path.join(run.path, run_directory.TEST_LOGITS_FILE)
+    fix = f"run `python -m app.evaluate {run.path}` while its weights exist, or restore {run.path}/weights"
+    if not os.path.isfile(path):
+        raise UsageError(f"{run.path} has neither its weights nor {run_directory.TEST_LOGITS_FILE}; {fix}")
+    with np.load(path) as cached:
+        missing = [name for name in names if name not in cached.files]
+        if missing:
+            raise UsageError(f"{path} holds no test logits of {', '.join(missing)}; {fix}")
+        cached_limit = int(cached[_LIMIT_KEY]) or None
+        if cached_limit is not None and (limit_test is None or limit_test > cached_limit):
+            wanted = "the whole test split" if limit_test is None else f"{limit_test} test examples"
+            raise UsageError(f"{path} holds the first {cached_limit} test examples, not {wanted}; "
+                             f"pass --limit-test {cached_limit} or {fix}")
+        rows = slice(None, limit_test)
+        return {name: cached[name][rows] for name in names}, cached[_LABELS_KEY][rows]

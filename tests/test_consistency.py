@@ -2,12 +2,14 @@
 
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
 
 import models
-from app import consistency
+from app import consistency, evaluate
+from evaluation import predictions
 from tests.conftest import TINY_SEEDS, normalized_test_images
 
 LIMIT_TEST = 100
@@ -84,3 +86,56 @@ def test_bad_input_is_one_line_and_exit_2(tiny_seed_runs, tmp_path, capsys, case
     assert exit_info.value.code == 2
     error = capsys.readouterr().err.strip().splitlines()
     assert len(error) == 1 and error[0].startswith("error: ") and expected in error[0]
+
+
+def _copy_without_weights(source, destination):
+    """A copy of the seed runs' text files only: what a committed reproduction keeps."""
+    shutil.copytree(source, destination, ignore=shutil.ignore_patterns("weights", "checkpoint", "tensorboard",
+                                                                       "*.keras", "*.lock"))
+
+
+def test_seeds_whose_weights_are_gone_are_compared_from_the_logits_app_evaluate_saved(
+        tiny_seed_runs, tmp_path, capsys):
+    runs = tmp_path / "runs"
+    shutil.copytree(tiny_seed_runs, runs, ignore=shutil.ignore_patterns("tensorboard", "*.lock"))
+    for seed in TINY_SEEDS:
+        evaluate.main([str(runs / f"seed-{seed}"), "--limit-test", str(LIMIT_TEST)])
+    from_weights = consistency.main([str(runs), "--limit-test", str(LIMIT_TEST)])
+    gone = tmp_path / "committed"
+    _copy_without_weights(runs, gone)
+    capsys.readouterr()
+    from_logits = consistency.main([str(gone), "--limit-test", str(LIMIT_TEST)])
+    assert from_logits == from_weights  # the same float32 logits, so the same churn, JS and accuracy
+    printed = capsys.readouterr().out
+    assert "loading the cifar10 data" not in printed and "predicting" not in printed
+    for seed in TINY_SEEDS:
+        assert (f"seed {seed}: its weights are gone; using the test logits app.evaluate saved in "
+                f"{gone / f'seed-{seed}' / 'test_logits.npz'}") in printed
+    assert consistency.main([str(gone), "--limit-test", "40"])["test_examples"] == 40  # the first rows
+    # Only one seed's weights gone: that seed from its logits, the other predicted again.
+    shutil.rmtree(runs / "seed-1" / "weights")
+    assert consistency.main([str(runs), "--limit-test", str(LIMIT_TEST)]) == from_weights
+
+
+@pytest.mark.parametrize("case", ["no_logits", "too_few", "whole_split"])
+def test_missing_weights_without_usable_logits_is_one_line_naming_the_fix(tiny_seed_runs, tmp_path, capsys, case):
+    gone = tmp_path / "committed"
+    _copy_without_weights(tiny_seed_runs, gone)
+    (gone / "consistency.json").write_text('{"kept": true}\n')
+    argv, expected = [str(gone)], "run `python -m app.evaluate"
+    if case != "no_logits":
+        for seed in TINY_SEEDS:  # what evaluating on 50 test images saves: baseline, ema_acc, ema_loss
+            names = ["final", "ema_0.9_acc_bn", "ema_0.9_loss_bn"]
+            predictions.save_test_logits(str(gone / f"seed-{seed}"), {name: np.zeros((50, 10)) for name in names},
+                                         np.zeros(50), limit_test=50)
+        argv, expected = {
+            "too_few": (argv + ["--limit-test", "60"], "holds the first 50 test examples, not 60 test examples; "
+                                                       "pass --limit-test 50 or run `python -m app.evaluate"),
+            "whole_split": (argv, "holds the first 50 test examples, not the whole test split"),
+        }[case]
+    with pytest.raises(SystemExit) as exit_info:
+        consistency.main(argv)
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert len(error.strip().splitlines()) == 1 and expected in error, error
+    assert (gone / "consistency.json").read_text() == '{"kept": true}\n'

@@ -31,6 +31,7 @@ POSTHOC_DIR = "posthoc"  # what app.posthoc writes
 EVALUATION_FILE = "evaluation.json"  # per run, by app.evaluate: Table 5 (shape: evaluation/report.py)
 TRANSFER_FILE = "transfer.json"  # per run, by app.transfer: Table 4
 CONSISTENCY_FILE = "consistency.json"  # per multi-seed directory, by app.consistency: Table 3
+TEST_LOGITS_FILE = "test_logits.npz"  # per run, by app.evaluate: the Table 3 models' test logits
 # Held (flock) by the process writing the run; the OS releases it when that process ends, however it ends.
 LOCK_FILE = "run.lock"
 # A run of several JAX processes: process k > 0 writes its own copy of the run in <run>/process-<k>/.
