@@ -42,19 +42,20 @@ def _arrays(path):
         return {key: contents[key] for key in contents.files}
 
 
-def _toy(backend, mode, devices, tmp_path):
-    out = str(tmp_path / f"{mode}-{devices}.npz")
-    result = _run(backend, mode, str(devices), out)
+def _toy(backend, mode, tmp_path, devices=(1, 2)):
+    """The toy fit's arrays on each device count, the fits one after the other in one process."""
+    outs = [str(tmp_path / f"{mode}-{count}.npz") for count in devices]
+    result = _run(backend, mode, *[item for pair in zip(map(str, devices), outs) for item in pair])
     assert result.returncode == 0, result.stderr[-3000:]
-    arrays = _arrays(out)
-    assert int(arrays.pop("devices")) == 2
-    return arrays
+    runs = [_arrays(out) for out in outs]
+    assert [int(arrays.pop("devices")) for arrays in runs] == [2] * len(devices)  # the devices there
+    return runs
 
 
 @pytest.mark.parametrize("mode", ["toy", "toy-bn"])
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_a_small_model_on_two_devices_equals_one(backend, mode, tmp_path):
-    one, two = _toy(backend, mode, 1, tmp_path), _toy(backend, mode, 2, tmp_path)
+    one, two = _toy(backend, mode, tmp_path)
     assert sorted(one) == sorted(two)
     for prefix in ("average/", "power/average/", "swa/", "log/ema_0.99_val_accuracy"):
         assert any(k.startswith(prefix) for k in one), prefix
@@ -64,7 +65,7 @@ def test_a_small_model_on_two_devices_equals_one(backend, mode, tmp_path):
         np.testing.assert_allclose(two[key], one[key], rtol=1e-5, atol=1e-6, err_msg=key)
     if mode == "toy-bn" and backend == "tensorflow":
         # The control: per-replica BatchNorm (each replica normalizes its 16 examples) is another model.
-        local = _toy(backend, "toy-bn-local", 2, tmp_path)
+        local, = _toy(backend, "toy-bn-local", tmp_path, devices=(2,))
         assert max(np.max(np.abs(local[k] - one[k])) for k in one if k.startswith("weight/")) > 1e-3
 
 

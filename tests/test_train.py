@@ -312,3 +312,22 @@ def test_a_seeds_batch_rerun_keeps_its_finished_seeds_and_trains_the_rest(tiny_s
     assert "holds every seed's run finished with this config" in capsys.readouterr().err
     assert _files(out / "seed-0") == before
 
+
+
+def test_a_different_seed_gives_different_weights(tiny_seed_runs):
+    """The seeds of one batch differ only in --seed (app.train --seeds): their trained weights differ."""
+    import h5py
+
+    def kernels(seed):
+        path = os.path.join(tiny_seed_runs, f"seed-{seed}", "weights", "final.weights.h5")
+        found = {}
+        with h5py.File(path, "r") as contents:
+            contents.visititems(lambda name, item: found.__setitem__(name, item[()])
+                                if isinstance(item, h5py.Dataset) else None)
+        return found
+
+    first, second = kernels(0), kernels(1)
+    assert sorted(first) == sorted(second) and len(first) > 50
+    configs = [load_config(os.path.join(tiny_seed_runs, f"seed-{seed}")) for seed in (0, 1)]
+    assert [config.seed for config in configs] == [0, 1]
+    assert not any(np.array_equal(first[key], second[key]) for key in first if first[key].ndim == 4)  # every conv

@@ -8,10 +8,10 @@ JAX: `XLA_FLAGS=--xla_force_host_platform_device_count=2` (set by the caller).
     python -m tests.two_devices toy-bn DEVICES OUT.npz # the same with synchronized BatchNorm, EMAN
                                                        # statistics and the BN recompute
     python -m tests.two_devices toy-bn-local DEVICES OUT.npz  # TensorFlow: per-replica BN (a control)
+    python -m tests.two_devices toy 1 ONE.npz 2 TWO.npz  # one fit after the other in one process
     python -m tests.two_devices kill ARGV...           # tests/kill_during_training.py on 2 devices
 """
 
-import os
 import sys
 
 import numpy as np
@@ -74,8 +74,8 @@ def toy(devices, out, batch_norm=False, synchronized=True):
 
 if __name__ == "__main__":
     if sys.argv[1] in ("toy", "toy-bn", "toy-bn-local"):
-        toy(int(sys.argv[2]), sys.argv[3], batch_norm=sys.argv[1] != "toy",
-            synchronized=sys.argv[1] != "toy-bn-local")
+        for devices, out in zip(sys.argv[2::2], sys.argv[3::2]):
+            toy(int(devices), out, batch_norm=sys.argv[1] != "toy", synchronized=sys.argv[1] != "toy-bn-local")
     elif sys.argv[1] == "kill":
         from tests import kill_during_training
 
