@@ -70,6 +70,10 @@ def main():
     table, pages, missing = claims.verdict_index(source, CLAIM_ORDER, lambda claim: "results/")
     for claim in CLAIM_ORDER:
         if claim in missing:
+            for suffix in (".png", ".csv"):  # an earlier budget's files would pass for this one's
+                stale = os.path.join(target, claim + suffix)
+                if os.path.exists(stale):
+                    os.remove(stale)
             continue
         folder = os.path.join(source, claim)
         for name in os.listdir(folder):

@@ -47,6 +47,11 @@ def build_model(config, data, schedule):
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
     )
+    # Keras's TensorFlow trainer builds the optimizer inside the first traced
+    # train step (without a tf.distribute strategy); creating variables there
+    # makes tf.function trace the step twice. Built here, it is traced once:
+    # ~2-4 s less per run on 2 CPU cores (measured with a ResNet-20).
+    model.optimizer.build(model.trainable_variables)
     return model
 
 
