@@ -72,6 +72,10 @@ def exit_fast_on_interrupt(main_function):
         main_function()
     except SystemExit as exit:
         if exit.code in (signals.INTERRUPTED, signals.TERMINATED):
+            distribution = sys.modules.get("training.distribution")  # imported once training began
+            if exit.code == signals.TERMINATED and distribution is not None:
+                # SIGTERM's agreed stop: every process has saved its checkpoint; they leave together.
+                distribution.leave_processes()
             sys.stdout.flush()
             sys.stderr.flush()
             os._exit(exit.code)

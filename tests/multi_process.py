@@ -22,6 +22,7 @@ import os
 import signal
 import sys
 import threading
+import time
 
 import numpy as np
 
@@ -106,7 +107,10 @@ def train(argv):
 
     TERMINATE_AT_STEP=k: process 0 sends itself a SIGTERM right after optimizer
     step k, as a scheduler preempting one host would (JAX's preemption service
-    tells the others).
+    tells the others); process 1 is the slower host: it takes 3 s more to save
+    its checkpoint at the stop, so process 0 is done first. (Process 0 hosts
+    JAX's coordination service: had it exited at once, JAX would have aborted
+    process 1 mid-save. CI saw it happen by chance.)
     """
     from app import train as train_command
 
@@ -125,6 +129,16 @@ def train(argv):
                 os.kill(os.getpid(), signal.SIGTERM)
 
         stopping.StopAtStepEnd.on_train_batch_end = on_train_batch_end
+        if jax.process_index() == 1:
+            from training import checkpoint
+
+            save_within_epoch = checkpoint.RunCheckpoint.save_within_epoch
+
+            def slow_save_within_epoch(self, *args, **kwargs):
+                time.sleep(3)
+                return save_within_epoch(self, *args, **kwargs)
+
+            checkpoint.RunCheckpoint.save_within_epoch = slow_save_within_epoch
     train_command.exit_fast_on_interrupt(lambda: train_command.main(argv))
 
 

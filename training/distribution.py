@@ -125,6 +125,22 @@ def initialize_processes(environ=None, timeout_seconds=300):
     return jax.process_count()
 
 
+def leave_processes():
+    """Leaves the multi-process run together with the other processes (a no-op without one).
+
+    JAX's shutdown waits at a barrier until every process has reached it. A
+    process that skips it (`os._exit` after SIGTERM's checkpointed stop) can
+    take the coordination service down with it while another process is still
+    writing its checkpoint: JAX then aborts that process.
+    """
+    if keras.backend.backend() != "jax":
+        return
+    import jax
+
+    if jax.distributed.is_initialized():
+        jax.distributed.shutdown()
+
+
 def process_count():
     """The number of processes of this run (1 unless `initialize_processes` joined several)."""
     if keras.backend.backend() != "jax":
