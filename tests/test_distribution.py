@@ -33,6 +33,10 @@ def _run(backend, *argv, env=None):
     env = dict(os.environ, KERAS_BACKEND=backend, XLA_FLAGS="--xla_force_host_platform_device_count=2",
                **(env or {}))
     env.pop("TF_CPP_MIN_LOG_LEVEL", None)
+    # tests/run.sh gives each worker one core's thread pools; 2 devices' replicas run side by side on
+    # TensorFlow's inter-op threads, which one thread made slower (a pair of 2-device runs: 56 s -> 64-69 s).
+    for name in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS"):
+        env.pop(name, None)
     return subprocess.run([sys.executable, "-m", "tests.two_devices", *argv], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=600)
 
