@@ -167,6 +167,7 @@ class MultiEMA(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch, logs=None):
         self._steps_before_epoch = self.averages.step
+        self._epochs_begun += 1
 
     def on_train_batch_end(self, batch, logs=None):
         step = self._steps_before_epoch + self._steps_in(batch)
@@ -181,7 +182,8 @@ class MultiEMA(keras.callbacks.Callback):
                 logs.update(results)
 
     def on_train_end(self, logs=None):
-        if not self._epochs_evaluated:
+        # A fit with no epoch left (a resumed run that had trained them all) has nothing to evaluate.
+        if self._epochs_begun and not self._epochs_evaluated:
             warnings.warn(
                 "MultiEMA evaluated no EMA: pass `validation_data` to MultiEMA or to `fit`.",
                 stacklevel=2,
@@ -280,7 +282,7 @@ class MultiEMA(keras.callbacks.Callback):
     # Starting and resuming.
 
     def _start_or_restore(self):
-        self._epochs_evaluated = 0
+        self._epochs_begun = self._epochs_evaluated = 0
         if self._restored_state is None:
             self.averages.start()  # x0_EMA = x0
             self._selection.reset()

@@ -123,27 +123,32 @@ def fig1b(dirs, out):
 def table1(dirs, out):
     group = common.group(dirs["final"])
     decay = common.largest_decay(group.runs[0])
-    methods = [m for m in ("baseline", "ema_acc", "ema_loss", "swa") if m in common.evaluated(group)[0]["models"]]
-    accuracy = {m: common.test_values(group, m) for m in methods}
-    loss = {m: common.test_values(group, m, "loss") for m in methods}
+    models = common.evaluated(group)[0]["models"]
+    methods = [m for m in ("baseline", "ema_acc", "ema_loss", "swa") if m in models]
+    # SWA at the budget the other columns had, when its branch ran past it (the SWA page shows both).
+    swa_source = "swa_budget" if "swa_budget" in models else "swa"
+    accuracy = {m: common.test_values(group, swa_source if m == "swa" else m) for m in methods}
+    loss = {m: common.test_values(group, swa_source if m == "swa" else m, "loss") for m in methods}
     intervals = {m: stats.paired_interval(accuracy[m], accuracy["baseline"]) for m in methods if m != "baseline"}
-    rows = [{"method": m, "ema_decay": decay if m.startswith("ema") else "", "seeds": len(group.runs),
+    rows = [{"method": swa_source if m == "swa" else m, "ema_decay": decay if m.startswith("ema") else "",
+             "seeds": len(group.runs),
              "test_examples": common.test_examples(group),
              "accuracy_mean": common.mean_std(accuracy[m])[0], "accuracy_std": common.mean_std(accuracy[m])[1],
              "loss_mean": common.mean_std(loss[m])[0], "loss_std": common.mean_std(loss[m])[1],
              "gain": intervals[m].mean if m in intervals else "", "gain_low": intervals[m].low if m in intervals else "",
              "gain_high": intervals[m].high if m in intervals else "",
              "selected_on": _selected_on(group, m)} for m in methods]
-    labels = {"baseline": "Baseline", "ema_acc": "EMA (acc.)", "ema_loss": "EMA (loss)", "swa": "SWA"}
+    labels = {"baseline": "Baseline", "ema_acc": "EMA (acc.)", "ema_loss": "EMA (loss)",
+              "swa": "SWA (1 budget)" if swa_source == "swa_budget" else "SWA"}
     table = report.markdown_table(
-        ["", "Baseline", "EMA (acc.)", "EMA (loss)", "SWA"],
+        ["", "Baseline", "EMA (acc.)", "EMA (loss)", labels["swa"]],
         [["ours: accuracy (%)"] + [common.pm(*common.mean_std(accuracy[m])) if m in accuracy else "—"
                                    for m in ("baseline", "ema_acc", "ema_loss", "swa")],
          ["ours: loss"] + [common.pm(*common.mean_std(loss[m]), 1, 3) if m in loss else "—"
                            for m in ("baseline", "ema_acc", "ema_loss", "swa")],
          ["ours: − baseline, 95 % CI"] + ["—"] + [
-             f"{100 * intervals[m].mean:+.2f} [{100 * intervals[m].low:+.2f}, {100 * intervals[m].high:+.2f}]"
-             if m in intervals and not math.isnan(intervals[m].low) else "—" for m in ("ema_acc", "ema_loss", "swa")],
+             intervals[m].short() if m in intervals and not math.isnan(intervals[m].low) else "—"
+             for m in ("ema_acc", "ema_loss", "swa")],
          ["paper R18/C100: accuracy (%)", "77.63 ± 0.14", "78.55 ± 0.28", "78.07 ± 0.29", "78.69 ± 0.25"],
          ["paper R18/C100: loss", "1.02", "0.84", "0.82", "—"]])
     table += "\nTest accuracy (%) per seed:\n\n" + common.per_seed_table(group, [(labels[m], accuracy[m]) for m in methods])
@@ -215,8 +220,7 @@ def swa(dirs, out):
              **{method: averaged[method][i] for method, _, _ in lengths},
              "swa_branch_sgd_final": run.summary["swa"]["branch"]["final_sgd_val_accuracy"]}
             for i, (run, s) in enumerate(zip(group.runs, sgd))]
-    ci = {m: f"{100 * iv.mean:+.2f}" + ("" if math.isnan(iv.low) else f" [{100 * iv.low:+.2f}, {100 * iv.high:+.2f}]")
-          for m, iv in intervals.items()}
+    ci = {m: iv.short() for m, iv in intervals.items()}
     table = report.markdown_table(
         ["", "test accuracy (%)", "models averaged", "− SGD, 95 % CI"],
         [["SGD (cosine to 0, final)", common.pm(*common.mean_std(sgd)), "—", "—"]]

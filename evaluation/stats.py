@@ -48,8 +48,22 @@ class Interval:
         scale, unit, digits = self.scale, self.unit, self.digits
         if math.isnan(self.low):
             return f"{scale * self.mean:+.{digits}f}{unit} (n={self.n}, no interval)"
-        return (f"{scale * self.mean:+.{digits}f}{unit}, 95 % CI [{scale * self.low:+.{digits}f}, "
-                f"{scale * self.high:+.{digits}f}] ({self.method})")
+        return (f"{scale * self.mean:+.{digits}f}{unit}, 95 % CI [{self._bound(self.low)}, "
+                f"{self._bound(self.high)}] ({self.method})")
+
+    def short(self):
+        """`+0.15 [-0.69, +0.997]` for a table cell; the mean alone without an interval."""
+        mean = f"{self.scale * self.mean:+.{self.digits}f}"
+        return mean if math.isnan(self.low) else f"{mean} [{self._bound(self.low)}, {self._bound(self.high)}]"
+
+    def _bound(self, value):
+        """A bound with a digit more while its last one is 0: +0.997 would read "+1.00", on a margin of +1
+        that it does not reach (the verdicts' margins are round numbers: 0, +0.6, +1, +2 points)."""
+        for digits in range(self.digits, self.digits + 3):
+            text = f"{self.scale * value:+.{digits}f}"
+            if not text.endswith("0"):
+                return text
+        return f"{self.scale * value:+.{self.digits}f}"  # round at this precision too: as it is
 
 
 def paired_interval(a, b, level=LEVEL, fallback_se=None):

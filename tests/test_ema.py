@@ -10,6 +10,7 @@ import csv
 import json
 import os
 import re
+import warnings
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
@@ -306,6 +307,23 @@ def test_resumed_run_continues_exactly(tmp_path):
     # The restored state applied once: the next fit starts afresh.
     model.fit(*TRAIN, epochs=1, callbacks=[resumed], **fit_kwargs)
     assert resumed.get_state()["step"] == 2
+
+
+def test_no_validation_data_warns_but_a_fit_with_no_epoch_left_does_not():
+    """A resumed run whose epochs had all been trained fits zero epochs: nothing to evaluate, nothing to warn
+    about (app.train resuming inside its SWA branch printed the warning)."""
+    fit_kwargs = dict(batch_size=20, shuffle=False, verbose=0)
+    model = build_model()
+    with pytest.warns(UserWarning, match="MultiEMA evaluated no EMA: pass `validation_data`"):
+        model.fit(*TRAIN, epochs=1, callbacks=[MultiEMA(decays=(0.5,))], **fit_kwargs)
+    trained = MultiEMA(decays=(0.5,), validation_data=EMA_VALIDATION)
+    model.fit(*TRAIN, epochs=2, callbacks=[trained], **fit_kwargs)
+    resumed = MultiEMA(decays=(0.5,), validation_data=EMA_VALIDATION)
+    resumed.set_state(trained.get_state())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model.fit(*TRAIN, initial_epoch=2, epochs=2, callbacks=[resumed], **fit_kwargs)
+    assert resumed.summary() == trained.summary()
 
 
 @pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])

@@ -45,6 +45,17 @@ def test_verdicts_are_symmetric_around_the_margin(low, high, margin, higher, exp
     assert stats.verdict(interval, margin, higher_is_better=higher) == expected
 
 
+@pytest.mark.parametrize("low, high, shown", [
+    (-0.0069, 0.00997, "[-0.69, +0.997]"),  # not "+1.00": the interval stays below a +1 point margin
+    (0.00598, 0.0159, "[+0.598, +1.59]"),
+    (-0.00001, 0.006, "[-0.001, +0.60]"),  # a bound round at this precision keeps its two digits
+    (0.0042, 0.0159, "[+0.42, +1.59]"),
+])
+def test_interval_bounds_never_round_onto_a_round_number_they_miss(low, high, shown):
+    assert stats.Interval((low + high) / 2, low, high, 3, "paired t, 3 seeds").text().split(", 95 % CI ")[1] == (
+        f"{shown} (paired t, 3 seeds)")
+
+
 def test_one_seed_has_no_interval_unless_a_binomial_error_is_given():
     assert stats.verdict(stats.paired_interval([0.8], [0.7])) == "inconclusive"
     se = stats.binomial_se(0.8, 0.7, 2000)

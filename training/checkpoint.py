@@ -25,6 +25,7 @@ saves, so they resume at the newest step that every one of them has.
 
 import json
 import os
+import sys
 import threading
 import zipfile
 from typing import NamedTuple
@@ -155,14 +156,15 @@ def resume_position(meta, steps_per_epoch):
     return meta["epoch"] + 1, done_in_epoch + 1
 
 
-def fallback_warning(loaded, steps_per_epoch):
-    """One line when a newer checkpoint file was unreadable and an older one is resumed; else None."""
+def report_fallback(loaded, steps_per_epoch):
+    """Says in one line on stderr when a newer checkpoint file was unreadable and an older one is resumed."""
     if not loaded.unreadable:
-        return None
+        return
     epoch, step = resume_position(loaded.meta, steps_per_epoch)
     skipped = "; ".join(loaded.unreadable)
-    return (f"warning: unreadable checkpoint in {os.path.dirname(loaded.path)} ({skipped}); "
-            f"resuming from {os.path.basename(loaded.path)} instead, at epoch {epoch}, step {step}")
+    print(f"warning: unreadable checkpoint in {os.path.dirname(loaded.path)} ({skipped}); "
+          f"resuming from {os.path.basename(loaded.path)} instead, at epoch {epoch}, step {step}",
+          file=sys.stderr, flush=True)
 
 
 def _held_by_every_process(directory, candidates, existing):

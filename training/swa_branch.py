@@ -21,7 +21,6 @@ of the budget after 0.75 of it).
 
 import os
 import shutil
-import sys
 
 import keras
 
@@ -115,9 +114,7 @@ def train_branch(config, data, run_path):
         assert meta["epoch"] == start_epoch, (meta["epoch"], start_epoch)
     else:
         meta, contents = resumed.meta, resumed.contents
-        warning = checkpoint.fallback_warning(resumed, data.steps_per_epoch)
-        if warning:
-            print(warning, file=sys.stderr, flush=True)
+        checkpoint.report_fallback(resumed, data.steps_per_epoch)
     keras.utils.set_random_seed(config.seed + 1)
     schedule = branch_schedule(config, data.steps_per_epoch)
     model = build_model(config, data, schedule)

@@ -118,12 +118,10 @@ def _train(config, data, path, argv):
         checkpoint.restore(model, contents)
         for name, callback in stateful.items():
             callback.set_state(contents["states"][name])
-        start_epoch = meta["epoch"]
-        skip_batches = meta["global_step"] - start_epoch * data.steps_per_epoch
-        warning = checkpoint.fallback_warning(resumed, data.steps_per_epoch)
-        if warning:
-            print(warning, file=sys.stderr, flush=True)
-        print(f"resuming {path} at epoch {start_epoch + 1}, step {skip_batches + 1}", flush=True)
+        epoch, step = checkpoint.resume_position(meta, data.steps_per_epoch)
+        start_epoch, skip_batches = epoch - 1, step - 1  # both counted from 0: epochs done, batches to skip
+        checkpoint.report_fallback(resumed, data.steps_per_epoch)
+        print(f"resuming {path} at epoch {epoch}, step {step}", flush=True)
     _print_header(config, data, model, path)
     try:
         _fit(config, data, model, callbacks, start_epoch, skip_batches, contents)
