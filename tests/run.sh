@@ -25,21 +25,9 @@ QUICK_FILES=(tests/test_stats.py tests/test_schedules.py tests/test_metrics.py t
              tests/test_ema_rules.py tests/test_run_dir.py tests/test_tiny_imagenet.py)
 case "${1:-all}" in
     all)
-        # The JAX pass runs beside the TensorFlow one at a lower priority, so it
-        # takes the cores the TensorFlow pass leaves idle (subprocess start-ups,
-        # its workers' last files) instead of adding its own minute at the end;
-        # its report follows the TensorFlow pass's.
-        jax_log=$(mktemp)
-        KERAS_BACKEND=jax nice -n 10 python -m pytest -q "${WORKERS[@]}" "${JAX_FILES[@]}" > "$jax_log" 2>&1 &
-        jax_pass=$!
-        tensorflow_status=0
-        python -m pytest -q "${WORKERS[@]}" tests || tensorflow_status=$?
-        jax_status=0
-        wait "$jax_pass" || jax_status=$?
+        python -m pytest -q "${WORKERS[@]}" tests
         echo "--- the same callback tests on the JAX backend:"
-        cat "$jax_log"
-        rm -f "$jax_log"
-        exit $(( tensorflow_status != 0 ? tensorflow_status : jax_status ))
+        KERAS_BACKEND=jax python -m pytest -q "${WORKERS[@]}" "${JAX_FILES[@]}"
         ;;
     quick)
         python -m pytest -q "${WORKERS[@]}" "${QUICK_FILES[@]}"
