@@ -55,7 +55,9 @@ def fig2(dirs, out):
          for r in rows if r["epoch"] in shown])
     table += "\nPer seed (%):\n\n" + common.per_seed_table(group, [
         (f"EMA at epoch {peak + 1}", per_seed_peak), ("SGD final", per_seed_final)])
-    headline = (f"Fig. 2 ({group.dataset} 'worse' labels, {len(group.runs)} seeds, clean test set): EMA α={decay} peaks "
+    limit = group.config.get("limit_validation")
+    test_set = f"the first {limit:,} clean test images each epoch" if limit else "the clean test set each epoch"
+    headline = (f"Fig. 2 ({group.dataset} 'worse' labels, {len(group.runs)} seeds, {test_set}): EMA α={decay} peaks "
                 f"at {100 * ema[peak]:.2f} % (epoch {peak + 1}, lr {lr[peak]:.3g}) vs SGD's final {100 * sgd[-1]:.2f} % "
                 f"({interval.text()}); SGD ends at {100 * train[-1]:.2f} % training accuracy on the noisy labels "
                 "(with augmentation).")

@@ -261,6 +261,7 @@ def test_fig2_reads_the_mean_curves_peak_and_tests_it_against_sgd_final(tmp_path
     assert f"(epoch {peak + 1}, lr {lr[peak]:.3g})" in result["headline"]
     assert f"peaks at {100 * ema_curves.mean(0)[peak]:.2f} %" in result["headline"]
     assert "training accuracy on the noisy labels" in result["headline"]
+    assert "the first 2,000 clean test images each epoch" in result["headline"]
     assert f"→ **{expected}**" in result["reason"]
     assert [run.config["seed"] for run in result["runs"]] == list(SEEDS)
 
