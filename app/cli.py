@@ -215,6 +215,12 @@ def build_parser(prog="python -m app.train", out_help="run directory (default: r
         "run selects on the test set and says so",
     )
     averaging.add_argument(
+        "--ema-select",
+        default="best",
+        help="which epoch of each EMA is saved and tested: best (best validation accuracy, "
+        "lowest validation loss, paper §4.1) or final (the last epoch, Adda et al.'s Table 1)",
+    )
+    averaging.add_argument(
         "--ema-bn-mode",
         "--ema-bn",
         dest="ema_bn_mode",
@@ -253,6 +259,7 @@ def parse_config(argv, model_names=config_lib.MODEL_NAMES):
     choice(args.schedule, config_lib.SCHEDULES, "schedule")
     choice(args.label_noise, config_lib.LABEL_NOISE, "label noise")
     choice(args.ema_bn_mode, config_lib.EMA_BN_MODES, "--ema-bn-mode")
+    choice(args.ema_select, config_lib.EMA_SELECT_MODES, "--ema-select")
     choice(args.ema_warmup, config_lib.EMA_WARMUP_MODES, "--ema-warmup mode")
     choice(args.bn_recompute, config_lib.BN_RECOMPUTE_MODES, "--bn-recompute mode")
     choice(args.precision, config_lib.PRECISIONS, "precision")
@@ -305,7 +312,12 @@ def parse_config(argv, model_names=config_lib.MODEL_NAMES):
     if args.stop_epochs_from is not None:
         if not args.full_train:
             raise UsageError("--stop-epochs-from is for the final --full-train run; add --full-train")
+        if args.ema_select == "final":
+            raise UsageError("--ema-select final keeps the last epoch; drop --stop-epochs-from, "
+                             "which keeps the validation run's epochs")
         select_epochs = inputs.stop_epochs_from(args.stop_epochs_from, decays, epochs)
+    elif args.ema_select == "final":
+        select_epochs = {f"{decay:g}": {"accuracy": epochs, "loss": epochs} for decay in decays}
     if args.devices is not None and args.batch_size % args.devices:
         raise UsageError(f"--batch-size {args.batch_size} does not split across --devices {args.devices}; "
                          f"use a multiple of {args.devices}")
@@ -345,6 +357,7 @@ def parse_config(argv, model_names=config_lib.MODEL_NAMES):
         ema_batch_scaling=args.ema_batch_scaling,
         ema_select_epochs=select_epochs,
         stop_epochs_from=args.stop_epochs_from,
+        ema_select=args.ema_select,
         ema_bn_mode=args.ema_bn_mode,
         bn_recompute=args.bn_recompute,
         bootstrap_every_epochs=args.bootstrap_every_epochs,

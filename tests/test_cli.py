@@ -44,6 +44,11 @@ def test_defaults_follow_the_paper():
     assert parse("--swa").swa_lr == 0.01 and parse("--swa", "--dataset", "cifar100").swa_lr == 0.05
     adda = parse("--no-nesterov", "--ema-warmup", "none", "--validation-fraction", "0.1")
     assert (adda.nesterov, adda.ema_warmup, adda.validation_fraction) == (False, "none", 0.1)
+    # Adda et al.'s Table 1 reads the final epoch: every EMA kept at the last epoch, by both criteria.
+    assert (parse().ema_select, parse().ema_select_epochs) == ("best", None)
+    final = parse("--ema-select", "final", "--epochs", "30", "--ema-decays", "0.9", "0.99")
+    assert final.ema_select == "final"
+    assert final.ema_select_epochs == {"0.9": {"accuracy": 30, "loss": 30}, "0.99": {"accuracy": 30, "loss": 30}}
 
 
 @pytest.mark.parametrize(
@@ -69,6 +74,9 @@ def test_defaults_follow_the_paper():
         (["--validation-fraction", "1.5"], "--validation-fraction must be in (0, 1); got 1.5"),
         (["--stop-epochs-from", "runs/x"], "--stop-epochs-from is for the final --full-train run; add --full-train"),
         (["--full-train", "--stop-epochs-from", "/nonexistent/run"], "--stop-epochs-from: no finished run with EMAs in /nonexistent/run"),
+        (["--ema-select", "last"], "unknown --ema-select 'last'; choose from best, final"),
+        (["--full-train", "--stop-epochs-from", "runs/x", "--ema-select", "final"],
+         "--ema-select final keeps the last epoch; drop --stop-epochs-from"),
         (["--swa", "--swa-start-epoch", "1"], "--swa-start-epoch must be >= 2"),
         (["--swa", "--swa-epochs", "0"], "argument --swa-epochs: expected an integer >= 1, got 0"),
         (["--swa", "--swa-epochs", "-3"], "argument --swa-epochs: expected an integer >= 1, got -3"),
@@ -95,7 +103,7 @@ def test_help_lists_every_flag_with_its_default():
                  "--label-noise", "--ema-decays", "--ema-every-steps", "--ema-bn-mode", "--bn-recompute",
                  "--swa", "--swa-start-epoch", "--swa-lr", "--swa-cycle-epochs", "--swa-epochs",
                  "--no-swa-include-start",
-                 "--bootstrap-every-epochs", "--ema-warmup", "--stop-epochs-from", "--no-nesterov",
+                 "--bootstrap-every-epochs", "--ema-warmup", "--stop-epochs-from", "--ema-select", "--no-nesterov",
                  "--validation-fraction"):
         assert flag in text
     assert "(default: 0.1)" in text  # --lr

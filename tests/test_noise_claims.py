@@ -15,6 +15,7 @@ import json
 import math
 import os
 import re
+import shutil
 import struct
 
 import numpy as np
@@ -314,24 +315,147 @@ def test_table2_names_the_missing_evaluation(tmp_path):
         noise_claims.table2(dirs, str(tmp_path))
 
 
-def _adda_run(root, schedule, no_ema, ema, validation_fraction=0.1, limit_validation=2000):
-    """adda/<schedule>/ as app.train writes it (reproductions/small-v1/adda/constant); `ema` per decay."""
-    path = os.path.join(root, "adda", schedule)
-    os.makedirs(path)
-    decays = (0.9, 0.99, 0.999)
-    config = _config(dataset="cifar10", ema_decays=list(decays), ema_every_steps=1, ema_select_epochs=None,
-                     ema_warmup="none", evaluation_split="validation", full_train=False, limit_train=10000,
-                     limit_validation=limit_validation, nesterov=False, schedule=schedule, seed=0, seeds=[],
-                     stop_epochs_from=None, validation_fraction=validation_fraction, warmup_epochs=0,
-                     batch_size=128, out=path)
-    # Earlier epochs below the last one: the claim reads the final epoch only.
-    ramp = np.linspace(0.5, 1.0, 4)
-    history = _history_rows([0.1] * 4, 0.8 * ramp, no_ema * ramp,
-                            {f"{d:g}": value * ramp for d, value in zip(decays, ema)})
-    _write_json(os.path.join(path, "config.json"), config)
-    _write_history(os.path.join(path, "history.csv"), history)
-    _write_json(os.path.join(path, "summary.json"), _summary(history, config))
-    return path
+ADDA_DECAYS = ("0.9", "0.99", "0.999")
+
+
+def _adda_runs(root, schedule, holdout, test_sgd, test_ema):
+    """adda/<schedule>/seed-<k>/ as `app.train --ema-select final` and app.evaluate write them.
+
+    `holdout`: final-epoch hold-out accuracy per decay (seed k adds k / 1000); `test_sgd[k]`,
+    `test_ema[decay][k]`: seed k's test accuracies (final weights, EMA without BN recompute).
+    """
+    base = os.path.join(root, "adda", schedule)
+    for k, seed in enumerate(SEEDS):
+        path = os.path.join(base, f"seed-{seed}")
+        os.makedirs(path)
+        config = _config(dataset="cifar10", ema_decays=[float(d) for d in ADDA_DECAYS], ema_every_steps=1,
+                         ema_select="final", ema_select_epochs={d: {"accuracy": 4, "loss": 4} for d in ADDA_DECAYS},
+                         ema_warmup="none", evaluation_split="validation", full_train=False, limit_train=10000,
+                         limit_validation=2000, nesterov=False, schedule=schedule, seed=seed, seeds=list(SEEDS),
+                         stop_epochs_from=None, validation_fraction=0.1, warmup_epochs=0, batch_size=128, out=path)
+        # Earlier epochs above the last one: the claim reads the final epoch only.
+        ramp = np.array([1.05, 1.04, 1.02, 1.0])
+        history = _history_rows([0.1] * 4, 0.8 * ramp, (0.7 + k / 1000) * ramp,
+                                {d: (holdout[d] + k / 1000) * ramp for d in ADDA_DECAYS})
+        _write_json(os.path.join(path, "config.json"), config)
+        _write_history(os.path.join(path, "history.csv"), history)
+        _write_json(os.path.join(path, "summary.json"), _summary(history, config))
+        by_weights = {"final": _model("weights/final.weights.h5", test_sgd[k])}
+        for d in ADDA_DECAYS:
+            by_weights[f"ema_{d}_acc"] = _model(f"weights/ema_{d}_acc.weights.h5", test_ema[d][k])
+            # BN recomputed: other numbers, which the claim must not read (its hold-out curves have none).
+            by_weights[f"ema_{d}_acc_bn"] = _model(f"weights/ema_{d}_acc_bn.weights.h5", test_ema[d][k] - 0.03)
+        evaluation = {"split": "test", "test_examples": TEST_EXAMPLES, "temperature_fitted_on": "validation",
+                      "validation_examples": 2000, "ece_bins": 100, "ema_decay": "0.999",
+                      "models": {"baseline": by_weights["final"]}, "by_weights": by_weights}
+        _write_json(os.path.join(path, "evaluation.json"), evaluation)
+    return base
+
+
+def _seeds(values, jitter=(0.0, 0.005, -0.005)):
+    return [v + j for v, j in zip([values] * 3 if np.isscalar(values) else values, jitter)]
+
+
+# Per schedule: hold-out accuracy per decay, SGD's test accuracy per seed, EMA's per decay and seed;
+# the decay the hold-out picks; the verdicts of (constant-lr gain > +1 point, that gain minus cosine's > +1), both.
+ADDA_CASES = {
+    # Constant: EMA 0.99 +7.0/+7.5/+7.0 points; cosine: 0/+0.1/-0.2: both hold.
+    "holds": (({"0.9": 0.74, "0.99": 0.79, "0.999": 0.75}, [0.72, 0.71, 0.73],
+               {"0.9": _seeds(0.74), "0.99": [0.79, 0.785, 0.80], "0.999": _seeds(0.75)}),
+              ({"0.9": 0.78, "0.99": 0.785, "0.999": 0.78}, [0.78, 0.785, 0.79],
+               {"0.9": _seeds(0.78), "0.99": [0.78, 0.786, 0.788], "0.999": _seeds(0.77)}),
+              "0.99", ("holds", "holds"), "holds"),
+    # EMA 2 points below SGD (CI [-3.24, -0.76]) and cosine gains 3 points.
+    "does not hold": (({"0.9": 0.73, "0.99": 0.745, "0.999": 0.72}, [0.76, 0.75, 0.77],
+                       {"0.9": _seeds(0.73), "0.99": [0.74, 0.735, 0.745], "0.999": _seeds(0.72)}),
+                      ({"0.9": 0.75, "0.99": 0.76, "0.999": 0.75}, [0.73, 0.73, 0.73],
+                       {"0.9": _seeds(0.75), "0.99": [0.76, 0.766, 0.755], "0.999": _seeds(0.75)}),
+                      "0.99", ("does not hold", "does not hold"), "does not hold"),
+    # Constant gains 4/4.5/3.5 (holds); cosine 2/4/1, the difference's CI [-0.92, +4.26]: inconclusive.
+    "inconclusive": (({"0.9": 0.72, "0.99": 0.76, "0.999": 0.73}, [0.70, 0.70, 0.70],
+                      {"0.9": _seeds(0.72), "0.99": [0.74, 0.745, 0.735], "0.999": _seeds(0.73)}),
+                     ({"0.9": 0.70, "0.99": 0.72, "0.999": 0.71}, [0.70, 0.70, 0.70],
+                      {"0.9": _seeds(0.70), "0.99": [0.72, 0.74, 0.71], "0.999": _seeds(0.71)}),
+                     "0.99", ("holds", "inconclusive"), "inconclusive"),
+    # The hold-out picks 0.999 though 0.99 tests higher: the claim reports 0.999 (+0.5/+1.0/0.0 points,
+    # CI [-0.74, +1.74]), not the test set's best.
+    "chosen on the hold-out": (({"0.9": 0.72, "0.99": 0.75, "0.999": 0.76}, [0.70, 0.70, 0.70],
+                                {"0.9": _seeds(0.72), "0.99": _seeds(0.78), "0.999": [0.705, 0.71, 0.70]}),
+                               ({"0.9": 0.70, "0.99": 0.70, "0.999": 0.70}, [0.72, 0.72, 0.72],
+                                {"0.9": _seeds(0.72), "0.99": _seeds(0.72), "0.999": [0.70, 0.69, 0.71]}),
+                               "0.999", ("inconclusive", "inconclusive"), "inconclusive"),
+}
+
+
+@pytest.mark.parametrize("case", ADDA_CASES)
+def test_adda_pairs_the_seeds_on_the_test_set_with_the_decay_chosen_on_the_hold_out(tmp_path, case):
+    constant, cosine, best, part_verdicts, expected = ADDA_CASES[case]
+    dirs = {"adda_constant": _adda_runs(str(tmp_path), "constant", *constant),
+            "adda_cosine": _adda_runs(str(tmp_path), "cosine", *cosine)}
+    result = noise_claims.adda(dirs, str(tmp_path))
+
+    means = {name: {"no_ema": np.mean(sgd), **{f"ema_{d}": np.mean(ema[d]) for d in ADDA_DECAYS}}
+             for name, (_, sgd, ema) in (("constant", constant), ("cosine", cosine))}
+    holdout_means = {name: {"no_ema": 0.7 + 0.001, **{f"ema_{d}": holdout[d] + 0.001 for d in ADDA_DECAYS}}
+                     for name, (holdout, _, _) in (("constant", constant), ("cosine", cosine))}
+    expected_rows = [dict(schedule=name, split=split, **{k: pytest.approx(v, abs=1e-12) for k, v in values[name].items()})
+                     for split, values in (("test", means), ("hold-out", holdout_means)) for name in means]
+    assert result["rows"] == expected_rows
+    assert max(ADDA_DECAYS, key=lambda d: constant[0][d]) == best  # the fabricated hold-out picks `best`
+
+    gain_constant = np.subtract(constant[2][best], constant[1])
+    gain_cosine = np.subtract(cosine[2][best], cosine[1])
+    intervals = [_t_interval(constant[2][best], constant[1]), _t_interval(gain_constant, gain_cosine)]
+    verdicts = tuple(_verdict(low, high, 0.01) for _, low, high in intervals)
+    assert verdicts == part_verdicts  # the fabricated numbers land where intended
+    assert result["verdict"] == expected
+
+    lines = [line for line in result["reason"].splitlines() if line.startswith("- ")]
+    assert len(lines) == 2
+    assert lines[0].startswith(f"- constant lr: EMA {best} − SGD, margin +1 point")
+    for line, (mean, low, high), verdict in zip(lines, intervals, verdicts):
+        _check_interval_text(line, mean, low, high, "paired t, 3 seeds")
+        assert line.endswith(f"→ **{verdict}**")
+    assert f"final epoch, {TEST_EXAMPLES:,} test images, 3 seeds; EMA {best} chosen on the hold-out" in result["headline"]
+    _check_interval_text(result["headline"], *intervals[0], "paired t, 3 seeds")
+    assert f"over SGD ({100 * np.mean(constant[1]):.2f} %); cosine: {100 * np.mean(gain_cosine):+.2f}." in result["headline"]
+    _check_per_seed_table(result["table"], [constant[1], constant[2][best], cosine[1], cosine[2][best]])
+    assert [(run.config["schedule"], run.config["seed"]) for run in result["runs"]] == \
+        [("constant", s) for s in SEEDS] + [("cosine", s) for s in SEEDS]
+    assert result["outside_rule"]
+
+
+def test_adda_needs_the_same_seeds_for_both_schedules_and_their_evaluations(tmp_path):
+    constant, cosine = ADDA_CASES["holds"][:2]
+    dirs = {"adda_constant": _adda_runs(str(tmp_path), "constant", *constant),
+            "adda_cosine": _adda_runs(str(tmp_path), "cosine", *cosine)}
+    os.rename(os.path.join(dirs["adda_cosine"], "seed-2"), os.path.join(dirs["adda_cosine"], "seed-7"))
+    config_path = os.path.join(dirs["adda_cosine"], "seed-7", "config.json")
+    with open(config_path, encoding="utf-8") as handle:
+        config = json.load(handle)
+    _write_json(config_path, dict(config, seed=7))
+    with pytest.raises(ValueError, match=r"differ in seeds \(0, 1, 2 vs 0, 1, 7\)"):
+        noise_claims.adda(dirs, str(tmp_path))
+    os.remove(os.path.join(dirs["adda_constant"], "seed-1", "evaluation.json"))
+    with pytest.raises(ValueError, match=r"seed-1 has no evaluation.json; run `python -m app.evaluate"):
+        noise_claims.adda(dirs, str(tmp_path))
+
+
+def test_adda_with_one_seed_falls_back_to_the_binomial_error(tmp_path):
+    # One seed per schedule (a partial rerun): a normal interval from both models' binomial errors
+    # on the test images, as if independent (exact binomial variance here, not p(1 - p) / n).
+    constant, cosine = ADDA_CASES["holds"][:2]
+    dirs = {"adda_constant": _adda_runs(str(tmp_path), "constant", *constant),
+            "adda_cosine": _adda_runs(str(tmp_path), "cosine", *cosine)}
+    for base in dirs.values():
+        for seed in SEEDS[1:]:
+            shutil.rmtree(os.path.join(base, f"seed-{seed}"))
+    result = noise_claims.adda(dirs, str(tmp_path))
+    sgd, ema = constant[1][0], constant[2]["0.99"][0]
+    se = math.sqrt(_binomial_variance(ema, TEST_EXAMPLES) + _binomial_variance(sgd, TEST_EXAMPLES))
+    gain_line = next(line for line in result["reason"].splitlines() if line.startswith("- constant lr:"))
+    _check_interval_text(gain_line, ema - sgd, ema - sgd - Z_975 * se, ema - sgd + Z_975 * se,
+                         "1 seed: binomial error over the evaluated images")
 
 
 def _binomial_variance(p, n):
@@ -340,87 +464,3 @@ def _binomial_variance(p, n):
     a, scale = p.numerator, p.denominator
     total = sum(math.comb(n, k) * a ** k * (scale - a) ** (n - k) * (k * scale - n * a) ** 2 for k in range(n + 1))
     return float(fractions.Fraction(total, scale ** (n + 2) * n ** 2))
-
-
-# Final-epoch validation accuracy (SGD, EMA 0.9 / 0.99 / 0.999) under the constant and the cosine
-# schedule, the hold-out's size (--limit-validation), and the verdicts of: the constant-lr EMA gain
-# > 1 point; that gain minus cosine's > 1 point; both.
-ADDA_CASES = {
-    # reproductions/small-v1's numbers (to the 2,000-image grid): both parts hold.
-    "holds": ((0.675, (0.7245, 0.7875, 0.721)), (0.7515, (0.751, 0.754, 0.714)), 2000,
-              ("holds", "holds"), "holds"),
-    # EMA 2 points below SGD (CI [-4.68, +0.68]: below +1, not below 0), and cosine gains 3 points.
-    "does not hold": ((0.76, (0.70, 0.74, 0.72)), (0.73, (0.75, 0.76, 0.75)), 2000,
-                      ("does not hold", "does not hold"), "does not hold"),
-    # The gain holds, but cosine gains half as much: CI of the difference [+0.66, +8.34] (above 0, not +1).
-    "inconclusive": ((0.70, (0.72, 0.80, 0.71)), (0.70, (0.72, 0.755, 0.71)), 2000,
-                     ("holds", "inconclusive"), "inconclusive"),
-    # EMA gains too little with a constant lr (CI [-1.32, +4.32]) though cosine's EMA falls 7 points
-    # behind: the difference holds, the claim does not follow from it.
-    "gain unclear": ((0.70, (0.69, 0.715, 0.70)), (0.75, (0.70, 0.68, 0.69)), 2000,
-                     ("inconclusive", "holds"), "inconclusive"),
-    # A 64-image hold-out (--limit-validation 64): a wide interval, where n vs n - 1 shows in the second decimal.
-    "64 images": ((40 / 64, (44 / 64, 52 / 64, 46 / 64)), (48 / 64, (48 / 64, 49 / 64, 47 / 64)), 64,
-                  ("holds", "inconclusive"), "inconclusive"),
-}
-
-
-@pytest.mark.parametrize("case", ADDA_CASES)
-def test_adda_one_seed_binomial_intervals_and_verdicts(tmp_path, case):
-    (constant_sgd, constant_ema), (cosine_sgd, cosine_ema), n, part_verdicts, expected = ADDA_CASES[case]
-    dirs = {"adda_constant": _adda_run(str(tmp_path), "constant", constant_sgd, constant_ema, limit_validation=n),
-            "adda_cosine": _adda_run(str(tmp_path), "cosine", cosine_sgd, cosine_ema, limit_validation=n)}
-    result = noise_claims.adda(dirs, str(tmp_path))
-
-    decays = ("0.9", "0.99", "0.999")
-    assert result["rows"] == [
-        dict(schedule="constant", no_ema=pytest.approx(constant_sgd, rel=1e-12),
-             **{f"ema_{d}": pytest.approx(v, rel=1e-12) for d, v in zip(decays, constant_ema)}),
-        dict(schedule="cosine", no_ema=pytest.approx(cosine_sgd, rel=1e-12),
-             **{f"ema_{d}": pytest.approx(v, rel=1e-12) for d, v in zip(decays, cosine_ema)}),
-    ]
-    best = int(np.argmax(constant_ema))
-
-    def se(sgd, ema):
-        # Two independent binomial proportions on the same n images.
-        return math.sqrt(_binomial_variance(ema, n) + _binomial_variance(sgd, n))
-
-    se_constant, se_cosine = se(constant_sgd, constant_ema[best]), se(cosine_sgd, cosine_ema[best])
-    assert se_constant == pytest.approx(math.sqrt((constant_sgd * (1 - constant_sgd)
-                                                   + constant_ema[best] * (1 - constant_ema[best])) / n), rel=1e-9)
-    gain = constant_ema[best] - constant_sgd
-    versus = gain - (cosine_ema[best] - cosine_sgd)
-    intervals = [(gain, gain - Z_975 * se_constant, gain + Z_975 * se_constant),
-                 (versus, versus - Z_975 * math.hypot(se_constant, se_cosine),
-                  versus + Z_975 * math.hypot(se_constant, se_cosine))]
-    verdicts = tuple(_verdict(low, high, 0.01) for _, low, high in intervals)
-    assert verdicts == part_verdicts  # the fabricated numbers land where intended
-    assert result["verdict"] == expected
-
-    lines = [line for line in result["reason"].splitlines() if line.startswith("- ")]
-    assert len(lines) == 2
-    assert lines[0].startswith(f"- constant lr: EMA {decays[best]} − SGD, margin +1 point")
-    for line, (mean, low, high), verdict in zip(lines, intervals, verdicts):
-        _check_interval_text(line, mean, low, high, "1 seed: binomial error over the evaluated images")
-        assert line.endswith(f"→ **{verdict}**")
-    assert f"{n:,} images, 1 seed" in result["headline"]
-    assert f"cosine: {100 * (cosine_ema[best] - cosine_sgd):+.2f}." in result["headline"]
-    assert [run.config["schedule"] for run in result["runs"]] == ["constant", "cosine"]
-    assert result["outside_rule"]
-
-
-@pytest.mark.parametrize("validation_fraction, expected", [(0.1, 5000), (0.29, 14500), (0.57, 28500)])
-def test_adda_counts_the_hold_out_as_the_data_split_does(tmp_path, validation_fraction, expected):
-    # Without --limit-validation the hold-out is round(50,000 x fraction) images (data/loading.split_indices).
-    holds = ADDA_CASES["holds"]
-    dirs = {schedule_key: _adda_run(str(tmp_path), schedule, sgd, ema, validation_fraction, None)
-            for schedule_key, schedule, (sgd, ema) in
-            (("adda_constant", "constant", holds[0]), ("adda_cosine", "cosine", holds[1]))}
-    result = noise_claims.adda(dirs, str(tmp_path))
-    assert f"{validation_fraction:.0%} hold-out, {expected:,} images" in result["headline"]
-    # The interval's half width follows that count.
-    (sgd, ema), best = holds[0], 1
-    half = Z_975 * math.sqrt((sgd * (1 - sgd) + ema[best] * (1 - ema[best])) / expected)
-    gain_line = next(line for line in result["reason"].splitlines() if line.startswith("- constant lr:"))
-    _check_interval_text(gain_line, ema[best] - sgd, ema[best] - sgd - half, ema[best] - sgd + half,
-                         "1 seed: binomial error over the evaluated images")

@@ -26,6 +26,8 @@ SCHEDULES = ("cosine", "constant", "multistep", "step", "linear")
 # When the EMAs' BatchNorm statistics are recomputed: never, every epoch (and
 # once more for the selected models at the end), or only at the end.
 BN_RECOMPUTE_MODES = ("none", "epoch", "end")
+# Which epoch of each EMA a run keeps: the best on validation (paper §4.1) or the last.
+EMA_SELECT_MODES = ("best", "final")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 
 # Paper Table 22: CIFAR-10/100 200 epochs, Tiny-ImageNet 150.
@@ -126,6 +128,9 @@ class TrainConfig:
     # on this run's evaluation split.
     ema_select_epochs: dict | None = None
     stop_epochs_from: str | None = None
+    # "best": select by validation accuracy / loss (or at the stop epochs);
+    # "final": keep every EMA's last epoch (Adda et al. read the final epoch).
+    ema_select: str = "best"
     ema_bn_mode: str = "eman"
     bn_recompute: str = "end"
     swa: bool = False

@@ -210,6 +210,8 @@ def finish(config, data, model, averaging, rows, path):
 
 def _selected_on(config, data):
     """Which split chose the EMA epochs (paper §4.1: never the test set)."""
+    if config.ema_select == "final":
+        return "none: the final epoch (--ema-select final)"
     if config.ema_select_epochs is not None:
         return f"validation (run {config.stop_epochs_from})"
     return data.evaluation_split
