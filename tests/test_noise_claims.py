@@ -318,7 +318,7 @@ def test_table2_names_the_missing_evaluation(tmp_path):
 ADDA_DECAYS = ("0.9", "0.99", "0.999")
 
 
-def _adda_runs(root, schedule, holdout, test_sgd, test_ema):
+def _adda_runs(root, schedule, holdout, test_sgd, test_ema, **overrides):
     """adda/<schedule>/seed-<k>/ as `app.train --ema-select final` and app.evaluate write them.
 
     `holdout`: final-epoch hold-out accuracy per decay (seed k adds k / 1000); `test_sgd[k]`,
@@ -333,6 +333,7 @@ def _adda_runs(root, schedule, holdout, test_sgd, test_ema):
                          ema_warmup="none", evaluation_split="validation", full_train=False, limit_train=10000,
                          limit_validation=2000, nesterov=False, schedule=schedule, seed=seed, seeds=list(SEEDS),
                          stop_epochs_from=None, validation_fraction=0.1, warmup_epochs=0, batch_size=128, out=path)
+        config.update(overrides)
         # Earlier epochs above the last one: the claim reads the final epoch only.
         ramp = np.array([1.05, 1.04, 1.02, 1.0])
         history = _history_rows([0.1] * 4, 0.8 * ramp, (0.7 + k / 1000) * ramp,
@@ -422,6 +423,8 @@ def test_adda_pairs_the_seeds_on_the_test_set_with_the_decay_chosen_on_the_hold_
     _check_per_seed_table(result["table"], [constant[1], constant[2][best], cosine[1], cosine[2][best]])
     assert [(run.config["schedule"], run.config["seed"]) for run in result["runs"]] == \
         [("constant", s) for s in SEEDS] + [("cosine", s) for s in SEEDS]
+    assert "The 10% hold-out at the final epoch (2,000 images, mean over seeds), where the decay is chosen " \
+        f"(EMA {best})" in result["table"]
     assert result["outside_rule"]
 
 
@@ -439,6 +442,17 @@ def test_adda_needs_the_same_seeds_for_both_schedules_and_their_evaluations(tmp_
     os.remove(os.path.join(dirs["adda_constant"], "seed-1", "evaluation.json"))
     with pytest.raises(ValueError, match=r"seed-1 has no evaluation.json; run `python -m app.evaluate"):
         noise_claims.adda(dirs, str(tmp_path))
+
+
+@pytest.mark.parametrize("validation_fraction, expected", [(0.1, 5000), (0.29, 14500), (0.57, 28500)])
+def test_adda_counts_the_hold_out_as_the_data_split_does(tmp_path, validation_fraction, expected):
+    # Without --limit-validation the hold-out is round(50,000 x fraction) images (data/loading.split_indices).
+    constant, cosine = ADDA_CASES["holds"][:2]
+    overrides = dict(validation_fraction=validation_fraction, limit_validation=None)
+    dirs = {"adda_constant": _adda_runs(str(tmp_path), "constant", *constant, **overrides),
+            "adda_cosine": _adda_runs(str(tmp_path), "cosine", *cosine, **overrides)}
+    result = noise_claims.adda(dirs, str(tmp_path))
+    assert f"The {validation_fraction:.0%} hold-out at the final epoch ({expected:,} images" in result["table"]
 
 
 def test_adda_with_one_seed_falls_back_to_the_binomial_error(tmp_path):
