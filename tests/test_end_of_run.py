@@ -124,3 +124,22 @@ def test_best_keras_loads_in_a_fresh_process_and_scores_its_table_value(finished
     # rounding may move a borderline image at most.
     assert scored["accuracy"] == pytest.approx(summary["best"]["val_accuracy"], abs=1 / 128 + 1e-9)
     assert scored["loss"] == pytest.approx(summary["best"]["val_loss"], rel=1e-4)
+
+
+def test_an_ema_kept_at_the_final_epoch_is_labelled_final_not_by_a_criterion(capsys):
+    from training import trainer
+
+    final = {"epoch": 3, "val_accuracy": 0.75, "val_loss": 0.8, "selected_on": trainer.FINAL_EPOCH_SELECTION}
+    best = {"epoch": 2, "val_accuracy": 0.7, "val_loss": 0.9, "selected_on": "validation"}
+    summary = {
+        "evaluation_split": "validation",
+        "sgd": {"final": {"epoch": 3, "val_accuracy": 0.6, "val_loss": 1.1},
+                "best_val_accuracy": {"epoch": 3, "val_accuracy": 0.6, "val_loss": 1.1}},
+        "ema": {"0.99": {"identical_to": [], "best_val_accuracy": final, "lowest_val_loss": final},
+                "0.9": {"identical_to": [], "best_val_accuracy": best, "lowest_val_loss": best}},
+        "wall_time_seconds": 1.0,
+    }
+    trainer._print_summary(summary, "runs/x")
+    rows = [line[:28].rstrip() for line in capsys.readouterr().out.splitlines()]
+    # --ema-select final (summary.json's selected_on) vs a run that selected by both criteria.
+    assert "EMA 0.99 (final)" in rows and "EMA 0.9 (acc. = loss)" in rows

@@ -211,7 +211,7 @@ def finish(config, data, model, averaging, rows, path):
 def _selected_on(config, data):
     """Which split chose the EMA epochs (paper §4.1: never the test set)."""
     if config.ema_select == "final":
-        return "none: the final epoch (--ema-select final)"
+        return FINAL_EPOCH_SELECTION
     if config.ema_select_epochs is not None:
         return f"validation (run {config.stop_epochs_from})"
     return data.evaluation_split
@@ -317,6 +317,10 @@ def warmup_warning(config, steps_per_epoch):
     )
 
 
+# summary.json's `selected_on` of the EMAs of a run with --ema-select final.
+FINAL_EPOCH_SELECTION = "none: the final epoch (--ema-select final)"
+
+
 def _print_summary(summary, path):
     split = summary["evaluation_split"]
     lines = [f"\nSummary ({split} split) — run directory: {path}"]
@@ -345,6 +349,8 @@ def _print_summary(summary, path):
         for criteria in _distinct_criteria(entry):
             label = selection_label([(key, criterion) for criterion in criteria])
             selected = entry[SUMMARY_KEYS[criteria[0]]]
+            if selected.get("selected_on") == FINAL_EPOCH_SELECTION:
+                label = f"EMA {key} (final)"  # --ema-select final: no criterion chose it
             line(label.replace(f" {key} ", f" {key}... ") if len(same) > 1 else label, selected)
             if "bn_recomputed" in selected:
                 line("  + BN recomputed", selected["bn_recomputed"])
