@@ -98,11 +98,12 @@ def plan(budget, out, data_dir, seeds):
     steps["table2"] = tune[1:] + [noisy_validation, *_tested(noisy_final, dirs["noisy_final"], limit_test)]
     # Adda et al. read the final epoch: each run keeps its last EMAs and tests them; seed by seed,
     # both schedules (their differences are paired over seeds).
-    adda_tested = [_tested(_train_step(adda, data_dir, dirs[f"adda_{schedule}"],
-                                       ["--schedule", schedule, "--ema-select", "final"], seeds),
-                           dirs[f"adda_{schedule}"], limit_test) for schedule in ("constant", "cosine")]
-    steps["adda-constant-lr"] = [step for i in range(0, len(adda_tested[0]), 2)
-                                 for tested in adda_tested for step in tested[i:i + 2]]
+    steps["adda-constant-lr"] = [
+        step for seed in seeds for schedule in ("constant", "cosine")
+        for step in _tested(_train_step(adda, data_dir, dirs[f"adda_{schedule}"],
+                                        ["--schedule", schedule, "--ema-select", "final"], [seed]),
+                            dirs[f"adda_{schedule}"], limit_test)
+    ]
     return {claim: _unique(claim_steps) for claim, claim_steps in steps.items()}, dirs, setups
 
 

@@ -353,6 +353,12 @@ def _adda_runs(root, schedule, holdout, test_sgd, test_ema, **overrides):
     return base
 
 
+def _adda_dirs(root, constant, cosine, **overrides):
+    """`dirs` as app.reproduce.plan names them, for both schedules' runs (`_adda_runs` arguments)."""
+    return {f"adda_{schedule}": _adda_runs(root, schedule, *runs, **overrides)
+            for schedule, runs in (("constant", constant), ("cosine", cosine))}
+
+
 def _seeds(values, jitter=(0.0, 0.005, -0.005)):
     return [v + j for v, j in zip([values] * 3 if np.isscalar(values) else values, jitter)]
 
@@ -391,8 +397,7 @@ ADDA_CASES = {
 @pytest.mark.parametrize("case", ADDA_CASES)
 def test_adda_pairs_the_seeds_on_the_test_set_with_the_decay_chosen_on_the_hold_out(tmp_path, case):
     constant, cosine, best, part_verdicts, expected = ADDA_CASES[case]
-    dirs = {"adda_constant": _adda_runs(str(tmp_path), "constant", *constant),
-            "adda_cosine": _adda_runs(str(tmp_path), "cosine", *cosine)}
+    dirs = _adda_dirs(str(tmp_path), constant, cosine)
     result = noise_claims.adda(dirs, str(tmp_path))
 
     means = {name: {"no_ema": np.mean(sgd), **{f"ema_{d}": np.mean(ema[d]) for d in ADDA_DECAYS}}
@@ -430,8 +435,7 @@ def test_adda_pairs_the_seeds_on_the_test_set_with_the_decay_chosen_on_the_hold_
 
 def test_adda_needs_the_same_seeds_for_both_schedules_and_their_evaluations(tmp_path):
     constant, cosine = ADDA_CASES["holds"][:2]
-    dirs = {"adda_constant": _adda_runs(str(tmp_path), "constant", *constant),
-            "adda_cosine": _adda_runs(str(tmp_path), "cosine", *cosine)}
+    dirs = _adda_dirs(str(tmp_path), constant, cosine)
     os.rename(os.path.join(dirs["adda_cosine"], "seed-2"), os.path.join(dirs["adda_cosine"], "seed-7"))
     config_path = os.path.join(dirs["adda_cosine"], "seed-7", "config.json")
     with open(config_path, encoding="utf-8") as handle:
@@ -448,9 +452,8 @@ def test_adda_needs_the_same_seeds_for_both_schedules_and_their_evaluations(tmp_
 def test_adda_counts_the_hold_out_as_the_data_split_does(tmp_path, validation_fraction, expected):
     # Without --limit-validation the hold-out is round(50,000 x fraction) images (data/loading.split_indices).
     constant, cosine = ADDA_CASES["holds"][:2]
-    overrides = dict(validation_fraction=validation_fraction, limit_validation=None)
-    dirs = {"adda_constant": _adda_runs(str(tmp_path), "constant", *constant, **overrides),
-            "adda_cosine": _adda_runs(str(tmp_path), "cosine", *cosine, **overrides)}
+    dirs = _adda_dirs(str(tmp_path), constant, cosine, validation_fraction=validation_fraction,
+                      limit_validation=None)
     result = noise_claims.adda(dirs, str(tmp_path))
     assert f"The {validation_fraction:.0%} hold-out at the final epoch ({expected:,} images" in result["table"]
 
@@ -459,8 +462,7 @@ def test_adda_with_one_seed_falls_back_to_the_binomial_error(tmp_path):
     # One seed per schedule (a partial rerun): a normal interval from both models' binomial errors
     # on the test images, as if independent (exact binomial variance here, not p(1 - p) / n).
     constant, cosine = ADDA_CASES["holds"][:2]
-    dirs = {"adda_constant": _adda_runs(str(tmp_path), "constant", *constant),
-            "adda_cosine": _adda_runs(str(tmp_path), "cosine", *cosine)}
+    dirs = _adda_dirs(str(tmp_path), constant, cosine)
     for base in dirs.values():
         for seed in SEEDS[1:]:
             shutil.rmtree(os.path.join(base, f"seed-{seed}"))
