@@ -22,7 +22,7 @@ JAX_FILES=(tests/test_ema.py tests/test_ema_rules.py tests/test_batch_norm.py te
 QUICK_FILES=(tests/test_stats.py tests/test_schedules.py tests/test_metrics.py tests/test_optimizer.py
              tests/test_cli.py tests/test_report.py tests/test_noise_claims.py tests/test_bootstrap.py
              tests/test_ema.py tests/test_swa.py tests/test_power_ema.py tests/test_batch_norm.py
-             tests/test_ema_rules.py tests/test_run_dir.py tests/test_tiny_imagenet.py)
+             tests/test_ema_rules.py tests/test_run_dir.py tests/test_tiny_imagenet.py tests/test_regime.py)
 case "${1:-all}" in
     all)
         python -m pytest -q "${WORKERS[@]}" tests

@@ -1,0 +1,108 @@
+"""Regime pilots (docs/analysis-plan.md, "The regime the claims need"): which training images x epochs
+make SGD fit its training set while the lr is still high, judged on the regime row alone.
+
+Trains the plan's pilots P1-P3 one after another with `python -m app.train` (seed 0, lr 0.2,
+batch 32, the largest scaled decay only), then writes `pilots.md` and `pilots.json` beside the runs
+with each pilot's regime row (evaluation/regime.py) and the plan's choice. A rerun resumes an
+unfinished pilot and skips finished ones; `--report-only` reads what exists.
+
+    nohup python experiments/regime_pilots.py --data-dir ../shared/data/tfds > regime-pilots.log 2>&1 &
+
+Run it from a clean checkout: each run records its commit and whether the tree was clean.
+"""
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from evaluation import regime, runs, scaling  # noqa: E402
+
+BATCH_SIZE = 32
+LR = 0.2
+SEED = 0
+LIMIT_VALIDATION = 2000
+PRE_PLAN_SAMPLES = 10000 * 30
+# (name, training images, epochs), in the plan's order.
+PILOTS = (("P1", 5000, 60), ("P2", 2500, 120), ("P3", 5000, 120))
+
+
+def pilot_argv(images, epochs, out, data_dir):
+    steps = math.ceil(images / BATCH_SIZE) * epochs
+    largest = scaling.scaled_decays(steps)[-1]
+    argv = ["--dataset", "cifar10", "--model", "resnet20", "--epochs", str(epochs),
+            "--batch-size", str(BATCH_SIZE), "--lr", f"{LR:g}", "--seed", str(SEED),
+            "--ema-decays", f"{largest:g}", "--ema-every-steps", str(scaling.PAPER_EVERY_STEPS),
+            "--warmup-epochs", f"{scaling.scaled_warmup_epochs(epochs):g}",
+            "--limit-train", str(images), "--limit-validation", str(LIMIT_VALIDATION), "--out", out]
+    return argv + (["--data-dir", data_dir] if data_dir else [])
+
+
+def choose(rows):
+    """The plan's choice among the pilots: see docs/analysis-plan.md."""
+    single = [r for r in rows if r["samples"] <= PRE_PLAN_SAMPLES and r["regime"]]
+    reached = [r for r in single if r["regime"]["reached"]]
+    if reached:
+        return max(reached, key=lambda r: r["images"])["name"], "reaches the regime at 1x, most images"
+    double = [r for r in rows if r["samples"] > PRE_PLAN_SAMPLES and r["regime"] and r["regime"]["reached"]]
+    if double:
+        return double[0]["name"], "no 1x pilot reaches the regime; this 2x pilot does"
+    fallback = [r for r in single if r["regime"]["r2_met"]]
+    if fallback:
+        best = max(fallback, key=lambda r: r["regime"]["final_train_accuracy"])
+        return best["name"], "no pilot reaches the regime: the 1x pilot with the highest R1 meeting R2"
+    return None, "no pilot reaches the regime and no 1x pilot meets R2"
+
+
+def report(out):
+    rows = []
+    for name, images, epochs in PILOTS:
+        path = os.path.join(out, name)
+        entry = {"name": name, "images": images, "epochs": epochs, "samples": images * epochs, "regime": None}
+        if os.path.exists(os.path.join(path, runs.SUMMARY_FILE)):
+            run = runs.read_run(path)
+            entry["regime"] = regime.regime_row(run.history)
+            entry["wall_seconds"] = run.summary.get("wall_time_seconds")
+            entry["provenance"] = run.config.get("provenance")
+        rows.append(entry)
+    chosen, why = choose(rows) if all(r["regime"] for r in rows) else (None, "pilots not finished")
+    lines = ["# Regime pilots (docs/analysis-plan.md)", "",
+             "ResNet-20, CIFAR-10, seed 0, 80/20 split (2,000 validation images), batch 32, lr 0.2, cosine.", "",
+             "| pilot | images × epochs | regime row | wall time |", "|---|---|---|---|"]
+    for r in rows:
+        text = regime.regime_text(r["regime"]) if r["regime"] else "not finished"
+        wall = f"{r['wall_seconds'] / 60:.0f} min" if r.get("wall_seconds") else "—"
+        lines.append(f"| {r['name']} | {r['images']:,} × {r['epochs']} | {text} | {wall} |")
+    lines += ["", f"Choice: {chosen or '—'} ({why})."]
+    with open(os.path.join(out, "pilots.md"), "w", encoding="utf-8") as handle:
+        handle.write("\n".join(lines) + "\n")
+    with open(os.path.join(out, "pilots.json"), "w", encoding="utf-8") as handle:
+        json.dump({"pilots": rows, "chosen": chosen, "why": why}, handle, indent=2, default=str)
+    print("\n".join(lines))
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--out", default="experiments/results/regime-pilots")
+    parser.add_argument("--report-only", action="store_true")
+    args = parser.parse_args(argv)
+    os.makedirs(args.out, exist_ok=True)
+    if not args.report_only:
+        for name, images, epochs in PILOTS:
+            path = os.path.join(args.out, name)
+            if os.path.exists(os.path.join(path, runs.SUMMARY_FILE)):
+                continue
+            command = [sys.executable, "-m", "app.train", *pilot_argv(images, epochs, path, args.data_dir)]
+            print(" ".join(command), flush=True)
+            subprocess.run(command, check=False)
+            report(args.out)
+    report(args.out)
+
+
+if __name__ == "__main__":
+    main()
