@@ -13,6 +13,7 @@ the selected EMA models after training (tables).
 import itertools
 import os
 import time
+import warnings
 import weakref
 
 import keras
@@ -119,7 +120,7 @@ class BatchNormRecompute(keras.callbacks.Callback):
     the results are in `results` / `summary()` and `save(directory)` writes
     them (paper Table 1: "EMA models' BN statistics are recomputed once").
     A decay/criterion that `MultiEMA` did not select (no epoch evaluated) is
-    skipped. The model keeps its trained weights. Evaluation uses the model's
+    skipped, with a warning when `select_epochs` fixed its epoch. The model keeps its trained weights. Evaluation uses the model's
     own compiled test function (`model.evaluate`). Place this callback after
     the `MultiEMA` in the callback list.
 
@@ -163,7 +164,7 @@ class BatchNormRecompute(keras.callbacks.Callback):
         verbose=0,
     ):
         super().__init__()
-        for name in ("decays", "swapped_in", "selected_weights"):
+        for name in ("decays", "swapped_in", "selected_weights", "missing_selections"):
             if not hasattr(ema, name):
                 raise ValueError(
                     f"Invalid value for argument `ema`. Received: ema={ema!r}. "
@@ -245,10 +246,18 @@ class BatchNormRecompute(keras.callbacks.Callback):
     def _distinct_selections(self):
         """`[[(decay, criterion), ...], ...]`: the selections grouped by bitwise-equal weights."""
         groups = {}
+        missing = {(decay, criterion): epoch for decay, criterion, epoch in self.ema.missing_selections()}
         for decay in self.ema.decays:
             for criterion in CRITERIA:
                 if self.ema.summary()[f"{decay:g}"][SUMMARY_KEYS[criterion]] is None:
-                    continue  # MultiEMA evaluated no epoch: nothing was selected
+                    if (decay, criterion) in missing:
+                        warnings.warn(
+                            f"BatchNormRecompute: the EMA of decay {decay:g} ({criterion}) fixed at epoch "
+                            f"{missing[decay, criterion]} (0-based) by `select_epochs` was never evaluated; "
+                            "its BatchNorm statistics are not recomputed.",
+                            stacklevel=4,
+                        )
+                    continue  # nothing selected (no epoch evaluated, or no accuracy metric)
                 digest = variables.digest(self.ema.selected_weights(decay, criterion))
                 groups.setdefault(digest, []).append((decay, criterion))
         return list(groups.values())

@@ -50,14 +50,16 @@ class MultiEMA(keras.callbacks.Callback):
     `ema_best_val_accuracy` (the maximum over decays). Per decay, the EMA
     weights at the epoch of best validation accuracy and at the epoch of
     lowest validation loss are kept in host memory (`selected_weights`,
-    `save_selected`, `summary`).
+    `save_selected`, `summary`). Every epoch this class takes or returns
+    (`select_epochs`, `summary()`) is 0-based, as Keras's `epoch`; a fixed
+    epoch that the fit never evaluates is warned about at train end.
 
     Example:
 
     ```python
     ema = MultiEMA(validation_data=(x_val, y_val))
     model.fit(x, y, epochs=200, callbacks=[ema, keras.callbacks.CSVLogger(p)])
-    ema.summary()["0.998"]["best_val_accuracy"]  # {"epoch": ..., ...}
+    ema.summary()["0.998"]["best_val_accuracy"]  # {"epoch": 0-based, ...}
     ema.save_selected("run/ema")  # ema_0.998_acc.weights.h5, ...
     with ema.swapped_in(0.998):
         model.evaluate(x_test, y_test)
@@ -87,7 +89,7 @@ class MultiEMA(keras.callbacks.Callback):
             Defaults to `None` (Keras' default, 32).
         select_epochs: `None` to select, per decay, the epochs of best
             validation accuracy and lowest validation loss; or a mapping
-            `{decay: {"accuracy": epoch, "loss": epoch}}` (0-based epochs)
+            `{decay: {"accuracy": epoch, "loss": epoch}}` (0-based, as Keras's `epoch`)
             fixing the selected epochs in advance, as the paper's final run
             on the full training set does with the epochs chosen on the
             validation run (§4.1: "early stopping is not tuned again on the
@@ -139,6 +141,7 @@ class MultiEMA(keras.callbacks.Callback):
         self._share_identical = True  # tests compare with False
         self._steps_before_epoch = 0
         self._epochs_evaluated = 0
+        self._last_epoch = None
 
     def __deepcopy__(self, memo):
         # keras-tuner deep-copies callbacks before each trial; a dataset
@@ -176,6 +179,7 @@ class MultiEMA(keras.callbacks.Callback):
         self.averages.advance_to_step(step)
 
     def on_epoch_end(self, epoch, logs=None):
+        self._last_epoch = epoch
         if self._has_validation_data(logs or {}):
             results = self._evaluate_and_select(epoch)
             if logs is not None:
@@ -188,6 +192,8 @@ class MultiEMA(keras.callbacks.Callback):
                 "MultiEMA evaluated no EMA: pass `validation_data` to MultiEMA or to `fit`.",
                 stacklevel=2,
             )
+        last = "ran no epoch" if self._last_epoch is None else f"ended after epoch {self._last_epoch}"
+        self._warn_missing(f"the fit {last}, and that EMA is not selected")
 
     # Public API.
 
@@ -213,8 +219,13 @@ class MultiEMA(keras.callbacks.Callback):
         return [w.copy() for w in selected["weights"]]
 
     def save_selected(self, directory):
-        """Writes `ema_<decay>_{acc,loss}.weights.h5`; returns their paths."""
+        """Writes `ema_<decay>_{acc,loss}.weights.h5`; returns their paths.
+
+        A selection fixed by `select_epochs` at an epoch never evaluated has no
+        weights: its file is not written, and a warning names it.
+        """
         model = self._synced_model()
+        self._warn_missing(f"save_selected writes no file for it in {directory}")
         os.makedirs(directory, exist_ok=True)
         paths = []
         for index, decay in enumerate(self.decays):
@@ -226,7 +237,10 @@ class MultiEMA(keras.callbacks.Callback):
         return paths
 
     def summary(self):
-        """JSON-able, keyed by `f"{decay:g}"`: each EMA's selected epochs."""
+        """JSON-able, keyed by `f"{decay:g}"`: each EMA's selected epochs.
+
+        Epochs are 0-based, as Keras's `epoch` (and `select_epochs`).
+        """
         shared = {i: g for g in self.identical_groups() for i in g}
         return {
             f"{decay:g}": {
@@ -281,8 +295,22 @@ class MultiEMA(keras.callbacks.Callback):
 
     # Starting and resuming.
 
+    def missing_selections(self):
+        """`[(decay, criterion, epoch), ...]`: the epochs fixed by `select_epochs`
+        (0-based, as Keras's `epoch`) that were never evaluated, so not selected."""
+        return self._selection.missing()
+
+    def _warn_missing(self, consequence):
+        for decay, criterion, epoch in self.missing_selections():
+            warnings.warn(
+                f"MultiEMA: select_epochs fixes epoch {epoch} (0-based) for decay {decay:g} "
+                f"({criterion}), but no EMA was evaluated at that epoch; {consequence}.",
+                stacklevel=3,
+            )
+
     def _start_or_restore(self):
         self._epochs_begun = self._epochs_evaluated = 0
+        self._last_epoch = None
         if self._restored_state is None:
             self.averages.start()  # x0_EMA = x0
             self._selection.reset()

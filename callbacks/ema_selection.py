@@ -85,6 +85,9 @@ class EpochSelection:
     def offer(self, index, epoch, loss, accuracy, weights):
         """EMA `index` scored `loss`/`accuracy` (None: no accuracy) at 0-based `epoch`.
 
+        Without `select_epochs`, the epoch is selected if it beats the one kept
+        (the first wins a tie); an epoch scored NaN is never selected.
+
         `weights()` returns its weights; it is called only if the epoch is
         selected (and may be shared by identical averages).
         """
@@ -93,10 +96,12 @@ class EpochSelection:
             better_accuracy = fixed.get("accuracy") == epoch
             lower_loss = fixed.get("loss") == epoch
         else:
+            # A NaN score is never selected: `x > nan` is false, so a NaN kept once would stay for ever.
             best = self._selected["accuracy"][index]
-            better_accuracy = accuracy is not None and (best is None or accuracy > best["val_accuracy"])
+            better_accuracy = (accuracy is not None and not np.isnan(accuracy)
+                               and (best is None or accuracy > best["val_accuracy"]))
             lowest = self._selected["loss"][index]
-            lower_loss = lowest is None or loss < lowest["val_loss"]
+            lower_loss = not np.isnan(loss) and (lowest is None or loss < lowest["val_loss"])
         if not (better_accuracy or lower_loss):
             return
         selected = {
@@ -124,12 +129,23 @@ class EpochSelection:
         return selected
 
     def summary(self, index, criterion):
-        """JSON-able: the 1-based epoch and the validation metrics, or None."""
+        """JSON-able: the epoch (0-based, as Keras's `epoch`) and the validation metrics, or None."""
         selected = self.get(index, criterion)
         if selected is None:
             return None
-        return {"epoch": selected["epoch"] + 1, "val_loss": selected["val_loss"],
+        return {"epoch": selected["epoch"], "val_loss": selected["val_loss"],
                 "val_accuracy": selected["val_accuracy"]}
+
+    def missing(self):
+        """`[(decay, criterion, epoch), ...]`: the epochs fixed by `select_epochs` not selected (yet)."""
+        if self.select_epochs is None:
+            return []
+        return [
+            (decay, criterion, epoch)
+            for index, decay in enumerate(self.decays)
+            for criterion, epoch in sorted(self.select_epochs[decay].items())
+            if self._selected[criterion][index] is None
+        ]
 
     def state(self):
         """A flat dict of NumPy values (for `np.savez`)."""

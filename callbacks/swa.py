@@ -59,7 +59,8 @@ class SWA(keras.callbacks.Callback):
     ```
 
     Args:
-        start_epoch: 0-based index of the first SWA epoch.
+        start_epoch: the first SWA epoch, 0-based as Keras's `epoch` (every
+            epoch this class takes or returns is).
         cycle_epochs: capture period in epochs (the cycle length of a cyclic
             learning rate). Defaults to 1.
         train_data: data for the BatchNorm recomputation, as for
@@ -180,11 +181,11 @@ class SWA(keras.callbacks.Callback):
             self._load_state(self._pending_state)
 
     def summary(self):
-        """Start epoch (1-based, like `--swa-start-epoch`), number of models
-        averaged (the starting point among them if `start_included`) and the
-        final metrics (`val_loss`, ...), BatchNorm recomputed."""
+        """Start epoch (0-based, as Keras's `epoch` and `start_epoch`), number
+        of models averaged (the starting point among them if `start_included`)
+        and the final metrics (`val_loss`, ...), BatchNorm recomputed."""
         return {
-            "start_epoch": self.start_epoch + 1,
+            "start_epoch": self.start_epoch,
             "cycle_epochs": self.cycle_epochs,
             "models_averaged": self.count,
             "start_included": self.start_included,

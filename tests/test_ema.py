@@ -169,7 +169,7 @@ def test_selection_and_saved_weights(eman_run, tmp_path):
             ("loss", int(np.argmin(losses)), "lowest_val_loss"),
         ):
             assert summary[key][name] == {
-                "epoch": epoch + 1,
+                "epoch": epoch,  # 0-based, as Keras's epoch and `select_epochs`
                 "val_loss": pytest.approx(losses[epoch]),
                 "val_accuracy": pytest.approx(accuracies[epoch]),
             }

@@ -9,6 +9,7 @@ import csv
 import json
 import os
 import re
+import warnings
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
@@ -123,8 +124,9 @@ def test_fixed_select_epochs_keep_the_ema_of_those_epochs(tmp_path, eman_run):
             for g, want in zip(got, run.after.ema_weights[epoch][decay]):
                 np.testing.assert_array_equal(g, want)
         summary = run.ema.summary()[f"{decay:g}"]
-        assert summary["best_val_accuracy"]["epoch"] == 1
-        assert summary["lowest_val_loss"]["epoch"] == 2
+        # summary() speaks select_epochs' convention (0-based, as Keras's epoch).
+        assert summary["best_val_accuracy"]["epoch"] == fixed[decay]["accuracy"]
+        assert summary["lowest_val_loss"]["epoch"] == fixed[decay]["loss"]
         assert summary["lowest_val_loss"]["val_loss"] == pytest.approx(
             run.after.logs[1][f"ema_{decay:g}_val_loss"]
         )
@@ -134,7 +136,61 @@ def test_fixed_select_epochs_keep_the_ema_of_those_epochs(tmp_path, eman_run):
         for d in DECAYS
         for c, k in (("accuracy", "best_val_accuracy"), ("loss", "lowest_val_loss"))
     }
-    assert any(free[(d, c)] - 1 != fixed[d][c] for d, c in free)
+    assert any(free[(d, c)] != fixed[d][c] for d, c in free)
+
+
+def test_a_validation_runs_summary_fed_to_select_epochs_keeps_the_same_emas(tmp_path, eman_run):
+    """Paper §4.1's protocol through the public API: `summary()`'s epochs go
+    into `select_epochs` as they are (one convention), and the second run of
+    the same trajectory keeps bitwise the EMAs the first one selected."""
+    keys = {"accuracy": "best_val_accuracy", "loss": "lowest_val_loss"}
+    summary = eman_run.ema.summary()
+    fixed = {d: {c: summary[f"{d:g}"][k]["epoch"] for c, k in keys.items()} for d in DECAYS}
+    run = train(tmp_path, select_epochs=fixed)
+    for decay in DECAYS:
+        for criterion in keys:
+            for got, want in zip(run.ema.selected_weights(decay, criterion),
+                                 eman_run.ema.selected_weights(decay, criterion)):
+                np.testing.assert_array_equal(got, want)
+    assert run.ema.summary() == summary
+
+
+def test_a_selected_epoch_the_fit_never_reaches_is_warned_about_not_skipped(tmp_path):
+    from callbacks.batch_norm import BatchNormRecompute
+
+    fixed = {0.9: {"accuracy": 1, "loss": EPOCHS}}  # epoch EPOCHS (0-based) is one past the last
+    ema = MultiEMA(decays=(0.9,), every_steps=1, validation_data=EMA_VALIDATION, select_epochs=fixed)
+    bn = BatchNormRecompute(ema, TRAIN, EMA_VALIDATION, batch_size=BATCH_SIZE)
+    expected = rf"epoch {EPOCHS} \(0-based\) for decay 0.9 \(loss\)"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        build_model().fit(*TRAIN, batch_size=BATCH_SIZE, epochs=EPOCHS, verbose=0, callbacks=[ema, bn])
+    messages = [str(w.message) for w in caught]
+    assert any(re.search(f"^MultiEMA: .*{expected}.*ended after epoch {EPOCHS - 1}", m) for m in messages)
+    assert any(re.search(rf"^BatchNormRecompute: .*0.9 \(loss\) fixed at epoch {EPOCHS}", m) for m in messages)
+    assert ema.missing_selections() == [(0.9, "loss", EPOCHS)]
+    assert ema.summary()["0.9"]["best_val_accuracy"]["epoch"] == 1
+    assert set(bn.summary()["0.9"]) == {"best_val_accuracy"}
+    with pytest.warns(UserWarning, match=expected + ".*save_selected writes no file"):
+        paths = ema.save_selected(str(tmp_path))
+    assert [os.path.basename(p) for p in paths] == ["ema_0.9_acc.weights.h5"]
+
+
+@pytest.mark.parametrize("nan_at", [(0,), (0, 2), (3,), (1, 2, 3)])
+def test_an_epoch_scored_nan_is_never_selected(nan_at):
+    """`x > nan` and `x < nan` are false: a NaN kept once (the first epoch's)
+    would stay selected for ever. The selection is NumPy's nanargmax/nanargmin."""
+    from callbacks.ema_selection import EpochSelection
+
+    rng = np.random.default_rng(len(nan_at))
+    losses, accuracies = rng.uniform(0.5, 2.0, 5), rng.uniform(0.1, 0.9, 5)
+    losses[list(nan_at)] = accuracies[list(nan_at)] = np.nan
+    selection = EpochSelection((0.9,))
+    for epoch, (loss, accuracy) in enumerate(zip(losses, accuracies)):
+        selection.offer(0, epoch, loss, accuracy, lambda epoch=epoch: [np.full(2, epoch, "float32")])
+    assert selection.summary(0, "accuracy")["epoch"] == int(np.nanargmax(accuracies))
+    assert selection.summary(0, "loss")["epoch"] == int(np.nanargmin(losses))
+    assert selection.get(0, "loss")["weights"][0][0] == np.nanargmin(losses)
 
 
 def test_select_epochs_validation():
@@ -243,7 +299,7 @@ def test_the_accuracy_selection_uses_the_named_metric():
         assert renamed_summary[decay] == named_summary[decay]
         # ... and the selection is the logged curve's best epoch.
         curve = np.array(renamed[f"ema_{decay}_val_acc"])
-        assert renamed_summary[decay]["best_val_accuracy"]["epoch"] == int(np.argmax(curve)) + 1
+        assert renamed_summary[decay]["best_val_accuracy"]["epoch"] == int(np.argmax(curve))
     np.testing.assert_array_equal(renamed["ema_best_val_accuracy"], named["ema_best_val_accuracy"])
 
 
@@ -253,7 +309,7 @@ def test_selecting_by_the_loss_only():
                                             callbacks=[ema])
     entry = ema.summary()["0.9"]
     assert entry["best_val_accuracy"] is None and "ema_best_val_accuracy" not in history.history
-    assert entry["lowest_val_loss"]["epoch"] == int(np.argmin(history.history["ema_0.9_val_loss"])) + 1
+    assert entry["lowest_val_loss"]["epoch"] == int(np.argmin(history.history["ema_0.9_val_loss"]))
 
 
 def test_the_public_api_imports_from_the_package_and_its_helpers_without_keras():

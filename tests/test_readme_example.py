@@ -33,8 +33,8 @@ def test_the_readme_example_runs_and_its_outputs_agree_with_its_logs(tmp_path, m
         accuracy = np.array(history[f"ema_{decay}_val_accuracy"])
         loss = np.array(history[f"ema_{decay}_val_loss"])
         entry = ema.summary()[decay]
-        assert entry["best_val_accuracy"]["epoch"] == int(np.argmax(accuracy)) + 1
-        assert entry["lowest_val_loss"]["epoch"] == int(np.argmin(loss)) + 1
+        assert entry["best_val_accuracy"]["epoch"] == int(np.argmax(accuracy))  # 0-based, as Keras's epoch
+        assert entry["lowest_val_loss"]["epoch"] == int(np.argmin(loss))
         assert entry["best_val_accuracy"]["val_accuracy"] == accuracy.max()
         assert set(bn.summary()[decay]) == {"best_val_accuracy", "lowest_val_loss"}
     best = np.max([history[f"ema_{d}_val_accuracy"] for d in ("0.9", "0.99")], axis=0)

@@ -168,6 +168,7 @@ def train_branch(config, data, run_path):
     os.makedirs(weights_dir, exist_ok=True)
     swa.save(weights_dir)
     summary = swa.summary()
+    summary["start_epoch"] += 1  # summary.json counts epochs from 1, as --swa-start-epoch
     if end > config.epochs:
         summary["budget"] = _budget_entry(config)
     summary["branch"] = {

@@ -194,7 +194,7 @@ def finish(config, data, model, averaging, rows, path):
     }
     if "ema" in averaging:
         averaging["ema"].save_selected(weights_dir)
-        summary["ema"] = averaging["ema"].summary()
+        summary["ema"] = ema_summary(averaging["ema"])
         selected_on = _selected_on(config, data)
         for entry in summary["ema"].values():
             for criterion in SUMMARY_KEYS.values():
@@ -205,6 +205,17 @@ def finish(config, data, model, averaging, rows, path):
         for key, entry in averaging["bn"].summary().items():
             for criterion, metrics in entry.items():
                 summary["ema"][key][criterion]["bn_recomputed"] = metrics
+    return summary
+
+
+def ema_summary(ema):
+    """`MultiEMA.summary()` with its epochs counted from 1, as in summary.json and history.csv
+    (the callback's are Keras's 0-based `epoch`)."""
+    summary = ema.summary()
+    for entry in summary.values():
+        for key in SUMMARY_KEYS.values():
+            if entry[key] is not None:
+                entry[key]["epoch"] += 1
     return summary
 
 

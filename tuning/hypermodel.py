@@ -208,7 +208,7 @@ class OneShotHyperModel(keras_tuner.HyperModel):
             "sgd": trainer.sgd_summary(rows),
         }
         if ema is not None:
-            summary["ema"] = ema.summary()
+            summary["ema"] = trainer.ema_summary(ema)
         run_directory.write_summary(trial_dir, summary)
         if result["decay"] is not None:
             weights = ema.selected_weights(result["decay"], "accuracy")
