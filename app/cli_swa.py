@@ -36,8 +36,8 @@ def add_arguments(group):
     group.add_argument(
         "--swa-cycle-epochs",
         type=positive_int,
-        default=1,
-        help="SWA capture period in epochs (cycle length of the cyclic schedule)",
+        default=None,
+        help="SWA capture period in epochs (cycle length of the cyclic schedule) (default: 1)",
     )
     group.add_argument(
         "--no-swa-include-start",
@@ -50,11 +50,18 @@ def add_arguments(group):
 def config_fields(args, epochs, dataset):
     """The TrainConfig fields of the SWA flags, checked and resolved."""
     if not args.swa:
-        for flag, given in (("--swa-epochs", args.swa_epochs is not None),
+        # A flag that would do nothing is refused, not saved into config.json (where a
+        # resume compares it).
+        for flag, given in (("--swa-start-epoch", args.swa_start_epoch is not None),
+                            ("--swa-epochs", args.swa_epochs is not None),
+                            ("--swa-lr", args.swa_lr is not None),
+                            ("--swa-cycle-epochs", args.swa_cycle_epochs is not None),
                             ("--no-swa-include-start", args.no_swa_include_start)):
             if given:
                 raise UsageError(f"{flag} is for the SWA branch; add --swa")
-        return dict(swa=False, swa_start_epoch=None, swa_lr=args.swa_lr, swa_cycle_epochs=args.swa_cycle_epochs)
+        return dict(swa=False, swa_start_epoch=None, swa_lr=None, swa_cycle_epochs=1)
+    if args.swa_cycle_epochs is None:
+        args.swa_cycle_epochs = 1
     start_epoch = args.swa_start_epoch
     if start_epoch is None:
         # SWA paper §4.1: conventional training for 75 % of the budget.

@@ -135,6 +135,39 @@ def test_a_bad_swa_branch_length_is_exit_status_2(tmp_path, capsys):
         "error: argument --swa-epochs: expected an integer >= 1, got 0 (see --help)\n")
 
 
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--swa-start-epoch", "5"], "--swa-start-epoch is for the SWA branch; add --swa"),
+        (["--swa-lr", "0.05"], "--swa-lr is for the SWA branch; add --swa"),
+        (["--swa-cycle-epochs", "1"], "--swa-cycle-epochs is for the SWA branch; add --swa"),
+        (["--swa-epochs", "5"], "--swa-epochs is for the SWA branch; add --swa"),
+        (["--post-hoc-sigma-rels", "0.1"], "--post-hoc-sigma-rels is for the power-function EMAs; add --post-hoc-ema"),
+        (["--post-hoc-snapshot-every-steps", "8"],
+         "--post-hoc-snapshot-every-steps is for the power-function EMAs; add --post-hoc-ema"),
+        (["--post-hoc-snapshot-dtype", "float16"],
+         "--post-hoc-snapshot-dtype is for the power-function EMAs; add --post-hoc-ema"),
+    ],
+)
+def test_a_flag_that_would_do_nothing_is_refused(argv, message):
+    """Accepted, it would train without it and still be saved into config.json (where a resume
+    later compares it: "differs in: swa_lr")."""
+    with pytest.raises(UsageError) as error:
+        parse(*argv)
+    assert str(error.value) == message
+
+
+def test_the_same_flags_with_their_switch_are_used():
+    swa = parse("--swa", "--epochs", "10", "--swa-start-epoch", "5", "--swa-lr", "0.05", "--swa-cycle-epochs", "2")
+    assert (swa.swa_start_epoch, swa.swa_lr, swa.swa_cycle_epochs, swa.swa_epochs) == (5, 0.05, 2, 6)
+    posthoc = parse("--post-hoc-ema", "--post-hoc-sigma-rels", "0.1", "--post-hoc-snapshot-dtype", "float16")
+    assert (posthoc.post_hoc_sigma_rels, posthoc.post_hoc_snapshot_dtype) == ((0.1,), "float16")
+    # Without their switch the fields keep the values config.json always had, so old runs resume.
+    plain = parse()
+    assert (plain.swa_lr, plain.swa_cycle_epochs, plain.post_hoc_snapshot_dtype) == (None, 1, "float32")
+    assert plain.post_hoc_sigma_rels == (0.05, 0.1)
+
+
 def test_an_older_swa_run_resumes_with_its_branch_length(tmp_path):
     """A config.json from before --swa-epochs: its branch ran to the end of the budget."""
     import json
