@@ -103,8 +103,9 @@ def build_parser(prog="python -m app.train", out_help="run directory (default: r
         help="take the initial learning rate (and any other tuned value) from "
         "TUNER_DIR/best.json written by python -m app.tune",
     )
-    train.add_argument("--batch-size", type=positive_int, default=128,
-                       help="batch size: the global batch, split across --devices")
+    train.add_argument("--batch-size", type=positive_int, default=None,
+                       help="batch size: the global batch, split across --devices (default: 128, "
+                       "or the one --lr-from's search chose)")
     train.add_argument("--devices", type=positive_int, default=None,
                        help="data-parallel devices of one run: MirroredStrategy (TensorFlow) or "
                        "keras.distribution.DataParallel (JAX) (default: every GPU/TPU, else 1)")
@@ -275,6 +276,8 @@ def parse_config(argv, model_names=config_lib.MODEL_NAMES):
         inputs.apply_tuned(args)
     if args.lr is None:
         args.lr = 0.1
+    if args.batch_size is None:
+        args.batch_size = 128
     if not args.lr > 0:
         raise UsageError(f"--lr must be > 0; got {args.lr}")
     if not 0.0 <= args.momentum < 1.0:

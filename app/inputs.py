@@ -28,11 +28,16 @@ def apply_tuned(args):
             f"--lr-from: no readable best.json with an 'lr' in {args.lr_from}; "
             "run python -m app.tune first, or pass that search's --out"
         )
+    # What the user typed wins over the search; what comes from it is said so.
+    taken = [f"--lr {args.lr:g}"]
     tuned = best.get("hyperparameters") or {}
     if args.weight_decay is None and "weight_decay" in tuned:
         args.weight_decay = float(tuned["weight_decay"])
-    if "batch_size" in tuned and args.batch_size == 128:
+        taken.append(f"--weight-decay {args.weight_decay:g}")
+    if args.batch_size is None and "batch_size" in tuned:
         args.batch_size = int(tuned["batch_size"])
+        taken.append(f"--batch-size {args.batch_size}")
+    print(f"--lr-from {args.lr_from}: {', '.join(taken)} (the search's best)", flush=True)
 
 
 def stop_epochs_from(run, decays, epochs):

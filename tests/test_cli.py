@@ -194,6 +194,16 @@ def test_lr_from_reads_the_tuner_best_json(tmp_path):
         parse("--lr-from", str(tmp_path / "missing"))
 
 
+@pytest.mark.parametrize("given, expected", [((), 256), (("--batch-size", "128"), 128), (("--batch-size", "64"), 64)])
+def test_a_batch_size_typed_wins_over_the_tuned_one(tmp_path, capsys, given, expected):
+    """--lr-from fills only what the command line left out; what it filled is printed as such."""
+    (tmp_path / "best.json").write_text('{"lr": 0.05, "hyperparameters": {"lr": 0.05, "batch_size": 256}}')
+    config = parse("--lr-from", str(tmp_path), *given)
+    assert (config.lr, config.batch_size) == (0.05, expected)
+    taken = "--lr 0.05" + (", --batch-size 256" if not given else "")
+    assert capsys.readouterr().out == f"--lr-from {tmp_path}: {taken} (the search's best)\n"
+
+
 def test_stop_epochs_from_reads_the_validation_runs_selection(tmp_path):
     import json
 
@@ -245,7 +255,7 @@ def test_help_shows_each_default_once():
         text = parser.format_help()
         assert "(default: None)" not in text and "(default: False)" not in text
     text = cli.build_parser().format_help()
-    assert text.count("(default: 0.1)") == 1 and "(default: 128)" in text
+    assert text.count("(default: 0.1)") == 1 and "(default: 128, or the one --lr-from's search chose)" in text
 
 
 def test_ema_batch_scaling_scales_by_the_batch_over_128():
