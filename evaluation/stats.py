@@ -57,13 +57,14 @@ class Interval:
         return mean if math.isnan(self.low) else f"{mean} [{self._bound(self.low)}, {self._bound(self.high)}]"
 
     def _bound(self, value):
-        """A bound with a digit more while its last one is 0: +0.997 would read "+1.00", on a margin of +1
-        that it does not reach (the verdicts' margins are round numbers: 0, +0.6, +1, +2 points)."""
-        for digits in range(self.digits, self.digits + 3):
-            text = f"{self.scale * value:+.{digits}f}"
-            if not text.endswith("0"):
-                return text
-        return f"{self.scale * value:+.{self.digits}f}"  # round at this precision too: as it is
+        """One format for every bound (docs/analysis-plan.md): 2 decimals; a bound that rounds onto a
+        margin is decided by its unrounded value (`verdict`), and the page says so (`rounds_onto`)."""
+        return f"{self.scale * value:+.{self.digits}f}"
+
+    def rounds_onto(self, margin):
+        """True when a bound differs from `margin` but shows as it (e.g. +0.997 as "+1.00" at +1 point)."""
+        shown = f"{self.scale * margin:+.{self.digits}f}"
+        return any(value != margin and self._bound(value) == shown for value in (self.low, self.high))
 
 
 def paired_interval(a, b, level=LEVEL, fallback_se=None):
@@ -121,3 +122,50 @@ def rule_text(margin, scale=100.0, unit=" points", higher_is_better=True):
     value = f"{scale * margin:+g}{unit}"
     return (f"holds if the 95 % CI lies entirely {side} {value}, does not hold if entirely {other}, "
             f"inconclusive otherwise")
+
+
+# The analysis plan's (docs/analysis-plan.md) equivalence claims and power rows.
+EQUIVALENCE_MARGIN = 0.01  # ±1.0 accuracy point: twice the pre-plan baseline's between-seed sd (0.48)
+MAX_SEEDS = 8  # seeds are added once, up to this many; beyond it: "not decidable at this budget"
+
+
+def equivalence_verdict(interval, margin=EQUIVALENCE_MARGIN):
+    """holds if the interval lies inside ±margin, does not hold if entirely outside it, else inconclusive."""
+    if math.isnan(interval.low):
+        return "inconclusive"
+    if -margin < interval.low and interval.high < margin:
+        return "holds"
+    if interval.high < -margin or interval.low > margin:
+        return "does not hold"
+    return "inconclusive"
+
+
+def seeds_needed(diffs, margin=0.0, equivalence=False, level=LEVEL, limit=1000):
+    """The fewest seeds n whose t interval, at the observed mean and sd of `diffs`, decides the claim:
+    t(0.975, n-1) * sd / sqrt(n) below the distance from the mean to the margin (for an equivalence
+    claim: to the nearer of ±margin). None when no n up to `limit` does (the mean on the margin)."""
+    diffs = np.asarray(diffs, "float64")
+    mean, sd = float(diffs.mean()), float(diffs.std(ddof=1))
+    distance = abs(margin - abs(mean)) if equivalence else abs(mean - margin)
+    if distance == 0:
+        return None
+    for n in range(2, limit + 1):
+        if float(scipy_stats.t.ppf(0.5 + level / 2, n - 1)) * sd / math.sqrt(n) < distance:
+            return n
+    return None
+
+
+def power_text(interval, needed, seconds_per_seed=None):
+    """The page's power row: half-width, seeds needed at the observed spread, and their cost here."""
+    if needed is None:
+        seeds = f"no number of seeds up to 1,000 decides it (mean on the margin)"
+    elif needed <= interval.n:
+        seeds = f"{needed} seeds decide it (these {interval.n} do)"
+    else:
+        seeds = f"{needed} seeds needed to decide it at this spread"
+        if needed > MAX_SEEDS:
+            seeds += f" (over {MAX_SEEDS}: not decidable at this budget)"
+    cost = ""
+    if seconds_per_seed and needed:
+        cost = f"; {needed} seeds cost {needed * seconds_per_seed / 3600:.1f} h here (2 CPU cores), one GPU: not measured"
+    return f"half-width {100 * interval.half_width:.2f} points (n={interval.n}); {seeds}{cost}"

@@ -46,14 +46,41 @@ def test_verdicts_are_symmetric_around_the_margin(low, high, margin, higher, exp
 
 
 @pytest.mark.parametrize("low, high, shown", [
-    (-0.0069, 0.00997, "[-0.69, +0.997]"),  # not "+1.00": the interval stays below a +1 point margin
-    (0.00598, 0.0159, "[+0.598, +1.59]"),
-    (-0.00001, 0.006, "[-0.001, +0.60]"),  # a bound round at this precision keeps its two digits
+    (-0.0069, 0.00997, "[-0.69, +1.00]"),  # one format for every bound: 2 decimals
+    (0.00598, 0.0159, "[+0.60, +1.59]"),
+    (-0.00001, 0.006, "[-0.00, +0.60]"),
     (0.0042, 0.0159, "[+0.42, +1.59]"),
 ])
-def test_interval_bounds_never_round_onto_a_round_number_they_miss(low, high, shown):
+def test_interval_bounds_have_one_format(low, high, shown):
     assert stats.Interval((low + high) / 2, low, high, 3, "paired t, 3 seeds").text().split(", 95 % CI ")[1] == (
         f"{shown} (paired t, 3 seeds)")
+
+
+def test_a_bound_that_shows_as_the_margin_is_flagged_and_decided_unrounded():
+    interval = stats.Interval(0.0015, -0.0069, 0.009999, 3, "paired t, 3 seeds")
+    assert interval.rounds_onto(0.01) and not interval.rounds_onto(0.0)
+    assert stats.verdict(interval, 0.01) == "does not hold"  # +0.9999 < +1: below the margin
+    assert not stats.Interval(0.0, -0.0069, 0.01, 3, "t").rounds_onto(0.01)  # exactly on it: no note needed
+
+
+@pytest.mark.parametrize("low, high, expected", [
+    (-0.009, 0.009, "holds"), (-0.011, 0.005, "inconclusive"), (0.0101, 0.03, "does not hold"),
+    (-0.03, -0.0101, "does not hold"), (0.005, 0.012, "inconclusive"),
+])
+def test_equivalence_verdict_against_plus_minus_one_point(low, high, expected):
+    assert stats.equivalence_verdict(stats.Interval((low + high) / 2, low, high, 3, "t")) == expected
+
+
+def test_seeds_needed_from_the_t_table():
+    # mean 1, sd 1: t(0.975, n-1)/sqrt(n) from printed t tables: n=6 2.571/2.449 = 1.050 (> 1),
+    # n=7 2.447/2.646 = 0.925 (< 1), so 7 seeds clear a margin of 0.
+    assert stats.seeds_needed([0.0, 1.0, 2.0], margin=0.0) == 7
+    # Equivalence at ±3 with mean 1: distance 2; n=3 4.303/1.732 = 2.48 (> 2), n=4 3.182/2 = 1.59 (< 2).
+    assert stats.seeds_needed([0.0, 1.0, 2.0], margin=3.0, equivalence=True) == 4
+    assert stats.seeds_needed([-1.0, 0.0, 1.0], margin=0.0) is None  # the mean sits on the margin
+    interval = stats.paired_interval([0.0, 0.01, 0.02], [0.0, 0.0, 0.0])
+    text = stats.power_text(interval, 7, seconds_per_seed=3600)
+    assert "7 seeds needed" in text and "7.0 h here" in text and "half-width 2.48 points" in text
 
 
 def test_one_seed_has_no_interval_unless_a_binomial_error_is_given():

@@ -132,6 +132,10 @@ def test_best_json_names_the_trial_with_the_highest_objective(searched):
     summary = read_json(os.path.join(trial_dir, "summary.json"))
     for key, entry in summary["ema"].items():
         assert config.ema_select_epochs[key]["accuracy"] == entry["best_val_accuracy"]["epoch"]
+    # Every trial records the code it ran (issue 27): this checkout's commit, as git reports it.
+    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
+    trial_provenance = read_json(os.path.join(trial_dir, "config.json"))["provenance"]
+    assert trial_provenance["git_commit"] == (head or None)
 
 
 def test_trials_print_app_train_lines_in_a_log_with_the_warm_up_note(searched_with_output):

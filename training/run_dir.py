@@ -235,10 +235,15 @@ def _jsonable(value):
 
 
 def create(path, config, argv, extra=None):
-    """Creates the directory and writes config.json and command.txt."""
+    """Creates the directory and writes config.json (with the code's provenance, also for a tuning
+    trial) and command.txt."""
     os.makedirs(os.path.join(path, WEIGHTS_DIR), exist_ok=True)
     values = config.to_dict()
     values.update(extra or {})
+    if "provenance" not in values:
+        from training import provenance  # imports Keras: only once a run is being created
+
+        values["provenance"] = provenance.collect()
     atomic_write_text(
         os.path.join(path, CONFIG_FILE), json.dumps(values, indent=2, sort_keys=True) + "\n"
     )
