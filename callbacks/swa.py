@@ -11,6 +11,7 @@ conventional training for about 75% of the budget, then the SWA rate).
 
 import contextlib
 import os
+import warnings
 
 import keras
 from keras import ops
@@ -39,7 +40,8 @@ class SWA(keras.callbacks.Callback):
     The running mean `swa <- swa + (w - swa) / (n + 1)` (float32) covers every
     float weight of the model, BatchNorm moving statistics included: a cheap
     stand-in for the per-epoch logs `swa_val_loss`, `swa_val_accuracy`, ...
-    (every compiled metric, from the first capture on), unless
+    (every compiled metric; NaN before the first capture, so that the keys are
+    in every epoch's logs and a `CSVLogger` gets their columns), unless
     `bn_every_epoch=True` recomputes them exactly for each log. After
     training the statistics of the final average are recomputed exactly over
     `train_data` (`recompute_batch_norm`, paper §3.2) and it is evaluated;
@@ -124,6 +126,7 @@ class SWA(keras.callbacks.Callback):
         self._average = None
         self._final_weights = None
         self._pending_state = None
+        self._last_epoch = None
 
     def on_train_begin(self, logs=None):
         if self.train_data is None and recomputed_layers(self.model):
@@ -139,14 +142,21 @@ class SWA(keras.callbacks.Callback):
             self.start_included = True
 
     def on_epoch_end(self, epoch, logs=None):
+        self._last_epoch = epoch
         if self._is_capture_epoch(epoch):
             self._capture()
-        if self.count and self.validation_data is not None and logs is not None:
-            logs.update(self._evaluate_average())
+        if self.validation_data is not None and logs is not None:
+            logs.update(self._evaluate_average() if self.count else self._no_average_yet())
 
     def on_train_end(self, logs=None):
         if self.count:
             self._finish()
+        elif self._last_epoch is not None:
+            warnings.warn(
+                f"SWA captured no model: start_epoch={self.start_epoch} (0-based) was never reached "
+                f"with cycle_epochs={self.cycle_epochs}; the fit ended after epoch {self._last_epoch}.",
+                stacklevel=2,
+            )
 
     def get_state(self):
         """`{"average": [NumPy arrays], "count": int, "start_included": bool}`,
@@ -239,6 +249,7 @@ class SWA(keras.callbacks.Callback):
         self.start_included = False
         self.final_metrics = {}
         self._final_weights = None
+        self._last_epoch = None
         if self._pending_state is not None:
             self._load_state(self._pending_state)
             self._pending_state = None
@@ -269,6 +280,11 @@ class SWA(keras.callbacks.Callback):
     def _running_average_swapped_in(self):
         # Copies: under JAX `evaluate` donates (deletes) the model's buffers.
         return variables.holding(self._weights, variables.host_copy(self._average))
+
+    def _no_average_yet(self):
+        # NaN until the first capture, so that the keys are in every epoch's logs: Keras's
+        # CSVLogger fixes its columns at the first epoch (PredictionStability does the same).
+        return {f"swa_val_{name}": float("nan") for name in self.model.get_metrics_result()}
 
     def _evaluate_average(self):
         with self._running_average_swapped_in():

@@ -160,14 +160,34 @@ def test_average_is_mean_of_captured_weights(start_epoch, cycle_epochs, epochs, 
     # statistics averaged too) evaluated by a separate model.
     first = captures[0][1]
     logged = history.history["swa_val_loss"]
-    assert len(logged) == epochs - first
-    for index, epoch in enumerate(range(first, epochs)):
+    assert len(logged) == epochs and np.isnan(logged[:first]).all()  # NaN before the first capture
+    for index, epoch in enumerate(range(first, epochs), start=first):
         so_far = [getattr(record, w)[e] for w, e in captures if e <= epoch]
         mean = [np.mean([np.asarray(c[k], np.float64) for c in so_far], axis=0).astype("float32")
                 for k in range(len(so_far[0]))]
         want = evaluate_separately(mean)
         assert logged[index] == pytest.approx(want["loss"], rel=1e-5, abs=1e-6)
         assert history.history["swa_val_accuracy"][index] == pytest.approx(want["accuracy"], abs=1e-6)
+
+
+def test_a_csv_logger_gets_the_swa_columns_when_the_average_starts_late(tmp_path):
+    """Keras's CSVLogger fixes its columns at the first epoch: SWA's keys are in every
+    epoch's logs (NaN before the first capture), its rows are the logged values."""
+    import csv
+
+    path = str(tmp_path / "log.csv")
+    swa = SWA(2, train_data=(X, Y), validation_data=(X_VAL, Y_VAL), batch_size=BN_BATCH)
+    model = compile_model(build_model())
+    history = model.fit(X, Y, batch_size=BATCH, epochs=4, shuffle=False, verbose=0,
+                        callbacks=[swa, keras.callbacks.CSVLogger(path)])
+    with open(path, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    for name in ("swa_val_loss", "swa_val_accuracy"):
+        column = np.array([float(row[name]) for row in rows])
+        assert np.isnan(column[:2]).all()
+        np.testing.assert_allclose(column[2:], history.history[name][2:], rtol=1e-6)
+    # After epoch 2 the average is the start of epoch 2 and the end of epoch 2: a separate evaluation.
+    assert not np.isnan(column[2:]).any()
 
 
 def test_final_model_has_exact_batch_norm_statistics_and_is_saved(tmp_path):
@@ -288,8 +308,9 @@ def test_a_fit_resumed_at_the_start_epoch_takes_the_start_once():
 
 def test_no_capture_before_start_and_errors(tmp_path):
     swa = SWA(5, train_data=(X, Y), validation_data=(X_VAL, Y_VAL), batch_size=BN_BATCH)
-    _, _, history = train(swa, 2)
-    assert swa.count == 0 and "swa_val_loss" not in history.history
+    with pytest.warns(UserWarning, match=r"start_epoch=5 \(0-based\) was never reached .* after epoch 1\."):
+        _, _, history = train(swa, 2)
+    assert swa.count == 0 and np.isnan(history.history["swa_val_loss"]).all()
     with pytest.raises(ValueError, match="No SWA model"):
         swa.save(str(tmp_path / "unused"))
     assert not (tmp_path / "unused").exists()
