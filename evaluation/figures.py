@@ -103,7 +103,7 @@ def _new_figure():
     matplotlib.use("Agg")
     from matplotlib import pyplot
 
-    # Constrained layout leaves room for a legend outside the axes, clear of the curves.
+    # Constrained layout leaves room for a legend outside the axes (below them), clear of the curves.
     figure, axes = pyplot.subplots(figsize=FIGURE_SIZE_INCHES, dpi=DOTS_PER_INCH, layout="constrained")
     return pyplot, figure, axes
 
@@ -139,8 +139,10 @@ def plot_ema_vs_sgd(group, path, ema_column, ema_label, smoothing_window=1):
         lines += lr_axes.plot(epochs, lr, color="gray", linestyle=":", label="learning rate η")
         lr_axes.set_ylabel("learning rate η")
         lr_axes.set_ylim(bottom=0)
-    figure.legend(lines, [line.get_label() for line in lines], loc="outside right upper", fontsize="small")
-    axes.set_title(f"{dataset_title(group)} / {group.model}\n{ema_label} vs SGD, {_seeds_text(group)}")
+    # Below the axes and a figure title: neither covers a curve nor is clipped (issue 27).
+    figure.legend(lines, [line.get_label() for line in lines], loc="outside lower center", ncols=len(lines),
+                  fontsize="small")
+    figure.suptitle(f"{dataset_title(group)} / {group.model}\n{ema_label} vs SGD, {_seeds_text(group)}")
     _save(pyplot, figure, path)
     return path
 
@@ -199,8 +201,8 @@ def plot_decays(group, path, smoothing_window=1):
                 label=f"α={key}, BN recomputed",
             )
     _label_epochs(axes, group)
-    figure.legend(loc="outside right upper", fontsize="small")
-    axes.set_title(f"{dataset_title(group)} / {group.model}\nEMA per decay, {_seeds_text(group)}")
+    figure.legend(loc="outside lower center", ncols=2 if len(decays) > 3 else 1, fontsize="small")
+    figure.suptitle(f"{dataset_title(group)} / {group.model}\nEMA per decay, {_seeds_text(group)}")
     _save(pyplot, figure, path)
     return path
 
