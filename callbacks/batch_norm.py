@@ -10,6 +10,7 @@ applies it to every EMA of a `MultiEMA`, every epoch (curves) and/or once for
 the selected EMA models after training (tables).
 """
 
+import copy
 import itertools
 import os
 import time
@@ -183,6 +184,20 @@ class BatchNormRecompute(keras.callbacks.Callback):
         self.verbose = verbose
         self.results = {}
         self._selected = {}
+
+    def __deepcopy__(self, memo):
+        # keras-tuner deep-copies callbacks: the data is shared (a dataset cannot be
+        # copied), the MultiEMA is the copy made in the same pass.
+        return BatchNormRecompute(
+            copy.deepcopy(self.ema, memo),
+            self.train_data,
+            self.validation_data,
+            every_epoch=self.every_epoch,
+            at_end=self.at_end,
+            steps=self.steps,
+            batch_size=self.batch_size,
+            verbose=self.verbose,
+        )
 
     def on_train_begin(self, logs=None):
         # Allow instances to be re-used.

@@ -128,6 +128,22 @@ class SWA(keras.callbacks.Callback):
         self._pending_state = None
         self._last_epoch = None
 
+    def __deepcopy__(self, memo):
+        # keras-tuner deep-copies callbacks before each trial; a dataset cannot be
+        # deep-copied (and is immutable), so the data is shared. The copy is a fresh,
+        # untrained callback: use get_state() to carry a state.
+        return SWA(
+            start_epoch=self.start_epoch,
+            cycle_epochs=self.cycle_epochs,
+            train_data=self.train_data,
+            validation_data=self.validation_data,
+            bn_every_epoch=self.bn_every_epoch,
+            steps=self.steps,
+            batch_size=self.batch_size,
+            include_start=self.include_start,
+            verbose=self.verbose,
+        )
+
     def on_train_begin(self, logs=None):
         if self.train_data is None and recomputed_layers(self.model):
             raise ValueError(

@@ -212,6 +212,35 @@ def test_tf_data_dataset():
     assert_statistics(model, numpy_statistics(model, weights, x, [4, 4, 2]))
 
 
+def test_callbacks_given_tf_data_deep_copy_for_keras_tuner():
+    """keras-tuner deep-copies the callbacks before each trial: a tf.data dataset
+    (a TF graph) cannot be copied, so it is shared; the copies train as the originals."""
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("tf.data test runs on the TensorFlow backend")
+    import copy
+
+    import tensorflow as tf
+
+    from callbacks.swa import SWA
+
+    x, y = make_data(16, seed=3, sort=False)
+    train, validation = (tf.data.Dataset.from_tensor_slices(d).batch(8) for d in ((x, y), make_data(8, 4)))
+
+    def averaging():
+        ema = MultiEMA(decays=DECAYS, every_steps=1, validation_data=validation)
+        return [ema, BatchNormRecompute(ema, train, validation), SWA(1, train_data=train, validation_data=validation)]
+
+    originals = averaging()
+    copies = copy.deepcopy(originals)
+    assert copies[1].ema is copies[0] and copies[0] is not originals[0]
+    assert copies[1].train_data is train and copies[2].train_data is train
+    results = []
+    for callbacks in (originals, copies):
+        compile_model(build_model()).fit(train, epochs=2, shuffle=False, verbose=0, callbacks=callbacks)
+        results.append((callbacks[0].summary(), callbacks[1].summary(), callbacks[2].summary()))
+    assert results[0] == results[1]
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [
@@ -266,6 +295,9 @@ class FakeMultiEMA(keras.callbacks.Callback):
 
     def selected_weights(self, decay, criterion):
         return self.per_epoch[decay][0 if criterion == "accuracy" else -1]
+
+    def missing_selections(self):
+        return []
 
     def summary(self):
         selected = {"epoch": 1, "val_loss": 0.0, "val_accuracy": 0.0}
