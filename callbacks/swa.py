@@ -23,6 +23,9 @@ from callbacks.batch_norm import input_batches, recompute_batch_norm, recomputed
 from callbacks.compiled import compile_update
 
 
+WEIGHTS_SUFFIX = ".weights.h5"
+
+
 class SWA(keras.callbacks.Callback):
     """Uniform average of the weights captured from epoch `start_epoch` on.
 
@@ -222,7 +225,7 @@ class SWA(keras.callbacks.Callback):
         """Writes the final average to `<directory>/swa.weights.h5`; returns the path."""
         weights = self._require_final_weights()  # before creating anything
         os.makedirs(directory, exist_ok=True)
-        path = os.path.join(directory, "swa.weights.h5")
+        path = os.path.join(directory, "swa" + WEIGHTS_SUFFIX)
         variables.save_weights(self.model, weights, path)
         return path
 
@@ -234,6 +237,8 @@ class SWA(keras.callbacks.Callback):
         phase goes on (SWA paper Table 1: 1 and 1.5 budgets from one run). The
         model keeps its own weights; the file is written atomically.
         """
+        if not str(path).endswith(WEIGHTS_SUFFIX):  # Keras's save_weights needs it; the temporary is derived from it
+            raise arguments.invalid("path", path, f"a file name ending in {WEIGHTS_SUFFIX!r}")
         if not self.count:
             raise ValueError("No SWA average yet: `save_average` needs at least one captured model.")
         metrics = {}
@@ -242,7 +247,7 @@ class SWA(keras.callbacks.Callback):
             if self.validation_data is not None:
                 metrics = {f"val_{k}": v for k, v in
                            validation.evaluate(self.model, self.validation_data, self.batch_size).items()}
-            temporary = path[: -len(".weights.h5")] + ".tmp.weights.h5"
+            temporary = str(path)[: -len(WEIGHTS_SUFFIX)] + ".tmp" + WEIGHTS_SUFFIX
             self.model.save_weights(temporary)
         os.replace(temporary, path)
         return metrics

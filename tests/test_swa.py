@@ -8,6 +8,7 @@ Backend-neutral: runs under TensorFlow and with KERAS_BACKEND=jax (NumPy data).
 import functools
 import math
 import os
+import re
 
 import keras
 import numpy as np
@@ -111,13 +112,13 @@ class Recorder(keras.callbacks.Callback):
                 np.testing.assert_array_equal(old, new)
 
 
-def train(swa, epochs, model=None, initial_epoch=0, learning_rate=0.1):
+def train(swa, epochs, model=None, initial_epoch=0, learning_rate=0.1, callbacks_after=()):
     model = model or compile_model(build_model(), learning_rate)
     before, after = Recorder(), None
     after = Recorder(reference=before)
     history = model.fit(
         X, Y, batch_size=BATCH, epochs=epochs, initial_epoch=initial_epoch,
-        shuffle=False, verbose=0, callbacks=[before, swa, after],
+        shuffle=False, verbose=0, callbacks=[before, swa, after, *callbacks_after],
     )
     assert set(after.end) == set(before.end)  # restoration checked every epoch
     for old, new in zip(before.final, numpy_weights(model)):  # and on train end
@@ -254,6 +255,20 @@ def test_save_average_mid_fit_is_the_mean_so_far_with_exact_batch_norm(tmp_path)
     assert not [name for name in os.listdir(tmp_path) if ".tmp." in name]
     with pytest.raises(ValueError, match="at least one captured model"):
         SWA(3).save_average(path)
+
+
+def test_save_average_refuses_a_path_without_the_weights_suffix_before_writing(tmp_path):
+    """Keras loads only `*.weights.h5`; the temporary file is derived from the suffix:
+    any other path is refused at once, and nothing is written anywhere."""
+    (tmp_path / "run").mkdir()
+    path = str(tmp_path / "run" / "avg.h5")
+    swa = SWA(0, train_data=(X, Y), batch_size=BN_BATCH, include_start=False)
+    message = re.escape(f"Invalid value for argument `path`. Received: path={path!r}. Expected a file name "
+                        "ending in '.weights.h5'.")
+    with pytest.raises(ValueError, match=message):
+        train(swa, 2, callbacks_after=[SaveAverageAt(swa, 0, path)])
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["run"]
+    assert not [p for p in tmp_path.parent.iterdir() if p.name.startswith(tmp_path.name + ".tmp")]
 
 
 def test_bn_every_epoch_logs_use_exact_statistics():
