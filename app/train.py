@@ -1,7 +1,7 @@
 """`python -m app.train`: SGD + several EMAs (and SWA) in one run.
 
 Trains a paper model with PyTorch-style Nesterov SGD and coupled L2 weight
-decay (FIDELITY.md), keeps every requested average beside it, evaluates all
+decay (docs/fidelity.md), keeps every requested average beside it, evaluates all
 of them on the validation split after each epoch, and writes a run directory
 (docs/run-directory.md): config.json, command.txt, history.csv, summary.json,
 tensorboard/, weights/.

@@ -24,7 +24,7 @@ Decisions the paper leaves open:
   nothing is tuned here; lr 0.01 is the paper's tuned value), batch size
   128, PyTorch's default `nn.Linear` initialization, each epoch in a seeded
   random order. Keras SGD with `nesterov=True` equals PyTorch's under this
-  constant rate (FIDELITY.md).
+  constant rate (docs/fidelity.md).
 - The backbone is built at the target's image size: every model here ends in
   global average pooling, so its weights do not depend on the input size.
 

@@ -1,7 +1,7 @@
 """Shared building pieces for the model builders, with PyTorch-matching defaults.
 
 The papers trained PyTorch models; every convention that differs in Keras is
-set here once (see FIDELITY.md): BatchNorm momentum/epsilon, He-normal fan-out
+set here once (see docs/fidelity.md): BatchNorm momentum/epsilon, He-normal fan-out
 convolution init, PyTorch's default `nn.Linear` init, and PyTorch's symmetric
 padding for strided 3x3 convolutions. No regularizers: coupled L2 weight decay
 is applied by the optimizer.

@@ -10,7 +10,7 @@ import pytest
 from models import MODELS, build_model, model_names
 from models.layers import ZeroPadShortcut, conv2d
 
-# Trainable parameters of the reference PyTorch definitions (FIDELITY.md).
+# Trainable parameters of the reference PyTorch definitions (docs/fidelity.md).
 REFERENCE_PARAMETER_COUNTS = {
     ("resnet18", 10): 11_173_962,
     ("resnet18", 100): 11_220_132,

@@ -2,7 +2,7 @@
 
 The papers train with `torch.optim.SGD(momentum=0.9, nesterov=True,
 weight_decay=wd)`. Keras's `SGD` differs in two ways that change results
-(see FIDELITY.md): its `weight_decay` is decoupled (applied outside the
+(see docs/fidelity.md): its `weight_decay` is decoupled (applied outside the
 momentum), and its Nesterov buffer stores `-lr * g`, so the two disagree
 whenever the learning rate changes (every step under cosine annealing).
 This optimizer follows PyTorch exactly:

@@ -3,7 +3,7 @@
 One place that says how a config becomes the objects `fit` runs with, shared
 by `app.train`, the KerasTuner hypermodel (tuning/) and the SWA branch: the
 paper's SGD (training/optimizer.py: PyTorch-form Nesterov with coupled L2,
-FIDELITY.md), its schedules (training/schedules.py), and the callbacks
+docs/fidelity.md), its schedules (training/schedules.py), and the callbacks
 (callbacks/) in the order their logs must be produced.
 """
 
