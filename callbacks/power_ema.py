@@ -35,8 +35,9 @@ class PowerFunctionEMA(keras.callbacks.Callback):
     (1 - 1/t)^(γ+1)`, γ from σ_rel: it weighs the iterate of step s by
     (s^(γ+1) - (s-1)^(γ+1)) / t^(γ+1) ≈ (γ+1) s^γ / t^(γ+1). BatchNorm moving
     statistics are averaged too (as EMAN), so a reconstruction can use their
-    average or recompute them. Every `snapshot_every_steps` steps all averages
-    go to `directory` as one `.npz` (float32, or float16 at half the disk).
+    average or recompute them. Every `snapshot_every_steps` steps, and at the
+    end of training, all averages go to `directory` as one `.npz` (float32, or
+    float16 at half the disk).
     The state (`get_state`/`set_state`) resumes the averages exactly; a
     snapshot rewritten after a resume is the same file.
 
@@ -53,8 +54,8 @@ class PowerFunctionEMA(keras.callbacks.Callback):
         sigma_rels: relative widths of the tracked profiles, each in
             (0, 0.2887) (0.2887 is γ = 0, the uniform average). Defaults to
             (0.05, 0.10).
-        snapshot_every_steps: optimizer steps between snapshots. Defaults to
-            1000.
+        snapshot_every_steps: optimizer steps between snapshots; the last
+            step of a fit is snapshotted too. Defaults to 1000.
         directory: where snapshots go; `None` writes none (the averages are
             still there for `swapped_in`). A fresh fit refuses a directory
             that already holds snapshots. Defaults to None.
@@ -103,6 +104,13 @@ class PowerFunctionEMA(keras.callbacks.Callback):
         self.model  # JAX: reading it syncs the weights the update reads (keras Callback.model)
         self.averages.advance_to_step(step)
         if self.directory is not None and step % self.snapshot_every_steps == 0:
+            self.write_snapshot()
+
+    def on_train_end(self, logs=None):
+        # The last steps are snapshotted too (they are the run's end, which post-hoc
+        # reconstructions ask for most), unless the last snapshot was taken at this step.
+        step = self.averages.step
+        if self.directory is not None and step and step % self.snapshot_every_steps:
             self.write_snapshot()
 
     # Public API.

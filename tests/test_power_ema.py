@@ -298,6 +298,21 @@ def test_resumed_state_continues_exactly_and_rewrites_the_same_snapshots(tmp_pat
         PowerFunctionEMA(sigma_rels=(0.05,)).set_state(state)
 
 
+def test_the_last_steps_are_snapshotted_at_the_end_of_training(tmp_path):
+    """15 steps, a snapshot every 4: 4, 8, 12 and the end, 15 (app.posthoc needs the last epoch)."""
+    x, y = (a[:5 * BATCH] for a in _data())
+    trajectory = _Trajectory()
+    tracked = PowerFunctionEMA(sigma_rels=(0.05, 0.10), snapshot_every_steps=4, directory=str(tmp_path))
+    _model().fit(x, y, batch_size=BATCH, epochs=3, shuffle=False, verbose=0, callbacks=[trajectory, tracked])
+    snapshots = power_snapshots.list_snapshots(str(tmp_path))
+    assert [step for step, _ in snapshots] == [4, 8, 12, 15]
+    indices = tracked.averages.weight_indices
+    for index, gamma in enumerate(tracked.gammas):
+        want = _numpy_power_ema(trajectory.weights, gamma, indices)
+        for got, w in zip(power_snapshots.read_averages(snapshots[-1][1], index), want):
+            np.testing.assert_allclose(got, w, rtol=2e-5, atol=2e-6)
+
+
 @pytest.mark.parametrize("kwargs, message", [
     ({"sigma_rels": (0.05, 0.05)}, "sigma_rels"),
     ({"sigma_rels": (0.3,)}, "sigma_rels"),

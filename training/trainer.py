@@ -28,6 +28,7 @@ from training import distribution
 from training import provenance
 from training import recipe
 from training import run_dir as run_directory
+from training import sgd_selection
 from training import stopping
 from training import swa_branch
 from training.config import ema_batch_scale
@@ -99,7 +100,9 @@ def _train(config, data, path, argv):
     # The weights are checked on every step an average takes them in (the power EMAs: every step).
     guard_every = 1 if config.post_hoc_ema else config.ema_every_steps
     callbacks = [timer, DivergenceGuard(weights_every_steps=guard_every)]
-    callbacks += list(averaging.values()) + [logger]
+    callbacks += list(averaging.values())  # each swaps its averages back out before the next callback
+    # SGD's own early stopping (docs/analysis-plan.md, comparators): the trained weights, after the averages.
+    callbacks += [sgd_selection.keep_sgd_epoch(config, path, resumed.meta["rows"] if resumed else None), logger]
     if config.bootstrap_every_epochs:
         callbacks.append(
             EMABootstrap(averaging["ema"], every_epochs=config.bootstrap_every_epochs)
@@ -192,6 +195,7 @@ def finish(config, data, model, averaging, rows, path):
         "epochs_completed": len(rows),
         "sgd": sgd_summary(rows),
     }
+    summary["sgd"]["early_stopped"] = sgd_selection.summary_entry(config, rows)
     if "ema" in averaging:
         averaging["ema"].save_selected(weights_dir)
         summary["ema"] = ema_summary(averaging["ema"])
@@ -287,7 +291,7 @@ def _ema_text(config):
 def _post_hoc_text(config, data, model, path):
     """What --post-hoc-ema keeps and the disk its snapshots will take."""
     every = recipe.snapshot_every_steps(config, data.steps_per_epoch)
-    count = data.steps_per_epoch * config.epochs // every
+    count = -(-data.steps_per_epoch * config.epochs // every)  # the last step is snapshotted too
     values = sum(int(np.prod(v.shape)) for v in averaged_variables(model, "eman"))  # PowerFunctionEMA's
     size = count * snapshot_bytes(values, len(config.post_hoc_sigma_rels), config.post_hoc_snapshot_dtype)
     sigmas = ", ".join(f"{s:g}" for s in config.post_hoc_sigma_rels)
