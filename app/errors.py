@@ -47,6 +47,8 @@ class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
     def _get_help_string(self, action):
         text = action.help or ""
-        if "(default" in text or action.default in (None, False, argparse.SUPPRESS):
+        # `is`, not `in (None, False)`: a default of 0 equals False and must still show.
+        if "(default" in text or action.default is None or action.default is False \
+                or action.default == argparse.SUPPRESS:
             return text
         return super()._get_help_string(action)

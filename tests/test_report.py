@@ -154,9 +154,39 @@ def test_figures_are_readable_pngs(run_dirs, tmp_path):
                      "fig1b-cifar100n-resnet34.png", "fig2-cifar100n-resnet34.png"]
     for path in result["figures"]:
         data = open(path, "rb").read()
-        assert data[:8] == PNG_SIGNATURE and len(data) > 1000
+        assert data[:8] == PNG_SIGNATURE  # their content: test_figure_1a_plots_the_seed_mean_of_history_smoothed
         assert matplotlib.image.imread(path).shape[:2] == (675, 1200)  # 8 x 4.5 in at 150 dpi
         assert f"({os.path.basename(path)})" in open(result["markdown"]).read()
+
+
+def test_figure_1a_plots_the_seed_mean_of_history_smoothed(run_dirs, tmp_path, monkeypatch):
+    """What Fig. 1a draws: the curves' data, against a NumPy mean over the seeds'
+    history.csv and a trailing mean of 2 epochs."""
+    drawn = {}
+    save = figures._save
+
+    def recording_save(pyplot, figure, path):
+        drawn[os.path.basename(path)] = {line.get_label(): (np.asarray(line.get_xdata(), float),
+                                                            np.asarray(line.get_ydata(), float))
+                                         for axes in figure.axes for line in axes.get_lines()}
+        save(pyplot, figure, path)
+
+    monkeypatch.setattr(figures, "_save", recording_save)
+    report_app.main(run_dirs + ["--out", str(tmp_path / "report"), "--smoothing-window", "2"])
+    histories = []
+    for seed in range(len(SEED_NUMBERS)):
+        with open(os.path.join(run_dirs[0], f"seed-{seed}", "history.csv"), newline="") as handle:
+            histories.append(list(csv.DictReader(handle)))
+    mean = lambda column: np.mean([[float(row[column]) for row in rows] for rows in histories], axis=0)
+    trailing = lambda values: np.concatenate([values[:1], (values[1:] + values[:-1]) / 2])
+    lines = drawn["fig1a-cifar100-resnet18.png"]
+    epochs, sgd = lines["SGD"]
+    np.testing.assert_array_equal(epochs, np.arange(1, EPOCHS + 1))
+    np.testing.assert_allclose(sgd, 100 * trailing(mean("val_accuracy")), rtol=1e-12)
+    np.testing.assert_allclose(lines["learning rate η"][1], mean("lr"), rtol=1e-12)  # not smoothed
+    ema = [label for label in lines if label not in ("SGD", "learning rate η")]
+    assert len(ema) == 1
+    np.testing.assert_allclose(lines[ema[0]][1], 100 * trailing(mean("ema_best_val_accuracy")), rtol=1e-12)
 
 
 def test_mean_curve_averages_seeds_and_skips_missing_values():
