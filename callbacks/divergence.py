@@ -25,7 +25,9 @@ class DivergenceGuard(keras.callbacks.Callback):
 
     The loss is checked after every step (it is in the logs already); the
     weights every `weights_every_steps` optimizer steps and at every epoch end,
-    with one compiled reduction. Give it the EMA period so that the weights
+    with one compiled reduction. With `steps_per_execution > 1` the checks
+    happen at the end of each execution: the loss of its last step, the
+    weights if the execution reached a multiple of `weights_every_steps`. Give it the EMA period so that the weights
     are checked on exactly the steps where the averages are updated.
 
     Example:
@@ -52,6 +54,7 @@ class DivergenceGuard(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         self._all_finite = compile_pure(_all_finite)
         self._epoch = 0
+        self._step = self._optimizer_step()
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch
@@ -60,9 +63,15 @@ class DivergenceGuard(keras.callbacks.Callback):
         loss = (logs or {}).get("loss")
         if loss is not None and not math.isfinite(float(loss)):
             self._raise(batch, f"the training loss is {float(loss)}")
-        step = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
-        if step % self.weights_every_steps == 0:
+        # With steps_per_execution > 1 this hook sees every k-th step only: check when the
+        # execution reached a multiple of the period, as MultiEMA updates then.
+        step, previous = self._optimizer_step(), self._step
+        self._step = step
+        if step // self.weights_every_steps > previous // self.weights_every_steps:
             self._check_weights(batch)
+
+    def _optimizer_step(self):
+        return int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
 
     def on_epoch_end(self, epoch, logs=None):
         self._check_weights(None)

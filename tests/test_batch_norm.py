@@ -398,6 +398,25 @@ def test_callback_logs_results_and_restores(kind, tmp_path):
         np.testing.assert_array_equal(old, new)
 
 
+def test_listed_before_the_multi_ema_it_gives_the_same_results():
+    """The averages move in on_train_batch_end and are selected in MultiEMA's
+    on_epoch_end: a BatchNormRecompute placed before the MultiEMA sees the same EMAs
+    each epoch and the same selections at train end as one placed after it."""
+    x, y = make_data(24, seed=8, sort=False)
+    validation = make_data(10, seed=9, sort=False)
+    results = []
+    for order in ("after", "before"):
+        model = compile_model(build_model(two_batch_norms=False))
+        ema = make_ema("eman", validation)
+        bn = BatchNormRecompute(ema, (x, y), validation, every_epoch=True, batch_size=5)
+        history = model.fit(x, y, batch_size=8, epochs=3, shuffle=False, verbose=0,
+                            callbacks=[ema, bn] if order == "after" else [bn, ema])
+        results.append((history.history, bn.summary(), ema.summary()))
+    (after, after_bn, after_ema), (before, before_bn, before_ema) = results
+    assert after == before and after_bn == before_bn and after_ema == before_ema
+    assert set(before_bn) == {f"{d:g}" for d in DECAYS} and "ema_0.9_bn_val_loss" in before
+
+
 def test_callback_validates_eagerly(tmp_path):
     ema = FakeMultiEMA(DECAYS)
     x, y = make_data(8, seed=0)

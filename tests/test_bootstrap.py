@@ -85,3 +85,23 @@ def test_divergence_guard_raises_before_the_averages_see_a_nan_step():
     assert state["num_updates"] == 2  # steps 1 and 2 only
     averages = [value for key, value in state.items() if key.startswith("average/")]
     assert averages and all(np.isfinite(value).all() for value in averages)
+
+
+def test_divergence_guard_checks_the_weights_where_the_averages_update_with_steps_per_execution():
+    """steps_per_execution=3: the hooks see steps 3, 6, 8; with a period of 4 the weights are
+    checked after the executions that reach steps 4 and 8 (MultiEMA's update rule), so a
+    statistic poisoned at step 6 (the training loss stays finite) stops the fit there."""
+    model = build_model()
+    model.compile(optimizer=keras.optimizers.SGD(0.1), steps_per_execution=3,
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    norm = next(layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization))
+
+    class Poison(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if batch == 5:  # the execution of steps 4-6
+                self.model  # JAX: sync the weights first
+                norm.moving_mean.assign(np.full(norm.moving_mean.shape, np.nan, "float32"))
+
+    with pytest.raises(TrainingDiverged, match=r"training diverged at epoch 1, step 6: a weight is not finite"):
+        model.fit(X, Y, batch_size=4, epochs=1, shuffle=False, verbose=0,
+                  callbacks=[Poison(), DivergenceGuard(weights_every_steps=4)])
