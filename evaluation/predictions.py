@@ -52,6 +52,8 @@ def saved_weights(run, require_files=True):
         UsageError: if one of them is missing (unless `require_files` is False).
     """
     names = [run_directory.FINAL_WEIGHTS]
+    if run.summary.get("sgd", {}).get("early_stopped"):  # runs from before the analysis plan have none
+        names.append(run_directory.SGD_EARLY_WEIGHTS)
     for key, entry in run.summary.get("ema", {}).items():
         for criterion in runs.EMA_METHODS.values():
             selected = entry.get(SUMMARY_KEYS[criterion])
@@ -81,12 +83,14 @@ def choose_decay(run, requested=None):
 
 
 def method_weights(run, decay_key, names=None):
-    """{method: stem} for `baseline`, `ema_acc`, `ema_loss` (BN recomputed where saved) and `swa`.
+    """{method: stem} for `baseline`, `sgd_early`, `ema_acc`, `ema_loss` (BN recomputed where saved) and `swa`.
 
     `names` defaults to `saved_weights(run)` (which requires the files).
     """
     names = saved_weights(run) if names is None else names
     methods = {"baseline": run_directory.FINAL_WEIGHTS}
+    if run_directory.SGD_EARLY_WEIGHTS in names:
+        methods["sgd_early"] = run_directory.SGD_EARLY_WEIGHTS
     if decay_key is not None:
         for method, criterion in runs.EMA_METHODS.items():
             for stem in (run_directory.ema_stem(decay_key, criterion, bn_recomputed=True),

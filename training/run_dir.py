@@ -42,6 +42,7 @@ WEIGHTS_SUFFIX = ".weights.h5"
 FINAL_WEIGHTS = "final"
 SWA_WEIGHTS = "swa"
 SWA_BUDGET_WEIGHTS = "swa_budget"  # a branch past the budget: its average at the budget's last epoch
+SGD_EARLY_WEIGHTS = "sgd_early"  # SGD at its validation-selected epoch (training/sgd_selection.py)
 BEST_MODEL_FILE = "best.keras"  # the best saved model on the validation split, whole (training/best_model.py)
 
 
@@ -58,6 +59,8 @@ def describe_weights(stem):
         return "SWA (BN recomputed)"
     if stem == SWA_BUDGET_WEIGHTS:
         return "SWA at the budget's end (BN recomputed)"
+    if stem == SGD_EARLY_WEIGHTS:
+        return "SGD (early-stopped on validation)"
     _, decay, criterion, *bn = stem.split("_")
     label = f"EMA {decay} ({'acc.' if criterion == 'acc' else 'loss'})"
     return label + (" + BN recomputed" if bn else "")
@@ -249,6 +252,11 @@ def create(path, config, argv, extra=None):
     )
     command = "python -m app.train " + shlex.join(argv)
     atomic_write_text(os.path.join(path, COMMAND_FILE), command + "\n")
+
+
+def read_summary(path):
+    with open(os.path.join(path, SUMMARY_FILE), encoding="utf-8") as handle:
+        return json.load(handle)
 
 
 def write_summary(path, summary):

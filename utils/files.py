@@ -11,3 +11,15 @@ def atomic_write_text(path, text):
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(temporary, path)
+
+
+def atomic_write(path, write):
+    """Calls `write(temporary)` then renames the file onto `path`: a reader never sees half a file.
+
+    The temporary name keeps `path`'s ending, which some writers check (Keras's `save_weights` wants
+    `.weights.h5`): `<dir>/.partial-<name>`.
+    """
+    directory, name = os.path.split(path)
+    temporary = os.path.join(directory, f".partial-{name}")
+    write(temporary)
+    os.replace(temporary, path)
