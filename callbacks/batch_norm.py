@@ -175,6 +175,7 @@ class BatchNormRecompute(keras.callbacks.Callback):
         validation.checked(validation_data, allow_fit_data=False)
         arguments.checked_optional_int("steps", steps)
         input_batches(train_data, batch_size, steps)  # validates only; lazy
+        checked_batch_size_is_used(batch_size, train_data, validation_data)
         self.ema = ema
         self.train_data = train_data
         self.validation_data = validation_data
@@ -324,6 +325,16 @@ def _statistics_variables(model):
 
 def _is_array(value):
     return isinstance(value, np.ndarray) or ops.is_tensor(value)
+
+
+def checked_batch_size_is_used(batch_size, train_data, validation_data):
+    """Refuses a `batch_size` that neither the training data (an array or an `(x, y)` tuple:
+    `input_batches`) nor the validation data (an `(x, y)` tuple: `validation.evaluate`) would use."""
+    uses = (train_data is not None and (isinstance(train_data, tuple) or _is_array(train_data))
+            or isinstance(validation_data, (tuple, list)))
+    if batch_size is not None and not uses:
+        raise arguments.invalid("batch_size", batch_size,
+                                "None when the data are datasets (their batches are used as they are)")
 
 
 def input_batches(data, batch_size, steps):

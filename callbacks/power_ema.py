@@ -27,6 +27,9 @@ from callbacks.ema_averages import EMAAverages, steps_in_epoch
 from callbacks.power_ema_options import DEFAULT_SIGMA_RELS
 
 
+DEFAULT_SNAPSHOT_EVERY_STEPS = 1000
+
+
 class PowerFunctionEMA(keras.callbacks.Callback):
     """Power-function EMAs of the weights, snapshotted for post-hoc reconstruction.
 
@@ -55,22 +58,35 @@ class PowerFunctionEMA(keras.callbacks.Callback):
             (0, 0.2887) (0.2887 is γ = 0, the uniform average). Defaults to
             (0.05, 0.10).
         snapshot_every_steps: optimizer steps between snapshots; the last
-            step of a fit is snapshotted too. Defaults to 1000.
+            step of a fit is snapshotted too. Only with a `directory`.
+            Defaults to `None` (1000 with a `directory`).
         directory: where snapshots go; `None` writes none (the averages are
             still there for `swapped_in`). A fresh fit refuses a directory
             that already holds snapshots. Defaults to None.
-        snapshot_dtype: `"float32"` or `"float16"`. Defaults to "float32".
+        snapshot_dtype: `"float32"` or `"float16"`. Only with a `directory`.
+            Defaults to `None` ("float32" with a `directory`).
     """
 
-    def __init__(self, sigma_rels=DEFAULT_SIGMA_RELS, snapshot_every_steps=1000, directory=None,
-                 snapshot_dtype="float32"):
+    def __init__(self, sigma_rels=DEFAULT_SIGMA_RELS, snapshot_every_steps=None, directory=None,
+                 snapshot_dtype=None):
         super().__init__()
         self.sigma_rels = power_profiles.checked_sigma_rels(sigma_rels)
         self.gammas = tuple(power_profiles.sigma_rel_to_gamma(s) for s in self.sigma_rels)
-        self.snapshot_every_steps = arguments.checked_int("snapshot_every_steps", snapshot_every_steps, 1)
+        if snapshot_every_steps is not None:
+            arguments.checked_int("snapshot_every_steps", snapshot_every_steps, 1)
+        if snapshot_dtype is not None:
+            arguments.checked_choice("snapshot_dtype", snapshot_dtype, power_snapshots.SNAPSHOT_DTYPES)
+        if directory is None:
+            # Without a directory no snapshot is written: a snapshot setting would be ignored.
+            for name, value in (("snapshot_every_steps", snapshot_every_steps), ("snapshot_dtype", snapshot_dtype)):
+                if value is not None:
+                    raise arguments.invalid(name, value, "None when directory is None (no snapshots are written)")
+        else:
+            snapshot_every_steps = snapshot_every_steps or DEFAULT_SNAPSHOT_EVERY_STEPS
+            snapshot_dtype = snapshot_dtype or "float32"
+        self.snapshot_every_steps = snapshot_every_steps
         self.directory = directory
-        self.snapshot_dtype = arguments.checked_choice("snapshot_dtype", snapshot_dtype,
-                                                       power_snapshots.SNAPSHOT_DTYPES)
+        self.snapshot_dtype = snapshot_dtype
         self.averages = _PowerAverages(self.sigma_rels, self.gammas)
         self._restored_state = None
         self._steps_before_epoch = 0

@@ -19,7 +19,9 @@ from keras import ops
 from callbacks import arguments
 from callbacks import validation
 from callbacks import variables
-from callbacks.batch_norm import input_batches, recompute_batch_norm, recomputed_layers
+from callbacks.batch_norm import (
+    checked_batch_size_is_used, input_batches, recompute_batch_norm, recomputed_layers,
+)
 from callbacks.compiled import compile_update
 
 
@@ -114,6 +116,9 @@ class SWA(keras.callbacks.Callback):
                 "Invalid value for argument `train_data`. Received: "
                 "train_data=None. Expected data when bn_every_epoch=True."
             )
+        elif steps is not None:  # it limits the recomputation over train_data: there is none
+            raise arguments.invalid("steps", steps, "None when train_data is None")
+        checked_batch_size_is_used(batch_size, train_data, validation_data)
         self.start_epoch = start_epoch
         self.cycle_epochs = cycle_epochs
         self.train_data = train_data

@@ -17,6 +17,9 @@ def checked(validation_data, batch_size=None, allow_fit_data=True):
     if validation_data is None:
         if not allow_fit_data:
             raise invalid("validation_data", None, "a dataset or an (x, y) tuple")
+        if batch_size is not None:  # fit batches its own validation data: it would be ignored
+            raise invalid("validation_batch_size", batch_size,
+                          "None when validation_data is None (pass validation_batch_size to fit)")
         return
     if isinstance(validation_data, (tuple, list)):
         if len(validation_data) not in (2, 3):

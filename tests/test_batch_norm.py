@@ -431,3 +431,10 @@ def test_callback_validates_eagerly(tmp_path):
     with pytest.raises(ValueError, match="Nothing to save"):
         BatchNormRecompute(ema, (x, y), (x, y), batch_size=4).save(str(tmp_path / "unused"))
     assert not (tmp_path / "unused").exists()
+    class Batches:  # a dataset: its batches are used as they are
+        def __iter__(self):
+            return iter([(x[:4], y[:4]), (x[4:], y[4:])])
+
+    batches = Batches()
+    with pytest.raises(ValueError, match=r"batch_size=4\. Expected None when the data are datasets"):
+        BatchNormRecompute(ema, batches, batches, batch_size=4)

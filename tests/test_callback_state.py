@@ -52,7 +52,7 @@ def build_callbacks():
     return dict(zip(NAMES, (
         ema, fixed,
         SWA(1, train_data=(X, Y), validation_data=VALIDATION, batch_size=BATCH),
-        PowerFunctionEMA(sigma_rels=(0.05,), snapshot_every_steps=2),
+        PowerFunctionEMA(sigma_rels=(0.05,)),
         PredictionStability(VALIDATION, ema=ema),
         BatchNormRecompute(ema, (X, Y), VALIDATION, batch_size=BATCH),
     )))

@@ -16,6 +16,7 @@
 """
 
 import os
+import re
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
@@ -322,6 +323,16 @@ def test_the_last_steps_are_snapshotted_at_the_end_of_training(tmp_path):
 def test_bad_arguments_name_themselves(kwargs, message):
     with pytest.raises(ValueError, match=f"Invalid value for argument `{message}`"):
         PowerFunctionEMA(**kwargs)
+
+
+@pytest.mark.parametrize("kwargs", [{"snapshot_every_steps": 100}, {"snapshot_dtype": "float16"}])
+def test_a_snapshot_setting_without_a_directory_is_refused(kwargs):
+    """Without a directory no snapshot is written: the setting would be ignored."""
+    (name, value), = kwargs.items()
+    with pytest.raises(ValueError, match=re.escape(
+            f"Invalid value for argument `{name}`. Received: {name}={value!r}. Expected None when directory is None")):
+        PowerFunctionEMA(**kwargs)
+    assert PowerFunctionEMA(directory="unused", **kwargs).get_config()[name] == value
 
 
 def test_the_fused_update_is_traced_once(trained):

@@ -342,6 +342,19 @@ def test_no_capture_before_start_and_errors(tmp_path):
             SWA(**kwargs)
 
 
+def test_arguments_that_would_be_ignored_are_refused():
+    """`steps` limits the recomputation over `train_data`; `batch_size` batches array data:
+    without either kind of data they would do nothing."""
+    batches = [X[:8], X[8:16], X[16:]]  # an iterable of batches, used as it is
+    with pytest.raises(ValueError, match=re.escape(
+            "Invalid value for argument `steps`. Received: steps=3. Expected None when train_data is None.")):
+        SWA(0, steps=3)
+    with pytest.raises(ValueError, match=re.escape(
+            "Received: batch_size=4. Expected None when the data are datasets")):
+        SWA(0, train_data=batches, batch_size=4)
+    SWA(0, train_data=batches, validation_data=(X_VAL, Y_VAL), batch_size=4)  # the validation tuple uses it
+
+
 # --- schedules -----------------------------------------------------------------
 
 

@@ -82,12 +82,12 @@ def build_callbacks(config, data, model, path=None):
                 verbose=1,  # a line per selected EMA: minutes after the last epoch line otherwise
             )
     if config.post_hoc_ema:
-        averaging["power_ema"] = PowerFunctionEMA(
-            sigma_rels=config.post_hoc_sigma_rels,
+        snapshots = dict(  # no run directory (a tuning trial): no snapshots
             snapshot_every_steps=snapshot_every_steps(config, data.steps_per_epoch),
-            directory=os.path.join(path, run_dir.POWER_EMA_DIR) if path else None,
+            directory=os.path.join(path, run_dir.POWER_EMA_DIR),
             snapshot_dtype=config.post_hoc_snapshot_dtype,
-        )
+        ) if path else {}
+        averaging["power_ema"] = PowerFunctionEMA(sigma_rels=config.post_hoc_sigma_rels, **snapshots)
     if config.track_stability:
         averaging["stability"] = PredictionStability(
             validation_data=data.validation, ema=averaging.get("ema")
