@@ -26,7 +26,9 @@ class EMABootstrap(keras.callbacks.Callback):
 
     Args:
         ema: a `MultiEMA` callback of the same fit.
-        every_epochs: copy after every `every_epochs`-th epoch (>= 1).
+        every_epochs: copy after every `every_epochs`-th epoch (>= 1): at
+            the end of Keras's (0-based) `epoch` when `(epoch + 1) %
+            every_epochs == 0`, so after 10, 20, ... epochs for 10.
         decay: which EMA to copy. Defaults to the largest of `ema.decays`.
     """
 

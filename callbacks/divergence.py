@@ -27,7 +27,10 @@ class DivergenceGuard(keras.callbacks.Callback):
     weights every `weights_every_steps` optimizer steps and at every epoch end,
     with one compiled reduction. With `steps_per_execution > 1` the checks
     happen at the end of each execution: the loss of its last step, the
-    weights if the execution reached a multiple of `weights_every_steps`. Give it the EMA period so that the weights
+    weights if the execution reached a multiple of `weights_every_steps`.
+    The error message is for people: it counts epochs and steps from 1, as
+    Keras's progress bar does ("epoch 1, step 3" is Keras's `epoch` 0,
+    batch 2). Give it the EMA period so that the weights
     are checked on exactly the steps where the averages are updated.
 
     Example:
