@@ -203,9 +203,9 @@ def build_parser(prog="python -m app.train", out_help="run directory (default: r
     )
     averaging.add_argument(
         "--ema-warmup",
-        default="steps",
+        default=None,
         help="decay warm-up min(a, (t+1)/(t+10)): t counts optimizer steps "
-        "(steps, paper §4.1), EMA updates (updates), or no warm-up (none, Adda et al.)",
+        "(steps, paper §4.1), EMA updates (updates), or no warm-up (none, Adda et al.) (default: steps)",
     )
     averaging.add_argument(
         "--stop-epochs-from",
@@ -217,23 +217,23 @@ def build_parser(prog="python -m app.train", out_help="run directory (default: r
     )
     averaging.add_argument(
         "--ema-select",
-        default="best",
+        default=None,
         help="which epoch of each EMA is saved and tested: best (best validation accuracy, "
-        "lowest validation loss, paper §4.1) or final (the last epoch, Adda et al.'s Table 1)",
+        "lowest validation loss, paper §4.1) or final (the last epoch, Adda et al.'s Table 1) (default: best)",
     )
     averaging.add_argument(
         "--ema-bn-mode",
         "--ema-bn",
         dest="ema_bn_mode",
-        default="eman",
-        help="EMA BatchNorm statistics: eman (EMA of the trained model's) or copy",
+        default=None,
+        help="EMA BatchNorm statistics: eman (EMA of the trained model's) or copy (default: eman)",
     )
     averaging.add_argument(
         "--bn-recompute",
-        default="end",
+        default=None,
         help="recompute EMA BatchNorm statistics: none, epoch (every epoch for the "
         "curves, and once more for the selected EMA models at the end), end (only "
-        "once, for the selected EMA models)",
+        "once, for the selected EMA models) (default: end)",
     )
     cli_swa.add_arguments(averaging)
     averaging.add_argument(
@@ -253,9 +253,24 @@ def build_parser(prog="python -m app.train", out_help="run directory (default: r
     return parser
 
 
+# Flags that act on the EMAs only, and their defaults: with no --ema-decays a given one would do nothing.
+_EMA_FLAGS = {"ema_warmup": ("--ema-warmup", "steps"), "ema_select": ("--ema-select", "best"),
+              "ema_bn_mode": ("--ema-bn-mode", "eman"), "bn_recompute": ("--bn-recompute", "end"),
+              "ema_batch_scaling": ("--ema-batch-scaling", False), "stop_epochs_from": ("--stop-epochs-from", None)}
+
+
+def _resolve_ema_flags(args):
+    for dest, (flag, default) in _EMA_FLAGS.items():
+        if getattr(args, dest) in (None, False):
+            setattr(args, dest, default)
+        elif not args.ema_decays:
+            raise UsageError(f"{flag} acts on the EMAs, and --ema-decays gives none; give decays or drop {flag}")
+
+
 def parse_config(argv, model_names=config_lib.MODEL_NAMES):
     """Parses and validates `argv`; returns a frozen `TrainConfig`."""
     args = build_parser().parse_args(argv)
+    _resolve_ema_flags(args)
     choice(args.dataset, config_lib.DATASETS, "dataset")
     choice(args.schedule, config_lib.SCHEDULES, "schedule")
     choice(args.label_noise, config_lib.LABEL_NOISE, "label noise")

@@ -164,6 +164,19 @@ def test_a_flag_that_would_do_nothing_is_refused(argv, message):
     assert str(error.value) == message
 
 
+@pytest.mark.parametrize("flag", [["--ema-warmup", "none"], ["--ema-select", "final"], ["--ema-bn-mode", "copy"],
+                                  ["--bn-recompute", "epoch"], ["--ema-batch-scaling"],
+                                  ["--full-train", "--stop-epochs-from", "RUN"]])
+def test_an_ema_flag_without_emas_is_refused(flag):
+    name = next(token for token in flag if token.startswith("--") and token != "--full-train")
+    with pytest.raises(UsageError) as error:
+        parse("--ema-decays", *flag)
+    assert str(error.value) == f"{name} acts on the EMAs, and --ema-decays gives none; give decays or drop {name}"
+    if "RUN" not in flag:  # with an EMA the same flag is taken
+        config = parse("--ema-decays", "0.9", *flag)
+        assert getattr(config, name[2:].replace("-", "_")) == (flag[1] if len(flag) == 2 else True)
+
+
 def test_the_same_flags_with_their_switch_are_used():
     swa = parse("--swa", "--epochs", "10", "--swa-start-epoch", "5", "--swa-lr", "0.05", "--swa-cycle-epochs", "2")
     assert (swa.swa_start_epoch, swa.swa_lr, swa.swa_cycle_epochs, swa.swa_epochs) == (5, 0.05, 2, 6)
@@ -172,6 +185,9 @@ def test_the_same_flags_with_their_switch_are_used():
     # Without their switch the fields keep the values config.json always had, so old runs resume.
     plain = parse()
     assert (plain.swa_lr, plain.swa_cycle_epochs, plain.post_hoc_snapshot_dtype) == (None, 1, "float32")
+    assert (plain.ema_warmup, plain.ema_select, plain.ema_bn_mode, plain.bn_recompute) == ("steps", "best", "eman", "end")
+    no_ema = parse("--ema-decays")
+    assert (no_ema.ema_decays, no_ema.ema_warmup, no_ema.bn_recompute, no_ema.ema_batch_scaling) == ((), "steps", "end", False)
     assert plain.post_hoc_sigma_rels == (0.05, 0.1)
 
 
