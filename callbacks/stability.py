@@ -49,8 +49,8 @@ class PredictionStability(keras.callbacks.Callback):
     ```
 
     Args:
-        validation_data: an `(x, y)` or `(x, y, sample_weight)` tuple of
-            arrays (sample weights are ignored), or a finite, re-iterable
+        validation_data: an `(x, y)` tuple of arrays (every example counts
+            once: sample weights are refused), or a finite, re-iterable
             dataset of `(x, y)` batches in a fixed order (e.g. an unshuffled
             `tf.data.Dataset`).
         ema: the `MultiEMA` callback of the same fit, or `None` for SGD only.
@@ -165,6 +165,11 @@ def _checked_validation_data(validation_data):
     """(inputs to predict, labels as a NumPy vector or None to read from a dataset)."""
     if isinstance(validation_data, (tuple, list)):
         validation.checked(validation_data)  # (x, y) or (x, y, sample_weight)
+        if len(validation_data) == 3:  # the fractions count every example once: the weights would be ignored
+            raise ValueError(
+                "Invalid value for argument `validation_data`. Received an (x, y, sample_weight) tuple. "
+                "Expected (x, y): prediction stability counts every example once."
+            )
         x, y = validation_data[0], validation_data[1]
         labels = np.asarray(ops.convert_to_numpy(y))
         if labels.ndim == 2 and labels.shape[1] == 1:

@@ -170,6 +170,8 @@ def test_deepcopy_keeps_the_pairing_with_the_copied_ema():
         (dict(validation_data=(X_VAL,)), "argument `validation_data`"),
         (dict(validation_data=None), "argument `validation_data`"),
         (dict(validation_data=(X_VAL, np.eye(3)[Y_VAL])), "class labels"),
+        # The fractions count every example once: sample weights would be ignored.
+        (dict(validation_data=(X_VAL, Y_VAL, np.ones(len(Y_VAL)))), r"Received an \(x, y, sample_weight\) tuple"),
     ],
 )
 def test_invalid_arguments_are_refused_at_construction(kwargs, message):
