@@ -13,6 +13,7 @@ import math
 import keras
 import numpy as np
 
+from callbacks import arguments
 from callbacks.compiled import compile_pure
 
 
@@ -46,12 +47,8 @@ class DivergenceGuard(keras.callbacks.Callback):
 
     def __init__(self, weights_every_steps=1):
         super().__init__()
-        if not isinstance(weights_every_steps, int) or weights_every_steps < 1:
-            raise ValueError(
-                "Invalid value for argument `weights_every_steps`. Received: "
-                f"weights_every_steps={weights_every_steps}. Expected an integer >= 1."
-            )
-        self.weights_every_steps = weights_every_steps
+        # checked_int refuses a bool too (True is an int >= 1).
+        self.weights_every_steps = arguments.checked_int("weights_every_steps", weights_every_steps, minimum=1)
         self._all_finite = None
 
     def on_train_begin(self, logs=None):

@@ -130,6 +130,8 @@ class MultiEMA(keras.callbacks.Callback):
         self.validation_batch_size = validation_batch_size
         self._selection = EpochSelection(self.decays, select_epochs)
         self.select_epochs = self._selection.select_epochs
+        if accuracy_metric is not None and not (isinstance(accuracy_metric, str) and accuracy_metric):
+            raise arguments.invalid("accuracy_metric", accuracy_metric, "a metric name or None")
         self.accuracy_metric = accuracy_metric
         self.verbose = verbose
         if isinstance(batch_scale, bool) or not isinstance(batch_scale, (int, float)) or not batch_scale > 0:

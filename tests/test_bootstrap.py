@@ -4,6 +4,7 @@ TensorFlow by default; also runs under KERAS_BACKEND=jax (NumPy data only).
 """
 
 import os
+import re
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
@@ -105,3 +106,11 @@ def test_divergence_guard_checks_the_weights_where_the_averages_update_with_step
     with pytest.raises(TrainingDiverged, match=r"training diverged at epoch 1, step 6: a weight is not finite"):
         model.fit(X, Y, batch_size=4, epochs=1, shuffle=False, verbose=0,
                   callbacks=[Poison(), DivergenceGuard(weights_every_steps=4)])
+
+
+@pytest.mark.parametrize("value", [0, True, 2.0])
+def test_divergence_guard_refuses_a_period_that_is_not_a_count(value):
+    with pytest.raises(ValueError, match=re.escape(
+            f"Invalid value for argument `weights_every_steps`. Received: weights_every_steps={value!r}. "
+            "Expected an integer >= 1.")):
+        DivergenceGuard(weights_every_steps=value)

@@ -51,6 +51,8 @@ from tests.ema_setup import (  # noqa: E402,F401  (fixtures: eman_run, copy_run,
         ),
         ({"validation_data": (1,)}, "Expected (x, y) or (x, y, sample_weight)"),
         ({"validation_data": np.zeros(3)}, "Received: ndarray. Expected"),
+        ({"accuracy_metric": 1}, "Invalid value for argument `accuracy_metric`. Received: accuracy_metric=1. "
+                                 "Expected a metric name or None."),
         # fit batches its own validation data: the batch size would be ignored.
         ({"validation_batch_size": 64}, "Invalid value for argument `validation_batch_size`. Received: "
                                         "validation_batch_size=64. Expected None when validation_data is None"),
