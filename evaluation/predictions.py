@@ -62,6 +62,7 @@ def saved_weights(run, require_files=True):
             names.append(run_directory.ema_stem(key, criterion))
             if "bn_recomputed" in selected:
                 names.append(run_directory.ema_stem(key, criterion, bn_recomputed=True))
+    names += run.summary.get("ema_final", {}).get("weights", [])  # runs from before the analysis plan have none
     if "swa" in run.summary:
         names.append(run_directory.SWA_WEIGHTS)
         if "budget" in run.summary["swa"]:
@@ -98,6 +99,11 @@ def method_weights(run, decay_key, names=None):
                 if stem in names:
                     methods[method] = stem
                     break
+    if decay_key is not None:
+        for stem in (run_directory.ema_final_stem(decay_key) + "_bn", run_directory.ema_final_stem(decay_key)):
+            if stem in names:
+                methods["ema_final"] = stem
+                break
     if run_directory.SWA_WEIGHTS in names:
         methods["swa"] = run_directory.SWA_WEIGHTS
     if run_directory.SWA_BUDGET_WEIGHTS in names:

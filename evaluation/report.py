@@ -69,7 +69,7 @@ from utils.errors import UsageError
 from evaluation import figures, runs
 
 METHOD_LABELS = {"baseline": "Baseline", "sgd_early": "SGD (early-stopped)", "ema_acc": "EMA (acc.)",
-                 "ema_loss": "EMA (loss)", "swa": "SWA",
+                 "ema_loss": "EMA (loss)", "ema_final": "EMA (last epoch)", "swa": "SWA",
                  "swa_budget": "SWA (1 budget)"}
 CALIBRATION_METRICS = (
     ("accuracy", "Accuracy", 100, 2),

@@ -15,7 +15,8 @@ from evaluation import metrics
 from tests.conftest import TINY_SEEDS, normalized_test_images
 
 LIMIT_TEST = 100
-NAMES = ["final", "ema_0.9_acc", "ema_0.9_acc_bn", "ema_0.9_loss", "ema_0.9_loss_bn"]
+NAMES = ["final", "sgd_early", "ema_0.9_acc", "ema_0.9_acc_bn", "ema_0.9_loss", "ema_0.9_loss_bn", "ema_0.9_final",
+         "ema_0.9_final_bn"]
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +49,9 @@ def test_every_seed_is_evaluated_and_written(tiny_seed_runs, evaluated):
         assert on_disk["ece_bins"] == 100 and on_disk["ema_decay"] == "0.9"
         assert list(on_disk["by_weights"]) == NAMES
         models_ = on_disk["models"]
-        assert list(models_) == ["baseline", "ema_acc", "ema_loss"]  # no SWA in this run
+        assert list(models_) == ["baseline", "sgd_early", "ema_acc", "ema_loss", "ema_final"]  # no SWA in this run
+        assert models_["sgd_early"]["weights"] == "weights/sgd_early.weights.h5"
+        assert models_["ema_final"]["weights"] == "weights/ema_0.9_final_bn.weights.h5"
         assert models_["baseline"]["weights"] == "weights/final.weights.h5"
         # The paper's tables use the EMA with BatchNorm recomputed once (App. B has both).
         assert models_["ema_loss"]["weights"] == "weights/ema_0.9_loss_bn.weights.h5"
@@ -65,13 +68,14 @@ def test_each_model_shows_progress_in_plain_lines_and_the_table_column_is_explai
     _, printed = evaluated_with_output
     assert "\r" not in printed and "\x1b" not in printed
     lines = printed.splitlines()
-    labels = ["SGD (final)", "EMA 0.9 (acc.)", "EMA 0.9 (acc.) + BN recomputed", "EMA 0.9 (loss)",
-              "EMA 0.9 (loss) + BN recomputed"]
+    labels = ["SGD (final)", "SGD (early-stopped on validation)", "EMA 0.9 (acc.)", "EMA 0.9 (acc.) + BN recomputed",
+              "EMA 0.9 (loss)", "EMA 0.9 (loss) + BN recomputed", "EMA 0.9 (last epoch)",
+              "EMA 0.9 (last epoch) + BN recomputed"]
     for seed in TINY_SEEDS:
         path = os.path.join(tiny_seed_runs, f"seed-{seed}")
         start = lines.index(f"{path}: loading the cifar10 data ...")
         assert lines[start + 1:start + 1 + len(NAMES)] == [
-            f"evaluating 5 models on {LIMIT_TEST} test + 128 validation (for T) images: {label} {number}/5 ..."
+            f"evaluating 8 models on {LIMIT_TEST} test + 128 validation (for T) images: {label} {number}/8 ..."
             for number, label in enumerate(labels, 1)
         ]
         table = lines[lines.index(f"{path}: {LIMIT_TEST} test examples, ECE with 100 equal-mass bins, "

@@ -51,6 +51,11 @@ def ema_stem(decay, criterion, bn_recomputed=False):
     return weights_file_name(float(decay), criterion, bn_recomputed)[: -len(WEIGHTS_SUFFIX)]
 
 
+def ema_final_stem(decay):
+    """`ema_<decay>_final`: the EMA of `decay` at the last epoch (training/final_ema.py)."""
+    return f"ema_{float(decay):g}_final"
+
+
 def describe_weights(stem):
     """A table label for a weights stem: 'EMA 0.998 (loss) + BN recomputed'."""
     if stem == FINAL_WEIGHTS:
@@ -62,7 +67,7 @@ def describe_weights(stem):
     if stem == SGD_EARLY_WEIGHTS:
         return "SGD (early-stopped on validation)"
     _, decay, criterion, *bn = stem.split("_")
-    label = f"EMA {decay} ({'acc.' if criterion == 'acc' else 'loss'})"
+    label = f"EMA {decay} ({ {'acc': 'acc.', 'loss': 'loss', 'final': 'last epoch'}[criterion]})"
     return label + (" + BN recomputed" if bn else "")
 
 

@@ -25,6 +25,7 @@ from callbacks.warmup import warmup_released_after
 from training import best_model
 from training import checkpoint
 from training import distribution
+from training import final_ema
 from training import provenance
 from training import recipe
 from training import run_dir as run_directory
@@ -209,6 +210,8 @@ def finish(config, data, model, averaging, rows, path):
         for key, entry in averaging["bn"].summary().items():
             for criterion, metrics in entry.items():
                 summary["ema"][key][criterion]["bn_recomputed"] = metrics
+    if "ema" in averaging:
+        summary["ema_final"] = final_ema.save(config, path, model, averaging["ema"], data.train_one_pass, rows)
     return summary
 
 
