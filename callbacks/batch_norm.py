@@ -121,8 +121,9 @@ class BatchNormRecompute(keras.callbacks.Callback):
     the results are in `results` / `summary()` and `save(directory)` writes
     them (paper Table 1: "EMA models' BN statistics are recomputed once").
     A decay/criterion that `MultiEMA` did not select (no epoch evaluated) is
-    skipped, with a warning when `select_epochs` fixed its epoch. The model keeps its trained weights. Evaluation uses the model's
-    own compiled test function (`model.evaluate`). It may come before or after
+    skipped, with a warning when `select_epochs` fixed its epoch. The model
+    keeps its trained weights. Evaluation uses the model's own compiled test
+    function (`model.evaluate`). It may come before or after
     the `MultiEMA` in the callback list (the same results either way: the
     averages move after every batch, the selections at epoch end).
 

@@ -185,9 +185,11 @@ def test_the_same_flags_with_their_switch_are_used():
     # Without their switch the fields keep the values config.json always had, so old runs resume.
     plain = parse()
     assert (plain.swa_lr, plain.swa_cycle_epochs, plain.post_hoc_snapshot_dtype) == (None, 1, "float32")
-    assert (plain.ema_warmup, plain.ema_select, plain.ema_bn_mode, plain.bn_recompute) == ("steps", "best", "eman", "end")
+    assert (plain.ema_warmup, plain.ema_select, plain.ema_bn_mode, plain.bn_recompute) == (
+        "steps", "best", "eman", "end")
     no_ema = parse("--ema-decays")
-    assert (no_ema.ema_decays, no_ema.ema_warmup, no_ema.bn_recompute, no_ema.ema_batch_scaling) == ((), "steps", "end", False)
+    assert (no_ema.ema_decays, no_ema.ema_warmup, no_ema.bn_recompute, no_ema.ema_batch_scaling) == (
+        (), "steps", "end", False)
     assert plain.post_hoc_sigma_rels == (0.05, 0.1)
 
 

@@ -143,14 +143,17 @@ def test_tables_3_to_5_from_json_files(run_dirs, tmp_path):
     assert scaled[6] == _mean_std_text([0.03, 0.04], 100, 2)
     assert sorted(result["csv"]) == ["table1", "table3", "table4", "table5"]
     # The CSVs: raw numbers at full precision, from the JSON files the fixture wrote.
-    table = {name: list(csv.DictReader(open(result["csv"][name], newline=""))) for name in ("table3", "table4", "table5")}
+    table = {name: list(csv.DictReader(open(result["csv"][name], newline="")))
+             for name in ("table3", "table4", "table5")}
     (churn_row,) = table["table3"]
-    assert [float(churn_row[k]) for k in ("churn_baseline", "churn_method", "js_divergence_method")] == [0.1884, 0.1271, 0.009]
+    churn = [float(churn_row[k]) for k in ("churn_baseline", "churn_method", "js_divergence_method")]
+    assert churn == [0.1884, 0.1271, 0.009]
     baseline = next(row for row in table["table4"] if row["method"] == "baseline")
     assert float(baseline["accuracy_mean"]) == pytest.approx(np.mean([0.70, 0.72]), abs=1e-15)
     assert float(baseline["accuracy_std"]) == pytest.approx(np.std([0.70, 0.72], ddof=1), abs=1e-15)
     ece = next(row for row in table["table5"] if (row["method"], row["metric"]) == ("baseline", "ece"))
-    assert (float(ece["mean"]), float(ece["std"])) == pytest.approx((np.mean([0.11, 0.12]), np.std([0.11, 0.12], ddof=1)))
+    want = (np.mean([0.11, 0.12]), np.std([0.11, 0.12], ddof=1))
+    assert (float(ece["mean"]), float(ece["std"])) == pytest.approx(want)
 
 
 def test_figures_are_readable_pngs(run_dirs, tmp_path):
