@@ -8,7 +8,7 @@ evaluation that any selection needs; float16 snapshots halve the disk at a
 measured extra reconstruction error.
 
 Evidence: `python bench/posthoc_ema.py [RUN]` (default RUN: the real run
-reproductions/small/posthoc/run, ResNet-20, 30 epochs x 79 steps, a snapshot
+reproductions/small-v2/posthoc/run, ResNet-20, 30 epochs x 79 steps, a snapshot
 every epoch), TensorFlow backend on this machine's 2 shared CPU cores;
 results in bench/results/posthoc_ema.json (one run, after the fix that makes
 the coefficients sum to 1, while other training jobs and a test suite kept

@@ -1,6 +1,6 @@
 """Exploratory: the pre-plan small-budget runs read under docs/analysis-plan.md's statistics.
 
-Every run under reproductions/small/ predates the analysis plan, and the plan's rules were written
+Every run under reproductions/small-v2/ (the pre-plan small budget) predates the analysis plan, and the plan's rules were written
 after those runs were seen: nothing here is a verdict of the plan, only what its statistics say on
 data that already existed (issue 27: "re-analyses of existing runs ... come first ... label them
 exploratory"). No training; reads committed text results and test logits.
@@ -25,7 +25,7 @@ sys.path.insert(0, ROOT)
 from evaluation import claim_common as common  # noqa: E402
 from evaluation import metrics, regime, runs, stats  # noqa: E402
 
-SMALL = os.path.join(ROOT, "reproductions", "small")
+SMALL = os.path.join(ROOT, "reproductions", "small-v2")
 OUT = os.path.join(ROOT, "docs", "results", "exploratory-reanalysis.md")
 FLOOR_DRAWS = 200
 
