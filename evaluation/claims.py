@@ -10,7 +10,7 @@ a budget. Nothing here trains.
 import json
 import os
 
-from evaluation import claim_tables, noise_claims, report, runs, scaling
+from evaluation import claim_tables, noise_claims, plan_claims, report, runs, scaling
 
 CLAIMS = {
     "fig1a": "§3.2-3.3 Fig. 1a: validation accuracy of SGD and of the best EMA each epoch "
@@ -45,9 +45,12 @@ def write_claim(claim, text, out, dirs, commands, command, wall_seconds, images,
     `text` states the claim with the paper's numbers (`CLAIMS`).
     """
     result = BUILDERS[claim](dirs, out)
+    # The verdict is the analysis plan's (docs/analysis-plan.md), or "exploratory" for runs that predate it.
+    plan_text, planned = plan_claims.section(claim, dirs)
+    result["verdict"] = planned["verdict"]
     csv_path = report.write_csv(os.path.join(out, f"{claim}.csv"), result["rows"])
     parts = [f"# {claim}\n\n", f"**Claim.** {text}\n\n", f"**Ours.** {result['headline']}\n\n",
-             f"**Verdict: {result['verdict']}.** {result['reason']}\n\n"]
+             plan_text + "\n"]
     if result["mechanism"]:
         parts.append(f"{result['mechanism']}\n\n")
     parts.append(result["table"] + "\n")
@@ -65,8 +68,9 @@ def write_claim(claim, text, out, dirs, commands, command, wall_seconds, images,
         handle.write("".join(parts))
     verdict_path = os.path.join(out, f"{claim}.json")
     with open(verdict_path, "w", encoding="utf-8") as handle:
-        json.dump({"claim": claim, "verdict": result["verdict"], "reason": result["reason"],
-                   "headline": result["headline"], "wall_seconds": round(wall_seconds, 1),
+        json.dump({"claim": claim, "verdict": result["verdict"], "would_read": planned["would_read"],
+                   "exploratory": planned["exploratory"], "primary": planned["primary"]["statistic"].label,
+                   "primary_interval": planned["primary"]["interval"].short(), "headline": result["headline"], "wall_seconds": round(wall_seconds, 1),
                    "train_run_seconds": round(run_seconds, 1),
                    "train_images": images, "forward_images": forward}, handle, indent=2)
     files = [markdown, csv_path, verdict_path] + list(result["figures"])

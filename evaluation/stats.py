@@ -24,6 +24,9 @@ import numpy as np
 from scipy import stats as scipy_stats
 
 VERDICTS = ("holds", "does not hold", "inconclusive")
+# docs/analysis-plan.md adds: an undecided claim whose seeds needed exceed the budget, and a page whose runs
+# predate the plan (or record no clean commit).
+PLAN_VERDICTS = VERDICTS + ("not decidable at this budget", "exploratory")
 LEVEL = 0.95
 
 

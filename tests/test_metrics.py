@@ -148,3 +148,16 @@ def test_relative_weight_distance_on_hand_made_weights():
     assert metrics.relative_weight_distance(sgd, sgd) == 0.0
     with pytest.raises(ValueError, match="differs in shape"):
         metrics.relative_weight_distance([np.zeros(3), np.zeros((1, 1))], sgd)
+
+
+def test_calibrated_ece_is_the_binomial_mean_absolute_deviation():
+    """One confidence p for every sample, two classes: each of the B equal-mass bins holds m samples whose
+    correctness is Binomial(m, p)/m under calibrated labels, so E[ECE] = E|Bin(m, p)/m - p| exactly."""
+    from math import comb
+
+    p, m, bins = 0.7, 20, 5
+    probabilities = np.tile([p, 1 - p], (m * bins, 1))
+    expected = sum(comb(m, k) * p ** k * (1 - p) ** (m - k) * abs(k / m - p) for k in range(m + 1))
+    value = metrics.calibrated_ece(probabilities, np.random.default_rng(0), draws=4000, num_bins=bins)
+    # 4,000 draws of a mean over 5 bins: standard error about 0.06 / sqrt(20,000) < 5e-4.
+    assert value == pytest.approx(expected, abs=2e-3)

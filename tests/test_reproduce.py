@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from app import reproduce
+from evaluation import stats
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TFDS_DIR = os.path.join(os.path.dirname(ROOT), "shared", "data", "tfds")
@@ -67,7 +68,7 @@ def test_fig1a_table_is_the_validation_runs_history(tiny):
         per_decay = {d: np.mean([float(h[f"ema_{d}_val_accuracy"]) for h in at]) for d in ("0.5", "0.9")}
         assert per_decay[row["best_decay"]] == pytest.approx(max(per_decay.values()))
     assert os.path.getsize(os.path.join(base, "fig1a", "fig1a.png")) > 10_000
-    assert results["fig1a"]["verdict"] in ("holds", "does not hold", "inconclusive")
+    assert results["fig1a"]["verdict"] in stats.PLAN_VERDICTS
 
 
 @needs_cifar10
@@ -112,7 +113,20 @@ def test_table1_is_the_mean_over_the_final_runs(tiny):
         assert not os.path.exists(os.path.join(final, "swa", "checkpoint"))
         assert os.path.exists(os.path.join(final, "weights", "swa.weights.h5"))
     text = open(os.path.join(base, "table1", "table1.md"), encoding="utf-8").read()
-    assert "77.63 ± 0.14" in text and "Verdict" in text
+    assert "77.63 ± 0.14" in text
+    # The verdict is the analysis plan's: its rule quoted, the primary interval recomputed here, power and regime.
+    assert "**Rule** (docs/analysis-plan.md" in text and "> ### table1" in text
+    assert "**Power** (primary)" in text and "**Regime**" in text
+    entry = json.load(open(os.path.join(base, "table1", "table1.json")))
+    low, high = np.mean(gains) - half, np.mean(gains) + half
+    assert entry["primary_interval"] == f"{100 * np.mean(gains):+.2f} [{100 * low:+.2f}, {100 * high:+.2f}]"
+    expected = "holds" if low > 0 else "does not hold" if high < 0 else None
+    if entry["exploratory"]:  # a run made from a dirty tree or before the plan: no verdict
+        assert entry["verdict"] == "exploratory"
+    elif expected:
+        assert entry["verdict"] == expected
+    else:
+        assert entry["verdict"] in ("inconclusive", "not decidable at this budget")
     assert "**Budget vs paper**" in text and "**Provenance**" in text
     index = open(os.path.join(base, "RESULTS.md"), encoding="utf-8").read()
     verdicts = {claim: json.load(open(os.path.join(base, claim, f"{claim}.json"))) for claim in ("fig1a", "table1")}
@@ -125,7 +139,7 @@ def test_table1_is_the_mean_over_the_final_runs(tiny):
 def test_every_protocol_claim_page_has_its_interval_ratio_table_and_provenance(tiny):
     base, results, _ = tiny
     for claim in ("fig1a", "fig1b", "table1", "swa", "table5", "table3"):
-        assert results[claim]["verdict"] in ("holds", "does not hold", "inconclusive")
+        assert results[claim]["verdict"] in stats.PLAN_VERDICTS
         text = open(os.path.join(base, claim, f"{claim}.md"), encoding="utf-8").read()
         assert "95 % CI" in text and "**Budget vs paper**" in text and "**Provenance**" in text, claim
     # Table 5 reads app.evaluate on both validation runs: the per-seed ECE rows are theirs.
