@@ -52,9 +52,10 @@ def test_run_directory_holds_everything(run):
     # git_dirty: tests/test_provenance.py checks it on repositories in known states.
     assert open(os.path.join(out, "command.txt")).read().split()[3:] == argv
     assert sorted(os.listdir(os.path.join(out, "weights"))) == sorted(
-        ["final.weights.h5", "swa.weights.h5"]
+        ["final.weights.h5", "swa.weights.h5", "sgd_early.weights.h5"]
         + [f"ema_{d}_{c}{bn}.weights.h5" for d in ("0.9", "0.99") for c in ("acc", "loss") for bn in ("", "_bn")]
-    )
+        + ["ema_0.99_final.weights.h5", "ema_0.99_final_bn.weights.h5"]  # the largest decay at the last epoch
+    )  # and no temporary file of the atomic writes left behind
 
 
 def test_history_has_one_row_per_epoch_and_a_column_per_model(run):
