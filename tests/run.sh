@@ -23,7 +23,7 @@ QUICK_FILES=(tests/test_stats.py tests/test_schedules.py tests/test_metrics.py t
              tests/test_cli.py tests/test_report.py tests/test_noise_claims.py tests/test_bootstrap.py
              tests/test_ema.py tests/test_swa.py tests/test_power_ema.py tests/test_batch_norm.py
              tests/test_ema_rules.py tests/test_run_dir.py tests/test_tiny_imagenet.py tests/test_regime.py
-             tests/test_callback_state.py tests/test_doc_references.py)
+             tests/test_doc_references.py)
 case "${1:-all}" in
     all)
         python -m pytest -q "${WORKERS[@]}" tests
