@@ -307,7 +307,7 @@ def section(claim, dirs):
         name = f"**primary**: {statistic.label}" if statistic.primary else statistic.label
         lines.append(f"| {name} | {per_seed} | {row['interval'].short()} | {row['rule']} | {row['verdict']} |")
         if row["interval"].rounds_onto(0.0) or row["interval"].rounds_onto(stats.EQUIVALENCE_MARGIN):
-            lines.append(f"| (a bound shows as the margin; decided on its unrounded value) | | | | |")
+            lines.append("| (a bound shows as the margin; decided on its unrounded value) | | | | |")
     lines += ["", f"**Power** (primary): {result['primary']['power']}.", ""]
     notes = [row["statistic"].note for row in result["rows"] if row["statistic"].note]
     lines += [f"Note: {note}" for note in notes] + ([""] if notes else [])

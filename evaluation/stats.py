@@ -161,7 +161,7 @@ def seeds_needed(diffs, margin=0.0, equivalence=False, level=LEVEL, limit=1000):
 def power_text(interval, needed, seconds_per_seed=None):
     """The page's power row: half-width, seeds needed at the observed spread, and their cost here."""
     if needed is None:
-        seeds = f"no number of seeds up to 1,000 decides it (mean on the margin)"
+        seeds = "no number of seeds up to 1,000 decides it (mean on the margin)"
     elif needed <= interval.n:
         seeds = f"{needed} seeds decide it (these {interval.n} do)"
     else:

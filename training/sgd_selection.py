@@ -15,7 +15,6 @@ history rows already written, and the file was written at that epoch.
 """
 
 import math
-import os
 
 import keras
 
@@ -55,8 +54,7 @@ def keep_sgd_epoch(config, run_path, rows):
     """The callback for a run (`rows`: the history rows a resumed run already has)."""
     path = run_directory.weights_path(run_path, run_directory.SGD_EARLY_WEIGHTS)
     if config.stop_epochs_from:
-        chosen = run_directory.read_summary(config.stop_epochs_from)["sgd"]["best_val_accuracy"]["epoch"]
-        return KeepSGDEpoch(path, epoch=chosen - 1)  # summary.json counts epochs from 1
+        return KeepSGDEpoch(path, epoch=_chosen_epoch(config) - 1)  # summary.json counts epochs from 1
     best = max((row["val_accuracy"] for row in rows or ()), default=-math.inf)
     return KeepSGDEpoch(path, best_so_far=best)
 
@@ -65,7 +63,7 @@ def summary_entry(config, rows):
     """summary.json's `sgd.early_stopped`: the kept epoch (from 1) and the split that chose it (None if the
     chosen epoch was never reached)."""
     if config.stop_epochs_from:
-        epoch = run_directory.read_summary(config.stop_epochs_from)["sgd"]["best_val_accuracy"]["epoch"]
+        epoch = _chosen_epoch(config)
         chosen = next((row for row in rows if int(row["epoch"]) == epoch), None)
         if chosen is None:  # the validation run's epoch lies past this run's last: nothing was kept
             return None
@@ -76,3 +74,8 @@ def summary_entry(config, rows):
     return {"epoch": int(chosen["epoch"]), "val_accuracy": chosen["val_accuracy"], "val_loss": chosen["val_loss"],
             "selected_on": selected_on, "weights": f"{run_directory.WEIGHTS_DIR}/{run_directory.SGD_EARLY_WEIGHTS}"
                                                    f"{run_directory.WEIGHTS_SUFFIX}"}
+
+
+def _chosen_epoch(config):
+    """SGD's epoch of best validation accuracy (from 1) in the `--stop-epochs-from` run."""
+    return run_directory.read_summary(config.stop_epochs_from)["sgd"]["best_val_accuracy"]["epoch"]
