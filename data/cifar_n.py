@@ -28,13 +28,13 @@ import dataclasses
 import io
 import os
 import pickle
-import tempfile
 import urllib.request
 import zipfile
 
 import numpy as np
 
 from utils.errors import UsageError
+from utils.files import atomic_write
 
 REPOSITORY = "https://github.com/UCSC-REAL/cifar-10-100n"
 # github.com/<repo>/raw/ also serves files kept in Git LFS, raw.githubusercontent.com not.
@@ -285,11 +285,7 @@ def _write_new(path, data, source):
             f"{path} exists and differs from the one prepared from {source}; "
             "move it away (it was not overwritten) or pass another --data-dir"
         )
-    handle, temporary = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".partial-")
-    with os.fdopen(handle, "wb") as file:
-        file.write(data)
-    os.replace(temporary, path)
-    return path
+    return atomic_write(path, data)
 
 
 def _download(url, name):

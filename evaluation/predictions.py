@@ -27,6 +27,7 @@ from callbacks.ema_selection import SUMMARY_KEYS
 from training import run_dir as run_directory
 from data import availability
 from utils.errors import UsageError
+from utils.files import atomic_write
 from evaluation import runs
 
 
@@ -283,13 +284,10 @@ _LIMIT_KEY = "limit_test"  # 0: the whole test split
 
 def save_test_logits(run_path, logits_by_name, labels, limit_test):
     """Writes `test_logits.npz` (float32 logits per weights stem, the labels, the limit) atomically."""
-    path = os.path.join(run_path, run_directory.TEST_LOGITS_FILE)
-    temporary = f"{path}.tmp.npz"
     arrays = {name: np.asarray(value, dtype=np.float32) for name, value in logits_by_name.items()}
-    np.savez_compressed(temporary, **arrays, **{_LABELS_KEY: np.asarray(labels, dtype=np.int64),
-                                                 _LIMIT_KEY: np.int64(limit_test or 0)})
-    os.replace(temporary, path)
-    return path
+    arrays.update({_LABELS_KEY: np.asarray(labels, dtype=np.int64), _LIMIT_KEY: np.int64(limit_test or 0)})
+    return atomic_write(os.path.join(run_path, run_directory.TEST_LOGITS_FILE),
+                        lambda temporary: np.savez_compressed(temporary, **arrays))
 
 
 def cached_test_logits(run, names, limit_test):

@@ -26,6 +26,7 @@ import numpy as np
 import models
 from callbacks.ema_selection import SUMMARY_KEYS
 from training import run_dir as run_directory
+from utils.files import atomic_write
 
 CRITERION = "val_accuracy"
 
@@ -80,8 +81,4 @@ def save(run_path, config, data, stem):
         model = keras.Model(inputs, network(normalized), name=f"{config.model}_best")
     finally:
         keras.config.set_dtype_policy(previous)
-    path = os.path.join(run_path, run_directory.BEST_MODEL_FILE)
-    temporary = os.path.join(run_path, ".partial-" + run_directory.BEST_MODEL_FILE)
-    model.save(temporary)  # then renamed: a reader never sees half a file
-    os.replace(temporary, path)
-    return path
+    return atomic_write(os.path.join(run_path, run_directory.BEST_MODEL_FILE), model.save)

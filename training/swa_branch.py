@@ -32,6 +32,7 @@ from training import run_dir as run_directory
 from training import stopping
 from training.history import EpochTimer, RunLogger
 from training.recipe import build_model, build_schedule
+from utils.files import atomic_write
 
 BRANCH_POINT = "swa-branch.npz"
 DIRECTORY = "swa"
@@ -48,9 +49,9 @@ class KeepBranchPoint(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if epoch + 1 != self.epoch:
             return
-        temporary = os.path.join(self.checkpoint_dir, BRANCH_POINT + ".tmp")
-        shutil.copyfile(os.path.join(self.checkpoint_dir, checkpoint.LAST), temporary)
-        os.replace(temporary, os.path.join(self.checkpoint_dir, BRANCH_POINT))
+        last = os.path.join(self.checkpoint_dir, checkpoint.LAST)
+        atomic_write(os.path.join(self.checkpoint_dir, BRANCH_POINT),
+                     lambda temporary: shutil.copyfile(last, temporary))
 
 
 class SaveBudgetAverage(keras.callbacks.Callback):

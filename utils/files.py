@@ -1,25 +1,35 @@
-"""Atomic file writing, without heavy imports (the command lines import it first)."""
+"""Atomic file writing, without heavy imports (the command lines import it first).
+
+Every file the project writes for a reader (run directories, checkpoints, caches,
+snapshots) goes through `atomic_write`: a reader or a killed process never leaves
+half a file under the real name.
+"""
 
 import os
 
 
-def atomic_write_text(path, text):
-    """Writes `text` to `path` through a temporary file, fsync and a rename."""
-    temporary = f"{path}.tmp"
-    with open(temporary, "w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
+def atomic_write(path, content):
+    """Writes `content` to `path` through a temporary file and a rename.
 
-
-def atomic_write(path, write):
-    """Calls `write(temporary)` then renames the file onto `path`: a reader never sees half a file.
-
-    The temporary name keeps `path`'s ending, which some writers check (Keras's `save_weights` wants
-    `.weights.h5`): `<dir>/.partial-<name>`.
+    `content` is text, bytes, or a function `write(temporary_path)` for writers
+    that take a path (`np.savez`, Keras's `save_weights`). The temporary name
+    keeps `path`'s ending, which some writers check (Keras wants `.weights.h5`,
+    NumPy appends `.npz` otherwise): `<dir>/.partial-<name>`. Returns `path`.
     """
     directory, name = os.path.split(path)
     temporary = os.path.join(directory, f".partial-{name}")
-    write(temporary)
+    if callable(content):
+        content(temporary)
+    else:
+        binary = isinstance(content, bytes)
+        with open(temporary, "wb" if binary else "w", encoding=None if binary else "utf-8") as handle:
+            handle.write(content)
+            handle.flush()
+            os.fsync(handle.fileno())
     os.replace(temporary, path)
+    return path
+
+
+def atomic_write_text(path, text):
+    """`atomic_write` for text (the name most callers read best)."""
+    return atomic_write(path, text)
