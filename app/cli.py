@@ -101,7 +101,8 @@ def build_parser(prog="python -m app.train", out_help="run directory (default: r
         default=None,
         metavar="TUNER_DIR",
         help="take the initial learning rate (and any other tuned value) from "
-        "TUNER_DIR/best.json written by python -m app.tune",
+        "TUNER_DIR/best.json written by python -m app.tune (or from a result file of it: "
+        "TUNER_DIR/best_sgd_final.json, the lr SGD's last epoch picks)",
     )
     train.add_argument("--batch-size", type=positive_int, default=None,
                        help="batch size: the global batch, split across --devices (default: 128, "

@@ -18,14 +18,15 @@ def apply_tuned(args):
     """Fills --lr (and a tuned --weight-decay / --batch-size) from a tuner's best.json."""
     if args.lr is not None:
         raise UsageError("give --lr or --lr-from, not both")
-    path = os.path.join(args.lr_from, "best.json")
+    # A search's directory (its best.json), or one of its result files (best_sgd_final.json).
+    path = args.lr_from if args.lr_from.endswith(".json") else os.path.join(args.lr_from, "best.json")
     try:
         with open(path, encoding="utf-8") as handle:
             best = json.load(handle)
         args.lr = float(best["lr"])
     except (OSError, ValueError, KeyError, TypeError):
         raise UsageError(
-            f"--lr-from: no readable best.json with an 'lr' in {args.lr_from}; "
+            f"--lr-from: no readable {os.path.basename(path)} with an 'lr' in {os.path.dirname(path) or '.'}; "
             "run python -m app.tune first, or pass that search's --out"
         )
     # What the user typed wins over the search; what comes from it is said so.

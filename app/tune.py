@@ -70,6 +70,7 @@ from utils.errors import UsageError
 from utils.files import atomic_write_text
 
 BEST_FILE = "best.json"
+BEST_SGD_FILE = "best_sgd_final.json"  # the lr for SGD, read from the same trials
 COMMAND_FILE = "command.txt"
 
 
@@ -186,6 +187,8 @@ def finish(config, oracle, path, started):
     best["trials"] = {"completed": completed, "failed": failed, "other": other}
     best["wall_time_seconds"] = round(time.time() - started, 1)
     atomic_write_text(os.path.join(path, BEST_FILE), json.dumps(best, indent=2) + "\n")
+    if config.objective == "ema":
+        _write_best_final_sgd(oracle, path, config.train_argv)
     where = f"epoch {best['epoch']}"
     if best["decay"] is not None:
         where += f", EMA decay {best['decay']:g}"
@@ -197,6 +200,25 @@ def finish(config, oracle, path, started):
         flush=True,
     )
     return best
+
+
+def _write_best_final_sgd(oracle, path, train_argv):
+    """best_sgd_final.json: the lr SGD's last-epoch validation accuracy picks, from the same trials.
+
+    The analysis plan tunes the lr for SGD as well as for the EMA (docs/analysis-plan.md,
+    Comparators); reading the trials' histories costs no training.
+    """
+    from tuning.hypermodel import hyperparameter_flags
+    from tuning.tuner import best_final_sgd
+
+    best = best_final_sgd(oracle, path)
+    if best is None:
+        return
+    best["command"] = "python -m app.train " + shlex.join(
+        list(train_argv) + hyperparameter_flags(best["hyperparameters"]) + ["--full-train"])
+    atomic_write_text(os.path.join(path, BEST_SGD_FILE), json.dumps(best, indent=2) + "\n")
+    print(f"SGD's last-epoch validation accuracy (the same trials) picks lr {best['lr']:g} "
+          f"({best['objective']:.4f}): {os.path.join(path, BEST_SGD_FILE)}", flush=True)
 
 
 def _has_emas(trial_dir):

@@ -176,6 +176,27 @@ def test_the_objective_is_the_max_over_epochs_of_ema_best_val_accuracy(searched)
             assert os.listdir(weights) == [f"ema_{best['decay']:g}_acc.weights.h5"]
 
 
+def test_best_sgd_final_json_ranks_the_same_trials_by_sgds_last_epoch(searched_with_output):
+    """The plan's second lr objective (issue 27), re-derived from the trials' histories."""
+    tuner_dir, _, printed = searched_with_output
+    best = read_json(os.path.join(tuner_dir, "best_sgd_final.json"))
+    last = {}
+    for trial_id, record in read_trials(tuner_dir).items():
+        if record["status"] == "COMPLETED":
+            last[record["hyperparameters"]["values"]["lr"]] = read_history(
+                os.path.join(tuner_dir, f"trial_{trial_id}"))[-1]["val_accuracy"]
+    top = max(last.values())
+    assert best["lr"] == min(lr for lr, accuracy in last.items() if accuracy == top)
+    assert best["objective"] == top and best["objective_name"] == "sgd-final" and best["epoch"] == 2
+    assert best["command"] == "python -m app.train " + " ".join(TRAIN_FLAGS) + f" --lr {best['lr']!r} --full-train"
+    assert f"picks lr {best['lr']:g} ({top:.4f}): {os.path.join(tuner_dir, 'best_sgd_final.json')}" in printed
+    # --lr-from takes the file as well as the search's directory.
+    from app import cli
+
+    config = cli.parse_config(TRAIN_FLAGS + ["--lr-from", os.path.join(tuner_dir, "best_sgd_final.json")])
+    assert config.lr == best["lr"]
+
+
 def test_a_diverging_trial_is_failed_and_the_search_goes_on(searched):
     tuner_dir, returned = searched
     by_lr = {t["hyperparameters"]["values"]["lr"]: t for t in read_trials(tuner_dir).values()}

@@ -88,6 +88,38 @@ def best_trial_result(oracle, objective):
     }
 
 
+def best_final_sgd(oracle, path):
+    """The completed trial whose SGD model scores best on validation at its last epoch.
+
+    The analysis plan's second lr objective (docs/analysis-plan.md, Comparators):
+    read from the same trials as the EMA objective, from each trial's
+    history.csv (`trial_<id>/history.csv`, column `val_accuracy`). Returns the
+    dict `best_trial_result` does, with `objective_name` "sgd-final"; None when
+    no completed trial wrote a history.
+    """
+    import csv
+    import os
+
+    scored = []
+    for trial in oracle.trials.values():
+        if trial.status != COMPLETED:
+            continue
+        try:
+            with open(os.path.join(path, f"trial_{trial.trial_id}", "history.csv"), encoding="utf-8") as handle:
+                rows = list(csv.DictReader(handle))
+            scored.append((float(rows[-1]["val_accuracy"]), len(rows), trial))
+        except (OSError, IndexError, KeyError, ValueError):
+            continue
+    if not scored:
+        return None
+    # Ties go to the smaller lr (the order of the grid is not the order of the trials).
+    accuracy, epochs, trial = max(scored, key=lambda item: (item[0], -item[2].hyperparameters.values["lr"]))
+    values = dict(trial.hyperparameters.values)
+    return {"trial_id": trial.trial_id, "hyperparameters": values, "lr": values["lr"], "objective": accuracy,
+            "objective_name": "sgd-final", "objective_metric": "val_accuracy at the last epoch",
+            "epoch": epochs, "decay": None}
+
+
 def _decay_of(trial):
     # The best epoch's logs are the trial's metrics; the EMA whose accuracy is
     # the maximum over decays scored it (the smallest decay among ties, as
