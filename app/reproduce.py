@@ -32,6 +32,7 @@ from evaluation import claims as claim_pages
 from evaluation.claims import CLAIM_ORDER, CLAIMS
 
 BUDGETS = ("small", "paper", "tiny")
+SGD_BEST_FILE = "best_sgd_final.json"  # app.tune's SGD objective, beside its best.json
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,6 +99,18 @@ def plan(budget, out, data_dir, seeds):
     )
     steps["fig2"] = tune[1:] + [noisy_validation, *noisy_final]
     steps["table2"] = tune[1:] + [noisy_validation, *_tested(noisy_final, dirs["noisy_final"], limit_test)]
+    # The plan's SGD columns (docs/analysis-plan.md, Comparators) come from runs at the lr SGD's last
+    # epoch picks in the same tuning trials; where it differs from the EMA's, the runs those columns
+    # read are repeated at it, into <dir>-sgd/ (dirs["<key>_sgd"]); where it agrees, one run serves both.
+    for tuning, keys, claims in (("tuning", ("validation", "validation_seeds", "final"),
+                                  ("table1", "swa", "table3", "table5")),
+                                 ("tuning-noisy", ("noisy_validation", "noisy_final"), ("fig2", "table2"))):
+        if sgd_lr_differs(os.path.join(out, tuning)):
+            twins = {dirs[key]: dirs[key] + "-sgd" for key in keys}
+            dirs.update({f"{key}_sgd": twins[dirs[key]] for key in keys})
+            for claim in claims:
+                steps[claim] += [_sgd_twin(step, twins, os.path.join(out, tuning)) for step in steps[claim]
+                                 if step.command != "tune" and _reads(step, twins)]
     # Adda et al. read the final epoch: each run keeps its last EMAs and tests them; seed by seed,
     # both schedules (their differences are paired over seeds).
     steps["adda-constant-lr"] = [
@@ -107,6 +120,36 @@ def plan(budget, out, data_dir, seeds):
                             dirs[f"adda_{schedule}"], limit_test)
     ]
     return {claim: _unique(claim_steps) for claim, claim_steps in steps.items()}, dirs, setups
+
+
+def sgd_lr_differs(tuning_dir):
+    """True when the search's SGD objective (best_sgd_final.json) picked another lr than its EMA one (best.json)."""
+    import json
+
+    try:
+        lrs = []
+        for name in ("best.json", SGD_BEST_FILE):
+            with open(os.path.join(tuning_dir, name), encoding="utf-8") as handle:
+                lrs.append(float(json.load(handle)["lr"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return False  # not tuned yet (main plans again after tuning) or no SGD file: one run serves both
+    return lrs[0] != lrs[1]
+
+
+def _reads(step, twins):
+    return any(value == path or value.startswith(path + os.sep) for value in step.argv for path in twins)
+
+
+def _sgd_twin(step, twins, tuning_dir):
+    """`step` at the SGD-tuned lr: its run directories mapped to their -sgd twins."""
+    def mapped(value):
+        for path, twin in twins.items():
+            if value == path or value.startswith(path + os.sep):
+                return twin + value[len(path):]
+        return tuning_dir + os.sep + SGD_BEST_FILE if value == tuning_dir else value
+
+    return dataclasses.replace(step, argv=tuple(map(mapped, step.argv)),
+                               done_files=tuple(map(mapped, step.done_files)))
 
 
 def _unique(steps):
@@ -257,6 +300,14 @@ def main(argv=None):
         from utils import quiet
 
         quiet.import_tensorflow()
+        # The searches first: what they pick decides which runs the SGD columns need (plan again).
+        tunes = _unique([step for claim in claims for step in steps[claim] if step.command == "tune"])
+        for step in tunes:
+            if not all(os.path.exists(f) for f in step.done_files):
+                print(f"[tuning] running: {step.text()}", flush=True)
+                _run_step(step)
+        if tunes:
+            steps, dirs, setups = plan(args.budget, out, args.data_dir, args.seeds)
         results = {}
         for claim in claims:
             results[claim] = _run_claim(claim, steps[claim], dirs, setups, out, args)
@@ -280,6 +331,10 @@ def _dry_run(claims, steps, setups):
                 forward_images += step.forward_images
     print(f"# estimated images to process: {train_images:,} trained, {forward_images:,} forward "
           "(evaluation, BN recompute)")
+    if any(step.command == "tune" and not all(os.path.exists(f) for f in step.done_files)
+           for claim in claims for step in steps[claim]):
+        print(f"# after tuning: where {SGD_BEST_FILE} picks another lr than best.json, the runs the SGD "
+              "columns read are repeated at it (into <dir>-sgd/; not counted above)")
     return {"train_images": train_images, "forward_images": forward_images}
 
 

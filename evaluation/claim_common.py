@@ -17,6 +17,12 @@ def group(*paths):
     return runs.load_groups([path for path in paths if path and os.path.isdir(path)])[0]
 
 
+def sgd_group(dirs, *keys):
+    """The runs SGD's columns read: app.reproduce's `<key>_sgd` twins (SGD at its own tuned lr,
+    docs/analysis-plan.md, Comparators) where they exist, else the EMA's runs themselves."""
+    return group(*[dirs.get(f"{key}_sgd") or dirs.get(key) for key in keys])
+
+
 def validation(dirs):
     """The 80/20 validation runs of every seed (the first seed's run and the others')."""
     return group(dirs["validation"], dirs.get("validation_seeds"))

@@ -122,13 +122,15 @@ def fig1b(dirs, out):
 
 def table1(dirs, out):
     group = common.group(dirs["final"])
+    sgd = common.sgd_group(dirs, "final")  # baseline and SWA: SGD's runs at its own tuned lr, where made
     decay = common.largest_decay(group.runs[0])
     models = common.evaluated(group)[0]["models"]
     methods = [m for m in ("baseline", "ema_acc", "ema_loss", "swa") if m in models]
     # SWA at the budget the other columns had, when its branch ran past it (the SWA page shows both).
     swa_source = "swa_budget" if "swa_budget" in models else "swa"
-    accuracy = {m: common.test_values(group, swa_source if m == "swa" else m) for m in methods}
-    loss = {m: common.test_values(group, swa_source if m == "swa" else m, "loss") for m in methods}
+    source = {m: sgd if m in ("baseline", "swa") else group for m in methods}
+    accuracy = {m: common.test_values(source[m], swa_source if m == "swa" else m) for m in methods}
+    loss = {m: common.test_values(source[m], swa_source if m == "swa" else m, "loss") for m in methods}
     intervals = {m: stats.paired_interval(accuracy[m], accuracy["baseline"]) for m in methods if m != "baseline"}
     rows = [{"method": swa_source if m == "swa" else m, "ema_decay": decay if m.startswith("ema") else "",
              "seeds": len(group.runs),
@@ -200,7 +202,7 @@ SWA_MARGIN = 0.006  # the EMA paper's Table 1 SWA gain on CIFAR-100 is +1.06; th
 
 
 def swa(dirs, out):
-    group = common.group(dirs["final"])
+    group = common.sgd_group(dirs, "final")  # SWA branches off SGD: the runs at SGD's own lr, where made
     sgd = common.test_values(group, "baseline")
     first = group.runs[0].summary["swa"]
     branch, budget = first["branch"], group.config["epochs"]
@@ -248,6 +250,9 @@ def table3(dirs, out):
     with open(os.path.join(dirs["final"], runs.CONSISTENCY_FILE), encoding="utf-8") as handle:
         data = json.load(handle)
     models = data["models"]
+    if dirs.get("final_sgd"):  # the baseline at SGD's own tuned lr
+        with open(os.path.join(dirs["final_sgd"], runs.CONSISTENCY_FILE), encoding="utf-8") as handle:
+            models = {**models, "baseline": json.load(handle)["models"]["baseline"]}
     rows = []
     for method in ("baseline", "ema_loss"):
         m = models[method]
@@ -294,10 +299,11 @@ def table3(dirs, out):
 
 def table5(dirs, out):
     group = common.validation(dirs)
+    sgd = common.sgd_group(dirs, "validation", "validation_seeds")
     rows, values = [], {}
     for method in ("baseline", "ema_acc", "ema_loss"):
         for metric in ("accuracy", "ece", "ece_temperature_scaled"):
-            values[(method, metric)] = common.test_values(group, method, metric)
+            values[(method, metric)] = common.test_values(sgd if method == "baseline" else group, method, metric)
             mean, std = common.mean_std(values[(method, metric)])
             rows.append({"method": method, "metric": metric, "mean": mean, "std": std, "seeds": len(group.runs),
                          "test_examples": common.test_examples(group)})

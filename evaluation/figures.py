@@ -122,12 +122,17 @@ def _save(pyplot, figure, path):
     pyplot.close(figure)
 
 
-def plot_ema_vs_sgd(group, path, ema_column, ema_label, smoothing_window=1):
-    """Fig. 1a / Fig. 2: SGD and one EMA curve, learning rate on a second y-axis."""
+def plot_ema_vs_sgd(group, path, ema_column, ema_label, smoothing_window=1, sgd_group=None):
+    """Fig. 1a / Fig. 2: SGD and one EMA curve, learning rate on a second y-axis.
+
+    `sgd_group`: the runs of the SGD curve where they are not the EMA's (SGD at its own tuned lr).
+    """
     pyplot, figure, axes = _new_figure()
-    epochs, sgd = mean_curve(group.runs, "val_accuracy")
-    lines = axes.plot(epochs, 100 * smooth(sgd, smoothing_window), color="tab:blue", label="SGD")
-    _band(axes, group.runs, "val_accuracy", "tab:blue", smoothing_window)
+    sgd_runs = (sgd_group or group).runs
+    epochs, sgd = mean_curve(sgd_runs, "val_accuracy")
+    sgd_label = "SGD" if sgd_group is None else f"SGD (lr {sgd_group.config['lr']:g})"
+    lines = axes.plot(epochs, 100 * smooth(sgd, smoothing_window), color="tab:blue", label=sgd_label)
+    _band(axes, sgd_runs, "val_accuracy", "tab:blue", smoothing_window)
     if has_column(group.runs, ema_column):
         _, ema = mean_curve(group.runs, ema_column)
         lines += axes.plot(epochs, 100 * smooth(ema, smoothing_window), color="tab:red", label=ema_label)

@@ -33,20 +33,22 @@ PUBLISHED_TABLE2 = (
 
 def fig2(dirs, out):
     group = common.group(dirs["noisy_final"])
+    sgd_group = common.sgd_group(dirs, "noisy_final")  # SGD's curve at its own tuned lr, where made
     decay = common.largest_decay(group.runs[0])
-    epochs, sgd = figures.mean_curve(group.runs, "val_accuracy")
+    epochs, sgd = figures.mean_curve(sgd_group.runs, "val_accuracy")
     _, ema = figures.mean_curve(group.runs, f"ema_{decay}_val_accuracy")
-    _, train = figures.mean_curve(group.runs, "train_accuracy")
+    _, train = figures.mean_curve(sgd_group.runs, "train_accuracy")
     _, lr = figures.mean_curve(group.runs, "lr")
     rows = [{"epoch": int(e), "lr": r, "sgd_test_accuracy": s, f"ema_{decay}_test_accuracy": a,
              "sgd_train_accuracy_noisy_labels": t} for e, r, s, a, t in zip(epochs, lr, sgd, ema, train)]
     peak = int(np.nanargmax(ema))
     per_seed_peak = [common.column(run, f"ema_{decay}_val_accuracy")[peak] for run in group.runs]
-    per_seed_final = [common.column(run, "val_accuracy")[-1] for run in group.runs]
+    per_seed_final = [common.column(run, "val_accuracy")[-1] for run in sgd_group.runs]
     interval = stats.paired_interval(per_seed_peak, per_seed_final)
     parts = [(f"EMA α={decay} at the mean curve's peak (epoch {peak + 1}) − SGD's final (margin 0)", interval,
               stats.verdict(interval, 0.0))]
-    path = figures.plot_ema_vs_sgd(group, os.path.join(out, "fig2.png"), f"ema_{decay}_val_accuracy", f"EMA α={decay}")
+    path = figures.plot_ema_vs_sgd(group, os.path.join(out, "fig2.png"), f"ema_{decay}_val_accuracy", f"EMA α={decay}",
+                                   sgd_group=sgd_group if dirs.get("noisy_final_sgd") else None)
     shown = sorted({1, len(rows) // 4, len(rows) // 2, peak + 1, 3 * len(rows) // 4, len(rows)})
     table = report.markdown_table(
         ["epoch", "lr", "SGD test (%)", f"EMA α={decay} test (%)", "SGD train acc. on noisy labels (%)"],
@@ -69,7 +71,7 @@ def fig2(dirs, out):
 def table2(dirs, out):
     group = common.group(dirs["noisy_final"])
     ema = common.test_values(group, "ema_acc")
-    sgd = common.test_values(group, "baseline")
+    sgd = common.test_values(common.sgd_group(dirs, "noisy_final"), "baseline")  # at SGD's own lr, where made
     interval = stats.paired_interval(ema, sgd)
     rows = [{"method": "EMA (acc.) — ours", "accuracy_mean": common.mean_std(ema)[0], "accuracy_std": common.mean_std(ema)[1]},
             {"method": "CE (standard) — ours, SGD final", "accuracy_mean": common.mean_std(sgd)[0],

@@ -64,6 +64,12 @@ def _group(dirs, *keys):
     return common.group(*[dirs.get(key) for key in keys])
 
 
+def _sgd_group(dirs, *keys):
+    """The runs SGD columns read: the `<key>_sgd` twins at the SGD-tuned lr where app.reproduce made them
+    (docs/analysis-plan.md, Comparators), else the same runs as the EMA's."""
+    return _group(dirs, *[f"{key}_sgd" if dirs.get(f"{key}_sgd") else key for key in keys])
+
+
 def seconds_per_seed(group):
     return float(np.mean([run.summary.get("wall_time_seconds", np.nan) for run in group.runs]))
 
@@ -102,13 +108,15 @@ def fig1a(dirs):
                   + ", ".join(f"{100 * e / total:.0f} %" for e in epochs) + " of the run; paper App. B: always < 75 %) "
                   "minus the same EMA at the last epoch. The plan reads the whole test set with BN recomputed once."))
     validation = _group(dirs, "validation", "validation_seeds")
-    lead = [float(np.mean(common.column(r, "ema_best_val_accuracy") - common.column(r, "val_accuracy")))
-            for r in validation.runs]
+    sgd = _sgd_group(dirs, "validation", "validation_seeds")
+    lead = [float(np.mean(common.column(r, "ema_best_val_accuracy") - common.column(s, "val_accuracy")))
+            for r, s in zip(validation.runs, sgd.runs)]
     end_ema = [float(common.column(r, "ema_best_val_accuracy")[-1]) for r in validation.runs]
-    end_sgd = [float(common.column(r, "val_accuracy")[-1]) for r in validation.runs]
+    end_sgd = [float(common.column(r, "val_accuracy")[-1]) for r in sgd.runs]
     secondary = [Statistic("best EMA − SGD, mean over all epochs (validation)", lead, [0.0] * len(lead)),
                  Statistic("best EMA − SGD at the last epoch (validation)", end_ema, end_sgd, equivalence=True)]
-    return [primary] + secondary, [validation, final], seconds_per_seed(final) + seconds_per_seed(validation)
+    return ([primary] + secondary, _distinct(validation, final, sgd),
+            seconds_per_seed(final) + seconds_per_seed(validation))
 
 
 def fig1b(dirs):
@@ -135,27 +143,36 @@ def recovery_per_seed(group, decay, first, stop):
                            - common.column(run, f"ema_{decay}_val_accuracy"))[first:stop])) for run in group.runs]
 
 
-def _early_stopped_sgd(group, method, label):
-    if not _has_method(group, "sgd_early"):
+def _early_stopped_sgd(group, sgd, method, label):
+    if not _has_method(sgd, "sgd_early"):
         return []
-    return [Statistic(f"{label} − SGD early-stopped on validation", _test(group, method), _test(group, "sgd_early"))]
+    return [Statistic(f"{label} − SGD early-stopped on validation", _test(group, method), _test(sgd, "sgd_early"))]
+
+
+def _distinct(*groups):
+    """The groups a claim read, each once (an SGD twin is the EMA's own group where the lrs agree)."""
+    kept = []
+    for group in groups:
+        if all(group.runs[0].path != other.runs[0].path for other in kept):
+            kept.append(group)
+    return kept
 
 
 def table1(dirs):
-    final = _group(dirs, "final")
-    ema, baseline = _test(final, "ema_acc"), _test(final, "baseline")
+    final, sgd = _group(dirs, "final"), _sgd_group(dirs, "final")
+    ema, baseline = _test(final, "ema_acc"), _test(sgd, "baseline")
     statistics = [Statistic("EMA (acc.) − baseline, test accuracy", ema, baseline, primary=True),
                   Statistic("EMA (loss) − baseline", _test(final, "ema_loss"), baseline)]
-    statistics += _early_stopped_sgd(final, "ema_acc", "EMA (acc.)")
-    if _has_method(final, "swa_budget"):
-        statistics.append(Statistic("EMA (acc.) − SWA at the budget's end", ema, _test(final, "swa_budget"),
+    statistics += _early_stopped_sgd(final, sgd, "ema_acc", "EMA (acc.)")
+    if _has_method(sgd, "swa_budget"):
+        statistics.append(Statistic("EMA (acc.) − SWA at the budget's end", ema, _test(sgd, "swa_budget"),
                                     equivalence=True))
     validation = _group(dirs, "validation", "validation_seeds")
-    return statistics, [final], seconds_per_seed(final) + seconds_per_seed(validation)
+    return statistics, _distinct(final, sgd), seconds_per_seed(final) + seconds_per_seed(validation)
 
 
 def swa(dirs):
-    final = _group(dirs, "final")
+    final = _sgd_group(dirs, "final")  # SWA branches off SGD: the runs at SGD's lr
     method = "swa_budget" if _has_method(final, "swa_budget") else "swa"
     statistics = [Statistic("SWA at the budget's end − SGD's last epoch, test accuracy", _test(final, method),
                             _test(final, "baseline"), primary=True)]
@@ -166,44 +183,50 @@ def swa(dirs):
 
 
 def table3(dirs):
-    final = _group(dirs, "final")
-    with open(os.path.join(dirs["final"], runs.CONSISTENCY_FILE), encoding="utf-8") as handle:
-        models = json.load(handle)["models"]
-    return ([Statistic("churn: EMA (loss) − baseline, per pair of seeds", models["ema_loss"]["churn_by_pair"],
-                       models["baseline"]["churn_by_pair"], primary=True, higher_is_better=False),
-             Statistic("JS divergence (nats): EMA (loss) − baseline", models["ema_loss"]["js_divergence_by_pair"],
-                       models["baseline"]["js_divergence_by_pair"], higher_is_better=False)],
-            [final], seconds_per_seed(final))
+    final, sgd = _group(dirs, "final"), _sgd_group(dirs, "final")
+    ema = _consistency(dirs["final"])["ema_loss"]
+    baseline = _consistency(dirs.get("final_sgd") or dirs["final"])["baseline"]
+    return ([Statistic("churn: EMA (loss) − baseline, per pair of seeds", ema["churn_by_pair"],
+                       baseline["churn_by_pair"], primary=True, higher_is_better=False),
+             Statistic("JS divergence (nats): EMA (loss) − baseline", ema["js_divergence_by_pair"],
+                       baseline["js_divergence_by_pair"], higher_is_better=False)],
+            _distinct(final, sgd), seconds_per_seed(final))
+
+
+def _consistency(directory):
+    """The models of app.consistency's result for a directory of seeds (consistency.json)."""
+    with open(os.path.join(directory, runs.CONSISTENCY_FILE), encoding="utf-8") as handle:
+        return json.load(handle)["models"]
 
 
 def table5(dirs):
-    group = _group(dirs, "validation", "validation_seeds")
+    group, sgd = _group(dirs, "validation", "validation_seeds"), _sgd_group(dirs, "validation", "validation_seeds")
     statistics = [Statistic("ECE: EMA (loss) − baseline (80/20 runs, 100 equal-mass bins)",
-                            _test(group, "ema_loss", "ece"), _test(group, "baseline", "ece"), primary=True,
+                            _test(group, "ema_loss", "ece"), _test(sgd, "baseline", "ece"), primary=True,
                             higher_is_better=False)]
     for label, metric in (("ECE after TS (T on the hold-out)", "ece_temperature_scaled"), ("NLL", "loss")):
         statistics.append(Statistic(f"{label}: EMA (loss) − baseline", _test(group, "ema_loss", metric),
-                                    _test(group, "baseline", metric), higher_is_better=False))
-    return statistics, [group], seconds_per_seed(group)
+                                    _test(sgd, "baseline", metric), higher_is_better=False))
+    return statistics, _distinct(group, sgd), seconds_per_seed(group)
 
 
 def fig2(dirs):
-    group = _group(dirs, "noisy_final")
+    group, sgd_group = _group(dirs, "noisy_final"), _sgd_group(dirs, "noisy_final")
     decay = common.largest_decay(group.runs[0])
     ema = [float(np.mean(common.column(run, f"ema_{decay}_val_accuracy"))) for run in group.runs]
-    sgd = [float(np.mean(common.column(run, "val_accuracy"))) for run in group.runs]
+    sgd = [float(np.mean(common.column(run, "val_accuracy"))) for run in sgd_group.runs]
     statistics = [Statistic(f"EMA α={decay} − SGD, mean over all epochs of the clean test curve (first 2,000)",
                             ema, sgd, primary=True)]
-    statistics += _early_stopped_sgd(group, "ema_acc", "EMA (acc.), clean test,")
-    return statistics, [group], seconds_per_seed(group)
+    statistics += _early_stopped_sgd(group, sgd_group, "ema_acc", "EMA (acc.), clean test,")
+    return statistics, _distinct(group, sgd_group), seconds_per_seed(group)
 
 
 def table2(dirs):
-    group = _group(dirs, "noisy_final")
+    group, sgd = _group(dirs, "noisy_final"), _sgd_group(dirs, "noisy_final")
     statistics = [Statistic("EMA (acc.) − CE (SGD's last epoch), clean test", _test(group, "ema_acc"),
-                            _test(group, "baseline"), primary=True)]
-    statistics += _early_stopped_sgd(group, "ema_acc", "EMA (acc.)")
-    return statistics, [group], seconds_per_seed(group)
+                            _test(sgd, "baseline"), primary=True)]
+    statistics += _early_stopped_sgd(group, sgd, "ema_acc", "EMA (acc.)")
+    return statistics, _distinct(group, sgd), seconds_per_seed(group)
 
 
 def adda(dirs):

@@ -7,6 +7,7 @@ The claims' tables are recomputed here from the run directories they read
 import csv
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -221,3 +222,34 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, argv, message):
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err and err.count("\n") == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_sgd_columns_get_runs_at_sgds_own_lr_when_the_search_picks_another(tmp_path):
+    """The plan's comparators (issue 27): where best_sgd_final.json's lr differs from best.json's, the runs the
+    SGD columns read are repeated at it into <dir>-sgd/; where it agrees, one run serves both."""
+    out = str(tmp_path)
+    tuning = os.path.join(out, "tuning")
+    os.makedirs(tuning)
+    for name, lr in (("best.json", 0.1), ("best_sgd_final.json", 0.1)):
+        with open(os.path.join(tuning, name), "w", encoding="utf-8") as handle:
+            json.dump({"lr": lr}, handle)
+    agree, dirs, _ = reproduce.plan("small", out, "data", (0, 1))
+    assert "final_sgd" not in dirs and not any("-sgd" in step.text() for s in agree.values() for step in s)
+    with open(os.path.join(tuning, "best_sgd_final.json"), "w", encoding="utf-8") as handle:
+        json.dump({"lr": 0.2}, handle)
+    steps, dirs, _ = reproduce.plan("small", out, "data", (0, 1))
+    protocol = os.path.join(out, "protocol")
+    assert dirs["final_sgd"] == os.path.join(protocol, "final-sgd")
+    twins = [step for step in steps["table1"] if "-sgd" in step.text()]
+    # Each EMA-lr step that table1 reads has its twin, in the same order, at the SGD file's lr.
+    originals = [step for step in steps["table1"] if step.command != "tune" and "-sgd" not in step.text()]
+    assert len(twins) == len(originals)
+    for original, twin in zip(originals, twins):
+        expected = re.sub(rf"({re.escape(protocol + os.sep)}(validation-seeds|validation|final))(?=/|\s|$)", r"\1-sgd",
+                          original.text())
+        expected = expected.replace(f"--lr-from {tuning} ", f"--lr-from {os.path.join(tuning, 'best_sgd_final.json')} ")
+        assert twin.text() == expected
+    assert [step.argv[0] for step in steps["table3"] if step.command == "consistency"] == [
+        os.path.join(protocol, "final"), os.path.join(protocol, "final-sgd")]
+    # The noisy claims read their own search, which agrees: no twins there.
+    assert not any("-sgd" in step.text() for step in steps["table2"])
