@@ -12,7 +12,7 @@ only another version prepared, sources on disk to prepare from -- it leaves to
 the full check after the imports (data/loading.py), which asks TFDS itself.
 
 Offline machines: preparing a dataset that is not there needs its download
-host; `reachable` opens one TCP connection with a timeout (name resolution
+host; `unreachable_reason` opens one TCP connection with a timeout (name resolution
 included) instead of letting TFDS retry for minutes.
 """
 
@@ -71,12 +71,10 @@ def require_obtainable(config, root, holding):
         cifar_n.check_sources(config.dataset, config.cifar_n_dir)
     if config.dataset == "tiny-imagenet" and datasets.find_tiny_imagenet_archive(manual):
         return
-    unreachable = [url for url in download_urls(config, manual) if not reachable(url)]
-    if unreachable:
-        hosts = ", ".join(urllib.parse.urlsplit(url).hostname for url in unreachable)
-        raise not_prepared(config, root, holding,
-                           f"preparing it needs {hosts}, which did not answer within {NETWORK_PROBE_SECONDS:g} s "
-                           f"(offline?)")
+    failures = [f"{urllib.parse.urlsplit(url).hostname}, which {reason}"
+                for url in download_urls(config, manual) if (reason := unreachable_reason(url))]
+    if failures:
+        raise not_prepared(config, root, holding, f"preparing it needs {'; '.join(failures)} (offline?)")
 
 
 def data_dir_root(data_dir):
@@ -145,25 +143,29 @@ def _cifar_n_found(config, root):
     return f" (the CIFAR-N annotations in {where} are complete; the {images} images are what is missing)"
 
 
-def reachable(url, timeout=NETWORK_PROBE_SECONDS):
-    """Whether a TCP connection to `url`'s host (or its proxy) opens within `timeout` s."""
+def unreachable_reason(url, timeout=NETWORK_PROBE_SECONDS):
+    """None when a TCP connection to `url`'s host (or its proxy) opens within `timeout` s, else why not.
+
+    A refusal or a failed name lookup comes back at once and says so; only a
+    silent host takes the whole timeout ("did not answer within 5 s").
+    """
     scheme = urllib.parse.urlsplit(url).scheme
     parts = urllib.parse.urlsplit(urllib.request.getproxies().get(scheme, url))
     port = parts.port or (443 if parts.scheme == "https" else 80)
-    opened = []
+    outcome = []
 
     def probe():
         try:
             socket.create_connection((parts.hostname, port), timeout=timeout).close()
-            opened.append(True)
-        except OSError:
-            pass
+            outcome.append(None)
+        except OSError as error:
+            outcome.append(f"could not be reached ({getattr(error, 'strerror', None) or error})")
 
     # A thread, because name resolution ignores socket timeouts.
     thread = threading.Thread(target=probe, daemon=True)
     thread.start()
     thread.join(timeout)
-    return bool(opened)
+    return outcome[0] if outcome else f"did not answer within {timeout:g} s"
 
 
 def _any_version_prepared(root, spec):

@@ -163,7 +163,7 @@ def test_tfds_cifar100_n_builder_reads_the_prepared_labels(tmp_path, monkeypatch
     monkeypatch.setattr(
         tfds.download.DownloadManager, "download_and_extract", lambda self, url: fake
     )
-    monkeypatch.setattr(availability, "reachable", lambda url: True)
+    monkeypatch.setattr(availability, "unreachable_reason", lambda url: None)
     config = TrainConfig(
         dataset="cifar100n",
         data_dir=str(tmp_path / "tfds"),

@@ -154,7 +154,24 @@ def test_make_data_counts_steps_with_the_last_partial_batch():
 
 
 def _no_network(monkeypatch):
-    monkeypatch.setattr(availability, "reachable", lambda url: False)
+    monkeypatch.setattr(availability, "unreachable_reason", lambda url: "did not answer within 5 s")
+
+
+def test_the_network_probe_says_why_a_host_cannot_be_reached(monkeypatch):
+    """A refused connection is reported as such, not as a timeout (issue 31: it answered at once)."""
+    import socket
+
+    monkeypatch.setattr(availability.urllib.request, "getproxies", lambda: {})  # straight to 127.0.0.1
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        port = server.getsockname()[1]  # bound, not listening: connections are refused
+        reason = availability.unreachable_reason(f"http://127.0.0.1:{port}/file", timeout=5)
+    assert reason.startswith("could not be reached (") and "refused" in reason.lower()
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        assert availability.unreachable_reason(f"http://127.0.0.1:{server.getsockname()[1]}/", timeout=5) is None
 
 
 @pytest.mark.parametrize("check", [availability.check, loading.check_data_available],
@@ -219,7 +236,7 @@ def test_another_prepared_version_is_left_to_tfds(tmp_path, monkeypatch):
 
 
 def test_a_failed_download_becomes_one_line(tmp_path, monkeypatch):
-    monkeypatch.setattr(availability, "reachable", lambda url: True)
+    monkeypatch.setattr(availability, "unreachable_reason", lambda url: None)
 
     def fail(self, **kwargs):
         raise ConnectionError("Max retries exceeded\nwith url")
@@ -301,7 +318,7 @@ def test_prepared_data_never_touches_the_network(monkeypatch):
     def no_network(url):
         raise AssertionError("network probed")
 
-    monkeypatch.setattr(availability, "reachable", no_network)
+    monkeypatch.setattr(availability, "unreachable_reason", no_network)
     builder = loading.check_data_available(TrainConfig(dataset="cifar10", data_dir=TFDS_DIR))
     assert builder.is_prepared()
     sizes = availability.check(TrainConfig(dataset="cifar10", data_dir=TFDS_DIR))

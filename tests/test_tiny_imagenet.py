@@ -90,7 +90,7 @@ def test_load_arrays_prepares_from_a_zip_in_the_default_manual_dir(tmp_path, mon
     def no_network(url):
         raise AssertionError("network probed")
 
-    monkeypatch.setattr(availability, "reachable", no_network)
+    monkeypatch.setattr(availability, "unreachable_reason", no_network)
     expected = _write_layout(tmp_path / "unzipped")
     manual_dir = tmp_path / "tfds" / "downloads" / "manual"
     manual_dir.mkdir(parents=True)
@@ -118,7 +118,7 @@ def test_find_local_archive_prefers_the_extracted_folder(tmp_path):
 
 
 def test_missing_archive_offline_is_one_line(tmp_path, monkeypatch):
-    monkeypatch.setattr(availability, "reachable", lambda url: False)
+    monkeypatch.setattr(availability, "unreachable_reason", lambda url: "did not answer within 5 s")
     config = TrainConfig(dataset="tiny-imagenet", data_dir=str(tmp_path))
     with pytest.raises(UsageError) as error:
         loading.check_data_available(config)
