@@ -11,7 +11,6 @@ import contextlib
 import contextvars
 
 import keras
-from keras import ops
 
 # Keras `momentum=0.9` is PyTorch `momentum=0.1` (new = 0.9 * old + 0.1 * batch).
 BN_MOMENTUM = 0.9
@@ -98,46 +97,26 @@ def classifier_head(x, *, num_classes, name):
     return dense(x, units=num_classes, name=f"{name}_logits")
 
 
-@keras.saving.register_keras_serializable(package="models")
-class ZeroPadShortcut(keras.layers.Layer):
+def zero_pad_shortcut(x, *, filters, stride=2, name):
     """The parameter-free "option A" shortcut of He et al. (2016), §4.2.
 
-    Subsamples the input spatially by `stride` (keeping pixels 0, stride,
-    2*stride, ...) and zero-pads the channel axis evenly on both sides up to
-    `filters` channels.
-
-    Args:
-        filters: number of output channels, at least the input's.
-        stride: spatial subsampling factor. Defaults to 2.
+    Subsamples `x` spatially by `stride` (keeping pixels 0, stride, 2*stride,
+    ...) and zero-pads the channel axis evenly on both sides up to `filters`
+    channels. Built from Keras's own layers only (a 1x1 max pooling with
+    stride `stride`, and `ZeroPadding3D` over the channels seen as a third
+    spatial axis), so that a saved model loads with plain Keras, without this
+    package (issue 31).
     """
-
-    def __init__(self, *, filters, stride=2, **kwargs):
-        super().__init__(**kwargs)
-        if filters < 1:
-            raise ValueError(
-                f"Invalid value for argument `filters`. Received: filters={filters}. "
-                "Expected a positive integer."
-            )
-        if stride < 1:
-            raise ValueError(
-                f"Invalid value for argument `stride`. Received: stride={stride}. "
-                "Expected a positive integer."
-            )
-        self.filters = filters
-        self.stride = stride
-
-    def call(self, inputs):
-        extra_channels = self.filters - inputs.shape[-1]
-        if extra_channels < 0:
-            raise ValueError(
-                f"ZeroPadShortcut cannot shrink {inputs.shape[-1]} channels to "
-                f"filters={self.filters}."
-            )
-        subsampled = inputs[:, :: self.stride, :: self.stride, :]
-        before = extra_channels // 2
-        return ops.pad(
-            subsampled, [[0, 0], [0, 0], [0, 0], [before, extra_channels - before]]
-        )
-
-    def get_config(self):
-        return {**super().get_config(), "filters": self.filters, "stride": self.stride}
+    height, width, channels = x.shape[1:]
+    if filters < channels:
+        raise ValueError(f"Invalid value for argument `filters`. Received: filters={filters}. "
+                         f"Expected at least the input's {channels} channels.")
+    if stride < 1:
+        raise ValueError(f"Invalid value for argument `stride`. Received: stride={stride}. "
+                         "Expected a positive integer.")
+    x = keras.layers.MaxPooling2D(pool_size=1, strides=stride, name=f"{name}_subsample")(x)
+    height, width = x.shape[1:3]
+    before = (filters - channels) // 2
+    x = keras.layers.Reshape((height, width, channels, 1), name=f"{name}_channels_as_depth")(x)
+    x = keras.layers.ZeroPadding3D(((0, 0), (0, 0), (before, filters - channels - before)), name=f"{name}_pad")(x)
+    return keras.layers.Reshape((height, width, filters), name=f"{name}_merge")(x)

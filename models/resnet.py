@@ -8,7 +8,7 @@ three blocks each, parameter-free "option A" shortcuts), used by Adda et al.
 
 import keras
 
-from models.layers import ZeroPadShortcut, batch_norm, classifier_head, conv2d, relu
+from models.layers import batch_norm, classifier_head, conv2d, relu, zero_pad_shortcut
 
 SHORTCUTS = ("projection", "zero_pad")
 
@@ -27,7 +27,7 @@ def basic_block(x, *, filters, stride, shortcut, name):
             )
             x = batch_norm(x, name=f"{name}_shortcut_bn")
         else:
-            x = ZeroPadShortcut(filters=filters, stride=stride, name=f"{name}_shortcut_pad")(x)
+            x = zero_pad_shortcut(x, filters=filters, stride=stride, name=f"{name}_shortcut")
     x = keras.layers.Add(name=f"{name}_add")([x, residual])
     return relu(x, name=f"{name}_out")
 

@@ -13,6 +13,7 @@ import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from tests.conftest import ROOT, TFDS_DIR
@@ -28,16 +29,16 @@ ARGS = [
 ]
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
 LABELS = {"best_val_accuracy": "acc.", "lowest_val_loss": "loss"}
-# Loads best.keras in a process that imported nothing else of the run and scores it.
+# Loads best.keras with plain Keras (issue 31: no import of this repository, run from another directory
+# without it on the path) and scores it on the run's validation images (given as an .npz).
 SCORE = """
 import json, sys
-import keras, models
-from data import loading
-from training import run_dir
+import keras, numpy as np
 model = keras.saving.load_model(sys.argv[1] + "/best.keras")
-arrays = loading.load_arrays(run_dir.load_config(sys.argv[1]))
+split = np.load(sys.argv[2])
 model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
-print(json.dumps(model.evaluate(arrays.validation_images, arrays.validation_labels, verbose=0, return_dict=True)))
+print(json.dumps(model.evaluate(split["images"], split["labels"], verbose=0, return_dict=True)))
+assert not {"models", "callbacks", "training"} & set(sys.modules), "imported this repository"
 """
 
 
@@ -115,8 +116,17 @@ def test_the_summary_collapses_identical_rows_and_names_the_best_model_and_the_n
 
 
 def test_best_keras_loads_in_a_fresh_process_and_scores_its_table_value(finished):
+    from data import loading
+    from training import run_dir
+
     out, _, summary = finished
-    done = subprocess.run([sys.executable, "-c", SCORE, out], cwd=ROOT, env=ENV, capture_output=True,
+    arrays = loading.load_arrays(run_dir.load_config(out))
+    elsewhere = os.path.join(os.path.dirname(out), "elsewhere")
+    os.makedirs(elsewhere, exist_ok=True)
+    split = os.path.join(elsewhere, "validation.npz")
+    np.savez(split, images=arrays.validation_images, labels=arrays.validation_labels)
+    env = {key: value for key, value in ENV.items() if key != "PYTHONPATH"}
+    done = subprocess.run([sys.executable, "-c", SCORE, out, split], cwd=elsewhere, env=env, capture_output=True,
                           text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     scored = json.loads(done.stdout.strip().splitlines()[-1])

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from models import MODELS, build_model, model_names
-from models.layers import ZeroPadShortcut, conv2d
+from models.layers import conv2d, zero_pad_shortcut
 
 # Trainable parameters of the reference PyTorch definitions (docs/fidelity.md).
 REFERENCE_PARAMETER_COUNTS = {
@@ -232,10 +232,15 @@ def test_strided_conv_pads_symmetrically_like_pytorch():
 
 def test_zero_pad_shortcut_matches_numpy():
     images = np.random.default_rng(0).standard_normal((2, 8, 8, 16)).astype("float32")
-    layer = ZeroPadShortcut(filters=32, stride=2)
-    expected = np.pad(images[:, ::2, ::2, :], [(0, 0), (0, 0), (0, 0), (8, 8)])
-    np.testing.assert_array_equal(np.asarray(layer(images)), expected)
-    assert ZeroPadShortcut.from_config(layer.get_config()).get_config() == layer.get_config()
+    for filters, before in ((32, 8), (19, 1)):  # odd padding: the extra channel goes after
+        inputs = keras.Input((8, 8, 16))
+        model = keras.Model(inputs, zero_pad_shortcut(inputs, filters=filters, stride=2, name="shortcut"))
+        expected = np.pad(images[:, ::2, ::2, :], [(0, 0), (0, 0), (0, 0), (before, filters - 16 - before)])
+        np.testing.assert_array_equal(np.asarray(model(images)), expected)
+        # Keras's own layers only: the model round-trips through a config without this package's objects.
+        assert all(type(layer).__module__.startswith("keras.") for layer in model.layers)
+    with pytest.raises(ValueError, match="Received: filters=8"):
+        zero_pad_shortcut(keras.Input((8, 8, 16)), filters=8, name="shrink")
 
 
 def test_unknown_model_name():

@@ -8,14 +8,15 @@ split: choosing on it would flatter the choice, so none is chosen.
 
 `save` writes it as a whole Keras model, `RUN/best.keras`, with the run's
 input normalization in front: it takes raw pixels (0-255) and returns
-logits, uncompiled, float32. The architectures' one custom layer is
-registered when `models` is imported:
+logits, uncompiled, float32. It holds Keras's own layers only, so plain
+Keras loads it, without this repository:
 
-    import keras, models
+    import keras
     model = keras.saving.load_model("RUN/best.keras")
 
-Evidence: tests/test_train.py loads it in a fresh process and scores the
-accuracy and loss summary.json gives it on the validation split.
+Evidence: tests/test_end_of_run.py loads it that way in a fresh process, in
+another directory, and scores the accuracy and loss summary.json gives it on
+the validation split.
 """
 
 import os
