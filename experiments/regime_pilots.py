@@ -58,6 +58,20 @@ def choose(rows):
     return None, "no pilot reaches the regime and no 1x pilot meets R2"
 
 
+def decided(rows):
+    """(choice, why) once the finished pilots decide it, else (None, why not yet).
+
+    The rule reads the 2x pilot only when no 1x pilot reaches the regime: once
+    every 1x pilot has finished and one of them reaches it, P3 is not needed.
+    """
+    single = [r for r in rows if r["samples"] <= PRE_PLAN_SAMPLES]
+    if all(r["regime"] for r in single) and any(r["regime"]["reached"] for r in single):
+        return choose([r for r in rows if r["regime"]])
+    if all(r["regime"] for r in rows):
+        return choose(rows)
+    return None, "pilots not finished"
+
+
 def report(out):
     rows = []
     for name, images, epochs in PILOTS:
@@ -69,12 +83,14 @@ def report(out):
             entry["wall_seconds"] = run.summary.get("wall_time_seconds")
             entry["provenance"] = run.config.get("provenance")
         rows.append(entry)
-    chosen, why = choose(rows) if all(r["regime"] for r in rows) else (None, "pilots not finished")
+    chosen, why = decided(rows)
     lines = ["# Regime pilots (docs/analysis-plan.md)", "",
              "ResNet-20, CIFAR-10, seed 0, 80/20 split (2,000 validation images), batch 32, lr 0.2, cosine.", "",
              "| pilot | images × epochs | regime row | wall time |", "|---|---|---|---|"]
     for r in rows:
-        text = regime.regime_text(r["regime"]) if r["regime"] else "not finished"
+        text = (regime.regime_text(r["regime"]) if r["regime"] else
+                "not run: the choice rule reads it only when no 1× pilot reaches the regime" if chosen else
+                "not finished")
         wall = f"{r['wall_seconds'] / 60:.0f} min" if r.get("wall_seconds") else "—"
         lines.append(f"| {r['name']} | {r['images']:,} × {r['epochs']} | {text} | {wall} |")
     lines += ["", f"Choice: {chosen or '—'} ({why})."]
@@ -83,6 +99,7 @@ def report(out):
     with open(os.path.join(out, "pilots.json"), "w", encoding="utf-8") as handle:
         json.dump({"pilots": rows, "chosen": chosen, "why": why}, handle, indent=2, default=str)
     print("\n".join(lines))
+    return chosen, why
 
 
 def main(argv=None):
@@ -97,6 +114,8 @@ def main(argv=None):
             path = os.path.join(args.out, name)
             if os.path.exists(os.path.join(path, runs.SUMMARY_FILE)):
                 continue
+            if report(args.out)[0] is not None:
+                break  # decided: the remaining pilots cannot change the choice (CPU hours are scarce)
             command = [sys.executable, "-m", "app.train", *pilot_argv(images, epochs, path, args.data_dir)]
             print(" ".join(command), flush=True)
             subprocess.run(command, check=False)

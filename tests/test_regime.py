@@ -63,3 +63,11 @@ def test_pilot_choice_follows_the_plan():
     assert regime_pilots.choose([p1, p2, p3])[0] == "P3"
     p3 = _pilot("P3", 5000, 120, 0.96, 0.0)
     assert regime_pilots.choose([p1, p2, p3])[0] == "P2"  # highest R1 among 1x pilots meeting R2
+
+
+def test_the_choice_is_decided_without_the_2x_pilot_once_a_1x_pilot_reaches_the_regime():
+    p1, p2 = _pilot("P1", 5000, 60, 0.98, 0.03), _pilot("P2", 2500, 120, 0.99, 0.01)
+    p3 = {"name": "P3", "images": 5000, "epochs": 120, "samples": 600000, "regime": None}
+    assert regime_pilots.decided([p1, p2, p3])[0] == "P2"
+    assert regime_pilots.decided([p1, _pilot("P2", 2500, 120, 0.96, 0.01), p3]) == (None, "pilots not finished")
+    assert regime_pilots.decided([p1, {**p2, "regime": None}, p3]) == (None, "pilots not finished")
