@@ -13,7 +13,7 @@
 | `BatchNormRecompute`   | exact BatchNorm statistics for every EMA                 | batch_norm.py |
 | `recompute_batch_norm` | the same for any weights, as a function                  | batch_norm.py |
 | `SWA`                  | stochastic weight averaging (Izmailov et al. 2018)       | swa.py |
-| `SWASchedule`, `swa_schedule`, `SWACyclicSchedule` | SWA's learning rates         | swa_schedules.py, swa_cyclic_schedule.py |
+| `SWASchedule`, `swa_schedule`, `SWACyclicSchedule` | SWA's learning rates         | swa_schedules.py |
 | `EMABootstrap`         | restart SGD from an EMA every few epochs (paper App. C)  | bootstrap.py |
 | `PredictionStability`  | epoch-to-epoch prediction stability (paper §3.3)         | stability.py |
 | `DivergenceGuard`      | stop before a non-finite step reaches an average         | divergence.py |
@@ -35,7 +35,7 @@ _PUBLIC = {
     "SWA": "callbacks.swa",
     "SWASchedule": "callbacks.swa_schedules",
     "swa_schedule": "callbacks.swa_schedules",
-    "SWACyclicSchedule": "callbacks.swa_cyclic_schedule",
+    "SWACyclicSchedule": "callbacks.swa_schedules",
     "EMABootstrap": "callbacks.bootstrap",
     "PredictionStability": "callbacks.stability",
     "DivergenceGuard": "callbacks.divergence",

@@ -24,7 +24,7 @@ from callbacks import warmup as warmup_rule
 from callbacks.ema_averages import EMAAverages, steps_in_epoch
 from callbacks.ema_selection import CRITERIA, SUMMARY_KEYS, EpochSelection, weights_file_name
 
-from callbacks.ema_options import BN_MODES, DEFAULT_DECAYS, DEFAULT_EVERY_STEPS
+from callbacks.defaults import BN_MODES, DEFAULT_DECAYS, DEFAULT_EVERY_STEPS
 
 
 class MultiEMA(keras.callbacks.Callback):

@@ -24,7 +24,7 @@ from callbacks import power_profiles
 from callbacks import power_snapshots
 from callbacks import variables
 from callbacks.ema_averages import EMAAverages, steps_in_epoch
-from callbacks.power_ema_options import DEFAULT_SIGMA_RELS
+from callbacks.defaults import DEFAULT_SIGMA_RELS
 
 
 DEFAULT_SNAPSHOT_EVERY_STEPS = 1000

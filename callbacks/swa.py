@@ -4,9 +4,8 @@
 (Algorithm 1's `w_SWA <- w_hat`) and of those captured at the end of every
 epoch (constant SWA learning rate) or of every cycle (cyclic learning rate,
 captured at its minimum alpha_2); BatchNorm statistics are recomputed for the
-average after training (§3.2). Its learning rates:
-callbacks/swa_cyclic_schedule.py (§3.1) and callbacks/swa_schedules.py (§4.1:
-conventional training for about 75% of the budget, then the SWA rate).
+average after training (§3.2). Its learning rates are in callbacks/swa_schedules.py
+(§3.1, cyclic; §4.1: conventional training for about 75% of the budget, then the SWA rate).
 """
 
 import contextlib

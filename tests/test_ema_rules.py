@@ -324,7 +324,7 @@ def test_the_public_api_imports_from_the_package_and_its_helpers_without_keras()
     assert callbacks.MultiEMA is MultiEMA
     for name in callbacks.__all__:
         assert getattr(callbacks, name).__name__ == name
-    code = ("import sys; import callbacks.warmup, callbacks.ema_options, callbacks.ema_selection; "
+    code = ("import sys; import callbacks.warmup, callbacks.defaults, callbacks.ema_selection; "
             "assert 'keras' not in sys.modules, sorted(m for m in sys.modules if 'keras' in m)")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     subprocess.run([sys.executable, "-c", code], cwd=root, check=True)
