@@ -19,11 +19,15 @@
 | `DivergenceGuard`      | stop before a non-finite step reaches an average         | divergence.py |
 | `PowerFunctionEMA`     | power-function EMAs + snapshots for post-hoc EMA (EDM2)  | power_ema.py |
 
-The rest are helpers: `ema_averages` (the EMA arithmetic), `ema_selection`
-(best-epoch selection), `warmup` (the decay warm-up), `variables` (swap, copy,
-BatchNorm layers), `validation`, `arguments`, `compiled`, `power_profiles` (post-hoc
-profiles and least squares, NumPy), `power_snapshots` (snapshot files). Names are imported
-on first use, so `import callbacks.warmup` stays free of Keras.
+The stateful ones (MultiEMA, SWA, PredictionStability, PowerFunctionEMA) share
+one `get_state()` / `set_state()` protocol: a flat mapping of NumPy arrays,
+restored at the next train begin (`state`). The rest are helpers: `ema_averages`
+(the EMA arithmetic, its decays from a rule), `ema_selection` (best-epoch
+selection), `warmup` (the decay warm-up), `variables` (swap, copy, BatchNorm
+layers), `validation` (the data forms), `arguments`, `compiled`, `defaults`,
+`power_profiles` (post-hoc profiles and least squares, NumPy), `power_snapshots`
+(snapshot files). Names are imported on first use, so `import callbacks.warmup`
+and `import callbacks.defaults` stay free of Keras.
 """
 
 import importlib

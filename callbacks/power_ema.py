@@ -155,8 +155,10 @@ class PowerFunctionEMA(state_protocol.StatefulCallback):
         return {"sigma_rels": np.asarray(self.sigma_rels), **self.averages.state()}
 
     def _checked_state(self, state):
-        if "sigma_rels" not in state:  # saved before they had their own name: then "decays" held them
-            state = {"sigma_rels": state["decays"], **state}
+        if "sigma_rels" not in state:
+            # The previous form: "decays" held the sigma_rels, beside EMA settings that never varied.
+            old = ("decays", "every_steps", "warmup", "bn_mode", "batch_scale")
+            state = {"sigma_rels": state["decays"], **{k: v for k, v in state.items() if k not in old}}
         state_protocol.check_settings("PowerFunctionEMA", state, {"sigma_rels": self.sigma_rels})
         return state
 
