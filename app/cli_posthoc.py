@@ -3,7 +3,7 @@
 from app.errors import UsageError, choice, flag_error, positive_int
 from callbacks import power_profiles
 from callbacks import power_snapshots
-from callbacks.power_ema_options import DEFAULT_SIGMA_RELS
+from callbacks.defaults import DEFAULT_SIGMA_RELS
 
 
 def add_arguments(parser):

@@ -67,7 +67,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import clocks  # noqa: E402
 import results_file  # noqa: E402
 
-from callbacks.ema_options import DEFAULT_DECAYS  # noqa: E402  (neither imports Keras)
+from callbacks.defaults import DEFAULT_DECAYS  # noqa: E402  (neither imports Keras)
 from training.config import TrainConfig, default_weight_decay  # noqa: E402
 
 NUM_CLASSES = 100

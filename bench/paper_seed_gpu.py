@@ -37,7 +37,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import gpu_throughput  # noqa: E402  (block_tensorflow, the model builder)
 import results_file  # noqa: E402
 
-from callbacks.ema_options import DEFAULT_DECAYS, DEFAULT_EVERY_STEPS  # noqa: E402
+from callbacks.defaults import DEFAULT_DECAYS, DEFAULT_EVERY_STEPS  # noqa: E402
 from training.config import default_weight_decay  # noqa: E402
 
 PAPER = {"epochs": 200, "train_images": 40_000, "validation_images": 10_000, "batch_size": 128,

@@ -13,17 +13,21 @@
 | `BatchNormRecompute`   | exact BatchNorm statistics for every EMA                 | batch_norm.py |
 | `recompute_batch_norm` | the same for any weights, as a function                  | batch_norm.py |
 | `SWA`                  | stochastic weight averaging (Izmailov et al. 2018)       | swa.py |
-| `SWASchedule`, `swa_schedule`, `SWACyclicSchedule` | SWA's learning rates         | swa_schedules.py, swa_cyclic_schedule.py |
+| `SWASchedule`, `swa_schedule`, `SWACyclicSchedule` | SWA's learning rates         | swa_schedules.py |
 | `EMABootstrap`         | restart SGD from an EMA every few epochs (paper App. C)  | bootstrap.py |
 | `PredictionStability`  | epoch-to-epoch prediction stability (paper §3.3)         | stability.py |
 | `DivergenceGuard`      | stop before a non-finite step reaches an average         | divergence.py |
 | `PowerFunctionEMA`     | power-function EMAs + snapshots for post-hoc EMA (EDM2)  | power_ema.py |
 
-The rest are helpers: `ema_averages` (the EMA arithmetic), `ema_selection`
-(best-epoch selection), `warmup` (the decay warm-up), `variables` (swap, copy,
-BatchNorm layers), `validation`, `arguments`, `compiled`, `power_profiles` (post-hoc
-profiles and least squares, NumPy), `power_snapshots` (snapshot files). Names are imported
-on first use, so `import callbacks.warmup` stays free of Keras.
+The stateful ones (MultiEMA, SWA, PredictionStability, PowerFunctionEMA) share
+one `get_state()` / `set_state()` protocol: a flat mapping of NumPy arrays,
+restored at the next train begin (`state`). The rest are helpers: `ema_averages`
+(the EMA arithmetic, its decays from a rule), `ema_selection` (best-epoch
+selection), `warmup` (the decay warm-up), `variables` (swap, copy, BatchNorm
+layers), `validation` (the data forms), `arguments`, `compiled`, `defaults`,
+`power_profiles` (post-hoc profiles and least squares, NumPy), `power_snapshots`
+(snapshot files). Names are imported on first use, so `import callbacks.warmup`
+and `import callbacks.defaults` stay free of Keras.
 """
 
 import importlib
@@ -35,7 +39,7 @@ _PUBLIC = {
     "SWA": "callbacks.swa",
     "SWASchedule": "callbacks.swa_schedules",
     "swa_schedule": "callbacks.swa_schedules",
-    "SWACyclicSchedule": "callbacks.swa_cyclic_schedule",
+    "SWACyclicSchedule": "callbacks.swa_schedules",
     "EMABootstrap": "callbacks.bootstrap",
     "PredictionStability": "callbacks.stability",
     "DivergenceGuard": "callbacks.divergence",

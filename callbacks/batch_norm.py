@@ -10,21 +10,19 @@ applies it to every EMA of a `MultiEMA`, every epoch (curves) and/or once for
 the selected EMA models after training (tables).
 """
 
-import copy
-import itertools
-import os
 import time
 import warnings
 import weakref
 
 import keras
-import numpy as np
 from keras import ops
 
 from callbacks import arguments
+from callbacks import state as state_protocol
 from callbacks import validation
 from callbacks import variables
 from callbacks.compiled import compile_pure
+from callbacks.ema import map_swapped_in
 from callbacks.ema_selection import CRITERIA, SUMMARY_KEYS, selection_label, weights_file_name
 
 # model -> (signature of its variables and BN layers, compiled batch step)
@@ -84,7 +82,7 @@ def recompute_batch_norm(model, data, batch_size=None, steps=None):
     layers = recomputed_layers(model)
     if not layers:
         return 0
-    batches = input_batches(data, batch_size, steps)
+    batches = validation.input_batches(data, batch_size, steps)
     step = _compiled_step(model, layers)
     momenta = [layer.momentum for layer in layers]
     try:
@@ -167,16 +165,14 @@ class BatchNormRecompute(keras.callbacks.Callback):
         verbose=0,
     ):
         super().__init__()
-        for name in ("decays", "swapped_in", "selected_weights", "missing_selections"):
-            if not hasattr(ema, name):
-                raise ValueError(
-                    f"Invalid value for argument `ema`. Received: ema={ema!r}. "
-                    f"Expected a `MultiEMA` (it has no `{name}`)."
-                )
+        missing = [name for name in ("decays", "swapped_in", "selected_weights", "missing_selections")
+                   if not hasattr(ema, name)]
+        if missing:
+            raise arguments.invalid("ema", ema, f"a `MultiEMA` (it has no `{missing[0]}`)")
         validation.checked(validation_data, allow_fit_data=False)
         arguments.checked_optional_int("steps", steps)
-        input_batches(train_data, batch_size, steps)  # validates only; lazy
-        checked_batch_size_is_used(batch_size, train_data, validation_data)
+        validation.input_batches(train_data, batch_size, steps)  # validates only; lazy
+        validation.checked_batch_size_is_used(batch_size, train_data, validation_data)
         self.ema = ema
         self.train_data = train_data
         self.validation_data = validation_data
@@ -188,19 +184,12 @@ class BatchNormRecompute(keras.callbacks.Callback):
         self.results = {}
         self._selected = {}
 
-    def __deepcopy__(self, memo):
-        # keras-tuner deep-copies callbacks: the data is shared (a dataset cannot be
-        # copied), the MultiEMA is the copy made in the same pass.
-        return BatchNormRecompute(
-            copy.deepcopy(self.ema, memo),
-            self.train_data,
-            self.validation_data,
-            every_epoch=self.every_epoch,
-            at_end=self.at_end,
-            steps=self.steps,
-            batch_size=self.batch_size,
-            verbose=self.verbose,
-        )
+    __deepcopy__ = state_protocol.fresh_copy
+
+    def get_config(self):
+        return {"ema": self.ema, "train_data": self.train_data, "validation_data": self.validation_data,
+                "every_epoch": self.every_epoch, "at_end": self.at_end, "steps": self.steps,
+                "batch_size": self.batch_size, "verbose": self.verbose}
 
     def on_train_begin(self, logs=None):
         # Allow instances to be re-used.
@@ -230,21 +219,13 @@ class BatchNormRecompute(keras.callbacks.Callback):
                 "Nothing to save: `BatchNormRecompute.save()` needs a finished "
                 "`fit` with `at_end=True`."
             )
-        os.makedirs(directory, exist_ok=True)
-        paths = []
-        for (decay, criterion), weights in self._selected.items():
-            path = os.path.join(directory, weights_file_name(decay, criterion, bn_recomputed=True))
-            variables.save_weights(self.model, weights, path)
-            paths.append(path)
-        return paths
+        return variables.save_weights_files(self.model, directory, {
+            weights_file_name(decay, criterion, bn_recomputed=True): weights
+            for (decay, criterion), weights in self._selected.items()})
 
     def _evaluate_every_ema(self):
-        logs = {}
-        for decay in self.ema.decays:
-            with self.ema.swapped_in(decay):
-                metrics = self._recompute_and_evaluate(keep_statistics=False)
-            logs.update({f"ema_{decay:g}_bn_val_{k}": v for k, v in metrics.items()})
-        return logs
+        evaluated = map_swapped_in(self.ema, lambda decays: self._recompute_and_evaluate(keep_statistics=False))
+        return {f"ema_{decay:g}_bn_val_{k}": v for (decay,), metrics in evaluated for k, v in metrics.items()}
 
     def _recompute_selected(self):
         # Selections often coincide (acc. and loss at one epoch; every decay
@@ -290,16 +271,12 @@ class BatchNormRecompute(keras.callbacks.Callback):
             entry[SUMMARY_KEYS[criterion]] = {f"val_{k}": v for k, v in metrics.items()}
 
     def _recompute_and_evaluate(self, keep_statistics):
-        statistics = _statistics_variables(self.model)
-        saved = variables.host_copy(statistics)
-        try:
+        # Unless kept, the statistics come back on exit whatever `swapped_in` does
+        # then: the EMA keeps its own (Cai et al.'s moving average of the student's).
+        layers = [] if keep_statistics else recomputed_layers(self.model)
+        with variables.swapped([v for l in layers for v in (l.moving_mean, l.moving_variance)], lambda: None):
             recompute_batch_norm(self.model, self.train_data, self.batch_size, self.steps)
             return validation.evaluate(self.model, self.validation_data, self.batch_size)
-        finally:
-            if not keep_statistics:
-                # Whatever `swapped_in` does on exit, the EMA keeps its own
-                # statistics (Cai et al.'s moving average of the student's).
-                variables.write(statistics, saved)
 
 
 def recomputed_layers(model):
@@ -315,65 +292,6 @@ def recomputed_layers(model):
                 "which `recompute_batch_norm` does not support."
             )
     return layers
-
-
-def _statistics_variables(model):
-    statistics = []
-    for layer in recomputed_layers(model):
-        statistics += [layer.moving_mean, layer.moving_variance]
-    return statistics
-
-
-def _is_array(value):
-    return isinstance(value, np.ndarray) or ops.is_tensor(value)
-
-
-def checked_batch_size_is_used(batch_size, train_data, validation_data):
-    """Refuses a `batch_size` that neither the training data (an array or an `(x, y)` tuple:
-    `input_batches`) nor the validation data (an `(x, y)` tuple: `validation.evaluate`) would use."""
-    uses = (train_data is not None and (isinstance(train_data, tuple) or _is_array(train_data))
-            or isinstance(validation_data, (tuple, list)))
-    if batch_size is not None and not uses:
-        raise arguments.invalid("batch_size", batch_size,
-                                "None when the data are datasets (their batches are used as they are)")
-
-
-def input_batches(data, batch_size, steps):
-    """Checks `data` now; returns an iterator over at most `steps` input batches."""
-    if isinstance(data, tuple):
-        data = keras.utils.unpack_x_y_sample_weight(data)[0]
-        if not _is_array(data):
-            raise ValueError(
-                "Invalid value for argument `data`. Received a tuple whose first "
-                f"element is {type(data).__name__}. Expected `(x, y)` with an "
-                "array `x`, an array, or an iterable of batches."
-            )
-    if _is_array(data):
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(
-                f"Invalid value for argument `batch_size`. Received: "
-                f"batch_size={batch_size}. Expected an integer >= 1 when the "
-                "data is an array."
-            )
-        size = int(data.shape[0])
-        batches = (data[start : start + batch_size] for start in range(0, size, batch_size))
-    elif hasattr(data, "__iter__"):
-        batches = _inputs_of_batches(data)
-    else:
-        raise ValueError(
-            f"Invalid value for argument `data`. Received: {type(data).__name__}. "
-            "Expected an array, an `(x, y)` tuple of arrays, or an iterable of batches."
-        )
-    return itertools.islice(batches, steps)
-
-
-def _inputs_of_batches(data):
-    # A generator function: `iter(data)` waits for the first batch requested
-    # (a new tf.data iterator starts prefetching and advances shuffle seeds).
-    for batch in data:
-        if isinstance(batch, tuple):
-            batch = keras.utils.unpack_x_y_sample_weight(batch)[0]
-        yield batch
 
 
 def _compiled_step(model, layers):

@@ -14,6 +14,7 @@ import keras
 import numpy as np
 
 from callbacks import arguments
+from callbacks import variables
 from callbacks.compiled import compile_pure
 
 
@@ -77,17 +78,13 @@ class DivergenceGuard(keras.callbacks.Callback):
         self._check_weights(None)
 
     def _check_weights(self, batch):
-        values = [variable.value for variable in self.model.weights if _is_float(variable)]
+        values = [variable.value for variable in self.model.weights if variables.is_float(variable.dtype)]
         if not bool(np.asarray(keras.ops.convert_to_numpy(self._all_finite(values)))):
             self._raise(batch, "a weight is not finite (NaN or Inf)")
 
     def _raise(self, batch, what):
         where = f"epoch {self._epoch + 1}" + (f", step {batch + 1}" if batch is not None else " end")
         raise TrainingDiverged(f"training diverged at {where}: {what}")
-
-
-def _is_float(variable):
-    return "float" in str(variable.dtype)
 
 
 def _all_finite(values):

@@ -11,23 +11,23 @@ independently.
 """
 
 import contextlib
-import os
+import functools
 import sys
 import warnings
 
-import keras
+import numpy as np
 
 from callbacks import arguments
+from callbacks import state as state_protocol
 from callbacks import validation
 from callbacks import variables
 from callbacks import warmup as warmup_rule
-from callbacks.ema_averages import EMAAverages, steps_in_epoch
+from callbacks.defaults import BN_MODES, DEFAULT_DECAYS, DEFAULT_EVERY_STEPS
+from callbacks.ema_averages import EMAAverages
 from callbacks.ema_selection import CRITERIA, SUMMARY_KEYS, EpochSelection, weights_file_name
 
-from callbacks.ema_options import BN_MODES, DEFAULT_DECAYS, DEFAULT_EVERY_STEPS
 
-
-class MultiEMA(keras.callbacks.Callback):
+class MultiEMA(state_protocol.StatefulCallback):
     """Keeps one EMA of the model's weights per decay and evaluates each.
 
     At train begin every average starts at the model's weights. Every
@@ -127,7 +127,7 @@ class MultiEMA(keras.callbacks.Callback):
         self.warmup = warmup_rule.checked_warmup(warmup)
         validation.checked(validation_data, validation_batch_size)
         self.validation_data = validation_data
-        self.validation_batch_size = validation_batch_size
+        self.validation_batch_size = arguments.checked_optional_int("validation_batch_size", validation_batch_size)
         self._selection = EpochSelection(self.decays, select_epochs)
         self.select_epochs = self._selection.select_epochs
         if accuracy_metric is not None and not (isinstance(accuracy_metric, str) and accuracy_metric):
@@ -137,48 +137,36 @@ class MultiEMA(keras.callbacks.Callback):
         if isinstance(batch_scale, bool) or not isinstance(batch_scale, (int, float)) or not batch_scale > 0:
             raise arguments.invalid("batch_scale", batch_scale, "a number > 0")
         self.batch_scale = float(batch_scale)
-        self.averages = EMAAverages(self.decays, self.every_steps, self.warmup, self.bn_mode, self.batch_scale)
-        self.effective_decays = self.averages.effective_decays
-        self._restored_state = None
+        self.effective_decays = tuple(decay ** (self.batch_scale / self.every_steps) for decay in self.decays)
+        self.averages = EMAAverages(len(self.decays), self.decays_at, self.every_steps, self.bn_mode)
         self._share_identical = True  # tests compare with False
-        self._steps_before_epoch = 0
-        self._epochs_evaluated = 0
+        self._epochs_begun = self._epochs_evaluated = 0
         self._last_epoch = None
 
-    def __deepcopy__(self, memo):
-        # keras-tuner deep-copies callbacks before each trial; a dataset
-        # cannot be deep-copied (and is immutable), so it is shared. The copy
-        # is a fresh, untrained callback: use get_state() to carry a state.
-        return MultiEMA(
-            decays=self.decays,
-            every_steps=self.every_steps,
-            warmup=self.warmup,
-            bn_mode=self.bn_mode,
-            validation_data=self.validation_data,
-            validation_batch_size=self.validation_batch_size,
-            select_epochs=self.select_epochs,
-            batch_scale=self.batch_scale,
-            accuracy_metric=self.accuracy_metric,
-            verbose=self.verbose,
-        )
+    __deepcopy__ = state_protocol.fresh_copy
+
+    def get_config(self):
+        return {"decays": self.decays, "every_steps": self.every_steps, "warmup": self.warmup,
+                "bn_mode": self.bn_mode, "validation_data": self.validation_data,
+                "validation_batch_size": self.validation_batch_size, "select_epochs": self.select_epochs,
+                "batch_scale": self.batch_scale, "accuracy_metric": self.accuracy_metric, "verbose": self.verbose}
 
     # Hooks.
 
     def on_train_begin(self, logs=None):
         self.averages.build(self._synced_model())
+        self._epochs_begun = self._epochs_evaluated = 0
+        self._last_epoch = None
         self._start_or_restore()
         if self.verbose:
             print(self._describe())
 
     def on_epoch_begin(self, epoch, logs=None):
-        self._steps_before_epoch = self.averages.step
+        self.averages.begin_epoch()
         self._epochs_begun += 1
 
     def on_train_batch_end(self, batch, logs=None):
-        step = self._steps_before_epoch + self._steps_in(batch)
-        if step // self.every_steps > self.averages.step // self.every_steps:
-            self._synced_model()  # JAX: the weights the update reads
-        self.averages.advance_to_step(step)
+        self.averages.end_batch(self.params, batch, sync=self._synced_model)
 
     def on_epoch_end(self, epoch, logs=None):
         self._last_epoch = epoch
@@ -228,15 +216,10 @@ class MultiEMA(keras.callbacks.Callback):
         """
         model = self._synced_model()
         self._warn_missing(f"save_selected writes no file for it in {directory}")
-        os.makedirs(directory, exist_ok=True)
-        paths = []
-        for index, decay in enumerate(self.decays):
-            for criterion in CRITERIA:
-                selected = self._selection.get(index, criterion)
-                if selected is not None:
-                    paths.append(os.path.join(directory, weights_file_name(decay, criterion)))
-                    variables.save_weights(model, selected["weights"], paths[-1])
-        return paths
+        selected = {weights_file_name(decay, criterion): self._selection.get(index, criterion)
+                    for index, decay in enumerate(self.decays) for criterion in CRITERIA}
+        return variables.save_weights_files(
+            model, directory, {name: s["weights"] for name, s in selected.items() if s is not None})
 
     def summary(self):
         """JSON-able, keyed by `f"{decay:g}"`: each EMA's selected epochs.
@@ -260,7 +243,7 @@ class MultiEMA(keras.callbacks.Callback):
     def decays_at(self, step, num_updates=None):
         """The decays `a_t` (float64) of an update made after optimizer step `step`
         (callbacks/warmup.py `decays_at`)."""
-        return self.averages.decays_at(step, num_updates)
+        return warmup_rule.decays_at(self.decays, self.warmup, step, self.every_steps, num_updates, self.batch_scale)
 
     def identical_groups(self):
         """Indices of the decays grouped by the average they hold, bitwise.
@@ -269,33 +252,6 @@ class MultiEMA(keras.callbacks.Callback):
         §4.1) holds the same average: each group is evaluated once.
         """
         return self.averages.identical_groups()
-
-    def get_state(self):
-        """The whole state as a flat dict of NumPy arrays, ints and floats.
-
-        `np.savez(path, **state)` stores it; `set_state(dict(np.load(path)))`
-        restores it.
-        """
-        if self.averages.averages is None:
-            if self._restored_state is not None:
-                return dict(self._restored_state)
-            raise RuntimeError("MultiEMA has no state before it is trained.")
-        return {**self.averages.state(), **self._selection.state()}
-
-    def set_state(self, state):
-        """Restores `get_state()`'s result for the next `on_train_begin`.
-
-        Rule: a restored state replaces the reset of the next train begin
-        (a resumed `fit(initial_epoch=...)` continues exactly); the fit after
-        that starts afresh. If the callback already holds averages, the state
-        is also applied at once.
-        """
-        self.averages.check_state(state)
-        self._restored_state = dict(state)
-        if self.averages.averages is not None:
-            self._load_state(self._restored_state)
-
-    # Starting and resuming.
 
     def missing_selections(self):
         """`[(decay, criterion, epoch), ...]`: the epochs fixed by `select_epochs`
@@ -310,24 +266,35 @@ class MultiEMA(keras.callbacks.Callback):
                 stacklevel=3,
             )
 
-    def _start_or_restore(self):
-        self._epochs_begun = self._epochs_evaluated = 0
-        self._last_epoch = None
-        if self._restored_state is None:
-            self.averages.start()  # x0_EMA = x0
-            self._selection.reset()
-        else:
-            self._load_state(self._restored_state)
-            self._restored_state = None
-        self._steps_before_epoch = self.averages.step
+    # The state (callbacks/state.py).
+
+    def _has_state(self):
+        return self.averages.averages is not None
+
+    def _start(self):
+        self.averages.start()  # x0_EMA = x0
+        self._selection.reset()
+
+    def _state(self):
+        if not self._has_state():
+            raise RuntimeError("MultiEMA has no state before it is trained.")
+        settings = {name: np.asarray(value) for name, value in self._settings().items()}
+        return {**settings, **self.averages.state(), **self._selection.state()}
+
+    def _checked_state(self, state):
+        # A state saved before batch scaling existed was unscaled; `warmup` may be a saved bool.
+        saved = {"batch_scale": np.asarray(1.0), **state}
+        saved["warmup"] = np.asarray(warmup_rule.checked_warmup(state_protocol.python_value(state["warmup"])))
+        state_protocol.check_settings("MultiEMA", saved, self._settings())
+        return state
 
     def _load_state(self, state):
         self.averages.load_state(state)
         self._selection.load_state(state)
-        self._steps_before_epoch = self.averages.step
 
-    def _steps_in(self, batch):
-        return steps_in_epoch(self.params, batch)
+    def _settings(self):
+        return {"every_steps": self.every_steps, "warmup": self.warmup, "bn_mode": self.bn_mode,
+                "batch_scale": self.batch_scale, "decays": self.decays}
 
     # Evaluating and selecting.
 
@@ -338,27 +305,30 @@ class MultiEMA(keras.callbacks.Callback):
         return any(key.startswith("val_") for key in logs)
 
     def _evaluate_and_select(self, epoch):
-        results, accuracies = {}, [None] * len(self.decays)
         groups = self.identical_groups() if self._share_identical else [[i] for i in range(len(self.decays))]
-        for number, group in enumerate(groups):
-            if self.verbose and sys.stdout.isatty():
-                names = ", ".join(f"{self.decays[i]:g}" for i in group)
-                print(f"\r\033[Kepoch {epoch + 1}: evaluating EMA {names} "
-                      f"({number + 1}/{len(groups)} distinct)", end="", flush=True)
-            with self._swapped_in_index(group[0]):
-                metrics = self._evaluate()
-                accuracy = self._accuracy(metrics)
-                weights = _Lazy(lambda: variables.host_copy(self.model.weights))
-                for index in group:
-                    self._selection.offer(index, epoch, metrics["loss"], accuracy, weights)
-            for index in group:
-                for name, value in metrics.items():
-                    results[f"ema_{self.decays[index]:g}_val_{name}"] = value
-                accuracies[index] = accuracy
+        groups = [[self.decays[i] for i in group] for group in groups]
+        evaluated = map_swapped_in(self, functools.partial(self._evaluate_group, epoch, groups), groups)
+        results, accuracies = {}, []
+        for decays, (metrics, accuracy) in evaluated:
+            for decay in decays:
+                results.update({f"ema_{decay:g}_val_{name}": value for name, value in metrics.items()})
+            accuracies.append(accuracy)
         if None not in accuracies:
             results["ema_best_val_accuracy"] = max(accuracies)
         self._epochs_evaluated += 1
         return results
+
+    def _evaluate_group(self, epoch, groups, decays):
+        """Evaluates the EMA swapped in, which every decay in `decays` holds, and offers it for selection."""
+        if self.verbose and sys.stdout.isatty():
+            print(f"\r\033[Kepoch {epoch + 1}: evaluating EMA {', '.join(f'{d:g}' for d in decays)} "
+                  f"({groups.index(decays) + 1}/{len(groups)} distinct)", end="", flush=True)
+        metrics = self._evaluate()
+        accuracy = self._accuracy(metrics)
+        weights = functools.cache(lambda: variables.host_copy(self.model.weights))  # copied only if selected
+        for decay in decays:
+            self._selection.offer(self.decays.index(decay), epoch, metrics["loss"], accuracy, weights)
+        return metrics, accuracy
 
     def _evaluate(self):
         return validation.evaluate(self._synced_model(), self.validation_data, self.validation_batch_size)
@@ -397,13 +367,17 @@ class MultiEMA(keras.callbacks.Callback):
         return f"MultiEMA: every {self.every_steps} steps; effective per-step decays: {pairs}"
 
 
-class _Lazy:
-    """Calls `fn` once, on first use; later calls return the same value."""
+def map_swapped_in(ema, fn, groups=None):
+    """`[(decays, fn(decays)), ...]`: `fn` called with each EMA of `ema` swapped in.
 
-    def __init__(self, fn):
-        self._fn, self._value, self._done = fn, None, False
-
-    def __call__(self):
-        if not self._done:
-            self._value, self._done = self._fn(), True
-        return self._value
+    `groups` lists decays that hold one average (`MultiEMA.identical_groups`),
+    swapped in once for all of them; by default each decay on its own. Each
+    swap is `ema.swapped_in` (the trained weights come back exactly, also on
+    an exception). `ema` is a `MultiEMA` or anything with its `decays` and
+    `swapped_in`.
+    """
+    results = []
+    for decays in groups or [[decay] for decay in ema.decays]:
+        with ema.swapped_in(decays[0]):
+            results.append((decays, fn(decays)))
+    return results

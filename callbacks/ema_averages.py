@@ -1,11 +1,13 @@
 """The arithmetic of several EMAs of a model's weights, apart from any evaluation.
 
-`EMAAverages` holds one float32 average per decay of every averaged variable,
-stacked (`(num_decays,) + shape`), and updates them all in one compiled call:
-`x_ema <- a_t * x_ema + (1 - a_t) * x` with the decay warm-up of
-callbacks/warmup.py. It swaps an average into the model and back, and its
-state (averages and counters) round-trips through NumPy. `MultiEMA`
-(callbacks/ema.py) drives it from `fit` and evaluates and selects the EMAs.
+`EMAAverages` holds float32 averages of every averaged variable, stacked
+(`(num_averages,) + shape`), and updates them all in one compiled call:
+`x_ema <- a_t * x_ema + (1 - a_t) * x`. The per-update decays `a_t` come from
+a rule passed in (as torch `swa_utils`' `avg_fn`): `MultiEMA` (callbacks/ema.py)
+gives the decay warm-up of callbacks/warmup.py, `PowerFunctionEMA`
+(callbacks/power_ema.py) the power function's β_t. It counts optimizer steps
+through `fit`, swaps an average into the model and back, and its counters and
+averages round-trip through NumPy.
 """
 
 import functools
@@ -19,22 +21,22 @@ from callbacks import warmup as warmup_rule
 
 
 class EMAAverages:
-    """EMAs of `decays`, updated every `every_steps` optimizer steps.
+    """`num_averages` EMAs, updated every `every_steps` optimizer steps with the decays of `decays_at`.
 
     Args:
-        decays: checked decays, each in (0, 1).
-        every_steps: optimizer steps between updates.
-        warmup: a `callbacks.warmup.WARMUP_MODES` value.
+        num_averages: how many averages.
+        decays_at: `decays_at(step, num_updates)`: the `num_averages` decays
+            `a_t` (float64) of the update made after optimizer step `step`
+            (counted from 1) when `num_updates` updates were made before it.
+        every_steps: optimizer steps between updates. Defaults to 1.
         bn_mode: `"eman"` (BatchNorm moving statistics are averaged too) or
             `"copy"` (an average uses the model's current statistics).
-        batch_scale: B / B_ref for the EMA scaling rule (callbacks/warmup.py
-            `decays_at`). Defaults to 1.
+            Defaults to `"eman"`.
     """
 
-    def __init__(self, decays, every_steps, warmup, bn_mode, batch_scale=1.0):
-        self.decays, self.every_steps, self.warmup, self.bn_mode = decays, every_steps, warmup, bn_mode
-        self.batch_scale = float(batch_scale)
-        self.effective_decays = tuple(decay ** (self.batch_scale / every_steps) for decay in decays)
+    def __init__(self, num_averages, decays_at, every_steps=1, bn_mode="eman"):
+        self.num_averages, self.decays_at = num_averages, decays_at
+        self.every_steps, self.bn_mode = every_steps, bn_mode
         self.averages = None  # the stacked float32 variables, once built
         self._built_for = None
         self.reset()
@@ -46,19 +48,21 @@ class EMAAverages:
         averaged_ids = {id(v) for v in averaged}
         if self._built_for == [id(v) for v in averaged]:
             return
-        self._averaged = averaged
+        self.averaged = averaged
+        positions = {id(v): i for i, v in enumerate(model.weights)}
+        self.weight_indices = [positions[id(v)] for v in averaged]  # in `model.weights`
         # What a swap saves and restores: the averaged variables, and the
         # BatchNorm statistics also when they are the trained model's own
         # ("copy"): a recompute inside a swap must not overwrite them.
         self._swapped = averaged + [v for v in model.weights if id(v) in statistics - averaged_ids]
-        num_decays = len(self.decays)
+        num_averages = self.num_averages
         self.averages = [
-            keras.Variable(initializer="zeros", shape=(num_decays,) + tuple(v.shape), dtype="float32",
+            keras.Variable(initializer="zeros", shape=(num_averages,) + tuple(v.shape), dtype="float32",
                            trainable=False, autocast=False, name=f"ema_average_{i}")
             for i, v in enumerate(averaged)
         ]
         self._start = compiled.compile_update(
-            lambda values: [_broadcast(x, num_decays) for x in values], averaged, self.averages)
+            lambda values: [_broadcast(x, num_averages) for x in values], averaged, self.averages)
         self._update = compiled.compile_in_place_update(_ema_step, self.averages, averaged)
         dtypes = [v.dtype for v in averaged]
         self._take = compiled.compile_update(
@@ -69,31 +73,41 @@ class EMAAverages:
         """Counters back to the start; `start()` puts the model's weights in every average."""
         self.step = 0
         self.num_updates = 0
-        self.labels = [0] * len(self.decays)  # all averages start at x0
+        self.labels = [0] * self.num_averages  # all averages start at x0
+        self._steps_before_epoch = 0
 
     def start(self):
-        """x0_EMA = x0 for every decay."""
+        """x0_EMA = x0 for every average."""
         self.reset()
         self._start()
 
-    def advance_to_step(self, step):
-        """The optimizer has taken `step` steps (from 1): update if a period ended."""
+    def begin_epoch(self):
+        """`fit` starts an epoch: its batches count from the step reached."""
+        self._steps_before_epoch = self.step
+
+    def end_batch(self, params, batch, sync):
+        """After `on_train_batch_end(batch)` (`params`: the callback's): counts the
+        optimizer steps and updates if a period ended, calling `sync()` first
+        (on JAX, reading `Callback.model` brings the weights the update reads).
+        Returns whether it updated."""
+        # `batch` is the epoch's last step so far (0-based), also when one call
+        # runs `steps_per_execution` steps; Keras reports a whole execution for
+        # the epoch's last, partial one: cap by the epoch's number of steps
+        # where known.
+        steps_per_epoch = (params or {}).get("steps")
+        step = self._steps_before_epoch + min(batch + 1, steps_per_epoch or batch + 1)
         due = step // self.every_steps > self.step // self.every_steps
         self.step = step
         if due:
+            sync()
             factors = self.decay_factors()
             self._update(factors)
             self.num_updates += 1
             self.labels = warmup_rule.regroup(self.labels, factors[0].tolist())
-
-    def decays_at(self, step, num_updates=None):
-        """The decays `a_t` (float64) of an update made after optimizer step `step`
-        (callbacks/warmup.py `decays_at`)."""
-        return warmup_rule.decays_at(self.decays, self.warmup, step, self.every_steps, num_updates,
-                                     self.batch_scale)
+        return due
 
     def decay_factors(self):
-        """float32 `[a_t, 1 - a_t]` of the update due now, one column per decay."""
+        """float32 `[a_t, 1 - a_t]` of the update due now, one column per average."""
         # Both factors are formed in float64 and only then rounded: rounding
         # a to float32 first would put a relative error of up to ~1e-4 into
         # the small 1 - a.
@@ -101,10 +115,10 @@ class EMAAverages:
         return np.stack([decays, 1.0 - decays]).astype("float32")
 
     def identical_groups(self):
-        """Indices of the decays grouped by the average they hold, bitwise.
+        """Indices of the averages grouped by their values, bitwise.
 
-        Two decays hold the same average exactly when every update so far
-        applied them the same factor: under the warm-up, every decay above
+        Two averages are the same exactly when every update so far applied
+        them the same factor: under the warm-up, those of every decay above
         the current (t+1)/(t+10) (paper §4.1).
         """
         groups = {}
@@ -118,34 +132,15 @@ class EMAAverages:
         return variables.swapped(self._swapped, take)
 
     def state(self):
-        """Settings, counters and averages as a flat dict of NumPy values."""
+        """Counters and averages as a flat dict of NumPy arrays."""
         state = {
-            "decays": np.asarray(self.decays, dtype="float64"),
-            "every_steps": self.every_steps,
-            "warmup": self.warmup,
-            "bn_mode": self.bn_mode,
-            "batch_scale": self.batch_scale,
-            "step": self.step,
-            "num_updates": self.num_updates,
+            "step": np.asarray(self.step, dtype="int64"),
+            "num_updates": np.asarray(self.num_updates, dtype="int64"),
             "identical_labels": np.asarray(self.labels, dtype="int64"),
         }
         for i, average in enumerate(variables.host_copy(self.averages)):
             state[f"average/{i}"] = average
         return state
-
-    def check_state(self, state, owner="MultiEMA"):
-        """Raises ValueError if `state` was saved with other settings."""
-        for name in ("every_steps", "warmup", "bn_mode", "batch_scale"):
-            # (A state saved before batch scaling existed was unscaled.)
-            value = state.get(name, 1.0) if name == "batch_scale" else state[name]
-            saved, current = _python(value), getattr(self, name)
-            if name == "warmup":
-                saved = warmup_rule.checked_warmup(saved)
-            if saved != current:
-                raise ValueError(_mismatch_message(owner, name, saved, current))
-        saved = tuple(float(d) for d in np.asarray(state["decays"]))
-        if saved != self.decays:
-            raise ValueError(_mismatch_message(owner, "decays", saved, self.decays))
 
     def load_state(self, state):
         count = sum(key.startswith("average/") for key in state)
@@ -161,7 +156,8 @@ class EMAAverages:
         self.step = int(state["step"])
         self.num_updates = int(state["num_updates"])
         # A state saved before labels existed: treat every average as distinct.
-        self.labels = [int(x) for x in state.get("identical_labels", range(len(self.decays)))]
+        self.labels = [int(x) for x in state.get("identical_labels", range(self.num_averages))]
+        self._steps_before_epoch = self.step
 
 
 def averaged_variables(model, bn_mode):
@@ -171,16 +167,6 @@ def averaged_variables(model, bn_mode):
     if bn_mode == "eman":
         averaged_ids |= {id(v) for v in variables.batch_norm_statistics(model)}
     return [v for v in model.weights if id(v) in averaged_ids]
-
-
-def steps_in_epoch(params, batch):
-    """Optimizer steps taken in the epoch after `on_train_batch_end(batch)` (`params`: the callback's)."""
-    # `batch` is the epoch's last step so far (0-based), also when one call
-    # runs `steps_per_execution` steps; Keras reports a whole execution for
-    # the epoch's last, partial one: cap by the epoch's number of steps
-    # where known.
-    steps_per_epoch = (params or {}).get("steps")
-    return min(batch + 1, steps_per_epoch or batch + 1)
 
 
 def _ema_step(averages, currents, factors):
@@ -194,23 +180,11 @@ def _ema_step(averages, currents, factors):
     return new_averages
 
 
-def _broadcast(value, num_decays):
+def _broadcast(value, num_averages):
     value = keras.ops.cast(value, "float32")
-    return keras.ops.broadcast_to(value, (num_decays,) + tuple(value.shape))
+    return keras.ops.broadcast_to(value, (num_averages,) + tuple(value.shape))
 
 
 def _take(averages, index, dtypes):
     return [keras.ops.cast(keras.ops.take(average, index, axis=0), dtype)
             for average, dtype in zip(averages, dtypes)]
-
-
-def _python(value):
-    """A NumPy scalar or 0-d array (as from `np.load`) as a Python value."""
-    return np.asarray(value).item() if not isinstance(value, str) else value
-
-
-def _mismatch_message(owner, name, saved, current):
-    return (
-        f"The state was saved with {name}={saved!r}, but this {owner} has "
-        f"{name}={current!r}. Create the {owner} with the same arguments."
-    )

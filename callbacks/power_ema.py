@@ -9,28 +9,29 @@ snapshot file every `snapshot_every_steps` steps. After training,
 least squares: callbacks/power_profiles.py has the profiles and the solver,
 callbacks/power_snapshots.py the file format.
 
-The averages are `EMAAverages` (callbacks/ema_averages.py) with the power
-function's β_t as their decays: the same stacked float32 variables, one fused
+The averages are `EMAAverages` (callbacks/ema_averages.py) given the power
+function's β_t as their rule: the same stacked float32 variables, one fused
 compiled update for all of them, exact swap-in and state.
 """
 
 import contextlib
+import functools
 
-import keras
 import numpy as np
 
 from callbacks import arguments
 from callbacks import power_profiles
 from callbacks import power_snapshots
+from callbacks import state as state_protocol
 from callbacks import variables
-from callbacks.ema_averages import EMAAverages, steps_in_epoch
-from callbacks.power_ema_options import DEFAULT_SIGMA_RELS
+from callbacks.defaults import DEFAULT_SIGMA_RELS
+from callbacks.ema_averages import EMAAverages
 
 
 DEFAULT_SNAPSHOT_EVERY_STEPS = 1000
 
 
-class PowerFunctionEMA(keras.callbacks.Callback):
+class PowerFunctionEMA(state_protocol.StatefulCallback):
     """Power-function EMAs of the weights, snapshotted for post-hoc reconstruction.
 
     After optimizer step t (counted from 1 over the whole training, across
@@ -87,9 +88,9 @@ class PowerFunctionEMA(keras.callbacks.Callback):
         self.snapshot_every_steps = snapshot_every_steps
         self.directory = directory
         self.snapshot_dtype = snapshot_dtype
-        self.averages = _PowerAverages(self.sigma_rels, self.gammas)
-        self._restored_state = None
-        self._steps_before_epoch = 0
+        # One update per optimizer step with β_t = (1 - 1/t)^(γ+1) for every γ.
+        betas = functools.partial(_power_betas, np.asarray(self.gammas, dtype="float64"))
+        self.averages = EMAAverages(len(self.sigma_rels), betas, every_steps=1, bn_mode="eman")
 
     def get_config(self):
         return {"sigma_rels": self.sigma_rels, "snapshot_every_steps": self.snapshot_every_steps,
@@ -102,24 +103,15 @@ class PowerFunctionEMA(keras.callbacks.Callback):
             raise ValueError("PowerFunctionEMA updates after every optimizer step: compile the "
                              "model with steps_per_execution=1.")
         self.averages.build(self.model)
-        if self._restored_state is None:
-            self._refuse_old_snapshots()
-            self.averages.start()  # x_0 = θ_0
-        else:
-            self.averages.load_state(self._restored_state)
-            self._restored_state = None
-        self._steps_before_epoch = self.averages.step
+        self._start_or_restore()
 
     def on_epoch_begin(self, epoch, logs=None):
-        self._steps_before_epoch = self.averages.step
+        self.averages.begin_epoch()
 
     def on_train_batch_end(self, batch, logs=None):
-        step = self._steps_before_epoch + steps_in_epoch(self.params, batch)
-        if step == self.averages.step:
-            return
-        self.model  # JAX: reading it syncs the weights the update reads (keras Callback.model)
-        self.averages.advance_to_step(step)
-        if self.directory is not None and step % self.snapshot_every_steps == 0:
+        # Reading `self.model` syncs the weights the update reads (JAX; keras Callback.model).
+        updated = self.averages.end_batch(self.params, batch, sync=lambda: self.model)
+        if updated and self.directory is not None and self.averages.step % self.snapshot_every_steps == 0:
             self.write_snapshot()
 
     def on_train_end(self, logs=None):
@@ -148,20 +140,30 @@ class PowerFunctionEMA(keras.callbacks.Callback):
         with self.averages.swapped_in(self.sigma_rels.index(sigma_rel)):
             yield
 
-    def get_state(self):
-        if self.averages.averages is None:
-            if self._restored_state is not None:
-                return dict(self._restored_state)
-            raise RuntimeError("PowerFunctionEMA has no state before it is trained.")
-        return self.averages.state()
+    # The state (callbacks/state.py).
 
-    def set_state(self, state):
-        """Restores `get_state()`'s result; the next `on_train_begin` continues from it."""
-        self.averages.check_state(state, owner="PowerFunctionEMA")
-        self._restored_state = dict(state)
-        if self.averages.averages is not None:
-            self.averages.load_state(self._restored_state)
-            self._steps_before_epoch = self.averages.step
+    def _has_state(self):
+        return self.averages.averages is not None
+
+    def _start(self):
+        self._refuse_old_snapshots()
+        self.averages.start()  # x_0 = θ_0
+
+    def _state(self):
+        if not self._has_state():
+            raise RuntimeError("PowerFunctionEMA has no state before it is trained.")
+        return {"sigma_rels": np.asarray(self.sigma_rels), **self.averages.state()}
+
+    def _checked_state(self, state):
+        if "sigma_rels" not in state:
+            # The previous form: "decays" held the sigma_rels, beside EMA settings that never varied.
+            old = ("decays", "every_steps", "warmup", "bn_mode", "batch_scale")
+            state = {"sigma_rels": state["decays"], **{k: v for k, v in state.items() if k not in old}}
+        state_protocol.check_settings("PowerFunctionEMA", state, {"sigma_rels": self.sigma_rels})
+        return state
+
+    def _load_state(self, state):
+        self.averages.load_state(state)
 
     def _refuse_old_snapshots(self):
         if self.directory is not None and power_snapshots.list_snapshots(self.directory):
@@ -171,18 +173,5 @@ class PowerFunctionEMA(keras.callbacks.Callback):
             )
 
 
-class _PowerAverages(EMAAverages):
-    """`EMAAverages` whose decays are the power functions' β_t, one update per step."""
-
-    def __init__(self, sigma_rels, gammas):
-        super().__init__(sigma_rels, every_steps=1, warmup="none", bn_mode="eman")
-        self.gammas = np.asarray(gammas, dtype="float64")
-
-    def build(self, model):
-        super().build(model)
-        self.averaged = list(self._averaged)
-        positions = {id(v): i for i, v in enumerate(model.weights)}
-        self.weight_indices = [positions[id(v)] for v in self.averaged]
-
-    def decays_at(self, step, num_updates=None):
-        return power_profiles.power_betas(self.gammas, step)
+def _power_betas(gammas, step, num_updates):
+    return power_profiles.power_betas(gammas, step)

@@ -8,18 +8,18 @@ between their weights. Evidence: tests/test_stability.py recomputes both in
 NumPy from predictions and weights recorded independently.
 """
 
-import copy
-
 import keras
 import numpy as np
 from keras import ops
 
+from callbacks import arguments
+from callbacks import state as state_protocol
 from callbacks import validation
 from callbacks import variables
-from callbacks.ema import MultiEMA
+from callbacks.ema import MultiEMA, map_swapped_in
 
 
-class PredictionStability(keras.callbacks.Callback):
+class PredictionStability(state_protocol.StatefulCallback):
     """Logs prediction stability of SGD and every EMA, and each EMA's distance to SGD.
 
     At the end of every epoch the model predicts `validation_data`; a sample
@@ -62,53 +62,44 @@ class PredictionStability(keras.callbacks.Callback):
     def __init__(self, validation_data, ema=None, batch_size=None):
         super().__init__()
         if ema is not None and not isinstance(ema, MultiEMA):
-            raise ValueError(
-                "Invalid value for argument `ema`. Received: "
-                f"ema={ema!r}. Expected a `MultiEMA` callback or `None`."
-            )
-        if batch_size is not None and (
-            isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1
-        ):
-            raise ValueError(
-                "Invalid value for argument `batch_size`. Received: "
-                f"batch_size={batch_size!r}. Expected `None` or an integer >= 1."
-            )
+            raise arguments.invalid("ema", ema, "a `MultiEMA` callback or `None`")
+        self.batch_size = arguments.checked_optional_int("batch_size", batch_size)
         self._inputs, self._labels = _checked_validation_data(validation_data)
         self.validation_data = validation_data
         self.ema = ema
-        self.batch_size = batch_size
         self._previous = None
-        self._restored_state = None
 
-    def __deepcopy__(self, memo):
-        # keras-tuner deep-copies callbacks: the data is shared (a dataset
-        # cannot be copied), the MultiEMA is the copy made in the same pass.
-        ema = None if self.ema is None else copy.deepcopy(self.ema, memo)
-        return PredictionStability(self.validation_data, ema=ema, batch_size=self.batch_size)
+    __deepcopy__ = state_protocol.fresh_copy
+
+    def get_config(self):
+        return {"validation_data": self.validation_data, "ema": self.ema, "batch_size": self.batch_size}
 
     # Hooks.
 
     def on_train_begin(self, logs=None):
-        self._previous = self._restored_state
-        self._restored_state = None
+        self._start_or_restore()
 
     def on_epoch_end(self, epoch, logs=None):
         results = self._measure()
         if logs is not None:
             logs.update(results)
 
-    # Public API.
+    # The state (callbacks/state.py): the previous epoch's correctness vectors, {model key: bool array}.
 
-    def get_state(self):
-        """The previous epoch's correctness vectors: {model key: bool array}; empty before an epoch."""
-        if self._previous is None and self._restored_state is not None:
-            return dict(self._restored_state)
+    def _has_state(self):
+        return self._previous is not None
+
+    def _start(self):
+        self._previous = None
+
+    def _state(self):
         return {key: value.copy() for key, value in (self._previous or {}).items()}
 
-    def set_state(self, state):
-        """Restores `get_state()`'s result for the next `on_train_begin` (then the next fit starts afresh)."""
-        state = {key: np.asarray(value, dtype=bool) for key, value in dict(state).items()}
-        self._restored_state = state or None
+    def _checked_state(self, state):
+        return {key: np.asarray(value, dtype=bool) for key, value in state.items()}
+
+    def _load_state(self, state):
+        self._previous = dict(state) or None  # empty: no epoch yet
 
     # Measuring.
 
@@ -119,10 +110,10 @@ class PredictionStability(keras.callbacks.Callback):
         results = {}
         if self.ema is not None:
             sgd_weights = variables.snapshot(model.trainable_variables)
-            for decay in self.ema.decays:
-                with self.ema.swapped_in(decay):
-                    correct[f"ema_{decay:g}"] = self._correctness(labels)
-                    distance = _relative_distance(model.trainable_variables, sgd_weights)
+            measured = map_swapped_in(self.ema, lambda decays: (
+                self._correctness(labels), _relative_distance(model.trainable_variables, sgd_weights)))
+            for (decay,), (correctness, distance) in measured:
+                correct[f"ema_{decay:g}"] = correctness
                 results[f"ema_{decay:g}_weight_distance"] = distance
         previous, self._previous = self._previous, correct
         for key, current in correct.items():

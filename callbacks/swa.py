@@ -4,9 +4,8 @@
 (Algorithm 1's `w_SWA <- w_hat`) and of those captured at the end of every
 epoch (constant SWA learning rate) or of every cycle (cyclic learning rate,
 captured at its minimum alpha_2); BatchNorm statistics are recomputed for the
-average after training (§3.2). Its learning rates:
-callbacks/swa_cyclic_schedule.py (§3.1) and callbacks/swa_schedules.py (§4.1:
-conventional training for about 75% of the budget, then the SWA rate).
+average after training (§3.2). Its learning rates are in callbacks/swa_schedules.py
+(§3.1, cyclic; §4.1: conventional training for about 75% of the budget, then the SWA rate).
 """
 
 import contextlib
@@ -14,21 +13,21 @@ import os
 import warnings
 
 import keras
+import numpy as np
 from keras import ops
 
 from callbacks import arguments
+from callbacks import state as state_protocol
 from callbacks import validation
 from callbacks import variables
-from callbacks.batch_norm import (
-    checked_batch_size_is_used, input_batches, recompute_batch_norm, recomputed_layers,
-)
+from callbacks.batch_norm import recompute_batch_norm, recomputed_layers
 from callbacks.compiled import compile_update
 
 
 WEIGHTS_SUFFIX = ".weights.h5"
 
 
-class SWA(keras.callbacks.Callback):
+class SWA(state_protocol.StatefulCallback):
     """Uniform average of the weights captured from epoch `start_epoch` on.
 
     Epochs are Keras's 0-based indices: `start_epoch` is the first epoch of
@@ -110,7 +109,7 @@ class SWA(keras.callbacks.Callback):
         if validation_data is not None:
             validation.checked(validation_data)
         if train_data is not None:
-            input_batches(train_data, batch_size, steps)  # validates only; lazy
+            validation.input_batches(train_data, batch_size, steps)  # validates only; lazy
         elif bn_every_epoch:
             raise ValueError(
                 "Invalid value for argument `train_data`. Received: "
@@ -118,7 +117,7 @@ class SWA(keras.callbacks.Callback):
             )
         elif steps is not None:  # it limits the recomputation over train_data: there is none
             raise arguments.invalid("steps", steps, "None when train_data is None")
-        checked_batch_size_is_used(batch_size, train_data, validation_data)
+        validation.checked_batch_size_is_used(batch_size, train_data, validation_data)
         self.start_epoch = start_epoch
         self.cycle_epochs = cycle_epochs
         self.train_data = train_data
@@ -133,24 +132,15 @@ class SWA(keras.callbacks.Callback):
         self.final_metrics = {}
         self._average = None
         self._final_weights = None
-        self._pending_state = None
         self._last_epoch = None
 
-    def __deepcopy__(self, memo):
-        # keras-tuner deep-copies callbacks before each trial; a dataset cannot be
-        # deep-copied (and is immutable), so the data is shared. The copy is a fresh,
-        # untrained callback: use get_state() to carry a state.
-        return SWA(
-            start_epoch=self.start_epoch,
-            cycle_epochs=self.cycle_epochs,
-            train_data=self.train_data,
-            validation_data=self.validation_data,
-            bn_every_epoch=self.bn_every_epoch,
-            steps=self.steps,
-            batch_size=self.batch_size,
-            include_start=self.include_start,
-            verbose=self.verbose,
-        )
+    __deepcopy__ = state_protocol.fresh_copy
+
+    def get_config(self):
+        return {"start_epoch": self.start_epoch, "cycle_epochs": self.cycle_epochs, "train_data": self.train_data,
+                "validation_data": self.validation_data, "bn_every_epoch": self.bn_every_epoch,
+                "steps": self.steps, "batch_size": self.batch_size, "include_start": self.include_start,
+                "verbose": self.verbose}
 
     def on_train_begin(self, logs=None):
         if self.train_data is None and recomputed_layers(self.model):
@@ -182,38 +172,6 @@ class SWA(keras.callbacks.Callback):
                 stacklevel=2,
             )
 
-    def get_state(self):
-        """`{"average": [NumPy arrays], "count": int, "start_included": bool}`,
-        to resume with `set_state`."""
-        if self._average is None:
-            return {"average": None, "count": 0, "start_included": False}
-        return {
-            "average": variables.host_copy(self._average),
-            "count": self.count,
-            "start_included": self.start_included,
-        }
-
-    def set_state(self, state):
-        """Restores `get_state()`'s result for the next `on_train_begin`.
-
-        A restored state replaces that train begin's reset (a resumed
-        `fit(initial_epoch=...)` continues the average); the fit after that
-        starts afresh. If the callback already holds an average, the state is
-        also applied at once.
-        """
-        count = state["count"]
-        arguments.checked_int("state['count']", count, minimum=0)
-        if count and state["average"] is None:
-            raise ValueError(
-                "Invalid value for argument `state`. Received count="
-                f"{count} with average=None. Expected `get_state()`'s result."
-            )
-        # A state saved before `start_included` existed never included it.
-        start_included = bool(state.get("start_included", False))
-        self._pending_state = {"average": state["average"], "count": count, "start_included": start_included}
-        if self._average is not None:
-            self._load_state(self._pending_state)
-
     def summary(self):
         """Start epoch (0-based, as Keras's `epoch` and `start_epoch`), number
         of models averaged (the starting point among them if `start_included`)
@@ -229,10 +187,7 @@ class SWA(keras.callbacks.Callback):
     def save(self, directory):
         """Writes the final average to `<directory>/swa.weights.h5`; returns the path."""
         weights = self._require_final_weights()  # before creating anything
-        os.makedirs(directory, exist_ok=True)
-        path = os.path.join(directory, "swa" + WEIGHTS_SUFFIX)
-        variables.save_weights(self.model, weights, path)
-        return path
+        return variables.save_weights_files(self.model, directory, {"swa" + WEIGHTS_SUFFIX: weights})[0]
 
     def save_average(self, path):
         """Writes the average so far, BatchNorm recomputed over `train_data`, to `path` (a
@@ -271,25 +226,47 @@ class SWA(keras.callbacks.Callback):
             for w in self._weights
         ]
         self._update = compile_update(_running_mean, self._weights + self._average, self._average)
-        self.count = 0
-        self.start_included = False
         self.final_metrics = {}
         self._final_weights = None
         self._last_epoch = None
-        if self._pending_state is not None:
-            self._load_state(self._pending_state)
-            self._pending_state = None
+        self._start_or_restore()
+
+    # The state (callbacks/state.py): `count`, `start_included` and, after a capture, `average/<i>`.
+
+    def _has_state(self):
+        return self._average is not None
+
+    def _start(self):
+        self.count = 0
+        self.start_included = False
+
+    def _state(self):
+        state = {"count": np.asarray(self.count, dtype="int64"), "start_included": np.asarray(self.start_included)}
+        if self._average is not None:
+            state.update({f"average/{i}": value for i, value in enumerate(variables.host_copy(self._average))})
+        return state
+
+    def _checked_state(self, state):
+        count = state_protocol.python_value(state["count"])
+        arguments.checked_int("state['count']", count, minimum=0)
+        if count and "average/0" not in state:
+            raise ValueError(
+                "Invalid value for argument `state`. Received count="
+                f"{count} with no average. Expected `get_state()`'s result."
+            )
+        # A state saved before `start_included` existed never included it.
+        return {"start_included": np.asarray(False), **state}
 
     def _load_state(self, state):
-        if state["count"]:
-            if len(state["average"]) != len(self._average):
+        average = [state[f"average/{i}"] for i in range(sum(key.startswith("average/") for key in state))]
+        if state_protocol.python_value(state["count"]):
+            if len(average) != len(self._average):
                 raise ValueError(
-                    f"The SWA state has {len(state['average'])} arrays; the model "
-                    f"has {len(self._average)} float weights."
+                    f"The SWA state has {len(average)} arrays; the model has {len(self._average)} float weights."
                 )
-            variables.write(self._average, state["average"])
-        self.count = state["count"]
-        self.start_included = state["start_included"]
+            variables.write(self._average, average)
+        self.count = state_protocol.python_value(state["count"])
+        self.start_included = bool(state_protocol.python_value(state["start_included"]))
 
     def _is_start(self, epoch):
         # Only before any capture: a fit resumed later (set_state) has passed the start.

@@ -1,24 +1,30 @@
-"""The validation data the averaging callbacks evaluate on: checked once, evaluated alike.
+"""The data the averaging callbacks take: checked once, used alike.
 
-`MultiEMA`, `BatchNormRecompute` and `SWA` take the same forms: a dataset (any
-iterable of `(x, y[, sample_weight])` batches that `model.evaluate` accepts),
-an `(x, y)` or `(x, y, sample_weight)` tuple of arrays (batched by
-`batch_size`), or `None` for the validation data passed to `fit` (MultiEMA
-only; at the epochs where `fit` validates).
+Validation data, which `MultiEMA`, `BatchNormRecompute` and `SWA` evaluate on
+(`checked`, `evaluate`): a dataset (any iterable of `(x, y[, sample_weight])`
+batches that `model.evaluate` accepts), an `(x, y)` or `(x, y, sample_weight)`
+tuple of arrays (batched by `batch_size`), or `None` for the validation data
+passed to `fit` (MultiEMA only; at the epochs where `fit` validates).
+Training data, which a BatchNorm recompute runs over (`input_batches`): an
+array, an `(x, y[, sample_weight])` tuple of arrays, or an iterable of batches.
 """
 
-import numpy as np
+import itertools
 
-from callbacks.arguments import invalid
+import keras
+import numpy as np
+from keras import ops
+
+from callbacks import arguments
 
 
 def checked(validation_data, batch_size=None, allow_fit_data=True):
     """Raises ValueError now for a form `evaluate` would reject later."""
     if validation_data is None:
         if not allow_fit_data:
-            raise invalid("validation_data", None, "a dataset or an (x, y) tuple")
+            raise arguments.invalid("validation_data", None, "a dataset or an (x, y) tuple")
         if batch_size is not None:  # fit batches its own validation data: it would be ignored
-            raise invalid("validation_batch_size", batch_size,
+            raise arguments.invalid("validation_batch_size", batch_size,
                           "None when validation_data is None (pass validation_batch_size to fit)")
         return
     if isinstance(validation_data, (tuple, list)):
@@ -64,3 +70,52 @@ def _evaluate_on_fit_validation_data(model):
             "may have changed): pass `validation_data` to the callback."
         )
     return model.evaluate(verbose=0, return_dict=True, _use_cached_eval_dataset=True)
+
+
+def _is_array(value):
+    return isinstance(value, np.ndarray) or ops.is_tensor(value)
+
+
+def checked_batch_size_is_used(batch_size, train_data, validation_data):
+    """Refuses a `batch_size` that neither the training data (an array or an `(x, y)` tuple:
+    `input_batches`) nor the validation data (an `(x, y)` tuple: `evaluate`) would use."""
+    arguments.checked_optional_int("batch_size", batch_size)
+    uses = (train_data is not None and (isinstance(train_data, tuple) or _is_array(train_data))
+            or isinstance(validation_data, (tuple, list)))
+    if batch_size is not None and not uses:
+        raise arguments.invalid("batch_size", batch_size,
+                                "None when the data are datasets (their batches are used as they are)")
+
+
+def input_batches(data, batch_size, steps):
+    """Checks `data` now; returns an iterator over at most `steps` input batches."""
+    if isinstance(data, tuple):
+        data = keras.utils.unpack_x_y_sample_weight(data)[0]
+        if not _is_array(data):
+            raise ValueError(
+                "Invalid value for argument `data`. Received a tuple whose first "
+                f"element is {type(data).__name__}. Expected `(x, y)` with an "
+                "array `x`, an array, or an iterable of batches."
+            )
+    if _is_array(data):
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise arguments.invalid("batch_size", batch_size, "an integer >= 1 when the data is an array")
+        size = int(data.shape[0])
+        batches = (data[start : start + batch_size] for start in range(0, size, batch_size))
+    elif hasattr(data, "__iter__"):
+        batches = _inputs_of_batches(data)
+    else:
+        raise ValueError(
+            f"Invalid value for argument `data`. Received: {type(data).__name__}. "
+            "Expected an array, an `(x, y)` tuple of arrays, or an iterable of batches."
+        )
+    return itertools.islice(batches, steps)
+
+
+def _inputs_of_batches(data):
+    # A generator function: `iter(data)` waits for the first batch requested
+    # (a new tf.data iterator starts prefetching and advances shuffle seeds).
+    for batch in data:
+        if isinstance(batch, tuple):
+            batch = keras.utils.unpack_x_y_sample_weight(batch)[0]
+        yield batch

@@ -14,6 +14,7 @@ backup costs one transient copy of the swapped variables.
 
 import contextlib
 import hashlib
+import os
 
 import keras
 import numpy as np
@@ -62,6 +63,15 @@ def save_weights(model, weights, path):
     """Saves `weights` (in `model.weights` order) as `model.save_weights` would; the model keeps its own."""
     with holding(model.weights, weights):
         model.save_weights(path)
+
+
+def save_weights_files(model, directory, weights_by_file_name):
+    """`save_weights` of each `{file name: weights}` into `directory` (created); returns the paths."""
+    os.makedirs(directory, exist_ok=True)
+    paths = [os.path.join(directory, name) for name in weights_by_file_name]
+    for path, weights in zip(paths, weights_by_file_name.values()):
+        save_weights(model, weights, path)
+    return paths
 
 
 def digest(arrays):

@@ -6,7 +6,10 @@ restored from the file that train epoch 3; and the straight run's final
 checkpoint restored into a fit with no epoch left (a resumed run that had
 trained them all, whose fixed EMA selection was its last epoch). The resumed
 callbacks must end where the straight ones did, and the state read back from
-the file must be the state that was saved.
+the file must be the state that was saved. Every stateful callback speaks the
+one protocol of callbacks/state.py (a flat mapping of NumPy arrays in and
+out, restored at the next train begin), and the states of the previous
+checkpoint format still resume.
 
 TensorFlow by default; also runs under KERAS_BACKEND=jax (NumPy data only).
 """
@@ -32,6 +35,7 @@ VALIDATION = (RNG.normal(size=(10, 3)).astype("float32"), RNG.integers(0, 2, 10)
 EPOCHS, BATCH = 3, 8  # 3 steps per epoch
 NAMES = ("MultiEMA", "MultiEMA, select_epochs", "SWA", "PowerFunctionEMA", "PredictionStability",
          "BatchNormRecompute")
+STATEFUL = [name for name in NAMES if name != "BatchNormRecompute"]
 
 
 def build_model():
@@ -141,10 +145,43 @@ def test_a_resumed_callback_ends_where_the_uninterrupted_one_does(runs, name):
         assert multi_ema_warnings == [], how  # the selection at the last epoch was made and kept
 
 
-@pytest.mark.parametrize("name", [n for n in NAMES if n != "BatchNormRecompute"])
+@pytest.mark.parametrize("name", STATEFUL)
 def test_the_state_read_from_the_checkpoint_is_the_state_saved(runs, name):
     _, read_back, _ = runs["resumed"]
     assert_same(read_back[name], runs["saved"][name])
+
+
+@pytest.mark.parametrize("name", STATEFUL)
+def test_every_state_is_a_flat_mapping_of_numpy_arrays_kept_until_the_next_train_begin(runs, name):
+    """The protocol: `get_state()` is `{str: np.ndarray}`, and `set_state` on a fresh callback
+    hands back that very state until a fit begins (then it is that fit's start)."""
+    saved = runs["saved"][name]
+    assert saved and all(isinstance(k, str) and isinstance(v, np.ndarray) for k, v in saved.items()), saved
+    fresh = build_callbacks()[name]
+    fresh.set_state(saved)
+    assert_same(fresh.get_state(), saved)
+
+
+# The previous checkpoint format: SWA's state nested ({"average": [arrays], ...}, Python
+# scalars), PowerFunctionEMA's sigma_rels under "decays" beside fixed EMA settings.
+OLD_FORMAT = {
+    "SWA": lambda state: {
+        "average": [state[f"average/{k}"] for k in range(sum(key.startswith("average/") for key in state))],
+        "count": int(state["count"]), "start_included": bool(state["start_included"])},
+    "PowerFunctionEMA": lambda state: {
+        **{key: value for key, value in state.items() if key != "sigma_rels"},
+        "decays": state["sigma_rels"], "every_steps": 1, "warmup": "none", "bn_mode": "eman", "batch_scale": 1.0},
+}
+
+
+@pytest.mark.parametrize("name", sorted(OLD_FORMAT))
+def test_a_state_of_the_previous_checkpoint_format_resumes(runs, name, tmp_path):
+    old = OLD_FORMAT[name](runs["saved"][name])
+    checkpoint.save(str(tmp_path), build_model(), {name: old}, {"epoch": 2})
+    _, contents = checkpoint.read(os.path.join(str(tmp_path), checkpoint.LAST))
+    fresh = build_callbacks()[name]
+    fresh.set_state(contents["states"][name])
+    assert_same(fresh.get_state(), runs["saved"][name])
 
 
 def test_the_fixed_selection_at_the_last_epoch_is_that_epochs_ema(runs):

@@ -17,6 +17,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
+import callbacks  # noqa: E402
 from callbacks.ema import DEFAULT_DECAYS, MultiEMA  # noqa: E402
 from callbacks.warmup import warmup_release_step, warmup_released_after  # noqa: E402
 from tests.ema_setup import (  # noqa: E402,F401  (fixtures: eman_run, copy_run, updates_run)
@@ -324,7 +325,7 @@ def test_the_public_api_imports_from_the_package_and_its_helpers_without_keras()
     assert callbacks.MultiEMA is MultiEMA
     for name in callbacks.__all__:
         assert getattr(callbacks, name).__name__ == name
-    code = ("import sys; import callbacks.warmup, callbacks.ema_options, callbacks.ema_selection; "
+    code = ("import sys; import callbacks.warmup, callbacks.defaults, callbacks.ema_selection; "
             "assert 'keras' not in sys.modules, sorted(m for m in sys.modules if 'keras' in m)")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     subprocess.run([sys.executable, "-c", code], cwd=root, check=True)
@@ -367,3 +368,18 @@ def test_a_batch_scaled_multi_ema_matches_its_rederivation():
     assert ema.summary()["0.99"]["effective_per_step_decay"] == pytest.approx(0.99 ** (2 / EVERY_STEPS))
     with pytest.raises(ValueError, match="batch_scale"):
         MultiEMA(batch_scale=0)
+
+
+@pytest.mark.parametrize("make, argument", [
+    (lambda: MultiEMA(validation_data=EMA_VALIDATION, validation_batch_size=True), "validation_batch_size"),
+    (lambda: callbacks.PredictionStability(EMA_VALIDATION, batch_size=True), "batch_size"),
+    (lambda: callbacks.BatchNormRecompute(MultiEMA(), TRAIN, EMA_VALIDATION, batch_size=True),
+     "batch_size"),
+    (lambda: callbacks.SWA(1, train_data=TRAIN, batch_size=True), "batch_size"),
+    (lambda: callbacks.DivergenceGuard(weights_every_steps=True), "weights_every_steps"),
+], ids=["MultiEMA", "PredictionStability", "BatchNormRecompute", "SWA", "DivergenceGuard"])
+def test_a_bool_is_refused_where_an_integer_is_expected(make, argument):
+    """`True` is no count (it was taken as 1): refused, the message echoing it as Keras's do."""
+    with pytest.raises(ValueError, match=re.escape(f"Invalid value for argument `{argument}`. Received: "
+                                                   f"{argument}=True. Expected")):
+        make()

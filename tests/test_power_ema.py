@@ -295,7 +295,7 @@ def test_resumed_state_continues_exactly_and_rewrites_the_same_snapshots(tmp_pat
     fresh = PowerFunctionEMA(snapshot_every_steps=EVERY, directory=str(tmp_path / "a"))
     with pytest.raises(ValueError, match="already holds PowerFunctionEMA snapshots"):
         _model().fit(x, y, batch_size=BATCH, epochs=1, verbose=0, callbacks=[fresh])
-    with pytest.raises(ValueError, match="saved with decays="):
+    with pytest.raises(ValueError, match="saved with sigma_rels="):
         PowerFunctionEMA(sigma_rels=(0.05,)).set_state(state)
 
 

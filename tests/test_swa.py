@@ -52,6 +52,11 @@ X, Y = make_data(24, seed=1)
 X_VAL, Y_VAL = make_data(10, seed=2)
 
 
+def state_average(state):
+    """The average's arrays in a flat `SWA.get_state()` (`average/0`, `average/1`, ...)."""
+    return [state[f"average/{k}"] for k in range(sum(key.startswith("average/") for key in state))]
+
+
 def numpy_weights(model):
     return [np.array(keras.ops.convert_to_numpy(w)) for w in model.weights]
 
@@ -155,7 +160,7 @@ def test_average_is_mean_of_captured_weights(start_epoch, cycle_epochs, epochs, 
     assert state["count"] == len(captures) == swa.summary()["models_averaged"]
     assert state["start_included"] == swa.summary()["start_included"] == (captures[0][0] == "begin")
     captured = [getattr(record, where)[epoch] for where, epoch in captures]
-    for k, got in enumerate(state["average"]):
+    for k, got in enumerate(state_average(state)):
         assert_average(got, [weights[k] for weights in captured])
     # Per-epoch logs from the first capture on: the running average (BN
     # statistics averaged too) evaluated by a separate model.
@@ -294,7 +299,7 @@ def test_resume_with_state_continues_the_average():
     _, record_2, _ = train(second, 5, model=model, initial_epoch=3)
     captured = [record_1.begin[1], record_1.end[1], record_1.end[2], record_2.end[3], record_2.end[4]]
     assert second.count == 5 and second.summary()["start_included"]  # the start taken once
-    for k, got in enumerate(second.get_state()["average"]):
+    for k, got in enumerate(state_average(second.get_state())):
         assert_average(got, [weights[k] for weights in captured])
     # Re-use without set_state starts afresh (state reset in on_train_begin).
     train(second, 2, model=model)
@@ -314,7 +319,7 @@ def test_a_fit_resumed_at_the_start_epoch_takes_the_start_once():
     _, record_2, _ = train(second, 4, model=model, initial_epoch=3)
     captured = [record_1.begin[2], record_1.end[2], record_2.end[3]]
     assert second.count == 3 and second.start_included
-    for k, got in enumerate(second.get_state()["average"]):
+    for k, got in enumerate(state_average(second.get_state())):
         assert_average(got, [weights[k] for weights in captured])
     old = {key: value for key, value in first.get_state().items() if key != "start_included"}
     second.set_state(old)

@@ -151,12 +151,13 @@ def test_swa_average_is_the_mean_of_the_start_and_the_branch_epochs(run):
     state = checkpoint.read(os.path.join(out, "swa", "checkpoint", "last.npz"))[1]["states"]["swa"]
     assert state["count"] == 3 and state["start_included"]
     floats = [k for k, w in enumerate(models[0]) if w.dtype.kind == "f"]
-    assert len(state["average"]) == len(floats)
-    for got, k in zip(state["average"], floats):
+    average = [state[f"average/{k}"] for k in range(sum(key.startswith("average/") for key in state))]
+    assert len(average) == len(floats)
+    for got, k in zip(average, floats):
         want = np.mean([np.asarray(m[k], np.float64) for m in models], axis=0)
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
     without_start = np.mean([np.asarray(m[floats[0]], np.float64) for m in models[1:]], axis=0)
-    assert not np.allclose(state["average"][0], without_start, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(average[0], without_start, rtol=1e-5, atol=1e-6)
 
 
 def test_tensorboard_scalars_equal_history(run):

@@ -7,7 +7,8 @@ everything the rest of the run depends on:
 - the model's variables (weights, BatchNorm statistics, seed states),
 - the optimizer's variables (iteration count, momentum buffers),
 - the compiled metrics' accumulators (mid-epoch checkpoints),
-- every averaging callback's `get_state()` (EMAs, counters, selections, SWA),
+- every averaging callback's `get_state()` (EMAs, counters, selections, SWA):
+  a flat mapping of NumPy arrays (callbacks/state.py), given back to `set_state`,
 - the position (epoch, step in epoch) and the history rows so far.
 
 The data order needs no state: epoch `e` of the training stream is a
@@ -243,7 +244,7 @@ class RunCheckpoint(keras.callbacks.Callback):
 
     Args:
         directory: where `last.npz` / `previous.npz` go.
-        stateful: dict name -> callback with `get_state()`.
+        stateful: dict name -> callback with `get_state()` (callbacks/state.py).
         logger: the `RunLogger` (its `rows` are saved).
         every_steps: also save mid-epoch every N optimizer steps (None: off).
         meta: extra JSON-able metadata stored in each checkpoint.

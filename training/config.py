@@ -8,10 +8,10 @@ or the model follow the paper's setup (Morales-Brotons et al., App. F / Table 22
 import dataclasses
 import json
 
-from callbacks.ema_options import BN_MODES as EMA_BN_MODES
-from callbacks.ema_options import DEFAULT_DECAYS as DEFAULT_EMA_DECAYS
-from callbacks.ema_options import DEFAULT_EVERY_STEPS
-from callbacks.power_ema_options import DEFAULT_SIGMA_RELS
+from callbacks.defaults import BN_MODES as EMA_BN_MODES
+from callbacks.defaults import DEFAULT_DECAYS as DEFAULT_EMA_DECAYS
+from callbacks.defaults import DEFAULT_EVERY_STEPS
+from callbacks.defaults import DEFAULT_SIGMA_RELS
 from callbacks.warmup import WARMUP_MODES as EMA_WARMUP_MODES
 from data.datasets import CIFAR10N_LABELS, DATASETS as _DATASETS
 
