@@ -20,6 +20,8 @@ import re
 
 import numpy as np
 
+from callbacks.files import atomic_write
+
 PREFIX = "power_ema-"
 _NAME = re.compile(r"^power_ema-(\d{9})\.npz$")
 SNAPSHOT_DTYPES = ("float32", "float16")
@@ -54,14 +56,7 @@ def write_snapshot(directory, step, sigma_rels, gammas, weight_indices, paths, a
         for i, value in enumerate(per_variable):
             arrays[f"average/{j}/{i}"] = np.asarray(value).astype(dtype)
     os.makedirs(directory, exist_ok=True)
-    path = snapshot_path(directory, step)
-    temporary = path + ".tmp"
-    with open(temporary, "wb") as handle:
-        np.savez(handle, **arrays)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
-    return path
+    return atomic_write(snapshot_path(directory, step), lambda temporary: np.savez(temporary, **arrays))
 
 
 def read_header(path):

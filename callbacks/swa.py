@@ -9,7 +9,6 @@ average after training (§3.2). Its learning rates are in callbacks/swa_schedule
 """
 
 import contextlib
-import os
 import warnings
 
 import keras
@@ -22,6 +21,7 @@ from callbacks import validation
 from callbacks import variables
 from callbacks.batch_norm import recompute_batch_norm, recomputed_layers
 from callbacks.compiled import compile_update
+from callbacks.files import atomic_write
 
 
 WEIGHTS_SUFFIX = ".weights.h5"
@@ -207,9 +207,7 @@ class SWA(state_protocol.StatefulCallback):
             if self.validation_data is not None:
                 metrics = {f"val_{k}": v for k, v in
                            validation.evaluate(self.model, self.validation_data, self.batch_size).items()}
-            temporary = str(path)[: -len(WEIGHTS_SUFFIX)] + ".tmp" + WEIGHTS_SUFFIX
-            self.model.save_weights(temporary)
-        os.replace(temporary, path)
+            atomic_write(path, self.model.save_weights)
         return metrics
 
     @contextlib.contextmanager

@@ -257,7 +257,7 @@ def test_save_average_mid_fit_is_the_mean_so_far_with_exact_batch_norm(tmp_path)
     metrics = evaluate_separately(want)
     assert saver.metrics["val_loss"] == pytest.approx(metrics["loss"], rel=1e-5, abs=1e-6)
     assert swa.summary()["models_averaged"] == 5  # the phase went on: start + epochs 1-4
-    assert not [name for name in os.listdir(tmp_path) if ".tmp." in name]
+    assert not [name for name in os.listdir(tmp_path) if ".partial-" in name]  # the temporary was renamed
     with pytest.raises(ValueError, match="at least one captured model"):
         SWA(3).save_average(path)
 
@@ -273,7 +273,7 @@ def test_save_average_refuses_a_path_without_the_weights_suffix_before_writing(t
     with pytest.raises(ValueError, match=message):
         train(swa, 2, callbacks_after=[SaveAverageAt(swa, 0, path)])
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["run"]
-    assert not [p for p in tmp_path.parent.iterdir() if p.name.startswith(tmp_path.name + ".tmp")]
+    assert not [p for p in tmp_path.rglob("*") if p.name.startswith(".partial-")]
 
 
 def test_bn_every_epoch_logs_use_exact_statistics():

@@ -36,6 +36,7 @@ import numpy as np
 
 from training import distribution
 from utils.errors import UsageError
+from utils.files import atomic_write
 
 FORMAT_VERSION = 1
 DIRECTORY = "checkpoint"
@@ -97,16 +98,9 @@ def save(directory, model, states, meta):
     )
     header = {"format": FORMAT_VERSION, "meta": meta, "skeleton": skeleton}
     arrays["header"] = np.array(json.dumps(header))
-    temporary = os.path.join(directory, "saving.npz.tmp")
     with SAVING:
-        with open(temporary, "wb") as handle:
-            np.savez(handle, **arrays)
-            handle.flush()
-            os.fsync(handle.fileno())
-        last = os.path.join(directory, LAST)
-        if os.path.exists(last):
-            os.replace(last, os.path.join(directory, PREVIOUS))
-        os.replace(temporary, last)
+        atomic_write(os.path.join(directory, LAST), lambda temporary: np.savez(temporary, **arrays),
+                     previous=os.path.join(directory, PREVIOUS))
 
 
 def read(path):
