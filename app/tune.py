@@ -65,6 +65,7 @@ import shlex
 import sys
 import time
 
+from app.errors import entry_point
 from data import availability
 from utils.errors import UsageError
 from utils.files import atomic_write_text
@@ -73,14 +74,10 @@ BEST_FILE = "best.json"
 COMMAND_FILE = "command.txt"
 
 
-def main(argv=None):
+@entry_point
+def main(argv):
     """Runs the command line; returns best.json's dict (None on a worker)."""
-    argv = sys.argv[1:] if argv is None else list(argv)
-    try:
-        config, arrays = prepare(argv)
-    except UsageError as error:
-        print(f"error: {error}", file=sys.stderr)
-        raise SystemExit(2)
+    config, arrays = prepare(argv)
     return tune(config, arrays, argv)
 
 

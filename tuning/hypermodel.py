@@ -24,7 +24,6 @@ import numpy as np
 from callbacks import variables
 from callbacks.bootstrap import EMABootstrap
 from callbacks.ema_selection import weights_file_name
-from data import loading
 from data import pipeline
 from training import recipe
 from training import run_dir as run_directory
