@@ -121,6 +121,7 @@ def check_trials_update_the_emas(config, num_train):
 def tune(config, arrays, argv):
     """Runs (or resumes, or serves) the search; returns best.json's dict."""
     from tuning import hparams_logging
+    from app import train_report
     from app.tune_cli import TUNING_FILE
     from tuning.hypermodel import OBJECTIVES, OneShotHyperModel
     from tuning.oracles import build_oracle
@@ -128,7 +129,8 @@ def tune(config, arrays, argv):
 
     started = time.time()
     hypermodel = OneShotHyperModel(
-        config.train, arrays, config.search_space(), config.objective, config.train_argv
+        config.train, arrays, config.search_space(), config.objective, config.train_argv,
+        report=train_report.report,
     )
     path = os.path.normpath(config.out)
     tuner = OneShotTuner(

@@ -93,13 +93,6 @@ def last_epoch(config):
     return config.swa_start_epoch - 1 + config.swa_epochs
 
 
-def models_averaged(summary):
-    """An SWA summary's count in words: `9 models averaged, the starting point included`."""
-    count = summary["models_averaged"]
-    start = "included" if summary.get("start_included") else "not included"
-    return f"{count} model{'s' if count != 1 else ''} averaged, the starting point {start}"
-
-
 def train_branch(config, data, run_path):
     """Runs (or resumes) the SWA branch; returns its summary entry."""
     path = os.path.join(run_path, DIRECTORY)
