@@ -174,6 +174,22 @@ def _models_averaged(swa):
     return f"{count} model{'s' if count != 1 else ''} averaged, the starting point {start}"
 
 
+def swa_branch(config, start_epoch, path):
+    """The SWA branch's first line: where it starts, its epochs and learning rate."""
+    from training.swa_branch import last_epoch  # Keras: imported once training has begun
+
+    end = last_epoch(config)
+    past_budget = f", {end - config.epochs} past the budget" if end > config.epochs else ""
+    print(
+        f"SWA branch from epoch {start_epoch} of the baseline: epochs "
+        f"{config.swa_start_epoch}-{end} ({config.swa_epochs}{past_budget}) at SWA lr {config.swa_lr:g}"
+        f"{f' (cycles of {config.swa_cycle_epochs} epochs)' if config.swa_cycle_epochs > 1 else ''}"
+        f"{', averaging its starting point too' if config.swa_include_start else ''}"
+        f" -> {path}",
+        flush=True,
+    )
+
+
 def _line(text):
     print(text, flush=True)
 
@@ -183,6 +199,7 @@ _PRINTERS = {
     "started": header,
     "trial_started": trial_note,
     "saving_weights": lambda directory: _line(f"saving the weights of every model to {directory} ..."),
+    "swa_branch": swa_branch,
     "saving_best": lambda path: _line(f"writing the best model to {path} ..."),
     "finished": summary_table,
 }

@@ -41,7 +41,8 @@ import os
 
 import numpy as np
 
-from app.errors import DefaultsHelpFormatter, OneLineArgumentParser, UsageError, add_run_reading_arguments, entry_point, positive_int
+from app.errors import (DefaultsHelpFormatter, OneLineArgumentParser, UsageError, add_run_reading_arguments,
+                        entry_point, positive_int)
 
 TRANSFER_FILE = "transfer.json"
 TARGETS = ("cifar10", "cifar100", "tiny-imagenet")  # clean labels only

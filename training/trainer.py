@@ -39,8 +39,8 @@ def train(config, data, path, argv, report=None):
 
     `report(event, **details)`, if given, is called with "resumed" (path,
     epoch, step), "started" (config, data, model, path: before the first
-    step), "saving_weights" (directory), "saving_best" (path) and "finished"
-    (summary, path). Raises `TrainingDiverged` (saying which checkpoint is
+    step), "saving_weights" (directory), "swa_branch" (config, start_epoch,
+    path), "saving_best" (path) and "finished" (summary, path). Raises `TrainingDiverged` (saying which checkpoint is
     kept) at a non-finite loss or weight.
     """
     report = report or _silent
@@ -134,7 +134,7 @@ def _train(config, data, path, argv, report):
     summary = finish(config, data, model, averaging, logger.rows, path, report)
     summary["timing"] = timing_totals(logger.rows)
     if config.swa:
-        summary["swa"] = swa_branch.train_branch(config, data, path)
+        summary["swa"] = swa_branch.train_branch(config, data, path, report)
     best = best_model.choose(summary)
     if best is not None:
         summary["best"] = best
