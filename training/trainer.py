@@ -40,8 +40,9 @@ def train(config, data, path, argv, report=None):
     `report(event, **details)`, if given, is called with "resumed" (path,
     epoch, step), "started" (config, data, model, path: before the first
     step), "saving_weights" (directory), "swa_branch" (config, start_epoch,
-    path), "saving_best" (path) and "finished" (summary, path). Raises `TrainingDiverged` (saying which checkpoint is
-    kept) at a non-finite loss or weight.
+    path), "saving_best" (path) and "finished" (summary, path). Raises
+    `TrainingDiverged` (saying which checkpoint is kept) at a non-finite loss
+    or weight.
     """
     report = report or _silent
     policy = keras.mixed_precision.global_policy()
