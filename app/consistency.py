@@ -18,14 +18,12 @@ Example:
     python -m app.consistency runs/cifar100-resnet18 --limit-test 2000
 """
 
-import argparse
 import itertools
 import json
 import math
 import os
-import sys
 
-from app.errors import DefaultsHelpFormatter, OneLineArgumentParser, UsageError, positive_int
+from app.errors import DefaultsHelpFormatter, OneLineArgumentParser, UsageError, add_run_reading_arguments, entry_point
 from evaluation.runs import EMA_METHODS
 from training.run_dir import CONSISTENCY_FILE, TEST_LOGITS_FILE
 
@@ -43,22 +41,14 @@ def build_parser():
                         help="EMA decay compared (default: the largest the runs kept)")
     parser.add_argument("--criterion", choices=sorted(CRITERIA), default="loss",
                         help="the EMA early-stopped at lowest validation loss (the paper's) or best accuracy")
-    parser.add_argument("--limit-test", type=positive_int, default=None,
-                        help="use the first N test examples only (smoke runs)")
-    parser.add_argument("--data-dir", default=None, help="TFDS data directory (default: the runs')")
-    parser.add_argument("--batch-size", type=positive_int, default=None,
-                        help="prediction batch size (default: the runs')")
+    add_run_reading_arguments(parser)
     return parser
 
 
-def main(argv=None):
+@entry_point
+def main(argv):
     """Runs the command line; returns the consistency dict (exit status 2 on bad input)."""
-    argv = sys.argv[1:] if argv is None else list(argv)
-    try:
-        return measure(prepare(argv))
-    except UsageError as error:
-        print(f"error: {error}", file=sys.stderr)
-        raise SystemExit(2)
+    return measure(prepare(argv))
 
 
 def prepare(argv):

@@ -1,12 +1,60 @@
-"""The command lines' argument parsing: one-line errors, defaults shown once.
+"""The command lines' argument parsing and error handling: one-line errors, defaults shown once.
 
 `UsageError` lives in utils/errors.py (library code raises it too) and is
-re-exported here for the entry points.
+re-exported here for the entry points; `entry_point` is their one way of
+turning it (and `Interrupted`) into a line and an exit status.
 """
 
 import argparse
+import functools
+import re
+import sys
 
-from utils.errors import UsageError  # noqa: F401  (the entry points' import)
+from utils.errors import ConfigError, Interrupted, UsageError  # noqa: F401  (the entry points' import)
+
+
+def entry_point(main):
+    """Decorates an entry point's `main(argv)`: `main(argv=None)` reads `sys.argv[1:]`.
+
+    A `UsageError` becomes `error: <message>` on stderr and exit status 2 (a
+    `ConfigError` naming the flags, `flag_words`); `Interrupted` its line and
+    status 130 or 143 (app/signals.py). Tests call `main(argv)` directly.
+    """
+
+    @functools.wraps(main)
+    def run(argv=None):
+        try:
+            return main(sys.argv[1:] if argv is None else list(argv))
+        except UsageError as error:
+            print(f"error: {flag_words(error)}", file=sys.stderr)
+            raise SystemExit(2)
+        except Interrupted as interrupted:
+            from app import signals
+
+            signals.report(str(interrupted))
+            raise SystemExit(interrupted.status)
+
+    return run
+
+
+def flag_words(error):
+    """A library error's message, with the `TrainConfig` fields a `ConfigError` names as the flags
+    that set them (`batch_size` -> --batch-size, docs/architecture.md: names match end to end)."""
+    if not isinstance(error, ConfigError):
+        return str(error)
+    return re.sub(r"`([a-z_]+)`", lambda field: "--" + field[1].replace("_", "-"), str(error))
+
+
+def add_run_reading_arguments(parser, flags=("--limit-test", "--data-dir", "--batch-size")):
+    """The flags of the commands that read a run back (evaluate, consistency, transfer, posthoc)."""
+    if "--limit-test" in flags:
+        parser.add_argument("--limit-test", type=positive_int, default=None,
+                            help="use the first N test examples only (smoke runs)")
+    if "--data-dir" in flags:
+        parser.add_argument("--data-dir", default=None, help="TFDS data directory (default: the run's)")
+    if "--batch-size" in flags:
+        parser.add_argument("--batch-size", type=positive_int, default=None,
+                            help="prediction batch size (default: the run's)")
 
 
 class OneLineArgumentParser(argparse.ArgumentParser):

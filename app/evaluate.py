@@ -24,12 +24,10 @@ Example:
     python -m app.evaluate runs/cifar100-resnet18 --limit-test 1000
 """
 
-import argparse
 import json
 import os
-import sys
 
-from app.errors import DefaultsHelpFormatter, OneLineArgumentParser, UsageError, positive_int
+from app.errors import DefaultsHelpFormatter, OneLineArgumentParser, UsageError, add_run_reading_arguments, entry_point
 
 EVALUATION_FILE = "evaluation.json"
 
@@ -44,23 +42,15 @@ def build_parser():
                         help="a run directory, or a directory of seed-<k>/ run directories")
     parser.add_argument("--ema-decay", type=float, default=None,
                         help="EMA decay of the `ema_acc`/`ema_loss` entries (default: the largest the run kept)")
-    parser.add_argument("--limit-test", type=positive_int, default=None,
-                        help="evaluate on the first N test examples only (smoke runs)")
-    parser.add_argument("--data-dir", default=None, help="TFDS data directory (default: the run's)")
-    parser.add_argument("--batch-size", type=positive_int, default=None,
-                        help="prediction batch size (default: the run's)")
+    add_run_reading_arguments(parser)
     return parser
 
 
-def main(argv=None):
+@entry_point
+def main(argv):
     """Runs the command line; returns {run path: evaluation dict} (exit status 2 on bad input)."""
-    argv = sys.argv[1:] if argv is None else list(argv)
-    try:
-        plans = prepare(argv)
-        return {plan["run"].path: evaluate(plan) for plan in plans}
-    except UsageError as error:
-        print(f"error: {error}", file=sys.stderr)
-        raise SystemExit(2)
+    plans = prepare(argv)
+    return {plan["run"].path: evaluate(plan) for plan in plans}
 
 
 def prepare(argv):

@@ -28,10 +28,10 @@ Example:
 
 import json
 import os
-import sys
 import time
 
-from app.errors import DefaultsHelpFormatter, OneLineArgumentParser, UsageError, choice, flag_error, positive_int
+from app.errors import (DefaultsHelpFormatter, OneLineArgumentParser, UsageError, add_run_reading_arguments, choice,
+                        entry_point, flag_error, positive_int)
 
 BN_MODES = ("recompute", "average")
 
@@ -57,20 +57,15 @@ def build_parser():
     parser.add_argument("--bn", default="recompute",
                         help="BatchNorm statistics of a rebuilt average: recompute (exactly, over one "
                         "pass of the training data) or average (the rebuilt averaged statistics)")
-    parser.add_argument("--data-dir", default=None, help="TFDS data directory (default: the run's)")
+    add_run_reading_arguments(parser, flags=("--data-dir",))
     parser.add_argument("--out", default=None, help="output directory (default: RUN/posthoc)")
     return parser
 
 
-def main(argv=None):
+@entry_point
+def main(argv):
     """Runs the command line; returns the result dict (exit status 2 on bad input)."""
-    argv = sys.argv[1:] if argv is None else list(argv)
-    try:
-        plan = prepare(argv)
-        return run(plan)
-    except UsageError as error:
-        print(f"error: {error}", file=sys.stderr)
-        raise SystemExit(2)
+    return run(prepare(argv))
 
 
 def prepare(argv):

@@ -15,9 +15,8 @@ Example:
 """
 
 import os
-import sys
 
-from app.errors import DefaultsHelpFormatter, OneLineArgumentParser, UsageError
+from app.errors import DefaultsHelpFormatter, OneLineArgumentParser, entry_point
 from data import datasets
 
 
@@ -34,39 +33,35 @@ def build_parser():
     return parser
 
 
-def main(argv=None):
+@entry_point
+def main(argv):
     """Prepares the dataset; returns the prepared folder (exit status 2 on bad input)."""
-    argv = sys.argv[1:] if argv is None else list(argv)
-    try:
-        args = build_parser().parse_args(argv)
-        from app import cli
-        from data import availability
+    args = build_parser().parse_args(argv)
+    from app import cli
+    from data import availability
 
-        flags = ["--dataset", args.dataset, "--epochs", "1"]
-        flags += ["--data-dir", args.data_dir] if args.data_dir else []
-        flags += ["--cifar-n-dir", args.cifar_n_dir] if args.cifar_n_dir else []
-        config = cli.parse_config(flags)
-        spec = datasets.spec_of(config)
-        root = availability.data_dir_root(config.data_dir)
-        folder = os.path.join(root, spec.tfds_name, spec.version)
-        if availability.prepared_split_sizes(root, spec) is not None:
-            print(f"{config.dataset}: already prepared in {folder}", flush=True)
-            return folder
-        availability.require_obtainable(config, root, f"{spec.tfds_name}/{spec.version}")
-        print(f"{config.dataset}: downloading and preparing {spec.tfds_name} {spec.version} in {root} ...", flush=True)
-        from utils import quiet
-
-        quiet.import_tensorflow()
-        from data import loading
-
-        loading.prepare(config)
-        sizes = availability.prepared_split_sizes(root, spec) or {}
-        print(f"{config.dataset}: prepared {folder} ("
-              + ", ".join(f"{name} {count:,}" for name, count in sorted(sizes.items())) + ")", flush=True)
+    flags = ["--dataset", args.dataset, "--epochs", "1"]
+    flags += ["--data-dir", args.data_dir] if args.data_dir else []
+    flags += ["--cifar-n-dir", args.cifar_n_dir] if args.cifar_n_dir else []
+    config = cli.parse_config(flags)
+    spec = datasets.spec_of(config)
+    root = availability.data_dir_root(config.data_dir)
+    folder = os.path.join(root, spec.tfds_name, spec.version)
+    if availability.prepared_split_sizes(root, spec) is not None:
+        print(f"{config.dataset}: already prepared in {folder}", flush=True)
         return folder
-    except UsageError as error:
-        print(f"error: {error}", file=sys.stderr)
-        raise SystemExit(2)
+    availability.require_obtainable(config, root, f"{spec.tfds_name}/{spec.version}")
+    print(f"{config.dataset}: downloading and preparing {spec.tfds_name} {spec.version} in {root} ...", flush=True)
+    from utils import quiet
+
+    quiet.import_tensorflow()
+    from data import loading
+
+    loading.prepare(config)
+    sizes = availability.prepared_split_sizes(root, spec) or {}
+    print(f"{config.dataset}: prepared {folder} ("
+          + ", ".join(f"{name} {count:,}" for name, count in sorted(sizes.items())) + ")", flush=True)
+    return folder
 
 
 if __name__ == "__main__":

@@ -11,10 +11,7 @@ Example:
     python -m app.report runs/cifar100-resnet18 runs/cifar100n-resnet34 --out report/
 """
 
-import argparse
-import sys
-
-from app.errors import DefaultsHelpFormatter, OneLineArgumentParser, UsageError
+from app.errors import DefaultsHelpFormatter, OneLineArgumentParser, UsageError, entry_point
 
 
 def build_parser():
@@ -42,20 +39,16 @@ def parse_args(argv):
     return args
 
 
-def main(argv=None):
+@entry_point
+def main(argv):
     """Runs the command line; returns `evaluation.report.write_report`'s dict (exit status 2 on bad input)."""
-    argv = sys.argv[1:] if argv is None else list(argv)
-    try:
-        args = parse_args(argv)
-        from evaluation import report, runs
+    args = parse_args(argv)
+    from evaluation import report, runs
 
-        groups = runs.load_groups(args.run_dirs)
-        result = report.write_report(
-            groups, args.out, ema_decay=args.ema_decay, smoothing_window=args.smoothing_window
-        )
-    except UsageError as error:
-        print(f"error: {error}", file=sys.stderr)
-        raise SystemExit(2)
+    groups = runs.load_groups(args.run_dirs)
+    result = report.write_report(
+        groups, args.out, ema_decay=args.ema_decay, smoothing_window=args.smoothing_window
+    )
     print(f"wrote {result['markdown']}, {len(result['csv'])} CSV tables, {len(result['figures'])} figures")
     return result
 

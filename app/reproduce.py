@@ -23,10 +23,9 @@ Example:
 import dataclasses
 import os
 import shlex
-import sys
 import time
 
-from app.errors import DefaultsHelpFormatter, OneLineArgumentParser, UsageError
+from app.errors import DefaultsHelpFormatter, OneLineArgumentParser, UsageError, entry_point
 from evaluation import budgets
 from evaluation import claims as claim_pages
 from evaluation.claims import CLAIM_ORDER, CLAIMS
@@ -282,40 +281,36 @@ def _without_later_inputs(argv):
     return kept
 
 
-def main(argv=None):
+@entry_point
+def main(argv):
     """Runs the command line; returns {claim: outputs} (exit status 2 on bad input)."""
-    argv = sys.argv[1:] if argv is None else list(argv)
-    try:
-        args = parse_args(argv)
-        if args.list:
-            for claim in CLAIM_ORDER:
-                print(f"{claim:<18}{CLAIMS[claim]}")
-            return {}
-        out = os.path.join(args.out, args.budget)
-        steps, dirs, setups = plan(args.budget, out, args.data_dir, args.seeds)
-        claims = CLAIM_ORDER if args.claim == "all" else (args.claim,)
-        if args.dry_run:
-            return _dry_run(claims, steps, setups)
-        _check_data(claims, setups, steps, args.data_dir)
-        from utils import quiet
+    args = parse_args(argv)
+    if args.list:
+        for claim in CLAIM_ORDER:
+            print(f"{claim:<18}{CLAIMS[claim]}")
+        return {}
+    out = os.path.join(args.out, args.budget)
+    steps, dirs, setups = plan(args.budget, out, args.data_dir, args.seeds)
+    claims = CLAIM_ORDER if args.claim == "all" else (args.claim,)
+    if args.dry_run:
+        return _dry_run(claims, steps, setups)
+    _check_data(claims, setups, steps, args.data_dir)
+    from utils import quiet
 
-        quiet.import_tensorflow()
-        # The searches first: what they pick decides which runs the SGD columns need (plan again).
-        tunes = _unique([step for claim in claims for step in steps[claim] if step.command == "tune"])
-        for step in tunes:
-            if not all(os.path.exists(f) for f in step.done_files):
-                print(f"[tuning] running: {step.text()}", flush=True)
-                _run_step(step)
-        if tunes:
-            steps, dirs, setups = plan(args.budget, out, args.data_dir, args.seeds)
-        results = {}
-        for claim in claims:
-            results[claim] = _run_claim(claim, steps[claim], dirs, setups, out, args)
-        print(f"index: {claim_pages.write_index(out, CLAIM_ORDER)}", flush=True)
-        return results
-    except UsageError as error:
-        print(f"error: {error}", file=sys.stderr)
-        raise SystemExit(2)
+    quiet.import_tensorflow()
+    # The searches first: what they pick decides which runs the SGD columns need (plan again).
+    tunes = _unique([step for claim in claims for step in steps[claim] if step.command == "tune"])
+    for step in tunes:
+        if not all(os.path.exists(f) for f in step.done_files):
+            print(f"[tuning] running: {step.text()}", flush=True)
+            _run_step(step)
+    if tunes:
+        steps, dirs, setups = plan(args.budget, out, args.data_dir, args.seeds)
+    results = {}
+    for claim in claims:
+        results[claim] = _run_claim(claim, steps[claim], dirs, setups, out, args)
+    print(f"index: {claim_pages.write_index(out, CLAIM_ORDER)}", flush=True)
+    return results
 
 
 def _dry_run(claims, steps, setups):

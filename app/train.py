@@ -21,43 +21,48 @@ if __name__ == "__main__":
     signals.install()  # first: a Ctrl-C during the imports below is one line too
 
 import dataclasses  # noqa: E402
+import importlib  # noqa: E402
 
-from app import cli, signals  # noqa: E402
+from app import cli, signals, train_report  # noqa: E402
 from utils import quiet  # noqa: E402
 from data import availability  # noqa: E402
 from training import run_dir as run_directory  # noqa: E402
-from utils.errors import Interrupted, UsageError  # noqa: E402
+from app.errors import UsageError, entry_point  # noqa: E402
 
 
-def main(argv=None):
+@entry_point
+def main(argv):
     """Runs the command line; returns the summary dict (exit status 2 on bad input)."""
-    argv = sys.argv[1:] if argv is None else list(argv)
-    try:
-        runs = prepare(argv)
-        from training.trainer import train
+    runs = prepare(argv)
+    importlib.import_module("training.trainer")  # the rest of the heavy imports, before a --out is locked (made)
+    if len(runs) == 1 and not runs[0][0].seeds:
+        config, path = runs[0]
+        # One writer per run directory: a second command with the same --out is refused here.
+        with run_directory.locked([path]):
+            return train(config, path, argv)
+    # --seeds: independent runs into OUT/seed-<k>/, one after the other; a rerun
+    # keeps the seeds that finished and resumes the others.
+    summaries = {config.seed: _finished_summary(path) for config, path in runs if _finished(path)}
+    to_train = [(config, path) for config, path in runs if config.seed not in summaries]
+    if summaries:
+        print(f"seeds {', '.join(map(str, summaries))} finished already (kept); "
+              f"training seeds {', '.join(str(config.seed) for config, _ in to_train)}", flush=True)
+    with run_directory.locked(path for _, path in to_train):
+        for config, path in to_train:
+            summaries[config.seed] = train(config, path, argv)
+    return {config.seed: summaries[config.seed] for config, _ in runs}
 
-        if len(runs) == 1 and not runs[0][0].seeds:
-            config, path = runs[0]
-            # One writer per run directory: a second command with the same --out is refused here.
-            with run_directory.locked([path]):
-                return train(config, load_data(config), path, argv)
-        # --seeds: independent runs into OUT/seed-<k>/, one after the other; a rerun
-        # keeps the seeds that finished and resumes the others.
-        summaries = {config.seed: _finished_summary(path) for config, path in runs if _finished(path)}
-        to_train = [(config, path) for config, path in runs if config.seed not in summaries]
-        if summaries:
-            print(f"seeds {', '.join(map(str, summaries))} finished already (kept); "
-                  f"training seeds {', '.join(str(config.seed) for config, _ in to_train)}", flush=True)
-        with run_directory.locked(path for _, path in to_train):
-            for config, path in to_train:
-                summaries[config.seed] = train(config, load_data(config), path, argv)
-        return {config.seed: summaries[config.seed] for config, _ in runs}
-    except UsageError as error:
-        print(f"error: {error}", file=sys.stderr)
-        raise SystemExit(2)
-    except Interrupted as interrupted:
-        signals.report(str(interrupted))
-        raise SystemExit(interrupted.status)
+
+def train(config, path, argv):
+    """One run, its header, notes and summary table printed (app/train_report.py); exit status 1 if it diverges."""
+    from callbacks.divergence import TrainingDiverged
+    from training import trainer
+
+    try:
+        return trainer.train(config, load_data(config), path, argv, report=train_report.report)
+    except TrainingDiverged as error:
+        print(f"error: {error}; lower --lr (was {config.lr})", file=sys.stderr)
+        raise SystemExit(1)
 
 
 def exit_fast_on_interrupt(main_function):

@@ -36,14 +36,13 @@ Example:
     python -m app.transfer runs/tiny-imagenet-resnet18 --dataset cifar100
 """
 
-import argparse
 import json
 import os
-import sys
 
 import numpy as np
 
-from app.errors import DefaultsHelpFormatter, OneLineArgumentParser, UsageError, positive_int
+from app.errors import (DefaultsHelpFormatter, OneLineArgumentParser, UsageError, add_run_reading_arguments,
+                        entry_point, positive_int)
 
 TRANSFER_FILE = "transfer.json"
 TARGETS = ("cifar10", "cifar100", "tiny-imagenet")  # clean labels only
@@ -70,30 +69,24 @@ def build_parser():
                         help="EMA decay transferred (default: the largest the run kept)")
     parser.add_argument("--limit-train", type=positive_int, default=None,
                         help="train the head on the first N target training examples (smoke runs)")
-    parser.add_argument("--limit-test", type=positive_int, default=None,
-                        help="evaluate on the first N target test examples (smoke runs)")
-    parser.add_argument("--data-dir", default=None,
-                        help="TFDS data directory for both datasets (default: the run's)")
+    # Its --batch-size is the head's training batch (above); the test split is the target dataset's.
+    add_run_reading_arguments(parser, flags=("--limit-test", "--data-dir"))
     return parser
 
 
-def main(argv=None):
+@entry_point
+def main(argv):
     """Runs the command line; returns {run path: transfer dict} (exit status 2 on bad input)."""
-    argv = sys.argv[1:] if argv is None else list(argv)
-    try:
-        args, plans = prepare(argv)
-        from data import loading
+    args, plans = prepare(argv)
+    from data import loading
 
-        targets = {}  # every seed of a directory uses the same target data: load it once
-        results = {}
-        for plan in plans:
-            if plan["target"] not in targets:
-                targets = {plan["target"]: loading.load_arrays(plan["target"])}
-            results[plan["run"].path] = transfer(args, plan, targets[plan["target"]])
-        return results
-    except UsageError as error:
-        print(f"error: {error}", file=sys.stderr)
-        raise SystemExit(2)
+    targets = {}  # every seed of a directory uses the same target data: load it once
+    results = {}
+    for plan in plans:
+        if plan["target"] not in targets:
+            targets = {plan["target"]: loading.load_arrays(plan["target"])}
+        results[plan["run"].path] = transfer(args, plan, targets[plan["target"]])
+    return results
 
 
 def settings_of(args):

@@ -65,6 +65,7 @@ import shlex
 import sys
 import time
 
+from app.errors import entry_point
 from data import availability
 from utils.errors import UsageError
 from utils.files import atomic_write_text
@@ -74,14 +75,10 @@ BEST_SGD_FILE = "best_sgd_final.json"  # the lr for SGD, read from the same tria
 COMMAND_FILE = "command.txt"
 
 
-def main(argv=None):
+@entry_point
+def main(argv):
     """Runs the command line; returns best.json's dict (None on a worker)."""
-    argv = sys.argv[1:] if argv is None else list(argv)
-    try:
-        config, arrays = prepare(argv)
-    except UsageError as error:
-        print(f"error: {error}", file=sys.stderr)
-        raise SystemExit(2)
+    config, arrays = prepare(argv)
     return tune(config, arrays, argv)
 
 
@@ -125,6 +122,7 @@ def check_trials_update_the_emas(config, num_train):
 def tune(config, arrays, argv):
     """Runs (or resumes, or serves) the search; returns best.json's dict."""
     from tuning import hparams_logging
+    from app import train_report
     from app.tune_cli import TUNING_FILE
     from tuning.hypermodel import OBJECTIVES, OneShotHyperModel
     from tuning.oracles import build_oracle
@@ -132,7 +130,8 @@ def tune(config, arrays, argv):
 
     started = time.time()
     hypermodel = OneShotHyperModel(
-        config.train, arrays, config.search_space(), config.objective, config.train_argv
+        config.train, arrays, config.search_space(), config.objective, config.train_argv,
+        report=train_report.report,
     )
     path = os.path.normpath(config.out)
     tuner = OneShotTuner(

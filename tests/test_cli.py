@@ -250,7 +250,7 @@ def test_stop_epochs_from_reads_the_validation_runs_selection(tmp_path):
 
 
 def test_warmup_warning_names_the_decays_never_released():
-    from training.trainer import warmup_warning
+    from app.train_report import warmup_warning
 
     # 79 steps/epoch x 28 epochs = 2,212 steps: 0.996 leaves after step 2,241, 0.998 after 4,491.
     config = parse("--epochs", "28", "--ema-decays", "0.968", "0.996", "0.998")

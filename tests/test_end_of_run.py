@@ -137,9 +137,10 @@ def test_best_keras_loads_in_a_fresh_process_and_scores_its_table_value(finished
 
 
 def test_an_ema_kept_at_the_final_epoch_is_labelled_final_not_by_a_criterion(capsys):
-    from training import trainer
+    from app import train_report
+    from training import run_dir
 
-    final = {"epoch": 3, "val_accuracy": 0.75, "val_loss": 0.8, "selected_on": trainer.FINAL_EPOCH_SELECTION}
+    final = {"epoch": 3, "val_accuracy": 0.75, "val_loss": 0.8, "selected_on": run_dir.FINAL_EPOCH_SELECTION}
     best = {"epoch": 2, "val_accuracy": 0.7, "val_loss": 0.9, "selected_on": "validation"}
     summary = {
         "evaluation_split": "validation",
@@ -149,7 +150,7 @@ def test_an_ema_kept_at_the_final_epoch_is_labelled_final_not_by_a_criterion(cap
                 "0.9": {"identical_to": [], "best_val_accuracy": best, "lowest_val_loss": best}},
         "wall_time_seconds": 1.0,
     }
-    trainer._print_summary(summary, "runs/x")
+    train_report.summary_table(summary, "runs/x")
     rows = [line[:28].rstrip() for line in capsys.readouterr().out.splitlines()]
     # --ema-select final (summary.json's selected_on) vs a run that selected by both criteria.
     assert "EMA 0.99 (final)" in rows and "EMA 0.9 (acc. = loss)" in rows

@@ -34,6 +34,7 @@ import numpy as np
 import pytest
 
 from app import cli, train
+from app.errors import flag_words
 from tests import multi_process
 from training import checkpoint, distribution
 from training import run_dir as run_directory
@@ -309,9 +310,10 @@ def test_several_processes_train_on_every_device(monkeypatch):
     monkeypatch.setattr(distribution, "process_count", lambda: 2)
     monkeypatch.setattr(distribution, "devices_for_data_parallelism", lambda: ["cpu:0", "cpu:2048"])
     assert distribution.resolve(None) == distribution.resolve(2) == 2
-    with pytest.raises(UsageError, match="^--devices 1: the 2 processes of this run train on all their 2 devices; "
-                       "omit --devices or use 2$"):
+    with pytest.raises(UsageError) as error:
         distribution.resolve(1)
+    assert flag_words(error.value) == ("--devices 1: the 2 processes of this run train on all their 2 devices; "
+                                       "omit --devices or use 2")
 
 
 def _batches_of(devices, batch_size=32, eval_batch_size=None, train=128, validation=64):
@@ -339,7 +341,7 @@ def test_batches_that_do_not_split_over_the_devices_are_one_line_errors(monkeypa
     monkeypatch.setattr(keras.backend, "backend", lambda: "jax")
     with pytest.raises(UsageError) as error:
         distribution.check_batches(*_batches_of(4, **arguments))
-    assert str(error.value) == message
+    assert flag_words(error.value) == message  # what app.train prints; the library names config fields
 
 
 def test_batches_that_split_over_the_devices_pass(monkeypatch):

@@ -3,12 +3,14 @@
 import dataclasses
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
 
 import pytest
 
+from app.errors import flag_words
 from training import run_dir
 from training.config import TrainConfig
 from utils.errors import UsageError
@@ -45,8 +47,9 @@ def test_a_different_run_is_refused_and_left_untouched(tmp_path):
     path = str(tmp_path / "run")
     run_dir.create(path, TrainConfig(lr=0.05), ["--lr", "0.05"])
     before = open(os.path.join(path, "config.json")).read()
-    with pytest.raises(UsageError, match=r"holds a different run \(differs in: lr\); choose another --out"):
+    with pytest.raises(UsageError) as error:
         run_dir.check(path, TrainConfig(lr=0.1))
+    assert re.search(r"holds a different run \(differs in: lr\); choose another --out$", flag_words(error.value))
     assert open(os.path.join(path, "config.json")).read() == before
 
 
@@ -103,8 +106,9 @@ def test_a_foreign_directory_is_refused(tmp_path):
 
 def test_an_unwritable_place_is_refused_before_anything_is_written(tmp_path):
     # /proc refuses new folders even to root, for whom permission bits never do.
-    with pytest.raises(UsageError, match=r"--out /proc/weight-averaging-run: cannot write in /proc"):
+    with pytest.raises(UsageError) as error:
         run_dir.check("/proc/weight-averaging-run", TrainConfig())
+    assert flag_words(error.value).startswith("--out /proc/weight-averaging-run: cannot write in /proc")
     # A place under a regular file cannot be created by anyone, root included.
     blocker = tmp_path / "a-file"
     blocker.write_text("")
@@ -117,10 +121,12 @@ def test_a_second_writer_is_refused_and_a_killed_one_blocks_nothing(tmp_path):
     path = str(tmp_path / "run")
     holder = _holding(path)
     try:
-        with pytest.raises(UsageError, match=rf"^--out {path} is being written by app.train pid {holder.pid} on "
-                           rf"{socket.gethostname()} \(it holds run.lock\); wait for it to end, or choose another"):
+        with pytest.raises(UsageError) as error:
             with run_dir.locked([path]):
                 pass
+        assert flag_words(error.value) == (f"--out {path} is being written by app.train pid {holder.pid} on "
+                                           f"{socket.gethostname()} (it holds run.lock); wait for it to end, "
+                                           "or choose another --out")
     finally:
         holder.kill()  # SIGKILL: the holder cleans nothing up
         holder.wait()

@@ -93,7 +93,8 @@ def test_prediction_stability_is_recomputed_from_the_kept_checkpoints(run):
         assert meta["epoch"] == epoch
         model.set_weights(contents["model"])
         correct.append(np.argmax(model.predict(data.validation, verbose=0), axis=1) == labels)
-    assert rows[2]["prediction_stability"] == pytest.approx(np.mean(correct[0] == correct[1]), abs=1e-9)
+    # history.csv holds 7 significant digits (training/run_dir.rounded): e.g. 195/256 = 0.76171875 -> 0.7617188.
+    assert rows[2]["prediction_stability"] == float(f"{np.mean(correct[0] == correct[1]):.7g}")
 
 
 def test_summary_selects_the_epochs_history_shows(run):

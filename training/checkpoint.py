@@ -35,7 +35,7 @@ import keras
 import numpy as np
 
 from training import distribution
-from utils.errors import UsageError
+from utils.errors import ConfigError
 from utils.files import atomic_write
 
 FORMAT_VERSION = 1
@@ -125,7 +125,7 @@ class Loaded(NamedTuple):
 def load(directory):
     """Returns the newest readable checkpoint as `Loaded`, or None if none exists.
 
-    Raises UsageError when checkpoint files exist but none can be read.
+    Raises ConfigError when checkpoint files exist but none can be read.
     """
     candidates = [os.path.join(directory, name) for name in (LAST, PREVIOUS)]
     existing = [path for path in candidates if os.path.exists(path)]
@@ -139,9 +139,9 @@ def load(directory):
             return Loaded(*read(path), path, problems)
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
             problems.append(f"{os.path.basename(path)}: {type(error).__name__}")
-    raise UsageError(
+    raise ConfigError(
         f"the checkpoint in {directory} is truncated or not ours ({'; '.join(problems)}); "
-        "delete that folder to start the run over, or choose another --out"
+        "delete that folder to start the run over, or choose another `out`"
     )
 
 
@@ -172,9 +172,9 @@ def _held_by_every_process(directory, candidates, existing):
     if common is None:
         return existing, []  # none readable anywhere: `load` says so, as for one process
     if not common:
-        raise UsageError(f"the processes of this run hold checkpoints of no common step (this one: {directory}, "
-                         f"steps {[step for step in steps if step >= 0]}); delete the checkpoint folders of the run "
-                         "and of its process-<k>/ copies to start over, or choose another --out")
+        raise ConfigError(f"the processes of this run hold checkpoints of no common step (this one: {directory}, "
+                          f"steps {[step for step in steps if step >= 0]}); delete the checkpoint folders of the run "
+                          "and of its process-<k>/ copies to start over, or choose another `out`")
     return [path for path, step in zip(candidates, steps) if step in common], unreadable
 
 
@@ -216,9 +216,9 @@ def _check_shapes(groups, contents):
         saved = contents[name]
         shapes = [tuple(variable.shape) for variable in variables]
         if [tuple(value.shape) for value in saved] != shapes:
-            raise UsageError(
+            raise ConfigError(
                 f"the checkpoint's {name} variables do not match this model; "
-                "it belongs to another run: choose another --out"
+                "it belongs to another run: choose another `out`"
             )
 
 

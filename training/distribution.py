@@ -56,7 +56,7 @@ import os
 import keras
 import numpy as np
 
-from utils.errors import UsageError
+from utils.errors import ConfigError, UsageError
 
 # What a cluster job sets on every process of a multi-process run (Keras's names).
 ADDRESS_VARIABLE = "KERAS_DISTRIBUTION_JOB_ADDRESSES"
@@ -179,15 +179,15 @@ def resolve(requested):
         # A mesh over the first N global devices would leave a process without
         # a device, while that process still runs the same program.
         if requested not in (None, len(names)):
-            raise UsageError(f"--devices {requested}: the {processes} processes of this run train on all their "
-                             f"{len(names)} devices; omit --devices or use {len(names)}")
+            raise ConfigError(f"`devices` {requested}: the {processes} processes of this run train on all their "
+                              f"{len(names)} devices; omit `devices` or use {len(names)}")
         return len(names)
     if requested is None:
         return max(1, len(accelerators))
     if requested > len(names):
         kind = "accelerator" if accelerators else "CPU"
-        raise UsageError(
-            f"--devices {requested}: this machine has {len(names)} {kind} device"
+        raise ConfigError(
+            f"`devices` {requested}: this machine has {len(names)} {kind} device"
             f"{'s' if len(names) != 1 else ''} for {keras.backend.backend()}; use at most {len(names)}"
         )
     return requested
@@ -238,7 +238,7 @@ class GlobalBatchDataParallel(keras.distribution.DataParallel):
 
 
 def check_batches(config, data):
-    """Raises UsageError unless every batch of the run splits evenly over its devices.
+    """Raises ConfigError unless every batch of the run splits evenly over its devices.
 
     JAX shards each batch in equal parts (an uneven one fails, or with several
     processes hangs), the partial last batch of a split included; padding
@@ -251,16 +251,16 @@ def check_batches(config, data):
         return
     where = f"the {devices} devices of this run"
     eval_batch_size = config.eval_batch_size or config.batch_size
-    for flag, batch_size in (("--batch-size", config.batch_size), ("--eval-batch-size", eval_batch_size)):
+    for field, batch_size in (("batch_size", config.batch_size), ("eval_batch_size", eval_batch_size)):
         if batch_size % devices:
-            raise UsageError(f"{flag} {batch_size} does not split across {where}; use a multiple of {devices}")
-    for split, size, batch_size, flag in (
-            ("training", data.num_train_examples, config.batch_size, "--limit-train"),
-            (data.evaluation_split, data.num_validation_examples, eval_batch_size, "--limit-validation")):
+            raise ConfigError(f"`{field}` {batch_size} does not split across {where}; use a multiple of {devices}")
+    for split, size, batch_size, field in (
+            ("training", data.num_train_examples, config.batch_size, "limit_train"),
+            (data.evaluation_split, data.num_validation_examples, eval_batch_size, "limit_validation")):
         if size % devices:
-            raise UsageError(f"the last batch of the {split} split ({size % batch_size} of its {size:,} examples) "
-                             f"does not split across {where}; use {flag} {size - size % devices} or a device "
-                             f"count that divides {size:,}")
+            raise ConfigError(f"the last batch of the {split} split ({size % batch_size} of its {size:,} examples) "
+                              f"does not split across {where}; use `{field}` {size - size % devices} or a device "
+                              f"count that divides {size:,}")
 
 
 @contextlib.contextmanager

@@ -14,6 +14,8 @@ import keras
 
 import models
 from callbacks.batch_norm import BatchNormRecompute, recomputed_layers
+from callbacks.bootstrap import EMABootstrap
+from callbacks.divergence import DivergenceGuard
 from callbacks.ema import MultiEMA
 from callbacks.power_ema import PowerFunctionEMA
 from callbacks.stability import PredictionStability
@@ -93,6 +95,25 @@ def build_callbacks(config, data, model, path=None):
             validation_data=data.validation, ema=averaging.get("ema")
         )
     return averaging
+
+
+def fit_callbacks(config, averaging, timer, logger, after_averages=()):
+    """The callbacks of one training `fit` (an `app.train` run or a tuning trial), in their order.
+
+    The timer first (it marks where each epoch's evaluation starts), then the
+    guard: a diverged step must never reach an average or a checkpoint, so the
+    weights are checked on every step an average takes them in (the power EMAs:
+    every step). Each average (`build_callbacks`) swaps its averages back out
+    before the next callback; `after_averages` see the trained weights, then
+    the `logger` (None: none) writes the epoch's row, and the bootstrap copies
+    the slowest EMA into the model last.
+    """
+    guard_every = 1 if "power_ema" in averaging else config.ema_every_steps
+    callbacks = [timer, DivergenceGuard(weights_every_steps=guard_every), *averaging.values(), *after_averages]
+    callbacks += [logger] if logger is not None else []
+    if config.bootstrap_every_epochs:
+        callbacks.append(EMABootstrap(averaging["ema"], every_epochs=config.bootstrap_every_epochs))
+    return callbacks
 
 
 def snapshot_every_steps(config, steps_per_epoch):

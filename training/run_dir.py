@@ -18,7 +18,7 @@ import tempfile
 
 from callbacks.ema_selection import weights_file_name
 from training.config import RENAMED_FIELDS, TrainConfig, with_added_fields
-from utils.errors import UsageError
+from utils.errors import ConfigError, UsageError
 from utils.files import atomic_write_text
 
 CONFIG_FILE = "config.json"
@@ -43,6 +43,8 @@ FINAL_WEIGHTS = "final"
 SWA_WEIGHTS = "swa"
 SWA_BUDGET_WEIGHTS = "swa_budget"  # a branch past the budget: its average at the budget's last epoch
 SGD_EARLY_WEIGHTS = "sgd_early"  # SGD at its validation-selected epoch (training/sgd_selection.py)
+# summary.json's `selected_on` of the EMAs of a run with --ema-select final.
+FINAL_EPOCH_SELECTION = "none: the final epoch (--ema-select final)"
 BEST_MODEL_FILE = "best.keras"  # the best saved model on the validation split, whole (training/best_model.py)
 
 
@@ -126,13 +128,13 @@ def _comparable(config_dict):
 
 
 def check(path, config, finished_ok=False):
-    """Raises UsageError if `path` cannot hold this run. Writes nothing.
+    """Raises ConfigError if `path` cannot hold this run. Writes nothing.
 
     Returns True if `path` holds this run finished, which is an error unless
     `finished_ok` (a `--seeds` batch rerun after some of its seeds finished).
     """
     if os.path.exists(path) and not os.path.isdir(path):
-        raise UsageError(f"--out {path} is a file; choose a directory path")
+        raise ConfigError(f"`out` {path} is a file; choose a directory path")
     # Other processes' copies (`process_path`) may be there before the chief writes anything.
     # So may the lock file of a start that ended before it wrote anything.
     if not os.path.isdir(path) or all(_PROCESS_COPY.fullmatch(name) or name == LOCK_FILE
@@ -144,15 +146,12 @@ def check(path, config, finished_ok=False):
         return False
     config_path = os.path.join(path, CONFIG_FILE)
     if not os.path.exists(config_path):
-        raise UsageError(
-            f"--out {path} already exists and is not a run directory; "
-            "choose an empty or new --out"
-        )
+        raise ConfigError(f"`out` {path} already exists and is not a run directory; choose an empty or new `out`")
     try:
         with open(config_path, encoding="utf-8") as handle:
             saved = json.load(handle)
     except (OSError, ValueError):
-        raise UsageError(f"--out {path} holds an unreadable {CONFIG_FILE}; choose another --out")
+        raise ConfigError(f"`out` {path} holds an unreadable {CONFIG_FILE}; choose another `out`")
     ours = _comparable(TrainConfig.to_dict(config))
     theirs = _comparable(saved)
     if config.devices is None:
@@ -162,16 +161,12 @@ def check(path, config, finished_ok=False):
     defaults = dict(_jsonable(TrainConfig().to_dict()), devices=1)
     differing = sorted(key for key in ours if theirs.get(key, defaults[key]) != _jsonable(ours[key]))
     if differing:
-        raise UsageError(
-            f"--out {path} holds a different run (differs in: {', '.join(differing)}); "
-            "choose another --out"
-        )
+        raise ConfigError(f"`out` {path} holds a different run (differs in: {', '.join(differing)}); "
+                          "choose another `out`")
     if os.path.exists(os.path.join(path, SUMMARY_FILE)):
         if finished_ok:
             return True
-        raise UsageError(
-            f"--out {path} holds a finished run with this config; choose another --out"
-        )
+        raise ConfigError(f"`out` {path} holds a finished run with this config; choose another `out`")
     _check_writable(path, path)
     return False
 
@@ -180,7 +175,7 @@ def check(path, config, finished_ok=False):
 def locked(paths):
     """Holds the lock of each run directory in `paths` (creating them) while the block runs.
 
-    Raises UsageError if another process holds one: two processes writing one
+    Raises ConfigError if another process holds one: two processes writing one
     run would each resume it and interleave their checkpoints and history.
     `fcntl.flock` locks belong to the open file, so the OS releases them when
     the process ends in any way (SIGKILL, a crash): a dead run never blocks its
@@ -205,8 +200,8 @@ def _lock(path):
         except BlockingIOError:
             handle.seek(0)
             holder = handle.read().strip() or "another process"
-            raise UsageError(f"--out {path} is being written by {holder} (it holds {LOCK_FILE}); "
-                             "wait for it to end, or choose another --out") from None
+            raise ConfigError(f"`out` {path} is being written by {holder} (it holds {LOCK_FILE}); "
+                              "wait for it to end, or choose another `out`") from None
         handle.seek(0)
         handle.truncate()
         handle.write(f"app.train pid {os.getpid()} on {socket.gethostname()}\n")
@@ -233,9 +228,7 @@ def _check_writable(path, directory):
     try:
         os.rmdir(tempfile.mkdtemp(prefix=".write-probe-", dir=directory))
     except OSError as error:
-        raise UsageError(
-            f"--out {path}: cannot write in {directory} ({error.strerror}); choose another --out"
-        )
+        raise ConfigError(f"`out` {path}: cannot write in {directory} ({error.strerror}); choose another `out`")
 
 
 def _jsonable(value):

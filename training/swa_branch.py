@@ -94,15 +94,11 @@ def last_epoch(config):
     return config.swa_start_epoch - 1 + config.swa_epochs
 
 
-def models_averaged(summary):
-    """An SWA summary's count in words: `9 models averaged, the starting point included`."""
-    count = summary["models_averaged"]
-    start = "included" if summary.get("start_included") else "not included"
-    return f"{count} model{'s' if count != 1 else ''} averaged, the starting point {start}"
+def train_branch(config, data, run_path, report):
+    """Runs (or resumes) the SWA branch; returns its summary entry.
 
-
-def train_branch(config, data, run_path):
-    """Runs (or resumes) the SWA branch; returns its summary entry."""
+    `report("swa_branch", config=, start_epoch=, path=)` as the branch's `fit` starts (trainer.train's `report`).
+    """
     path = os.path.join(run_path, DIRECTORY)
     checkpoint_dir = os.path.join(path, checkpoint.DIRECTORY)
     os.makedirs(path, exist_ok=True)
@@ -147,15 +143,7 @@ def train_branch(config, data, run_path):
         # The branch resumes at epoch ends only (one fit from meta["epoch"]): SIGTERM stops without a checkpoint.
         stopping.StopAtStepEnd(run_checkpoint, within_epoch=False),
     ]
-    past_budget = f", {end - config.epochs} past the budget" if end > config.epochs else ""
-    print(
-        f"SWA branch from epoch {start_epoch} of the baseline: epochs "
-        f"{config.swa_start_epoch}-{end} ({config.swa_epochs}{past_budget}) at SWA lr {config.swa_lr:g}"
-        f"{f' (cycles of {config.swa_cycle_epochs} epochs)' if config.swa_cycle_epochs > 1 else ''}"
-        f"{', averaging its starting point too' if config.swa_include_start else ''}"
-        f" -> {path}",
-        flush=True,
-    )
+    report("swa_branch", config=config, start_epoch=start_epoch, path=path)
     model.fit(
         data.train_from(meta["epoch"]),
         steps_per_epoch=data.steps_per_epoch,

@@ -22,9 +22,8 @@ import keras_tuner
 import numpy as np
 
 from callbacks import variables
-from callbacks.bootstrap import EMABootstrap
+from callbacks.divergence import TrainingDiverged
 from callbacks.ema_selection import weights_file_name
-from data import loading
 from data import pipeline
 from training import recipe
 from training import run_dir as run_directory
@@ -63,14 +62,17 @@ class OneShotHyperModel(keras_tuner.HyperModel):
     policy and returns the model compiled as `app.train` compiles it. `fit(hp, model)` builds the trial's
     tf.data pipelines (its batch size may be searched; the data order is a
     function of the seed and the epoch only, so the same in every trial, in
-    any order or process), trains with the `MultiEMA` callback and `TerminateOnNaN`, and
+    any order or process), trains with the `MultiEMA` callback and the other
+    callbacks of an `app.train` run (training/recipe.py `fit_callbacks`), and
     returns the `History`: KerasTuner takes the objective as the best epoch of
     `OBJECTIVES[objective]`. A diverging trial (a NaN or infinite training
-    loss) raises `keras_tuner.errors.FailedTrialError`: KerasTuner records it
-    as failed and the search goes on. With a truthy `verbose` (KerasTuner's
-    `search(verbose=...)`) a trial prints what `app.train` prints: the note on
-    decays the warm-up never releases and one line per epoch (a live status
-    line on a terminal only), never Keras's progress bar.
+    loss or weight: `DivergenceGuard`, before any average sees it) raises
+    `keras_tuner.errors.FailedTrialError`: KerasTuner records it as failed and
+    the search goes on. With a truthy `verbose` (KerasTuner's
+    `search(verbose=...)`) a trial prints one line per epoch as `app.train`
+    does (a live status line on a terminal only), never Keras's progress bar,
+    and reports `"trial_started"` to `report` (app.tune prints the note on
+    decays the warm-up never releases).
 
     With `trial_dir` (passed by `OneShotTuner`) the trial also writes an
     `app.train` run directory there: config.json, command.txt (the
@@ -95,9 +97,11 @@ class OneShotHyperModel(keras_tuner.HyperModel):
         objective: `"ema"` (the paper's) or `"sgd"` (best `val_accuracy` of
             the trained model). Defaults to `"ema"`.
         train_argv: the `app.train` flags of `config`, for command.txt. Defaults to ().
+        report: None, or a callable `report("trial_started", config=, steps_per_epoch=)`
+            called as each trial starts. Defaults to None.
     """
 
-    def __init__(self, config, arrays, space, objective="ema", train_argv=()):
+    def __init__(self, config, arrays, space, objective="ema", train_argv=(), report=None):
         super().__init__(name="one_shot")
         if config.full_train or arrays.evaluation_split != "validation":
             raise ValueError(
@@ -121,6 +125,7 @@ class OneShotHyperModel(keras_tuner.HyperModel):
         self.space = space
         self.objective = objective
         self.train_argv = tuple(train_argv)
+        self.report = report
 
     def trial_config(self, hp):
         """Declares the search space in `hp`; returns the trial's `TrainConfig`."""
@@ -155,34 +160,30 @@ class OneShotHyperModel(keras_tuner.HyperModel):
         schedule = recipe.build_schedule(config, data.steps_per_epoch)
         # Only the EMAs: BN recomputation and SWA do not change the trajectory.
         averaging_config = dataclasses.replace(config, bn_recompute="none", swa=False)
-        ema = recipe.build_callbacks(averaging_config, data, model).get("ema")
-        # app.train's epoch lines (the timer first: it marks where evaluation starts),
-        # not Keras's progress bar, which writes carriage returns and colours into logs too.
+        averaging = {name: callback for name, callback in recipe.build_callbacks(averaging_config, data, model).items()
+                     if name == "ema"}
+        ema = averaging.get("ema")
+        # app.train's epoch lines, not Keras's progress bar, which writes carriage returns and colours into logs too.
         timer = EpochTimer(config.batch_size, live=None if verbose else False)
-        ours = [timer] + ([ema] if ema is not None else [])
-        ours.append(keras.callbacks.TerminateOnNaN())
         logger = None
         if trial_dir is not None:
             logger = self._start_trial_directory(trial_dir, config, hp, schedule, timer, bool(verbose))
-            ours.append(logger)
-        if verbose:
-            warning = trainer.warmup_warning(config, data.steps_per_epoch)
-            if warning:
-                print(warning, flush=True)
-        after = []
-        if config.bootstrap_every_epochs:
-            after.append(EMABootstrap(ema, every_epochs=config.bootstrap_every_epochs))
-        history = model.fit(
-            data.train,  # an endless stream, cut into epochs by steps_per_epoch
-            steps_per_epoch=data.steps_per_epoch,
-            epochs=config.epochs,
-            validation_data=data.validation,
-            shuffle=False,  # the stream is shuffled per epoch, reproducibly (data/pipeline.py)
-            callbacks=ours + list(callbacks or []) + after,
-            verbose=0,
-            **kwargs,
-        )
-        _check_finite(history.history, config)
+        if verbose and self.report is not None:
+            self.report("trial_started", config=config, steps_per_epoch=data.steps_per_epoch)
+        try:
+            history = model.fit(
+                data.train,  # an endless stream, cut into epochs by steps_per_epoch
+                steps_per_epoch=data.steps_per_epoch,
+                epochs=config.epochs,
+                validation_data=data.validation,
+                shuffle=False,  # the stream is shuffled per epoch, reproducibly (data/pipeline.py)
+                # app.train's callbacks (its guard included), KerasTuner's where app.train checks SGD's epoch.
+                callbacks=recipe.fit_callbacks(config, averaging, timer, logger, after_averages=callbacks or ()),
+                verbose=0,
+                **kwargs,
+            )
+        except TrainingDiverged as error:  # KerasTuner records the trial as failed; the search goes on
+            raise keras_tuner.errors.FailedTrialError(f"{error} with lr {config.lr:g}") from None
         result = objective_of(history.history, self.objective, config.ema_decays)
         if trial_dir is not None:
             self._finish_trial_directory(trial_dir, model, ema, logger.rows, result, hp)
@@ -257,15 +258,6 @@ def _declare_positive(hp, name, values, sampling):
     if sampling == "grid":
         return hp.Choice(name, [float(v) for v in values])
     return hp.Float(name, min_value=float(min(values)), max_value=float(max(values)), sampling="log")
-
-
-def _check_finite(history, config):
-    losses = np.asarray(history.get("loss", []), dtype="float64")
-    if not np.all(np.isfinite(losses)):
-        raise keras_tuner.errors.FailedTrialError(
-            f"diverged: training loss {losses[-1]} in epoch {len(losses)} with lr "
-            f"{config.lr:g} (stopped by TerminateOnNaN)"
-        )
 
 
 def _result_line(result, values):

@@ -10,6 +10,15 @@ class UsageError(Exception):
     """
 
 
+class ConfigError(UsageError):
+    """A `TrainConfig` value this run cannot use: the message names each field in backticks.
+
+    "`batch_size` 130 does not split across 4 devices; use a multiple of 4".
+    The library knows fields, not flags: `app/` prints the flag that sets each
+    field instead (`--batch-size 130 ...`, app/errors.py `flag_words`).
+    """
+
+
 class Interrupted(Exception):
     """Ctrl-C (exit status 130) or SIGTERM (143) during a run; the message says what a rerun will do."""
 
