@@ -9,6 +9,7 @@ post-hoc EMA in app/cli_swa.py and app/cli_posthoc.py.
 from app import cli_posthoc
 from app import cli_swa
 from app import inputs
+from callbacks.arguments import InvalidArgument
 from app.errors import DefaultsHelpFormatter, OneLineArgumentParser, UsageError, choice, flag_error, positive_int
 from callbacks import arguments
 from training import config as config_lib
@@ -233,7 +234,7 @@ def _ema_fields(args, epochs):
     if args.ema_decays:  # MultiEMA's own rule (callbacks/arguments.py), as a one-line error
         try:
             decays = arguments.checked_decays(args.ema_decays)
-        except ValueError as error:
+        except InvalidArgument as error:
             raise flag_error("--ema-decays", args.ema_decays, error) from None
     select_epochs = None
     if args.stop_epochs_from is not None:

@@ -1,5 +1,6 @@
 """`app.train`'s post-hoc EMA flags (PowerFunctionEMA snapshots for `python -m app.posthoc`)."""
 
+from callbacks.arguments import InvalidArgument
 from app.errors import UsageError, choice, flag_error, positive_int
 from callbacks import power_profiles
 from callbacks import power_snapshots
@@ -49,7 +50,7 @@ def config_fields(args):
     sigma_rels = DEFAULT_SIGMA_RELS if args.post_hoc_sigma_rels is None else args.post_hoc_sigma_rels
     try:
         sigma_rels = power_profiles.checked_sigma_rels(sigma_rels)  # PowerFunctionEMA's rule
-    except ValueError as error:
+    except InvalidArgument as error:
         raise flag_error("--post-hoc-sigma-rels", args.post_hoc_sigma_rels, error) from None
     return dict(
         post_hoc_ema=args.post_hoc_ema,

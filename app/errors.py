@@ -76,9 +76,8 @@ def choice(value, choices, what):
 
 
 def flag_error(flag, values, error):
-    """A library's argument ValueError ("... Expected X.") as the one-line `UsageError` of `flag`."""
-    expected = str(error).rsplit("Expected ", 1)[-1].rstrip(".")
-    return UsageError(f"{flag} {' '.join(map(str, values))}: expected {expected}")
+    """A library's `InvalidArgument` (callbacks/arguments.py) as the one-line `UsageError` of `flag`."""
+    return UsageError(f"{flag} {' '.join(map(str, values))}: expected {error.expected}")
 
 
 def positive_int(text):

@@ -30,6 +30,7 @@ import json
 import os
 import time
 
+from callbacks.arguments import InvalidArgument
 from app.errors import (DefaultsHelpFormatter, OneLineArgumentParser, UsageError, add_run_reading_arguments, choice,
                         entry_point, flag_error, positive_int)
 
@@ -90,12 +91,12 @@ def prepare(argv):
     decays = tuple(config_dict.get("ema_decays", ())) if args.decays is None else tuple(args.decays)
     try:
         decays = arguments.checked_decays(decays) if decays else ()
-    except ValueError as error:
+    except InvalidArgument as error:
         raise flag_error("--decays", decays, error) from None
     if args.sigma_rels:
         try:
             power_profiles.checked_sigma_rels(args.sigma_rels, distinct=False)
-        except ValueError as error:
+        except InvalidArgument as error:
             raise flag_error("--sigma-rels", args.sigma_rels, error) from None
     if not decays and not args.sigma_rels:
         raise UsageError("nothing to rebuild: give --decays or --sigma-rels")

@@ -8,6 +8,7 @@ the run's header, the notes on what it will do, and the summary table.
 import math
 import os
 import shlex
+import sys
 
 from callbacks.ema_selection import CRITERIA, SUMMARY_KEYS, selection_label
 from callbacks.warmup import warmup_released_after
@@ -194,8 +195,14 @@ def _line(text):
     print(text, flush=True)
 
 
+def checkpoint_fallback(path, unreadable, epoch, step):
+    print(f"warning: unreadable checkpoint in {os.path.dirname(path)} ({'; '.join(unreadable)}); "
+          f"resuming from {os.path.basename(path)} instead, at epoch {epoch}, step {step}", file=sys.stderr, flush=True)
+
+
 _PRINTERS = {
     "resumed": lambda path, epoch, step: _line(f"resuming {path} at epoch {epoch}, step {step}"),
+    "checkpoint_fallback": checkpoint_fallback,
     "started": header,
     "trial_started": trial_note,
     "saving_weights": lambda directory: _line(f"saving the weights of every model to {directory} ..."),

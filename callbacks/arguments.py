@@ -7,9 +7,18 @@ in (0, 1)." -- the argument, the value received, what is expected.
 import numpy as np
 
 
+class InvalidArgument(ValueError):
+    """A ValueError in Keras's message form that also carries its parts (`name`, `value`,
+    `expected`), so that a command line can word it for its own flag without parsing the text."""
+
+    def __init__(self, name, value, expected):
+        super().__init__(f"Invalid value for argument `{name}`. Received: {name}={value!r}. Expected {expected}.")
+        self.name, self.value, self.expected = name, value, expected
+
+
 def invalid(name, value, expected):
-    """The ValueError for argument `name` holding `value`; `expected` ends the sentence."""
-    return ValueError(f"Invalid value for argument `{name}`. Received: {name}={value!r}. Expected {expected}.")
+    """The `InvalidArgument` for argument `name` holding `value`; `expected` ends the sentence."""
+    return InvalidArgument(name, value, expected)
 
 
 def checked_int(name, value, minimum):

@@ -26,7 +26,6 @@ saves, so they resume at the newest step that every one of them has.
 
 import json
 import os
-import sys
 import threading
 import zipfile
 from typing import NamedTuple
@@ -151,15 +150,12 @@ def resume_position(meta, steps_per_epoch):
     return meta["epoch"] + 1, done_in_epoch + 1
 
 
-def report_fallback(loaded, steps_per_epoch):
-    """Says in one line on stderr when a newer checkpoint file was unreadable and an older one is resumed."""
-    if not loaded.unreadable:
-        return
-    epoch, step = resume_position(loaded.meta, steps_per_epoch)
-    skipped = "; ".join(loaded.unreadable)
-    print(f"warning: unreadable checkpoint in {os.path.dirname(loaded.path)} ({skipped}); "
-          f"resuming from {os.path.basename(loaded.path)} instead, at epoch {epoch}, step {step}",
-          file=sys.stderr, flush=True)
+def report_fallback(loaded, steps_per_epoch, report):
+    """Reports `checkpoint_fallback` (path, unreadable, epoch, step) when a newer checkpoint file was
+    unreadable and an older one is resumed (app/train_report.py words it)."""
+    if loaded.unreadable:
+        epoch, step = resume_position(loaded.meta, steps_per_epoch)
+        report("checkpoint_fallback", path=loaded.path, unreadable=loaded.unreadable, epoch=epoch, step=step)
 
 
 def _held_by_every_process(directory, candidates, existing):

@@ -111,7 +111,7 @@ def train_branch(config, data, run_path, report):
         assert meta["epoch"] == start_epoch, (meta["epoch"], start_epoch)
     else:
         meta, contents = resumed.meta, resumed.contents
-        checkpoint.report_fallback(resumed, data.steps_per_epoch)
+        checkpoint.report_fallback(resumed, data.steps_per_epoch, report)
     keras.utils.set_random_seed(config.seed + 1)
     schedule = branch_schedule(config, data.steps_per_epoch)
     model = build_model(config, data, schedule)

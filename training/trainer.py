@@ -38,7 +38,8 @@ def train(config, data, path, argv, report=None):
     silently compute in bfloat16).
 
     `report(event, **details)`, if given, is called with "resumed" (path,
-    epoch, step), "started" (config, data, model, path: before the first
+    epoch, step), "checkpoint_fallback" (path, unreadable, epoch, step: a newer
+    file could not be read), "started" (config, data, model, path: before the first
     step), "saving_weights" (directory), "swa_branch" (config, start_epoch,
     path), "saving_best" (path) and "finished" (summary, path). Raises
     `TrainingDiverged` (saying which checkpoint is kept) at a non-finite loss
@@ -120,7 +121,7 @@ def _train(config, data, path, argv, report):
             callback.set_state(contents["states"][name])
         epoch, step = checkpoint.resume_position(meta, data.steps_per_epoch)
         start_epoch, skip_batches = epoch - 1, step - 1  # both counted from 0: epochs done, batches to skip
-        checkpoint.report_fallback(resumed, data.steps_per_epoch)
+        checkpoint.report_fallback(resumed, data.steps_per_epoch, report)
         report("resumed", path=path, epoch=epoch, step=step)
     report("started", config=config, data=data, model=model, path=path)
     try:
