@@ -87,9 +87,17 @@ def evaluate(plan):
     by_weights = {}
     cached_names = {plan["methods"][method] for method in predictions.CACHED_METHODS if method in plan["methods"]}
     cached_logits = {}
+    first_with = {}  # weights digest -> the first name holding those weights
     for number, name in enumerate(names, 1):
-        print(f"evaluating {len(names)} models on {images} images: {predictions.describe(name)} "
-              f"{number}/{len(names)} ...", flush=True)
+        progress = f"evaluating {len(names)} models on {images} images: {predictions.describe(name)} {number}/{len(names)}"
+        same = first_with.setdefault(predictions.weights_digest(run.path, name), name)
+        if same != name:  # e.g. an EMA whose accuracy and loss selections are one epoch: one model
+            print(f"{progress}: the same weights as {predictions.describe(same)}, its numbers", flush=True)
+            by_weights[name] = {**by_weights[same], "weights": predictions.relative_weights_path(name)}
+            if name in cached_names:
+                cached_logits[name] = predictor.logits(same, data.test)
+            continue
+        print(f"{progress} ...", flush=True)
         test_logits = predictor.logits(name, data.test)
         if name in cached_names:
             cached_logits[name] = test_logits

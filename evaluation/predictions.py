@@ -257,6 +257,26 @@ def predict_logits(model, split):
     return np.asarray(model.predict(split.dataset, verbose=0), dtype=np.float32)
 
 
+def weights_digest(run_path, name):
+    """A digest of the arrays a weights file holds (names and values, not the file's bytes: HDF5
+    stamps times), so that two files with the same weights are found (an EMA whose accuracy and
+    loss selections are one epoch)."""
+    import hashlib
+
+    import h5py
+
+    digest = hashlib.sha256()
+
+    def add(key, item):
+        if isinstance(item, h5py.Dataset):
+            digest.update(key.encode())
+            digest.update(np.ascontiguousarray(item[()]).tobytes())
+
+    with h5py.File(weights_path(run_path, name), "r") as handle:
+        handle.visititems(add)
+    return digest.hexdigest()
+
+
 class RunPredictor:
     """One rebuilt model per run; `logits(name, split)` loads a weights file and predicts (cached)."""
 

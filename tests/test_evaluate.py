@@ -33,6 +33,19 @@ def evaluated(evaluated_with_output):
     return evaluated_with_output[0]
 
 
+def _arrays(run_path, name):
+    import h5py
+
+    found = {}
+    with h5py.File(os.path.join(run_path, "weights", f"{name}.weights.h5"), "r") as handle:
+        handle.visititems(lambda key, item: found.update({key: item[()]}) if isinstance(item, h5py.Dataset) else None)
+    return found
+
+
+def _equal(a, b):
+    return a.keys() == b.keys() and all(np.array_equal(a[key], b[key]) for key in a)
+
+
 def _logits(model, run_path, name, images):
     model.load_weights(os.path.join(run_path, "weights", f"{name}.weights.h5"))
     return model.predict(images, batch_size=128, verbose=0)
@@ -74,9 +87,14 @@ def test_each_model_shows_progress_in_plain_lines_and_the_table_column_is_explai
     for seed in TINY_SEEDS:
         path = os.path.join(tiny_seed_runs, f"seed-{seed}")
         start = lines.index(f"{path}: loading the cifar10 data ...")
+        # A file holding the same arrays as an earlier one is not evaluated again (issue 31): e.g. an EMA whose
+        # accuracy and loss selections are one epoch, SGD early-stopped at the last epoch.
+        arrays = [_arrays(path, name) for name in NAMES]
+        same = [next((labels[j] for j in range(i) if _equal(arrays[j], arrays[i])), None) for i in range(len(NAMES))]
         assert lines[start + 1:start + 1 + len(NAMES)] == [
-            f"evaluating 8 models on {LIMIT_TEST} test + 128 validation (for T) images: {label} {number}/8 ..."
-            for number, label in enumerate(labels, 1)
+            f"evaluating 8 models on {LIMIT_TEST} test + 128 validation (for T) images: {label} {number}/8"
+            + (f": the same weights as {earlier}, its numbers" if earlier else " ...")
+            for number, (label, earlier) in enumerate(zip(labels, same), 1)
         ]
         table = lines[lines.index(f"{path}: {LIMIT_TEST} test examples, ECE with 100 equal-mass bins, "
                                   "temperature fitted on validation"):]
@@ -129,6 +147,34 @@ def test_full_train_run_leaves_temperature_scaling_out(tiny_seed_runs, tmp_path,
         assert entry["ece"] == pytest.approx(
             metrics.expected_calibration_error(np.exp(log_probabilities), labels), abs=1e-4)
     assert "no hold-out" in capsys.readouterr().out
+
+
+def test_identical_weights_are_evaluated_once(tiny_seed_runs, tmp_path, capsys, monkeypatch):
+    """An EMA whose accuracy and loss selections are one epoch saves one model twice (issue 31):
+    app.evaluate predicts with it once and gives the second file the first one's numbers."""
+    from evaluation import predictions
+
+    path = str(tmp_path / "same")
+    shutil.copytree(os.path.join(tiny_seed_runs, "seed-0"), path)
+    for suffix in ("", "_bn"):  # as app.train writes them when both criteria pick one epoch
+        shutil.copyfile(os.path.join(path, "weights", f"ema_0.9_acc{suffix}.weights.h5"),
+                        os.path.join(path, "weights", f"ema_0.9_loss{suffix}.weights.h5"))
+    loaded = []
+    original = predictions.load_weights
+    monkeypatch.setattr(predictions, "load_weights", lambda model, run, name: (loaded.append(name),
+                                                                                original(model, run, name)))
+    result = evaluate.main([path, "--limit-test", "64"])[path]
+    assert "ema_0.9_loss" not in loaded and "ema_0.9_loss_bn" not in loaded
+    assert sorted(set(loaded)) == sorted(set(NAMES) - {"ema_0.9_loss", "ema_0.9_loss_bn"})
+    for suffix in ("", "_bn"):
+        loss, acc = result["by_weights"][f"ema_0.9_loss{suffix}"], result["by_weights"][f"ema_0.9_acc{suffix}"]
+        assert loss == {**acc, "weights": f"weights/ema_0.9_loss{suffix}.weights.h5"}
+    printed = capsys.readouterr().out
+    assert ("evaluating 8 models on 64 test + 128 validation (for T) images: EMA 0.9 (loss) 5/8: the same weights "
+            "as EMA 0.9 (acc.), its numbers") in printed
+    # The test logits app.consistency reads are there for every cached model.
+    with np.load(os.path.join(path, "test_logits.npz")) as cached:
+        np.testing.assert_array_equal(cached["ema_0.9_loss_bn"], cached["ema_0.9_acc_bn"])
 
 
 def _fails(argv, capsys, monkeypatch):
