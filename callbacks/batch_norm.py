@@ -257,14 +257,14 @@ class BatchNormRecompute(keras.callbacks.Callback):
                             stacklevel=4,
                         )
                     continue  # nothing selected (no epoch evaluated, or no accuracy metric)
-                digest = variables.digest(self.ema.selected_weights(decay, criterion))
+                digest = variables.digest(self.ema.selected_values(decay, criterion))
                 groups.setdefault(digest, []).append((decay, criterion))
         return list(groups.values())
 
     def _recompute_group(self, group):
-        variables.write(self.model.weights, self.ema.selected_weights(*group[0]))
+        variables.write_copies(self.model.weights, self.ema.selected_values(*group[0]))
         metrics = self._recompute_and_evaluate(keep_statistics=True)
-        weights = variables.host_copy(self.model.weights)
+        weights = variables.kept_copy(self.model.weights)
         for decay, criterion in group:
             self._selected[(decay, criterion)] = weights
             entry = self.results.setdefault(f"{decay:g}", {})

@@ -125,7 +125,8 @@ class PowerFunctionEMA(state_protocol.StatefulCallback):
 
     def write_snapshot(self):
         """Writes every average now, as `power_ema-<step>.npz` in `directory`; returns its path."""
-        averages = variables.host_copy(self.averages.averages)  # each (num_sigma_rels,) + shape
+        # Each (num_sigma_rels,) + shape; sharded ones are gathered here (a snapshot is a whole-model file).
+        averages = variables.to_numpy([a.value for a in self.averages.averages])
         per_profile = [[average[j] for average in averages] for j in range(len(self.sigma_rels))]
         return power_snapshots.write_snapshot(
             self.directory, self.averages.step, self.sigma_rels, self.gammas, self.averages.weight_indices,
