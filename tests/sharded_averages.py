@@ -196,9 +196,15 @@ def run(mesh, directory, stop_after=None, resume_from=None):
             text = ema.averages._update.compiled_text(ema.averages.decay_factors())
             report["collectives_in_update"] = [name for name in COLLECTIVES if name in text]
             report["update_hlo_has_sharding"] = "sharding" in text or "devices=" in text
-            report["average_layouts"] = [str(a.value.sharding.spec) for a in ema.averages.averages]
-            report["weight_layouts"] = [str(w.value.sharding.spec) for w in ema.averages.averaged]
+            # Each array's partition spec padded to its rank: one mesh axis name (or None) per axis.
+            report["average_layouts"] = [_spec(a) for a in ema.averages.averages]
+            report["weight_layouts"] = [_spec(w) for w in ema.averages.averaged]
         return out, report
+
+
+def _spec(variable):
+    spec = list(variable.value.sharding.spec)
+    return spec + [None] * (len(variable.shape) - len(spec))
 
 
 class _no_scope:
@@ -228,7 +234,8 @@ def main(out_path):
         run(True, os.path.join(tmp, "killed"), stop_after=EPOCHS - 1)  # SWA has captured twice by then
         resumed, _ = run(True, os.path.join(tmp, "resumed"), resume_from=os.path.join(tmp, "killed"))
         # The resumed fit's history and snapshots hold its own epoch and steps only.
-        sharded_after = {k: v for k, v in sharded.items() if k in resumed or not k.startswith(("snapshot/", "history/"))}
+        sharded_after = {k: v for k, v in sharded.items()
+                         if not k.startswith("history/") and (k in resumed or not k.startswith("snapshot/"))}
         resumed_after = {k: v for k, v in resumed.items() if not k.startswith("history/")}
         report["resumed_snapshots"] = sorted(k for k in resumed if k.startswith("snapshot/"))
         report["one_vs_mesh"] = largest_difference(sharded, one)
