@@ -6,6 +6,7 @@ here before any data is read or any file is written.
 
 import argparse
 
+from app import cli_model_parallel
 from app import cli_posthoc
 from app import cli_swa
 from app import inputs
@@ -251,6 +252,7 @@ def build_parser(prog="python -m app.train", out_help="run directory (default: r
         "(paper App. C; 0: off)",
     )
     cli_posthoc.add_arguments(parser)
+    cli_model_parallel.add_arguments(parser)
     return parser
 
 
@@ -321,6 +323,7 @@ def parse_config(argv, model_names=config_lib.MODEL_NAMES):
         except ValueError as error:
             raise flag_error("--ema-decays", args.ema_decays, error) from None
     swa_fields = cli_swa.config_fields(args, epochs, args.dataset)
+    model_parallel_fields = cli_model_parallel.config_fields(args)  # {"model_parallel", "devices"} or {}
     if args.full_train:
         args.validation_fraction = 0.2  # unused, kept comparable across runs
     elif not 0.0 < args.validation_fraction < 1.0:
@@ -351,7 +354,7 @@ def parse_config(argv, model_names=config_lib.MODEL_NAMES):
         lr=args.lr,
         batch_size=args.batch_size,
         eval_batch_size=args.eval_batch_size,
-        devices=args.devices,
+        devices=model_parallel_fields.pop("devices", args.devices),
         sync_batch_norm=args.sync_batch_norm,
         weight_decay=weight_decay,
         momentum=args.momentum,
@@ -386,4 +389,5 @@ def parse_config(argv, model_names=config_lib.MODEL_NAMES):
         deterministic=args.deterministic,
         **swa_fields,
         **cli_posthoc.config_fields(args),
+        **model_parallel_fields,
     )
