@@ -65,6 +65,22 @@ class MultiEMA(state_protocol.StatefulCallback):
         model.evaluate(x_test, y_test)
     ```
 
+    Under a `keras.distribution` (JAX) every average is laid out like its
+    weight, the decay axis unsharded: with `ModelParallel` each device holds
+    (its shard of the weights) x (number of decays), the update runs on each
+    device's shards alone, and the selected epochs' weights stay on the devices,
+    sharded (`selected_values`); `selected_weights`, `save_selected` and
+    `get_state` gather them, only when called.
+
+    ```python
+    mesh = keras.distribution.DeviceMesh((2, 4), ("batch", "model"))
+    layout_map = keras.distribution.LayoutMap(mesh)
+    layout_map[".*dense.*kernel"] = (None, "model")
+    with keras.distribution.ModelParallel(layout_map=layout_map).scope():
+        model = build_model()  # kernels split 4 ways
+        model.fit(x, y, callbacks=[MultiEMA(decays=(0.99, 0.999))])  # EMAs split alike
+    ```
+
     Args:
         decays: the EMA decays, each in (0, 1), distinct. Defaults to
             `(0.968, 0.984, 0.992, 0.996, 0.998)` (paper §4.1).

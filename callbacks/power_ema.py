@@ -43,7 +43,11 @@ class PowerFunctionEMA(state_protocol.StatefulCallback):
     end of training, all averages go to `directory` as one `.npz` (float32, or
     float16 at half the disk).
     The state (`get_state`/`set_state`) resumes the averages exactly; a
-    snapshot rewritten after a resume is the same file.
+    snapshot rewritten after a resume is the same file. Under a
+    `keras.distribution` (JAX) the averages are laid out like their weights,
+    the profile axis unsharded (`ModelParallel`: each device holds its shard
+    of each; see `MultiEMA` for an example); a snapshot and `get_state`
+    gather them into whole-model arrays when written.
 
     Example:
 

@@ -50,7 +50,10 @@ class SWA(state_protocol.StatefulCallback):
     training the statistics of the final average are recomputed exactly over
     `train_data` (`recompute_batch_norm`, paper §3.2) and it is evaluated;
     see `summary()`, `save()`, `swapped_in()`. The model always keeps its own
-    trained weights.
+    trained weights. Under a `keras.distribution` (JAX) the average is laid
+    out like the weights (`ModelParallel`: each device holds its shard, and
+    the final model is kept sharded on the devices); `get_state` and `save`
+    gather it, only when called (see `MultiEMA` for an example).
 
     Example:
 
