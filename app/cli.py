@@ -6,6 +6,7 @@ checks come in groups, one function each: data, training, EMAs; SWA and
 post-hoc EMA in app/cli_swa.py and app/cli_posthoc.py.
 """
 
+from app import cli_model_parallel
 from app import cli_posthoc
 from app import cli_swa
 from app import inputs
@@ -37,6 +38,7 @@ def build_parser(prog="python -m app.train", out_help="run directory (default: r
     averaging.add_argument("--bootstrap-every-epochs", type=int, default=0,
                            help="every K epochs copy the slowest EMA into the SGD model (paper App. C; 0: off)")
     cli_posthoc.add_arguments(parser)
+    cli_model_parallel.add_arguments(parser)
     return parser
 
 
@@ -46,6 +48,7 @@ def parse_config(argv, model_names=config_lib.MODEL_NAMES):
     ema_modes = _ema_modes(args)
     data = _data_fields(args)
     training = _training_fields(args, model_names)
+    training.update(cli_model_parallel.config_fields(args, training["batch_size"]))  # its mesh sets `devices`
     ema = _ema_fields(args, training["epochs"])
     return config_lib.TrainConfig(
         **data,

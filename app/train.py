@@ -141,6 +141,10 @@ def check_several_processes(config, num_processes):
     if config.out is None:
         # Each process would stamp its own default path.
         raise UsageError(f"a run of {num_processes} processes needs --out, the same on every process")
+    if config.model_parallel:
+        # A checkpoint gathers every average into this process (callbacks/state.py): one host only.
+        raise UsageError(f"--model-parallel runs in one process (its checkpoints gather the averages into it); "
+                         f"train it without KERAS_DISTRIBUTION_* ({num_processes} processes)")
     if config.track_stability:
         raise UsageError(f"--track-stability cannot run over {num_processes} processes (Keras's predict does not "
                          "gather the other processes' predictions); leave it out, or train in one process")

@@ -257,18 +257,24 @@ class BatchNormRecompute(keras.callbacks.Callback):
                             stacklevel=4,
                         )
                     continue  # nothing selected (no epoch evaluated, or no accuracy metric)
-                digest = variables.digest(self.ema.selected_weights(decay, criterion))
+                digest = variables.digest(self._selected_values(decay, criterion))
                 groups.setdefault(digest, []).append((decay, criterion))
         return list(groups.values())
 
     def _recompute_group(self, group):
-        variables.write(self.model.weights, self.ema.selected_weights(*group[0]))
+        variables.write_copies(self.model.weights, self._selected_values(*group[0]))
         metrics = self._recompute_and_evaluate(keep_statistics=True)
-        weights = variables.host_copy(self.model.weights)
+        weights = variables.kept_copy(self.model.weights)
         for decay, criterion in group:
             self._selected[(decay, criterion)] = weights
             entry = self.results.setdefault(f"{decay:g}", {})
             entry[SUMMARY_KEYS[criterion]] = {f"val_{k}": v for k, v in metrics.items()}
+
+    def _selected_values(self, decay, criterion):
+        # MultiEMA's kept copies as held (sharded on the devices under ModelParallel);
+        # an `ema` with MultiEMA's older interface has `selected_weights` only.
+        selected = getattr(self.ema, "selected_values", None) or self.ema.selected_weights
+        return selected(decay, criterion)
 
     def _recompute_and_evaluate(self, keep_statistics):
         # Unless kept, the statistics come back on exit whatever `swapped_in` does

@@ -40,7 +40,7 @@ def compile_update(fn, sources, targets):
     if backend == "jax":
         import jax
 
-        compiled = jax.jit(fn)
+        compiled = jax.jit(fn, out_shardings=_shardings(targets))
 
         def update(*args):
             values = compiled([variable.value for variable in sources], *args)
@@ -94,24 +94,36 @@ def compile_in_place_update(fn, targets, sources):
     if keras.backend.backend() == "jax":
         import jax
 
-        compiled = jax.jit(fn, donate_argnums=0)
+        compiled = jax.jit(fn, donate_argnums=0, out_shardings=_shardings(targets))
+
+        def arguments(args):
+            return [variable.value for variable in targets], [variable.value for variable in sources], *args
 
         def update(*args):
-            values = compiled(
-                [variable.value for variable in targets],
-                [variable.value for variable in sources],
-                *args,
-            )
+            values = compiled(*arguments(args))
             # The old buffers are gone (donated): reassign all before any read.
             for target, value in zip(targets, values):
                 target.assign(value)
 
+        # The optimized program's text (XLA HLO), e.g. to check that a sharded
+        # update needs no collective: `update.compiled_text(*args)`.
+        update.compiled_text = lambda *args: compiled.lower(*arguments(args)).compile().as_text()
         return update
 
     def split_fn(values, *args):
         return fn(values[: len(targets)], values[len(targets) :], *args)
 
     return compile_update(split_fn, targets + sources, targets)
+
+
+def _shardings(targets):
+    """JAX: the targets' own shardings for the outputs under a `keras.distribution`, so that
+    each result is computed where its variable's shards live (callbacks/layouts.py: an
+    average is laid out like its weight, so the update is shard-local and needs no
+    collective); `None` (XLA's choice, as before) without one."""
+    if keras.distribution.distribution() is None:
+        return None
+    return [target.value.sharding for target in targets]
 
 
 class _FirstTraceFilter:

@@ -65,6 +65,22 @@ class MultiEMA(state_protocol.StatefulCallback):
         model.evaluate(x_test, y_test)
     ```
 
+    Under a `keras.distribution` (JAX) every average is laid out like its
+    weight, the decay axis unsharded: with `ModelParallel` each device holds
+    (its shard of the weights) x (number of decays), the update runs on each
+    device's shards alone, and the selected epochs' weights stay on the devices,
+    sharded (`selected_values`); `selected_weights`, `save_selected` and
+    `get_state` gather them, only when called.
+
+    ```python
+    mesh = keras.distribution.DeviceMesh((2, 4), ("batch", "model"))
+    layout_map = keras.distribution.LayoutMap(mesh)
+    layout_map[".*dense.*kernel"] = (None, "model")
+    with keras.distribution.ModelParallel(layout_map=layout_map).scope():
+        model = build_model()  # kernels split 4 ways
+        model.fit(x, y, callbacks=[MultiEMA(decays=(0.99, 0.999))])  # EMAs split alike
+    ```
+
     Args:
         decays: the EMA decays, each in (0, 1), distinct. Defaults to
             `(0.968, 0.984, 0.992, 0.996, 0.998)` (paper §4.1).
@@ -203,10 +219,16 @@ class MultiEMA(state_protocol.StatefulCallback):
         """NumPy arrays, in `model.weights` order, of a selected EMA.
 
         `criterion` is `"accuracy"` (epoch of best validation accuracy) or
-        `"loss"` (epoch of lowest validation loss).
+        `"loss"` (epoch of lowest validation loss). Under a sharded
+        `keras.distribution` this gathers the kept shards (`selected_values`).
         """
-        selected = self._selection.require(self._decay_index(decay), criterion)
-        return [w.copy() for w in selected["weights"]]
+        return variables.to_numpy(self.selected_values(decay, criterion))
+
+    def selected_values(self, decay, criterion):
+        """The kept weights of a selected EMA as they are held, not to be modified:
+        NumPy arrays, or under a `keras.distribution` that shards the model
+        (`ModelParallel`) device arrays laid out like the weights."""
+        return list(self._selection.require(self._decay_index(decay), criterion)["weights"])
 
     def save_selected(self, directory):
         """Writes `ema_<decay>_{acc,loss}.weights.h5`; returns their paths.
@@ -290,7 +312,7 @@ class MultiEMA(state_protocol.StatefulCallback):
 
     def _load_state(self, state):
         self.averages.load_state(state)
-        self._selection.load_state(state)
+        self._selection.load_state(state, functools.partial(variables.kept_values, self.model.weights))
 
     def _settings(self):
         return {"every_steps": self.every_steps, "warmup": self.warmup, "bn_mode": self.bn_mode,
@@ -325,7 +347,8 @@ class MultiEMA(state_protocol.StatefulCallback):
                   f"({groups.index(decays) + 1}/{len(groups)} distinct)", end="", flush=True)
         metrics = self._evaluate()
         accuracy = self._accuracy(metrics)
-        weights = functools.cache(lambda: variables.host_copy(self.model.weights))  # copied only if selected
+        # Copied only if selected; sharded on the devices under ModelParallel (never gathered to one host).
+        weights = functools.cache(lambda: variables.kept_copy(self.model.weights))
         for decay in decays:
             self._selection.offer(self.decays.index(decay), epoch, metrics["loss"], accuracy, weights)
         return metrics, accuracy

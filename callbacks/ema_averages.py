@@ -16,6 +16,7 @@ import keras
 import numpy as np
 
 from callbacks import compiled
+from callbacks import layouts
 from callbacks import variables
 from callbacks import warmup as warmup_rule
 
@@ -56,9 +57,10 @@ class EMAAverages:
         # ("copy"): a recompute inside a swap must not overwrite them.
         self._swapped = averaged + [v for v in model.weights if id(v) in statistics - averaged_ids]
         num_averages = self.num_averages
+        # Under a keras.distribution each stack is laid out like its weight,
+        # the stacking axis unsharded (callbacks/layouts.py).
         self.averages = [
-            keras.Variable(initializer="zeros", shape=(num_averages,) + tuple(v.shape), dtype="float32",
-                           trainable=False, autocast=False, name=f"ema_average_{i}")
+            layouts.average_variable(v, (num_averages,) + tuple(v.shape), f"ema_average_{i}", leading_axes=1)
             for i, v in enumerate(averaged)
         ]
         self._start = compiled.compile_update(
@@ -138,7 +140,8 @@ class EMAAverages:
             "num_updates": np.asarray(self.num_updates, dtype="int64"),
             "identical_labels": np.asarray(self.labels, dtype="int64"),
         }
-        for i, average in enumerate(variables.host_copy(self.averages)):
+        # Gathered to NumPy here, only when a state is asked for (a checkpoint); no device copy first.
+        for i, average in enumerate(variables.to_numpy([a.value for a in self.averages])):
             state[f"average/{i}"] = average
         return state
 

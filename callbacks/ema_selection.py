@@ -160,14 +160,15 @@ class EpochSelection:
                 flat[prefix + "val_loss"] = selected["val_loss"]
                 flat[prefix + "val_accuracy"] = np.nan if accuracy is None else accuracy
                 for k, weight in enumerate(selected["weights"]):
-                    flat[prefix + f"weight/{k}"] = weight
+                    flat[prefix + f"weight/{k}"] = np.asarray(weight)  # a sharded copy is gathered here
         return flat
 
-    def load_state(self, state):
-        self._selected = {c: [_unflat(state, c, i) for i in range(len(self.decays))] for c in CRITERIA}
+    def load_state(self, state, keep=list):
+        """Restores `state()`'s result; `keep(arrays)` gives the form the weights are kept in."""
+        self._selected = {c: [_unflat(state, c, i, keep) for i in range(len(self.decays))] for c in CRITERIA}
 
 
-def _unflat(state, criterion, index):
+def _unflat(state, criterion, index, keep=list):
     prefix = f"selected/{criterion}/{index}/"
     if prefix + "epoch" not in state:
         return None
@@ -177,5 +178,5 @@ def _unflat(state, criterion, index):
         "epoch": int(state[prefix + "epoch"]),
         "val_loss": float(state[prefix + "val_loss"]),
         "val_accuracy": None if np.isnan(accuracy) else accuracy,
-        "weights": [np.array(state[f"{prefix}weight/{k}"]) for k in range(count)],
+        "weights": keep([np.array(state[f"{prefix}weight/{k}"]) for k in range(count)]),
     }

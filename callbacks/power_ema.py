@@ -43,7 +43,11 @@ class PowerFunctionEMA(state_protocol.StatefulCallback):
     end of training, all averages go to `directory` as one `.npz` (float32, or
     float16 at half the disk).
     The state (`get_state`/`set_state`) resumes the averages exactly; a
-    snapshot rewritten after a resume is the same file.
+    snapshot rewritten after a resume is the same file. Under a
+    `keras.distribution` (JAX) the averages are laid out like their weights,
+    the profile axis unsharded (`ModelParallel`: each device holds its shard
+    of each; see `MultiEMA` for an example); a snapshot and `get_state`
+    gather them into whole-model arrays when written.
 
     Example:
 
@@ -125,7 +129,8 @@ class PowerFunctionEMA(state_protocol.StatefulCallback):
 
     def write_snapshot(self):
         """Writes every average now, as `power_ema-<step>.npz` in `directory`; returns its path."""
-        averages = variables.host_copy(self.averages.averages)  # each (num_sigma_rels,) + shape
+        # Each (num_sigma_rels,) + shape; sharded ones are gathered here (a snapshot is a whole-model file).
+        averages = variables.to_numpy([a.value for a in self.averages.averages])
         per_profile = [[average[j] for average in averages] for j in range(len(self.sigma_rels))]
         return power_snapshots.write_snapshot(
             self.directory, self.averages.step, self.sigma_rels, self.gammas, self.averages.weight_indices,

@@ -11,11 +11,11 @@ average after training (§3.2). Its learning rates are in callbacks/swa_schedule
 import contextlib
 import warnings
 
-import keras
 import numpy as np
 from keras import ops
 
 from callbacks import arguments
+from callbacks import layouts
 from callbacks import state as state_protocol
 from callbacks import validation
 from callbacks import variables
@@ -50,7 +50,10 @@ class SWA(state_protocol.StatefulCallback):
     training the statistics of the final average are recomputed exactly over
     `train_data` (`recompute_batch_norm`, paper §3.2) and it is evaluated;
     see `summary()`, `save()`, `swapped_in()`. The model always keeps its own
-    trained weights.
+    trained weights. Under a `keras.distribution` (JAX) the average is laid
+    out like the weights (`ModelParallel`: each device holds its shard, and
+    the final model is kept sharded on the devices); `get_state` and `save`
+    gather it, only when called (see `MultiEMA` for an example).
 
     Example:
 
@@ -219,10 +222,8 @@ class SWA(state_protocol.StatefulCallback):
 
     def _start_average(self):
         self._weights = [w for w in self.model.weights if variables.is_float(w.dtype)]
-        self._average = [
-            keras.Variable(ops.zeros(w.shape, "float32"), trainable=False, name="swa_average")
-            for w in self._weights
-        ]
+        # Under a keras.distribution each average is laid out like its weight (callbacks/layouts.py).
+        self._average = [layouts.average_variable(w, tuple(w.shape), "swa_average") for w in self._weights]
         self._update = compile_update(_running_mean, self._weights + self._average, self._average)
         self.final_metrics = {}
         self._final_weights = None
@@ -241,7 +242,9 @@ class SWA(state_protocol.StatefulCallback):
     def _state(self):
         state = {"count": np.asarray(self.count, dtype="int64"), "start_included": np.asarray(self.start_included)}
         if self._average is not None:
-            state.update({f"average/{i}": value for i, value in enumerate(variables.host_copy(self._average))})
+            # Gathered to NumPy here, only when a state is asked for (a checkpoint).
+            average = variables.to_numpy([a.value for a in self._average])
+            state.update({f"average/{i}": value for i, value in enumerate(average)})
         return state
 
     def _checked_state(self, state):
@@ -279,7 +282,10 @@ class SWA(state_protocol.StatefulCallback):
         self.count += 1
 
     def _running_average_swapped_in(self):
-        # Copies: under JAX `evaluate` donates (deletes) the model's buffers.
+        # Copies: under JAX `evaluate` donates (deletes) the model's buffers. Sharded, the
+        # copies stay on the devices (`holding` copies tensors), never whole on the host.
+        if layouts.is_sharded(self._weights):
+            return variables.holding(self._weights, [average.value for average in self._average])
         return variables.holding(self._weights, variables.host_copy(self._average))
 
     def _no_average_yet(self):
@@ -303,7 +309,7 @@ class SWA(state_protocol.StatefulCallback):
             if self.validation_data is not None:
                 metrics = validation.evaluate(self.model, self.validation_data, self.batch_size)
                 self.final_metrics = {f"val_{k}": v for k, v in metrics.items()}
-            self._final_weights = variables.host_copy(self.model.weights)
+            self._final_weights = variables.kept_copy(self.model.weights)
 
     def _recompute(self):
         if self.train_data is not None:

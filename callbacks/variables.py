@@ -19,6 +19,8 @@ import os
 import keras
 import numpy as np
 
+from callbacks import layouts
+
 
 def snapshot(variables):
     """Backend tensors equal to `variables` now, unaffected by later assigns."""
@@ -35,6 +37,20 @@ def host_copy(variables):
     """NumPy copies of the variables' current values."""
     # Not `variable.numpy()`: NumPy 2 warns on its `__array__` (Keras 3.15).
     return [keras.ops.convert_to_numpy(value) for value in snapshot(variables)]
+
+
+def kept_copy(variables):
+    """Copies of the variables' values to keep for later: `host_copy`, or under a
+    distribution that shards them (`ModelParallel`) device copies, each device
+    holding its shard (`snapshot`), so that no host ever holds the whole model.
+    `to_numpy` gathers either form."""
+    variables = list(variables)
+    return snapshot(variables) if layouts.is_sharded(variables) else host_copy(variables)
+
+
+def to_numpy(values):
+    """NumPy arrays of `values` (NumPy arrays or tensors; a sharded one is gathered)."""
+    return [np.array(keras.ops.convert_to_numpy(value)) for value in values]
 
 
 @contextlib.contextmanager
@@ -55,8 +71,29 @@ def swapped(variables, assign_new_values):
 
 
 def holding(variables, values):
-    """`swapped(variables, ...)` with `values` written into them."""
-    return swapped(variables, lambda: write(variables, values))
+    """`swapped(variables, ...)` with `values` written into them.
+
+    Tensors among `values` (a `kept_copy` on the devices) are written as
+    copies: under JAX `Model.evaluate` inside the block donates the buffers it
+    is given, and the values must survive the block.
+    """
+    return swapped(variables, lambda: write_copies(variables, values))
+
+
+def write_copies(variables, values):
+    """`write`, with tensors among `values` copied first (they survive a donation of the variables)."""
+    write(variables, [value if isinstance(value, np.ndarray) else keras.ops.copy(value) for value in values])
+
+
+def kept_values(variables, arrays):
+    """NumPy `arrays` of `variables`' values in `kept_copy`'s form: as they are, or
+    under a sharding distribution placed on the devices with each variable's layout."""
+    variables = list(variables)
+    if not layouts.is_sharded(variables):
+        return list(arrays)
+    return [keras.distribution.distribute_tensor(keras.ops.convert_to_tensor(array, variable.dtype),
+                                                 layouts.layout_like(variable))
+            for variable, array in zip(variables, arrays)]
 
 
 def save_weights(model, weights, path):

@@ -289,3 +289,27 @@ def test_ema_batch_scaling_scales_by_the_batch_over_128():
     assert ema_batch_scale(cli.parse_config(["--batch-size", "512", "--ema-batch-scaling"])) == 4.0
     assert ema_batch_scale(cli.parse_config(["--batch-size", "512"])) == 1.0
     assert ema_batch_scale(cli.parse_config(["--ema-batch-scaling"])) == 1.0
+
+
+def test_model_parallel_sets_the_mesh_and_its_devices_on_jax(monkeypatch):
+    monkeypatch.setenv("KERAS_BACKEND", "jax")
+    config = parse("--model-parallel", "2x4", "--batch-size", "64")
+    assert (config.model_parallel, config.devices, config.batch_size) == ("2x4", 8, 64)
+    assert parse().model_parallel is None
+
+
+@pytest.mark.parametrize("backend, argv, message", [
+    ("tensorflow", ("--model-parallel", "2x4"),
+     "--model-parallel is JAX-only (keras.distribution, as in Keras); set KERAS_BACKEND=jax (was tensorflow)"),
+    ("jax", ("--model-parallel", "2by4"), "--model-parallel '2by4': expected BATCHxMODEL, e.g. 2x4"),
+    ("jax", ("--model-parallel", "0x4"), "--model-parallel '0x4': expected BATCHxMODEL, e.g. 2x4"),
+    ("jax", ("--model-parallel", "2x4", "--devices", "4"),
+     "--devices 4 with --model-parallel 2x4 (8 devices); leave out --devices"),
+    ("jax", ("--model-parallel", "4x2", "--batch-size", "30"),
+     "--batch-size 30 does not split across the 4 batch devices of --model-parallel 4x2; use a multiple of 4"),
+])
+def test_model_parallel_refusals_are_one_line(monkeypatch, backend, argv, message):
+    monkeypatch.setenv("KERAS_BACKEND", backend)
+    with pytest.raises(UsageError) as error:
+        parse(*argv)
+    assert str(error.value) == message

@@ -147,6 +147,8 @@ class TrainConfig:
     # run (None: every accelerator, else 1), resolved before the run starts.
     devices: int | None = None
     sync_batch_norm: bool = False
+    # Model parallelism, JAX (training/model_parallel.py): "BATCHxMODEL" mesh, e.g. "2x4"; None: off.
+    model_parallel: str | None = None
     # Post-hoc EMA (callbacks/power_ema.py): power-function EMAs snapshotted
     # every N steps (None: every epoch) into RUN/power_ema/ for app.posthoc.
     post_hoc_ema: bool = False

@@ -247,9 +247,12 @@ def check_batches(config, data):
     exactly when the split's size is.
     """
     devices = config.devices or 1
+    where = f"the {devices} devices of this run"
+    if getattr(config, "model_parallel", None):  # the batch is split over the mesh's batch axis only
+        devices = int(config.model_parallel.split("x")[0])
+        where = f"the {devices} batch devices of --model-parallel {config.model_parallel}"
     if devices == 1 or keras.backend.backend() != "jax":  # MirroredStrategy splits a batch unevenly
         return
-    where = f"the {devices} devices of this run"
     eval_batch_size = config.eval_batch_size or config.batch_size
     for field, batch_size in (("batch_size", config.batch_size), ("eval_batch_size", eval_batch_size)):
         if batch_size % devices:
@@ -264,8 +267,19 @@ def check_batches(config, data):
 
 
 @contextlib.contextmanager
-def data_parallel(devices):
-    """A context in which models built and trained run on the first `devices` devices."""
+def data_parallel(devices, model_parallel=None):
+    """A context in which models built and trained run on the first `devices` devices.
+
+    With `model_parallel` ("BATCHxMODEL", JAX) they form that mesh instead:
+    training/model_parallel.py's `OutputAxisRule` shards the kernels.
+    """
+    if model_parallel:
+        from training import model_parallel as model_parallel_lib
+
+        names = devices_for_data_parallelism()[:devices]
+        with model_parallel_lib.OutputAxisRule(model_parallel_lib.mesh_shape(model_parallel), names).scope():
+            yield
+        return
     if devices <= 1:
         yield
         return

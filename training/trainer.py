@@ -49,7 +49,7 @@ def train(config, data, path, argv, report=None):
     policy = keras.mixed_precision.global_policy()
     started = time.time()
     try:
-        with distribution.data_parallel(config.devices or 1):
+        with distribution.data_parallel(config.devices or 1, config.model_parallel):
             summary = _train(config, data, path, argv, report)
     except KeyboardInterrupt:  # a caller without app/signals.py's handling (python -m app.train has it)
         raise Interrupted(stopping.message("interrupted")) from None
