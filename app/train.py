@@ -107,6 +107,8 @@ def prepare(argv):
     if all(finished):
         raise UsageError(f"--out {path} holds every seed's run finished with this config; choose another --out")
     availability.check(config)  # without TensorFlow, where it can tell
+    # Importing TensorFlow and reading the data take seconds (tens on a loaded machine): say so first.
+    print(f"starting: importing TensorFlow, then reading {config.dataset} ...", flush=True)
     quiet.import_tensorflow()  # the arguments are fine: now the heavy imports
     from data import loading
     from training import distribution

@@ -90,6 +90,7 @@ def prepare(argv, environ=None):
     config = cli.parse_config(argv, environ=environ)
     cli.check_out(config)
     availability.check(config.train)  # without TensorFlow, where it can tell
+    print(f"starting: importing TensorFlow, then reading {config.train.dataset} ...", flush=True)
     quiet.import_tensorflow()  # the arguments are fine: now the heavy imports
     from data import loading
 
@@ -184,6 +185,9 @@ def finish(config, oracle, path, started):
         final_argv += ["--stop-epochs-from", trial_dir]
     best["command"] = "python -m app.train " + shlex.join(final_argv + ["--full-train"])
     best["trials"] = {"completed": completed, "failed": failed, "other": other}
+    note = ema_below_sgd_note(best, trial_dir)
+    if note:
+        best["note"] = note
     best["wall_time_seconds"] = round(time.time() - started, 1)
     atomic_write_text(os.path.join(path, BEST_FILE), json.dumps(best, indent=2) + "\n")
     if config.objective == "ema":
@@ -191,6 +195,8 @@ def finish(config, oracle, path, started):
     where = f"epoch {best['epoch']}"
     if best["decay"] is not None:
         where += f", EMA decay {best['decay']:g}"
+    if best.get("note"):
+        print(best["note"], flush=True)
     print(
         f"\nBest learning rate: {best['lr']:g} ({best['objective_metric']} "
         f"{best['objective']:.4f} at {where}; {completed} trials completed, {failed} failed)\n"
@@ -218,6 +224,30 @@ def _write_best_final_sgd(oracle, path, train_argv):
     atomic_write_text(os.path.join(path, BEST_SGD_FILE), json.dumps(best, indent=2) + "\n")
     print(f"SGD's last-epoch validation accuracy (the same trials) picks lr {best['lr']:g} "
           f"({best['objective']:.4f}): {os.path.join(path, BEST_SGD_FILE)}", flush=True)
+
+
+def ema_below_sgd_note(best, trial_dir):
+    """A note when the EMA objective's winner scores below its own trial's SGD model.
+
+    Then the search ranked learning rates by averages that had not caught up with
+    training (too few updates, or still in the decay warm-up): app.train says as much
+    for a run; a search says it here. None otherwise.
+    """
+    import csv
+
+    if best["objective_name"] != "ema":
+        return None
+    try:
+        with open(os.path.join(trial_dir, "history.csv"), encoding="utf-8") as handle:
+            rows = [row for row in csv.DictReader(handle) if row.get("val_accuracy")]
+        epoch, sgd = max(enumerate((float(row["val_accuracy"]) for row in rows), 1), key=lambda item: item[1])
+    except (OSError, ValueError):
+        return None
+    if best["objective"] >= sgd:
+        return None
+    return (f"note: the chosen trial's best EMA ({best['objective']:.4f}) scores below its SGD model "
+            f"({sgd:.4f} at epoch {epoch}): the learning rates were ranked by averages that had not caught up "
+            "with training; lengthen the trials (--epochs, --limit-train) or rank by SGD (--objective sgd)")
 
 
 def _has_emas(trial_dir):

@@ -6,6 +6,7 @@ search (`--tuner-dir`, its name before, still works). Every user error is a
 one-line `UsageError`, raised before any data is read or any file is written.
 """
 
+import argparse
 import dataclasses
 import json
 import os
@@ -74,7 +75,15 @@ def build_parser():
         "command)."
     )
     _add_tuning_flags(parser.add_argument_group("tuning (app.tune only)"), with_out=False)
+    # The flags parse_config refuses stay out of the usage line and the list (argparse has no
+    # public way to drop an argument; hiding its help is the documented SUPPRESS).
+    for action in parser._actions:
+        if set(action.option_strings) & REFUSED_FLAGS:
+            action.help = argparse.SUPPRESS
     return parser
+
+
+REFUSED_FLAGS = {"--lr", "--seeds", "--full-train"}  # searched (--lrs), one seed per trial, added to the final run
 
 
 _OUT_HELP = f"where the search lives (default: {DEFAULT_TUNER_ROOT}/<dataset>-<model>); --tuner-dir also works"

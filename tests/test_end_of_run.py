@@ -66,6 +66,8 @@ def test_every_phase_after_the_last_epoch_says_what_it_does_in_plain_lines(finis
     out, log, summary = finished
     assert "\r" not in log and "\x1b" not in log and "\b" not in log
     lines = log.splitlines()
+    # The seconds of start-up (TensorFlow, the data) are announced before they pass (issue 31).
+    assert lines[0] == "starting: importing TensorFlow, then reading cifar10 ..."
     last_epoch = lines.index(next(line for line in lines if line.startswith("epoch 2/2 |")))
     after = lines[last_epoch + 1:lines.index(f"Summary (validation split) — run directory: {out}")]
     # One BN recompute per distinct selected model: with the warm-up off the two

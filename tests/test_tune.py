@@ -438,3 +438,26 @@ def test_trials_too_short_for_any_ema_update_are_refused(tmp_path, capsys):
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and "each trial runs 8 optimizer steps, fewer than --ema-every-steps 9" in error
     assert not (tmp_path / "t").exists()
+
+
+def test_a_best_ema_below_its_trials_sgd_gets_a_note(tmp_path):
+    """issue 31: the search says when the winning EMA scores below SGD in its own trial (history.csv)."""
+    (tmp_path / "history.csv").write_text("epoch,val_accuracy\n1,0.20\n2,0.258\n", encoding="utf-8")
+    best = {"objective_name": "ema", "objective": 0.234}
+    assert tune.ema_below_sgd_note(best, str(tmp_path)) == (
+        "note: the chosen trial's best EMA (0.2340) scores below its SGD model (0.2580 at epoch 2): the learning "
+        "rates were ranked by averages that had not caught up with training; lengthen the trials (--epochs, "
+        "--limit-train) or rank by SGD (--objective sgd)")
+    assert tune.ema_below_sgd_note({**best, "objective": 0.258}, str(tmp_path)) is None
+    assert tune.ema_below_sgd_note({**best, "objective_name": "sgd"}, str(tmp_path)) is None
+
+
+def test_help_leaves_out_the_flags_app_tune_refuses(capsys):
+    with pytest.raises(SystemExit) as exited:
+        tune.main(["--help"])
+    assert exited.value.code == 0
+    printed = capsys.readouterr().out
+    usage = printed.split("\n\n")[0]
+    for flag in ("--lr ", "--seeds", "--full-train"):
+        assert flag not in usage and f"  {flag.strip()} " not in printed
+    assert "--lrs" in usage and "--lr-from" in printed and "--epochs" in usage
