@@ -293,7 +293,7 @@ def main(argv):
     steps, dirs, setups = plan(args.budget, out, args.data_dir, args.seeds)
     claims = CLAIM_ORDER if args.claim == "all" else (args.claim,)
     if args.dry_run:
-        return _dry_run(claims, steps, setups)
+        return _dry_run(claims, steps, setups, out)
     _check_data(claims, setups, steps, args.data_dir)
     from utils import quiet
 
@@ -313,19 +313,33 @@ def main(argv):
     return results
 
 
-def _dry_run(claims, steps, setups):
-    seen, train_images, forward_images = set(), 0, 0
+# ResNet-20 on 2 idle cores of this project's CPU machines (TensorFlow backend, docs/performance.md):
+# training and forward (evaluation, BN recompute) images per second, for the dry run's time estimate.
+CPU_IMAGES_PER_SECOND = {"train": 420, "forward": 950}
+
+
+def _dry_run(claims, steps, setups, out):
+    seen, done, train_images, forward_images = set(), set(), 0, 0
     for claim in claims:
         print(f"# {claim}: {CLAIMS[claim]}")
         for step in steps[claim]:
             mark = "(done) " if all(os.path.exists(f) for f in step.done_files) else ""
             print(f"{mark}{step.text()}")
-            if step not in seen and not mark:
+            if mark:
+                done.add(step)
+            elif step not in seen:
                 seen.add(step)
                 train_images += step.train_images
                 forward_images += step.forward_images
     print(f"# estimated images to process: {train_images:,} trained, {forward_images:,} forward "
           "(evaluation, BN recompute)")
+    if {setup.model for setup in setups.values()} == {"resnet20"}:
+        seconds = train_images / CPU_IMAGES_PER_SECOND["train"] + forward_images / CPU_IMAGES_PER_SECOND["forward"]
+        print(f"# about {seconds / 3600:.1f} h on 2 idle CPU cores (ResNet-20 at {CPU_IMAGES_PER_SECOND['train']} "
+              f"training and {CPU_IMAGES_PER_SECOND['forward']} forward images/s; longer on loaded cores)")
+    if done:
+        print(f"# {len(done)} of {len(done | seen)} steps are done already in {out} (their outputs are there: e.g. "
+              "committed results); to reproduce them from scratch, give --out a new directory")
     if any(step.command == "tune" and not all(os.path.exists(f) for f in step.done_files)
            for claim in claims for step in steps[claim]):
         print(f"# after tuning: where {SGD_BEST_FILE} picks another lr than best.json, the runs the SGD "

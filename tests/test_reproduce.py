@@ -253,3 +253,18 @@ def test_sgd_columns_get_runs_at_sgds_own_lr_when_the_search_picks_another(tmp_p
         os.path.join(protocol, "final"), os.path.join(protocol, "final-sgd")]
     # The noisy claims read their own search, which agrees: no twins there.
     assert not any("-sgd" in step.text() for step in steps["table2"])
+
+
+def test_dry_run_estimates_the_time_and_says_what_is_done_already(tmp_path, capsys):
+    """issue 31: a time beside the images, and how to start from scratch where outputs exist."""
+    out = tmp_path / "small"
+    (out / "tuning").mkdir(parents=True)
+    (out / "tuning" / "best.json").write_text('{"lr": 0.1}', encoding="utf-8")
+    result = reproduce.main(["table3", "--budget", "small", "--out", str(tmp_path), "--dry-run"])
+    lines = capsys.readouterr().out.splitlines()
+    hours = (result["train_images"] / 420 + result["forward_images"] / 950) / 3600
+    assert (f"# about {hours:.1f} h on 2 idle CPU cores (ResNet-20 at 420 training and 950 forward images/s; "
+            "longer on loaded cores)") in lines
+    assert lines[-1] == (f"# 1 of 6 steps are done already in {out} (their outputs are there: e.g. committed "
+                         "results); to reproduce them from scratch, give --out a new directory")
+    assert "(done) python -m app.tune" in "\n".join(lines)
