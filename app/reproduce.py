@@ -108,8 +108,9 @@ def plan(budget, out, data_dir, seeds):
             twins = {dirs[key]: dirs[key] + "-sgd" for key in keys}
             dirs.update({f"{key}_sgd": twins[dirs[key]] for key in keys})
             for claim in claims:
-                steps[claim] += [_sgd_twin(step, twins, os.path.join(out, tuning)) for step in steps[claim]
-                                 if step.command != "tune" and _reads(step, twins)]
+                found = [_sgd_twin(step, twins, os.path.join(out, tuning)) for step in steps[claim]
+                         if step.command != "tune"]
+                steps[claim] += [twin for twin in found if twin is not None]
     # Adda et al. read the final epoch: each run keeps its last EMAs and tests them; seed by seed,
     # both schedules (their differences are paired over seeds).
     steps["adda-constant-lr"] = [
@@ -135,17 +136,17 @@ def sgd_lr_differs(tuning_dir):
     return lrs[0] != lrs[1]
 
 
-def _reads(step, twins):
-    return any(value == path or value.startswith(path + os.sep) for value in step.argv for path in twins)
-
-
 def _sgd_twin(step, twins, tuning_dir):
-    """`step` at the SGD-tuned lr: its run directories mapped to their -sgd twins."""
+    """`step` at the SGD-tuned lr, its run directories mapped to their -sgd twins; None when it reads none."""
+    def twin_of(value):
+        return next((twin + value[len(path):] for path, twin in twins.items()
+                     if value == path or value.startswith(path + os.sep)), None)
+
+    if not any(twin_of(value) for value in step.argv):
+        return None
+
     def mapped(value):
-        for path, twin in twins.items():
-            if value == path or value.startswith(path + os.sep):
-                return twin + value[len(path):]
-        return tuning_dir + os.sep + SGD_BEST_FILE if value == tuning_dir else value
+        return twin_of(value) or (os.path.join(tuning_dir, SGD_BEST_FILE) if value == tuning_dir else value)
 
     return dataclasses.replace(step, argv=tuple(map(mapped, step.argv)),
                                done_files=tuple(map(mapped, step.done_files)))

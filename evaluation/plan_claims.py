@@ -64,12 +64,6 @@ def _group(dirs, *keys):
     return common.group(*[dirs.get(key) for key in keys])
 
 
-def _sgd_group(dirs, *keys):
-    """The runs SGD columns read: the `<key>_sgd` twins at the SGD-tuned lr where app.reproduce made them
-    (docs/analysis-plan.md, Comparators), else the same runs as the EMA's."""
-    return _group(dirs, *[f"{key}_sgd" if dirs.get(f"{key}_sgd") else key for key in keys])
-
-
 def seconds_per_seed(group):
     return float(np.mean([run.summary.get("wall_time_seconds", np.nan) for run in group.runs]))
 
@@ -108,7 +102,7 @@ def fig1a(dirs):
                   + ", ".join(f"{100 * e / total:.0f} %" for e in epochs) + " of the run; paper App. B: always < 75 %) "
                   "minus the same EMA at the last epoch. The plan reads the whole test set with BN recomputed once."))
     validation = _group(dirs, "validation", "validation_seeds")
-    sgd = _sgd_group(dirs, "validation", "validation_seeds")
+    sgd = common.sgd_group(dirs, "validation", "validation_seeds")
     lead = [float(np.mean(common.column(r, "ema_best_val_accuracy") - common.column(s, "val_accuracy")))
             for r, s in zip(validation.runs, sgd.runs)]
     end_ema = [float(common.column(r, "ema_best_val_accuracy")[-1]) for r in validation.runs]
@@ -159,7 +153,7 @@ def _distinct(*groups):
 
 
 def table1(dirs):
-    final, sgd = _group(dirs, "final"), _sgd_group(dirs, "final")
+    final, sgd = _group(dirs, "final"), common.sgd_group(dirs, "final")
     ema, baseline = _test(final, "ema_acc"), _test(sgd, "baseline")
     statistics = [Statistic("EMA (acc.) − baseline, test accuracy", ema, baseline, primary=True),
                   Statistic("EMA (loss) − baseline", _test(final, "ema_loss"), baseline)]
@@ -172,7 +166,7 @@ def table1(dirs):
 
 
 def swa(dirs):
-    final = _sgd_group(dirs, "final")  # SWA branches off SGD: the runs at SGD's lr
+    final = common.sgd_group(dirs, "final")  # SWA branches off SGD: the runs at SGD's lr
     method = "swa_budget" if _has_method(final, "swa_budget") else "swa"
     statistics = [Statistic("SWA at the budget's end − SGD's last epoch, test accuracy", _test(final, method),
                             _test(final, "baseline"), primary=True)]
@@ -183,7 +177,7 @@ def swa(dirs):
 
 
 def table3(dirs):
-    final, sgd = _group(dirs, "final"), _sgd_group(dirs, "final")
+    final, sgd = _group(dirs, "final"), common.sgd_group(dirs, "final")
     ema = _consistency(dirs["final"])["ema_loss"]
     baseline = _consistency(dirs.get("final_sgd") or dirs["final"])["baseline"]
     return ([Statistic("churn: EMA (loss) − baseline, per pair of seeds", ema["churn_by_pair"],
@@ -200,7 +194,7 @@ def _consistency(directory):
 
 
 def table5(dirs):
-    group, sgd = _group(dirs, "validation", "validation_seeds"), _sgd_group(dirs, "validation", "validation_seeds")
+    group, sgd = _group(dirs, "validation", "validation_seeds"), common.sgd_group(dirs, "validation", "validation_seeds")
     statistics = [Statistic("ECE: EMA (loss) − baseline (80/20 runs, 100 equal-mass bins)",
                             _test(group, "ema_loss", "ece"), _test(sgd, "baseline", "ece"), primary=True,
                             higher_is_better=False)]
@@ -211,7 +205,7 @@ def table5(dirs):
 
 
 def fig2(dirs):
-    group, sgd_group = _group(dirs, "noisy_final"), _sgd_group(dirs, "noisy_final")
+    group, sgd_group = _group(dirs, "noisy_final"), common.sgd_group(dirs, "noisy_final")
     decay = common.largest_decay(group.runs[0])
     ema = [float(np.mean(common.column(run, f"ema_{decay}_val_accuracy"))) for run in group.runs]
     sgd = [float(np.mean(common.column(run, "val_accuracy"))) for run in sgd_group.runs]
@@ -222,7 +216,7 @@ def fig2(dirs):
 
 
 def table2(dirs):
-    group, sgd = _group(dirs, "noisy_final"), _sgd_group(dirs, "noisy_final")
+    group, sgd = _group(dirs, "noisy_final"), common.sgd_group(dirs, "noisy_final")
     statistics = [Statistic("EMA (acc.) − CE (SGD's last epoch), clean test", _test(group, "ema_acc"),
                             _test(sgd, "baseline"), primary=True)]
     statistics += _early_stopped_sgd(group, sgd, "ema_acc", "EMA (acc.)")
