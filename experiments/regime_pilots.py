@@ -1,8 +1,8 @@
 """Regime pilots (docs/analysis-plan.md, "The regime the claims need"): which training images x epochs
 make SGD fit its training set while the lr is still high, judged on the regime row alone.
 
-Trains the plan's pilots P1-P3 one after another with `python -m app.train` (seed 0, lr 0.2,
-batch 32, the largest scaled decay only), then writes `pilots.md` and `pilots.json` beside the runs
+Trains the plan's pilots P1-P3 (and amendment 1's P4 when P1-P3 leave no candidate) one after
+another with `python -m app.train` (seed 0, lr 0.2, batch 32, the largest scaled decay only), then writes `pilots.md` and `pilots.json` beside the runs
 with each pilot's regime row (evaluation/regime.py) and the plan's choice. A rerun resumes an
 unfinished pilot and skips finished ones; `--report-only` reads what exists.
 
@@ -27,8 +27,10 @@ LR = 0.2
 SEED = 0
 LIMIT_VALIDATION = 2000
 PRE_PLAN_SAMPLES = 10000 * 30
-# (name, training images, epochs), in the plan's order.
-PILOTS = (("P1", 5000, 60), ("P2", 2500, 120), ("P3", 5000, 120))
+# (name, training images, epochs), in the plan's order; P4 is amendment 1's, run only when
+# the rule over P1-P3 has no candidate.
+PILOTS = (("P1", 5000, 60), ("P2", 2500, 120), ("P3", 5000, 120), ("P4", 1250, 240))
+AMENDMENT_PILOTS = ("P4",)
 
 
 def pilot_argv(images, epochs, out, data_dir):
@@ -42,8 +44,8 @@ def pilot_argv(images, epochs, out, data_dir):
     return argv + (["--data-dir", data_dir] if data_dir else [])
 
 
-def choose(rows):
-    """The plan's choice among the pilots: see docs/analysis-plan.md."""
+def _rule(rows):
+    """The plan's choice rule as first written, over finished pilots."""
     single = [r for r in rows if r["samples"] <= PRE_PLAN_SAMPLES and r["regime"]]
     reached = [r for r in single if r["regime"]["reached"]]
     if reached:
@@ -58,18 +60,41 @@ def choose(rows):
     return None, "no pilot reaches the regime and no 1x pilot meets R2"
 
 
+def choose(rows):
+    """The plan's choice among the pilots, with amendment 1: see docs/analysis-plan.md."""
+    first = _rule([r for r in rows if r["name"] not in AMENDMENT_PILOTS])
+    amended = [r for r in rows if r["name"] in AMENDMENT_PILOTS and r["regime"]]
+    if first[0] is not None or not amended:
+        return first
+    chosen = _rule(rows)
+    if chosen[0] is not None:
+        return chosen[0], chosen[1] + " (amendment 1 added P4)"
+    single = [r for r in rows if r["samples"] <= PRE_PLAN_SAMPLES and r["regime"] and r["regime"]["r1_met"]]
+    if single:
+        best = min(single, key=lambda r: r["regime"]["late_validation_gain"])
+        return best["name"], ("no pilot reaches the regime: the 1x pilot with the smallest R2 meeting R1 "
+                              "(amendment 1); every page says regime not reached")
+    return None, "no pilot reaches the regime, none meets R1"
+
+
 def decided(rows):
     """(choice, why) once the finished pilots decide it, else (None, why not yet).
 
     The rule reads the 2x pilot only when no 1x pilot reaches the regime: once
-    every 1x pilot has finished and one of them reaches it, P3 is not needed.
+    every 1x pilot has finished and one of them reaches it, P3 is not needed;
+    amendment 1's P4 is read only when P1-P3 leave no candidate.
     """
-    single = [r for r in rows if r["samples"] <= PRE_PLAN_SAMPLES]
+    first = [r for r in rows if r["name"] not in AMENDMENT_PILOTS]
+    single = [r for r in first if r["samples"] <= PRE_PLAN_SAMPLES]
     if all(r["regime"] for r in single) and any(r["regime"]["reached"] for r in single):
-        return choose([r for r in rows if r["regime"]])
+        return choose([r for r in first if r["regime"]])
+    if not all(r["regime"] for r in first):
+        return None, "pilots not finished"
+    if _rule(first)[0] is not None:
+        return choose(first)
     if all(r["regime"] for r in rows):
         return choose(rows)
-    return None, "pilots not finished"
+    return None, "pilots not finished (P1-P3 leave no candidate: amendment 1 runs P4)"
 
 
 def report(out):
@@ -89,7 +114,7 @@ def report(out):
              "| pilot | images × epochs | regime row | wall time |", "|---|---|---|---|"]
     for r in rows:
         text = (regime.regime_text(r["regime"]) if r["regime"] else
-                "not run: the choice rule reads it only when no 1× pilot reaches the regime" if chosen else
+                "not run: the choice rule did not need it" if chosen else
                 "not finished")
         wall = f"{r['wall_seconds'] / 60:.0f} min" if r.get("wall_seconds") else "—"
         lines.append(f"| {r['name']} | {r['images']:,} × {r['epochs']} | {text} | {wall} |")

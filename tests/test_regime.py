@@ -71,3 +71,28 @@ def test_the_choice_is_decided_without_the_2x_pilot_once_a_1x_pilot_reaches_the_
     assert regime_pilots.decided([p1, p2, p3])[0] == "P2"
     assert regime_pilots.decided([p1, _pilot("P2", 2500, 120, 0.96, 0.01), p3]) == (None, "pilots not finished")
     assert regime_pilots.decided([p1, {**p2, "regime": None}, p3]) == (None, "pilots not finished")
+
+
+def _gain_pilot(name, images, epochs, final_train, gain):
+    pilot = _pilot(name, images, epochs, final_train, gain)
+    pilot["regime"]["late_validation_gain"] = gain
+    return pilot
+
+
+def test_amendment_1_runs_p4_only_when_p1_to_p3_leave_no_candidate():
+    # The recorded outcome of P1 and P2 (R1 met, R2 missed), P3 missing R2 as well.
+    p1, p2 = _gain_pilot("P1", 5000, 60, 0.9764, 0.0282), _gain_pilot("P2", 2500, 120, 0.9960, 0.0213)
+    p3 = _gain_pilot("P3", 5000, 120, 0.99, 0.025)
+    p4 = {"name": "P4", "images": 1250, "epochs": 240, "samples": 300000, "regime": None}
+    assert regime_pilots.decided([p1, p2, p3, p4])[0] is None  # P4 must run
+    # P3 reaching the regime decides without P4.
+    reached_p3 = _gain_pilot("P3", 5000, 120, 0.99, 0.01)
+    assert regime_pilots.decided([p1, p2, reached_p3, p4])[0] == "P3"
+    # P4 reaching it is chosen; missing it, the 1x pilot with the smallest R2 among those meeting R1.
+    assert regime_pilots.decided([p1, p2, p3, _gain_pilot("P4", 1250, 240, 0.999, 0.015)])[0] == "P4"
+    chosen, why = regime_pilots.decided([p1, p2, p3, _gain_pilot("P4", 1250, 240, 0.999, 0.022)])
+    assert chosen == "P2" and "smallest R2" in why
+    chosen, _ = regime_pilots.decided([p1, p2, p3, _gain_pilot("P4", 1250, 240, 0.999, 0.0205)])
+    assert chosen == "P4"
+    # P4 meeting R2 but not R1 is the first rule's fallback (highest R1 meeting R2).
+    assert regime_pilots.decided([p1, p2, p3, _gain_pilot("P4", 1250, 240, 0.96, 0.01)])[0] == "P4"
