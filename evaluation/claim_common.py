@@ -74,14 +74,10 @@ def per_seed_table(group, columns, digits=2, scale=100):
     return report.markdown_table(["seed"] + [label for label, _ in columns], lines)
 
 
-def interval_lines(items):
-    """'- label: +x points, 95 % CI [a, b] (method): verdict' for [(label, interval, verdict)]."""
-    return "\n".join(f"- {label}: {interval.text()} → **{verdict}**" for label, interval, verdict in items)
-
-
-def result(rows, table, headline, verdict, reason, group, figures_drawn=(), mechanism="", extra_runs=()):
-    return dict(rows=rows, table=table, figures=list(figures_drawn), headline=headline, verdict=verdict,
-                reason=reason, mechanism=mechanism, runs=list(group.runs) + list(extra_runs), config=group.config)
+def result(rows, table, headline, group, figures_drawn=(), mechanism="", extra_runs=()):
+    """A builder's output: numbers, never a verdict (a page's verdict is evaluation/plan_claims.py's)."""
+    return dict(rows=rows, table=table, figures=list(figures_drawn), headline=headline, mechanism=mechanism,
+                runs=list(group.runs) + list(extra_runs), config=group.config)
 
 
 def release_text(config):

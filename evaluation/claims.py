@@ -1,10 +1,10 @@
 """The paper's claims that `python -m app.reproduce` checks, and the pages it writes.
 
 `CLAIMS` states each claim with the paper's numbers; `BUILDERS` computes its
-table, figure and verdict from finished runs (evaluation/claim_tables.py,
-evaluation/noise_claims.py);
-`write_claim` writes `<claim>.md/.csv/.json`, `write_index` the RESULTS.md of
-a budget. Nothing here trains.
+table, figure and headline from finished runs (evaluation/claim_tables.py,
+evaluation/noise_claims.py); its verdict is the analysis plan's alone
+(evaluation/plan_claims.py). `write_claim` writes `<claim>.md/.csv/.json`,
+`write_index` the RESULTS.md of a budget. Nothing here trains.
 """
 
 import json
@@ -47,7 +47,6 @@ def write_claim(claim, text, out, dirs, commands, command, wall_seconds, images,
     result = BUILDERS[claim](dirs, out)
     # The verdict is the analysis plan's (docs/analysis-plan.md), or "exploratory" for runs that predate it.
     plan_text, planned = plan_claims.section(claim, dirs)
-    result["verdict"] = planned["verdict"]
     csv_path = report.write_csv(os.path.join(out, f"{claim}.csv"), result["rows"])
     parts = [f"# {claim}\n\n", f"**Claim.** {text}\n\n", f"**Ours.** {result['headline']}\n\n",
              plan_text + "\n"]
@@ -68,13 +67,13 @@ def write_claim(claim, text, out, dirs, commands, command, wall_seconds, images,
         handle.write("".join(parts))
     verdict_path = os.path.join(out, f"{claim}.json")
     with open(verdict_path, "w", encoding="utf-8") as handle:
-        json.dump({"claim": claim, "verdict": result["verdict"], "would_read": planned["would_read"],
+        json.dump({"claim": claim, "verdict": planned["verdict"], "would_read": planned["would_read"],
                    "exploratory": planned["exploratory"], "primary": planned["primary"]["statistic"].label,
                    "primary_interval": planned["primary"]["interval"].short(), "headline": result["headline"], "wall_seconds": round(wall_seconds, 1),
                    "train_run_seconds": round(run_seconds, 1),
                    "train_images": images, "forward_images": forward}, handle, indent=2)
     files = [markdown, csv_path, verdict_path] + list(result["figures"])
-    return {"files": files, "headline": result["headline"], "verdict": result["verdict"], "rows": result["rows"]}
+    return {"files": files, "headline": result["headline"], "verdict": planned["verdict"], "rows": result["rows"]}
 
 
 def _scaling_text(result):

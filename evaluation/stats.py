@@ -109,24 +109,6 @@ def verdict(interval, margin=0.0, higher_is_better=True):
     return "inconclusive"
 
 
-def combined(verdicts):
-    """One verdict for a claim made of several parts: all hold, any fails, else inconclusive."""
-    verdicts = list(verdicts)
-    if all(v == "holds" for v in verdicts):
-        return "holds"
-    if any(v == "does not hold" for v in verdicts):
-        return "does not hold"
-    return "inconclusive"
-
-
-def rule_text(margin, scale=100.0, unit=" points", higher_is_better=True):
-    side = "above" if higher_is_better else "below"
-    other = "below" if higher_is_better else "above"
-    value = f"{scale * margin:+g}{unit}"
-    return (f"holds if the 95 % CI lies entirely {side} {value}, does not hold if entirely {other}, "
-            f"inconclusive otherwise")
-
-
 # The analysis plan's (docs/analysis-plan.md) equivalence claims and power rows.
 EQUIVALENCE_MARGIN = 0.01  # ±1.0 accuracy point: twice the pre-plan baseline's between-seed sd (0.48)
 MAX_SEEDS = 8  # seeds are added once, up to this many; beyond it: "not decidable at this budget"

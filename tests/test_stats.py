@@ -92,12 +92,6 @@ def test_one_seed_has_no_interval_unless_a_binomial_error_is_given():
     assert stats.verdict(interval, 0.01) == "holds"
 
 
-def test_combined_verdict():
-    assert stats.combined(["holds", "holds"]) == "holds"
-    assert stats.combined(["holds", "inconclusive"]) == "inconclusive"
-    assert stats.combined(["inconclusive", "does not hold"]) == "does not hold"
-
-
 def test_bad_pairs_are_refused():
     with pytest.raises(ValueError, match="same 1-D length"):
         stats.paired_interval([0.1, 0.2], [0.1])
