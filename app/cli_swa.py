@@ -1,5 +1,6 @@
 """`app.train`'s SWA flags: the SWA branch off the baseline (training/swa_branch.py)."""
 
+from app import inputs
 from app.errors import UsageError, positive_int
 from training import config as config_lib
 
@@ -34,6 +35,13 @@ def add_arguments(group):
         "tiny-imagenet, else 0.01; SWA paper App. A)",
     )
     group.add_argument(
+        "--swa-lr-from",
+        default=None,
+        metavar="RUN",
+        help="take the SWA learning rate python -m app.tune_swa chose: RUN (its "
+        "swa-tuning/best_swa_lr.json) or that file",
+    )
+    group.add_argument(
         "--swa-cycle-epochs",
         type=positive_int,
         default=None,
@@ -55,6 +63,7 @@ def config_fields(args, epochs, dataset):
         for flag, given in (("--swa-start-epoch", args.swa_start_epoch is not None),
                             ("--swa-epochs", args.swa_epochs is not None),
                             ("--swa-lr", args.swa_lr is not None),
+                            ("--swa-lr-from", args.swa_lr_from is not None),
                             ("--swa-cycle-epochs", args.swa_cycle_epochs is not None),
                             ("--no-swa-include-start", args.no_swa_include_start)):
             if given:
@@ -68,6 +77,10 @@ def config_fields(args, epochs, dataset):
         start_epoch = max(1, int(0.75 * epochs) + 1)
     if not 1 <= start_epoch <= epochs:
         raise UsageError(f"--swa-start-epoch must be in [1, {epochs}]; got {start_epoch}")
+    if args.swa_lr_from is not None:
+        if args.swa_lr is not None:
+            raise UsageError("give --swa-lr or --swa-lr-from, not both")
+        args.swa_lr = inputs.tuned_swa_lr(args.swa_lr_from)
     swa_lr = args.swa_lr if args.swa_lr is not None else config_lib.default_swa_lr(dataset)
     if not swa_lr > 0:
         raise UsageError(f"--swa-lr must be > 0; got {swa_lr}")

@@ -1,4 +1,4 @@
-"""Flags that read what another command wrote: --lr-from and --stop-epochs-from.
+"""Flags that read what another command wrote: --lr-from, --swa-lr-from and --stop-epochs-from.
 
 `--lr-from DIR` takes the learning rate (and any tuned weight decay or batch
 size) from `python -m app.tune`'s best.json; `--stop-epochs-from RUN` takes
@@ -39,6 +39,20 @@ def apply_tuned(args):
         args.batch_size = int(tuned["batch_size"])
         taken.append(f"--batch-size {args.batch_size}")
     print(f"--lr-from {args.lr_from}: {', '.join(taken)} (the search's best)", flush=True)
+
+
+def tuned_swa_lr(source):
+    """--swa-lr-from: the SWA learning rate in app.tune_swa's best_swa_lr.json (RUN or the file)."""
+    path = source if source.endswith(".json") else os.path.join(source, run_directory.SWA_TUNING_DIR,
+                                                                      run_directory.SWA_TUNING_FILE)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            lr = float(json.load(handle)["swa_lr"])
+    except (OSError, ValueError, KeyError, TypeError):
+        raise UsageError(f"--swa-lr-from: no readable {path} with a 'swa_lr'; run python -m app.tune_swa "
+                         "on the validation run first, or give that run's directory")
+    print(f"--swa-lr-from {source}: --swa-lr {lr:g} (chosen on the validation split)", flush=True)
+    return lr
 
 
 def stop_epochs_from(run, decays, epochs):

@@ -31,6 +31,8 @@ POSTHOC_DIR = "posthoc"  # what app.posthoc writes
 EVALUATION_FILE = "evaluation.json"  # per run, by app.evaluate: Table 5 (shape: evaluation/report.py)
 TRANSFER_FILE = "transfer.json"  # per run, by app.transfer: Table 4
 CONSISTENCY_FILE = "consistency.json"  # per multi-seed directory, by app.consistency: Table 3
+SWA_TUNING_DIR = "swa-tuning"  # by app.tune_swa: one SWA branch per learning rate (training/swa_tuning.py)
+SWA_TUNING_FILE = "best_swa_lr.json"  # its choice, in SWA_TUNING_DIR, read by app.train --swa-lr-from
 TEST_LOGITS_FILE = "test_logits.npz"  # per run, by app.evaluate: the Table 3 models' test logits
 # Held (flock) by the process writing the run; the OS releases it when that process ends, however it ends.
 LOCK_FILE = "run.lock"

@@ -94,12 +94,14 @@ def last_epoch(config):
     return config.swa_start_epoch - 1 + config.swa_epochs
 
 
-def train_branch(config, data, run_path, report):
+def train_branch(config, data, run_path, report, directory=DIRECTORY, weights_dir=None):
     """Runs (or resumes) the SWA branch; returns its summary entry.
 
     `report("swa_branch", config=, start_epoch=, path=)` as the branch's `fit` starts (trainer.train's `report`).
+    The branch lives in `run_path/directory` and writes its average into `weights_dir` (default
+    `run_path/weights`); app.tune_swa gives each learning rate of its grid its own of both.
     """
-    path = os.path.join(run_path, DIRECTORY)
+    path = os.path.join(run_path, directory)
     checkpoint_dir = os.path.join(path, checkpoint.DIRECTORY)
     os.makedirs(path, exist_ok=True)
     start_epoch = config.swa_start_epoch - 1
@@ -128,7 +130,7 @@ def train_branch(config, data, run_path, report):
         swa.set_state(contents["states"]["swa"])
     timer = EpochTimer(config.batch_size)
     end = last_epoch(config)
-    weights_dir = os.path.join(run_path, run_directory.WEIGHTS_DIR)
+    weights_dir = weights_dir or os.path.join(run_path, run_directory.WEIGHTS_DIR)
     budget_average = SaveBudgetAverage(
         swa, config.epochs, os.path.join(weights_dir, run_directory.SWA_BUDGET_WEIGHTS + run_directory.WEIGHTS_SUFFIX))
     logger = RunLogger(path, schedule, end, rows=meta["rows"] if resumed else None, timer=timer)
@@ -165,7 +167,7 @@ def train_branch(config, data, run_path, report):
         "epochs": config.swa_epochs,
         "last_epoch": end,
         "swa_lr": config.swa_lr,
-        "directory": DIRECTORY,
+        "directory": directory,
         "final_sgd_val_accuracy": logger.rows[-1]["val_accuracy"],
         "final_sgd_val_loss": logger.rows[-1]["val_loss"],
     }
