@@ -95,8 +95,6 @@ ADDA_FLAGS = ("--validation-fraction", "0.1", "--no-nesterov", "--ema-warmup", "
                "--warmup-epochs", "0")
 
 
-def swa_flags(budget):
-    """The SWA branch of the final runs at the small budget: the SWA paper's CIFAR-100 rate 0.05,
-    from 75 % of the budget for 15 epochs (1.23 budgets; its average at the budget's end, 8
-    epochs in, is saved too: SWA paper Table 1's 1 and 1.25 budgets from one run)."""
-    return ["--swa-lr", "0.05", "--swa-epochs", "15"] if budget == "small" else []
+# The SWA learning rates app.tune_swa tries on the validation split (docs/analysis-plan.md,
+# Comparators: the SWA paper's range, App. A); the SWA branch runs to the budget's end.
+SWA_LR_GRID = {"paper": (0.01, 0.02, 0.05), "small": (0.01, 0.02, 0.05), "tiny": (0.01, 0.05)}

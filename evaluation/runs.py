@@ -35,6 +35,11 @@ _SEED_DIRECTORY = re.compile(r"seed-(\d+)$")
 # Config keys that may differ between the seeds of one group (provenance: a
 # seed may run on another commit or machine; the result is still the same setup).
 _PER_RUN_KEYS = ("seed", "seeds", "out", "data_dir", "cifar_n_dir", "provenance", "keep_checkpoint")
+# The SWA branch runs after the baseline has finished, from its checkpoint (training/swa_branch.py):
+# it changes nothing in the baseline's history or models, so seeds with and without it (app.reproduce's
+# seed-0 validation run branches to tune the SWA lr, the other seeds do not) are one setup. Readers of
+# the SWA average check that every run of the group has it (report.py, predictions.py).
+_BRANCH_KEYS = ("swa", "swa_start_epoch", "swa_lr", "swa_cycle_epochs", "swa_epochs", "swa_include_start")
 
 
 @dataclasses.dataclass
@@ -127,7 +132,7 @@ def expand(path):
 
 
 def _shared(config):
-    return {key: value for key, value in config.items() if key not in _PER_RUN_KEYS}
+    return {key: value for key, value in config.items() if key not in _PER_RUN_KEYS + _BRANCH_KEYS}
 
 
 def load_groups(paths):

@@ -173,24 +173,39 @@ def test_rerun_skips_finished_steps(tiny, capsys):
     before = os.path.getmtime(os.path.join(base, "protocol", "final", "seed-0", "summary.json"))
     reproduce.main(["table1", *common])
     out = capsys.readouterr().out
-    # tuning is not in the tiny budget: validation, validation-seeds/seed-1, and per seed the final run and its test.
-    assert out.count("done already") == 6 and "running:" not in out
+    # tuning is not in the tiny budget: validation, validation-seeds/seed-1, app.tune_swa, and per seed the
+    # final run and its test.
+    assert out.count("done already") == 7 and "running:" not in out
     assert os.path.getmtime(os.path.join(base, "protocol", "final", "seed-0", "summary.json")) == before
+    # The final runs' SWA lr is the one app.tune_swa chose on the validation run, over the tiny grid.
+    with open(os.path.join(base, "protocol", "validation", "swa-tuning", "best_swa_lr.json"), encoding="utf-8") as f:
+        tuned = json.load(f)
+    assert [trial["swa_lr"] for trial in tuned["trials"]] == [0.01, 0.05]
+    assert tuned["swa_lr"] == max(tuned["trials"], key=lambda trial: trial["val_accuracy"])["swa_lr"]
+    for seed in (0, 1):
+        with open(os.path.join(base, "protocol", "final", f"seed-{seed}", "config.json"), encoding="utf-8") as f:
+            assert json.load(f)["swa_lr"] == tuned["swa_lr"]
 
 
 def test_dry_run_prints_the_commands_and_runs_nothing(tmp_path, capsys):
     result = reproduce.main(["table3", "--budget", "small", "--out", str(tmp_path), "--dry-run"])
     out = capsys.readouterr().out
     lines = [line for line in out.splitlines() if line.startswith("python -m app.")]
-    assert [line.split()[2] for line in lines] == ["app.tune"] + ["app.train"] * 4 + ["app.consistency"]
+    assert [line.split()[2] for line in lines] == (["app.tune", "app.train", "app.tune_swa"] + ["app.train"] * 3
+                                                    + ["app.consistency"])
     assert "--lrs 0.05 0.1 0.2 0.4" in lines[0] and "--batch-size 32" in lines[0]
+    # The SWA lr (docs/analysis-plan.md, Comparators): the validation run branches at the grid's largest
+    # rate and keeps its branch point; app.tune_swa tries the others; the final runs take its choice.
+    validation = os.path.join(str(tmp_path), "small", "protocol", "validation")
+    assert "--swa --swa-lr 0.05 --keep-checkpoint" in lines[1]
+    assert lines[2] == f"python -m app.tune_swa {validation} --swa-lr 0.01 0.02 0.05"
     # One step per seed (each into final/seed-k/), so that each seed can be tested right after it trains.
-    assert all("--stop-epochs-from" in lines[2 + seed] and f"--seeds {seed} --out" in lines[2 + seed]
-               for seed in range(3))
+    assert all("--stop-epochs-from" in lines[3 + seed] and f"--seeds {seed} --out" in lines[3 + seed]
+               and f"--swa --swa-lr-from {validation}" in lines[3 + seed] for seed in range(3))
     # 4 tuning trials and the validation run: 30 epochs x 10,000 images each (the limit applies
-    # after the 80/20 split); 3 final runs with a 15-epoch SWA branch.
-    assert "--swa-lr 0.05 --swa-epochs 15" in lines[2]
-    assert result["train_images"] == 4 * 30 * 10000 + 30 * 10000 + 3 * (30 + 15) * 10000
+    # after the 80/20 split), its SWA branch 8 epochs (from epoch 23) and 2 more in app.tune_swa;
+    # 3 final runs with their 8-epoch branch.
+    assert result["train_images"] == 4 * 30 * 10000 + (30 + 8) * 10000 + 2 * 8 * 10000 + 3 * (30 + 8) * 10000
     assert not os.listdir(tmp_path)
 
 
@@ -272,6 +287,6 @@ def test_dry_run_estimates_the_time_and_says_what_is_done_already(tmp_path, caps
     hours = (result["train_images"] / 420 + result["forward_images"] / 950) / 3600
     assert (f"# about {hours:.1f} h on 2 idle CPU cores (ResNet-20 at 420 training and 950 forward images/s; "
             "longer on loaded cores)") in lines
-    assert lines[-1] == (f"# 1 of 6 steps are done already in {out} (their outputs are there: e.g. committed "
+    assert lines[-1] == (f"# 1 of 7 steps are done already in {out} (their outputs are there: e.g. committed "
                          "results); to reproduce them from scratch, give --out a new directory")
     assert "(done) python -m app.tune" in "\n".join(lines)
