@@ -46,6 +46,12 @@ class Setup:
         return argv
 
 
+# The small budget's CIFAR protocol, training images x epochs (10,000 images at batch 32 are
+# the paper's 313 steps per epoch). docs/analysis-plan.md chooses it by regime pilots
+# (experiments/regime_pilots.py, experiments/results/regime-pilots/pilots.md).
+SMALL_PROTOCOL = (10000, 30)
+
+
 def setups(budget, out):
     """{family: Setup} of a budget."""
     if budget == "paper":
@@ -58,22 +64,22 @@ def setups(budget, out):
                           ["--lr", "0.1"], extra=ADDA_FLAGS),
         }
     if budget == "small":
-        # The budget-scaling rule (evaluation/scaling.py): 10,000 training images at
-        # batch 32 give the paper's 313 steps per epoch, 9,390 steps in 30 epochs; with
-        # the paper's T=16, decays scaled by 62,600 / 9,390 keep its windows (0.8-12.8 %
-        # of the run) and release steps (0.998's at 7.2 %); lr warm-up 2.5 %; lr tuned
-        # on the validation split (app.tune).
-        protocol_steps = math.ceil(10000 / 32) * 30
-        decays = scaling.scaled_decays(protocol_steps)
+        # The budget-scaling rule (evaluation/scaling.py): with the paper's T=16, decays
+        # scaled by 62,600 / (this run's steps) keep its windows (0.8-12.8 % of the run)
+        # and release steps (0.998's at 7.2 %); lr warm-up 2.5 %; lr tuned on the
+        # validation split (app.tune). Training images x epochs: SMALL_PROTOCOL.
+        images, epochs = SMALL_PROTOCOL
+        decays = scaling.scaled_decays(math.ceil(images / 32) * epochs)
         tuned = ["--lr-from", os.path.join(out, "tuning")]
-        warmup = ["--warmup-epochs", f"{scaling.scaled_warmup_epochs(30):g}"]
+        warmup = ["--warmup-epochs", f"{scaling.scaled_warmup_epochs(epochs):g}"]
         noisy_warmup = ["--warmup-epochs", f"{scaling.scaled_warmup_epochs(60):g}"]
         return {
-            "protocol": Setup("cifar10", "resnet20", 30, decays, scaling.PAPER_EVERY_STEPS, tuned, 10000, 2000,
+            "protocol": Setup("cifar10", "resnet20", epochs, decays, scaling.PAPER_EVERY_STEPS, tuned, images, 2000,
                               batch_size=32, extra=tuple(warmup)),
-            # Fewer images for more epochs (SGD must reach the memorization phase); about
-            # the same steps (157 x 60 = 9,420), so the same decays.
-            "noisy": Setup("cifar10n", "resnet20", 60, decays, scaling.PAPER_EVERY_STEPS,
+            # Fewer images for more epochs (SGD must reach the memorization phase): 157 x 60
+            # = 9,420 steps, decays scaled to them.
+            "noisy": Setup("cifar10n", "resnet20", 60, scaling.scaled_decays(math.ceil(5000 / 32) * 60),
+                           scaling.PAPER_EVERY_STEPS,
                            ["--lr-from", os.path.join(out, "tuning-noisy")], 5000, 2000,
                            batch_size=32, extra=tuple(noisy_warmup)),
             # Adda et al.'s own protocol (every step, no decay warm-up), outside the rule.
