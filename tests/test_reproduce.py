@@ -202,10 +202,12 @@ def test_dry_run_prints_the_commands_and_runs_nothing(tmp_path, capsys):
     # One step per seed (each into final/seed-k/), so that each seed can be tested right after it trains.
     assert all("--stop-epochs-from" in lines[3 + seed] and f"--seeds {seed} --out" in lines[3 + seed]
                and f"--swa --swa-lr-from {validation}" in lines[3 + seed] for seed in range(3))
-    # 4 tuning trials and the validation run: 30 epochs x 10,000 images each (the limit applies
-    # after the 80/20 split), its SWA branch 8 epochs (from epoch 23) and 2 more in app.tune_swa;
-    # 3 final runs with their 8-epoch branch.
-    assert result["train_images"] == 4 * 30 * 10000 + (30 + 8) * 10000 + 2 * 8 * 10000 + 3 * (30 + 8) * 10000
+    # The regime pilots' choice (docs/analysis-plan.md): 4 tuning trials and the validation run, 120
+    # epochs x 5,000 images each (the limit applies after the 80/20 split), its SWA branch 30 epochs
+    # (from epoch 91, exactly 75 %) and 2 more in app.tune_swa; 3 final runs with their 30-epoch branch.
+    assert "--epochs 120" in lines[1] and "--limit-train 5000" in lines[1] and "--warmup-epochs 3 " in lines[1]
+    assert "--ema-decays 0.8937 0.9468 0.9734 0.9867 0.9934 " in lines[1]
+    assert result["train_images"] == 4 * 120 * 5000 + (120 + 30) * 5000 + 2 * 30 * 5000 + 3 * (120 + 30) * 5000
     assert not os.listdir(tmp_path)
 
 
