@@ -280,6 +280,51 @@ def test_an_interrupted_search_resumes_to_the_same_best(searched, tmp_path, monk
     assert os.stat(first_history).st_mtime_ns == stamp  # the finished trial did not rerun
 
 
+def test_a_trial_killed_between_epochs_resumes_at_its_checkpoint(searched, tmp_path, monkeypatch):
+    """A trial is hours at the small budget and a session's end kills it: the rerun resumes the trial at
+    its last epoch end (as app.train does) and ends where the uninterrupted trial of `searched` ended."""
+    import keras
+
+    from tuning import hypermodel
+
+    tuner_dir = str(tmp_path / "c10")
+    argv = TRAIN_FLAGS + ["--lrs", "0.2", "--out", tuner_dir]
+    fit_callbacks, begun = hypermodel.recipe.fit_callbacks, []
+
+    class KilledInTheSecondEpoch(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            begun.append(epoch)
+            if len(begun) == 2:
+                raise KeyboardInterrupt
+
+    with synthetic_data():
+        monkeypatch.setattr(hypermodel.recipe, "fit_callbacks",
+                            lambda *args, **kwargs: [*fit_callbacks(*args, **kwargs), KilledInTheSecondEpoch()])
+        with pytest.raises(KeyboardInterrupt):
+            tune.main(argv)
+        trial = os.path.join(tuner_dir, "trial_0")
+        assert os.path.exists(os.path.join(trial, "checkpoint", "last.npz")) and len(read_history(trial)) == 1
+        resumed = tune.main(argv)
+    assert begun == [0, 1, 1]  # the rerun started at the second epoch, not the first
+    assert not os.path.exists(os.path.join(trial, "checkpoint"))  # a finished trial keeps no checkpoint
+    whole = os.path.join(searched[0], "trial_2")  # lr 0.2 there
+    assert read_json(os.path.join(whole, "config.json"))["lr"] == 0.2
+    untimed = ("epoch_seconds", "evaluation_seconds", "train_images_per_second", "train_seconds")
+    got, want = read_history(trial), read_history(whole)
+    assert [sorted(row) for row in got] == [sorted(row) for row in want]
+    for got_row, want_row in zip(got, want):
+        for key in want_row:
+            if key not in untimed:
+                assert got_row[key] == pytest.approx(want_row[key], rel=1e-5, abs=1e-6), key
+    # KerasTuner's result covers both epochs: the same objective, epoch and decay as the uninterrupted trial's.
+    assert read_json(os.path.join(trial, "summary.json"))["objective"] == read_json(
+        os.path.join(whole, "summary.json"))["objective"]
+    assert (resumed["objective"], resumed["epoch"], resumed["decay"]) == (
+        read_json(os.path.join(whole, "summary.json"))["objective"]["value"],
+        read_json(os.path.join(whole, "summary.json"))["objective"]["epoch"],
+        read_json(os.path.join(whole, "summary.json"))["objective"]["decay"])
+
+
 def test_grid_oracle_resumes_after_finished_trials(tmp_path):
     """KerasTuner 1.4.8's GridSearchOracle stops here (keras-tuner#1055)."""
     import keras_tuner

@@ -25,7 +25,8 @@ LEADING_COLUMNS = (
     "val_loss",
     "val_accuracy",
 )
-_RENAMED = {"loss": "train_loss", "accuracy": "train_accuracy"}
+# Keras log names -> history.csv (and checkpoint row) names.
+ROW_NAMES = {"loss": "train_loss", "accuracy": "train_accuracy"}
 
 
 def rows_to_csv(rows):
@@ -105,7 +106,7 @@ class RunLogger(keras.callbacks.Callback):
         row = {"epoch": epoch + 1, "lr": rounded(lr)}
         for key, value in logs.items():
             if _is_number(value):
-                row[_RENAMED.get(key, key)] = rounded(float(value))
+                row[ROW_NAMES.get(key, key)] = rounded(float(value))
         return row
 
     def _epoch_line(self, epoch, row):

@@ -25,10 +25,10 @@ from callbacks import variables
 from callbacks.divergence import TrainingDiverged
 from callbacks.ema_selection import weights_file_name
 from data import pipeline
-from training import recipe
+from training import checkpoint, recipe
 from training import run_dir as run_directory
 from training import trainer
-from training.history import EpochTimer, RunLogger
+from training.history import ROW_NAMES, EpochTimer, RunLogger
 from tuning import hparams_logging
 
 # --objective -> the epoch-log key whose maximum over epochs is the objective.
@@ -165,40 +165,59 @@ class OneShotHyperModel(keras_tuner.HyperModel):
         ema = averaging.get("ema")
         # app.train's epoch lines, not Keras's progress bar, which writes carriage returns and colours into logs too.
         timer = EpochTimer(config.batch_size, live=None if verbose else False)
-        logger = None
+        logger, checkpoint_dir, rows = None, None, []
         if trial_dir is not None:
-            logger = self._start_trial_directory(trial_dir, config, hp, schedule, timer, bool(verbose))
+            # A trial killed mid-way (a session's end) resumes at its last epoch end, as app.train does.
+            checkpoint_dir = os.path.join(trial_dir, checkpoint.DIRECTORY)
+            resumed = checkpoint.load(checkpoint_dir)
+            if resumed is not None:
+                checkpoint.restore(model, resumed.contents)
+                if ema is not None:
+                    ema.set_state(resumed.contents["states"]["ema"])
+                rows = resumed.meta["rows"][:resumed.meta["epoch"]]
+            logger = self._start_trial_directory(trial_dir, config, hp, schedule, timer, bool(verbose), rows)
         if verbose and self.report is not None:
             self.report("trial_started", config=config, steps_per_epoch=data.steps_per_epoch)
+        fit_callbacks = recipe.fit_callbacks(config, averaging, timer, logger,
+                                             after_averages=_continued(callbacks or (), rows))
+        if checkpoint_dir is not None:
+            fit_callbacks.append(checkpoint.RunCheckpoint(checkpoint_dir, {"ema": ema} if ema else {}, logger))
         try:
             history = model.fit(
-                data.train,  # an endless stream, cut into epochs by steps_per_epoch
+                data.train_from(len(rows)),  # an endless stream, cut into epochs by steps_per_epoch
                 steps_per_epoch=data.steps_per_epoch,
+                initial_epoch=len(rows),
                 epochs=config.epochs,
                 validation_data=data.validation,
                 shuffle=False,  # the stream is shuffled per epoch, reproducibly (data/pipeline.py)
                 # app.train's callbacks (its guard included), KerasTuner's where app.train checks SGD's epoch.
-                callbacks=recipe.fit_callbacks(config, averaging, timer, logger, after_averages=callbacks or ()),
+                callbacks=fit_callbacks,
                 verbose=0,
                 **kwargs,
             )
         except TrainingDiverged as error:  # KerasTuner records the trial as failed; the search goes on
+            if checkpoint_dir is not None:
+                shutil.rmtree(checkpoint_dir, ignore_errors=True)
             raise keras_tuner.errors.FailedTrialError(f"{error} with lr {config.lr:g}") from None
+        # KerasTuner reads the objective from the whole trial: the epochs before a resume come from the checkpoint.
+        history.history = _whole_history(rows, history.history)
         result = objective_of(history.history, self.objective, config.ema_decays)
         if trial_dir is not None:
             self._finish_trial_directory(trial_dir, model, ema, logger.rows, result, hp)
+            shutil.rmtree(checkpoint_dir, ignore_errors=True)
         print(_result_line(result, hp.values), flush=True)
         return history
 
-    def _start_trial_directory(self, trial_dir, config, hp, schedule, timer, verbose):
-        # An interrupted trial reruns in the same directory: start its curves afresh.
-        shutil.rmtree(os.path.join(trial_dir, "tensorboard"), ignore_errors=True)
-        argv = list(self.train_argv) + hyperparameter_flags(hp.values)
-        run_directory.create(trial_dir, config, argv, extra={"evaluation_split": "validation"})
-        hparams_logging.write_session(
-            os.path.join(trial_dir, "tensorboard"), hp.values, os.path.basename(trial_dir)
-        )
-        return RunLogger(trial_dir, schedule, config.epochs, verbose=verbose, timer=timer)
+    def _start_trial_directory(self, trial_dir, config, hp, schedule, timer, verbose, rows):
+        if not rows:
+            # An interrupted trial without a checkpoint reruns in the same directory: its curves start afresh.
+            shutil.rmtree(os.path.join(trial_dir, "tensorboard"), ignore_errors=True)
+            argv = list(self.train_argv) + hyperparameter_flags(hp.values)
+            run_directory.create(trial_dir, config, argv, extra={"evaluation_split": "validation"})
+            hparams_logging.write_session(
+                os.path.join(trial_dir, "tensorboard"), hp.values, os.path.basename(trial_dir)
+            )
+        return RunLogger(trial_dir, schedule, config.epochs, rows=rows, verbose=verbose, timer=timer)
 
     def _finish_trial_directory(self, trial_dir, model, ema, rows, result, hp):
         summary = {
@@ -219,6 +238,26 @@ class OneShotHyperModel(keras_tuner.HyperModel):
         hparams_logging.write_result(
             os.path.join(trial_dir, "tensorboard"), result["value"], result["epoch"], result["decay"]
         )
+
+
+def _continued(callbacks, rows):
+    """The caller's callbacks; KerasTuner's best-epoch saver told the best value of the epochs before a resume
+    (its weights file was written then), so that a worse later epoch does not replace it."""
+    for callback in callbacks:
+        # KerasTuner's SaveBestEpoch (its module is private): the callback keeping `objective` and `best_value`.
+        if rows and hasattr(callback, "best_value") and hasattr(callback, "objective"):
+            values = [row[callback.objective.name] for row in rows if callback.objective.name in row]
+            if values:
+                better = max if callback.objective.direction == "max" else min
+                callback.best_value = better(values)
+    return callbacks
+
+
+def _whole_history(rows, history):
+    """`History.history` of the whole trial: the checkpoint's rows (history.csv's names) before the resumed epochs."""
+    if not rows:
+        return history
+    return {key: [row[ROW_NAMES.get(key, key)] for row in rows] + list(values) for key, values in history.items()}
 
 
 def objective_of(history, objective, decays=()):
