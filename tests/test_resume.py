@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -94,7 +95,19 @@ TIMING = ("epoch_seconds", "train_images_per_second", "evaluation_seconds")
 
 def _untimed(meta):
     rows = [{k: v for k, v in row.items() if k not in TIMING} for row in meta["rows"]]
-    return dict(meta, rows=rows)
+    return {**{k: v for k, v in meta.items() if k != "wall_seconds"}, "rows": rows}
+
+
+def _set_checkpoint_wall_seconds(out, seconds):
+    """Rewrites the checkpoint's recorded wall time, as if the killed attempt had run `seconds`."""
+    path = os.path.join(out, "checkpoint", "last.npz")
+    with np.load(path) as contents:
+        arrays = {key: contents[key] for key in contents.files}
+    header = json.loads(str(arrays["header"]))
+    assert header["meta"]["wall_seconds"] > 0  # the attempt's own, recorded at each save
+    header["meta"]["wall_seconds"] = seconds
+    arrays["header"] = np.array(json.dumps(header))
+    np.savez(path, **arrays)
 
 
 def _untimed_csv(path):
@@ -140,10 +153,18 @@ def test_kill_and_resume_equals_the_uninterrupted_run(uninterrupted, killed_mid_
         shutil.copytree(out, truncated)
         last = truncated / "checkpoint" / "last.npz"
         last.write_bytes(last.read_bytes()[:1000])
+    if kill == MID_EPOCH:
+        _set_checkpoint_wall_seconds(out, 1000.0)
+    started = time.time()
     resumed = run(out)
+    attempt = time.time() - started
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resuming" in resumed.stdout
     assert_same_run(out, uninterrupted)
+    if kill == MID_EPOCH:
+        # summary.json's wall time is the whole run's: the killed attempt's recorded 1000 s plus this one's.
+        wall = json.loads((out / "summary.json").read_text())["wall_time_seconds"]
+        assert 1000.0 < wall <= 1000.0 + attempt
     if "KILL_AT_EPOCH" in kill:
         resumed = run(truncated)  # falls back to previous.npz (step 6) and replays
         assert resumed.returncode == 0, resumed.stderr[-2000:]

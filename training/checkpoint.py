@@ -238,15 +238,18 @@ class RunCheckpoint(keras.callbacks.Callback):
         logger: the `RunLogger` (its `rows` are saved).
         every_steps: also save mid-epoch every N optimizer steps (None: off).
         meta: extra JSON-able metadata stored in each checkpoint.
+        wall_clock: None, or a callable returning the run's wall seconds so far (every
+            attempt included), stored as `wall_seconds` so that a resumed run adds to it.
     """
 
-    def __init__(self, directory, stateful, logger, every_steps=None, meta=None):
+    def __init__(self, directory, stateful, logger, every_steps=None, meta=None, wall_clock=None):
         super().__init__()
         self.directory = directory
         self.stateful = stateful
         self.logger = logger
         self.every_steps = every_steps
         self.meta = dict(meta or {})
+        self.wall_clock = wall_clock
         self._epoch = 0
         self._saved_step = None
 
@@ -275,6 +278,8 @@ class RunCheckpoint(keras.callbacks.Callback):
     def _save(self, epoch, global_step):
         states = {name: callback.get_state() for name, callback in self.stateful.items()}
         meta = dict(self.meta, epoch=epoch, global_step=global_step, rows=self.logger.rows)
+        if self.wall_clock is not None:
+            meta["wall_seconds"] = round(self.wall_clock(), 1)
         save(self.directory, self.model, states, meta)
         self._saved_step = global_step
 

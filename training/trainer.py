@@ -47,10 +47,10 @@ def train(config, data, path, argv, report=None):
     """
     report = report or _silent
     policy = keras.mixed_precision.global_policy()
-    started = time.time()
+    clock = WallClock()
     try:
         with distribution.data_parallel(config.devices or 1, config.model_parallel):
-            summary = _train(config, data, path, argv, report)
+            summary = _train(config, data, path, argv, report, clock)
     except KeyboardInterrupt:  # a caller without app/signals.py's handling (python -m app.train has it)
         raise Interrupted(stopping.message("interrupted")) from None
     except stopping.Stopped:  # SIGTERM: the checkpoint is saved
@@ -58,19 +58,30 @@ def train(config, data, path, argv, report=None):
     finally:
         stopping.end()
         keras.mixed_precision.set_global_policy(policy)
-    return _conclude(config, data, path, summary, started, report)
+    return _conclude(config, data, path, summary, clock, report)
+
+
+class WallClock:
+    """A run's wall seconds over all its attempts: this one's, plus what its checkpoint recorded."""
+
+    def __init__(self):
+        self.started = time.time()
+        self.earlier = 0.0
+
+    def seconds(self):
+        return self.earlier + time.time() - self.started
 
 
 def _silent(event, **details):
     """The `report` of a caller that prints nothing."""
 
 
-def _conclude(config, data, path, summary, started, report):
+def _conclude(config, data, path, summary, clock, report):
     """Writes best.keras and summary.json (the run is then finished)."""
     if summary.get("best"):
         report("saving_best", path=os.path.join(path, run_directory.BEST_MODEL_FILE))
         best_model.save(path, config, data, summary["best"]["name"])
-    summary["wall_time_seconds"] = round(time.time() - started, 1)
+    summary["wall_time_seconds"] = round(clock.seconds(), 1)  # every attempt's (docs/run-directory.md)
     summary = run_directory.rounded(summary)
     run_directory.write_summary(path, summary)
     if not config.keep_checkpoint:
@@ -82,7 +93,7 @@ def _conclude(config, data, path, summary, started, report):
     return summary
 
 
-def _train(config, data, path, argv, report):
+def _train(config, data, path, argv, report, clock):
     keras.utils.set_random_seed(config.seed)
     keras.mixed_precision.set_global_policy(config.precision)
     if config.deterministic:
@@ -105,8 +116,10 @@ def _train(config, data, path, argv, report):
     # SGD's own early stopping (docs/analysis-plan.md, comparators): the trained weights, after the averages.
     keep_sgd = sgd_selection.keep_sgd_epoch(config, path, resumed.meta["rows"] if resumed else None)
     callbacks = recipe.fit_callbacks(config, averaging, timer, logger, after_averages=[keep_sgd])
+    if resumed is not None:
+        clock.earlier = resumed.meta.get("wall_seconds", 0.0)  # 0 for a checkpoint written before it was kept
     run_checkpoint = checkpoint.RunCheckpoint(
-        checkpoint_dir, stateful, logger, every_steps=config.checkpoint_every_steps
+        checkpoint_dir, stateful, logger, every_steps=config.checkpoint_every_steps, wall_clock=clock.seconds
     )
     callbacks.append(run_checkpoint)
     if config.swa:
