@@ -2,6 +2,7 @@
 
 from app import inputs
 from app.errors import UsageError, positive_int
+from evaluation import scaling
 from training import config as config_lib
 
 
@@ -74,7 +75,7 @@ def config_fields(args, epochs, dataset):
     start_epoch = args.swa_start_epoch
     if start_epoch is None:
         # SWA paper §4.1: conventional training for 75 % of the budget.
-        start_epoch = max(1, int(0.75 * epochs) + 1)
+        start_epoch = scaling.swa_start_epoch(epochs)
     if not 1 <= start_epoch <= epochs:
         raise UsageError(f"--swa-start-epoch must be in [1, {epochs}]; got {start_epoch}")
     if args.swa_lr_from is not None:

@@ -10,7 +10,8 @@ import dataclasses
 import os
 import shlex
 
-from evaluation import budgets
+from evaluation import budgets, scaling
+from training import run_dir as run_directory
 
 SGD_BEST_FILE = "best_sgd_final.json"  # app.tune's SGD objective, beside its best.json
 
@@ -179,7 +180,7 @@ def _train_step(setup, data_dir, path, extra, seeds=None):
     images = train * setup.epochs
     if "--swa" in extra:  # the branch: the last 25 % again, evaluated, and BN once
         branch = (int(extra[extra.index("--swa-epochs") + 1]) if "--swa-epochs" in extra
-                  else setup.epochs - int(0.75 * setup.epochs))
+                  else _swa_branch_epochs(setup))
         images += train * branch
         forward += validation * branch + train + validation
     return Step("train", tuple(argv), done, images, forward)
@@ -197,11 +198,17 @@ def _tune_step(setup, data_dir, path, budget):
 def _tune_swa_step(setup, data_dir, run, grid):
     """app.tune_swa on the validation run: one branch per rate of `grid` but the run's own (the last)."""
     argv = [run, "--swa-lr", *grid] + (["--data-dir", data_dir] if data_dir else [])
-    branch = setup.epochs - int(0.75 * setup.epochs)
+    branch = _swa_branch_epochs(setup)
     train, validation = _num_train(setup, full_train=False), setup.limit_validation or 10000
     branches = len(grid) - 1
-    return Step("tune_swa", tuple(argv), (os.path.join(run, "swa-tuning", "best_swa_lr.json"),),
-                train * branch * branches, (validation * branch + train + validation) * branches)
+    done = os.path.join(run, run_directory.SWA_TUNING_DIR, run_directory.SWA_TUNING_FILE)
+    return Step("tune_swa", tuple(argv), (done,), train * branch * branches,
+                (validation * branch + train + validation) * branches)
+
+
+def _swa_branch_epochs(setup):
+    """The SWA branch's epochs when it runs to the budget's end (app/cli_swa.py's default start)."""
+    return setup.epochs - scaling.swa_start_epoch(setup.epochs) + 1
 
 
 def _evaluate_step(path, seeds, limit_test):

@@ -17,7 +17,6 @@ Example:
 """
 
 import dataclasses
-import json
 import os
 
 if __name__ == "__main__":
@@ -25,7 +24,8 @@ if __name__ == "__main__":
 
     signals.install()
 
-from app.errors import DefaultsHelpFormatter, OneLineArgumentParser, UsageError, entry_point  # noqa: E402
+from app.errors import (DefaultsHelpFormatter, OneLineArgumentParser, UsageError,  # noqa: E402
+                        add_run_reading_arguments, entry_point)
 
 GRID = (0.01, 0.02, 0.05)
 
@@ -39,13 +39,13 @@ def build_parser():
     )
     parser.add_argument("run_dir", metavar="RUN", help="a finished validation run trained with --swa --keep-checkpoint")
     parser.add_argument("--swa-lr", type=float, nargs="+", default=list(GRID), help="the grid of SWA learning rates")
-    parser.add_argument("--data-dir", default=None, help="TFDS data directory (default: the run's)")
+    add_run_reading_arguments(parser, flags=("--data-dir",))
     return parser
 
 
 def prepare(argv):
     """(config, summary, lrs): every one-line refusal before TensorFlow is imported."""
-    from evaluation import predictions, runs
+    from evaluation import predictions
     from training import run_dir as run_directory
     from training import swa_tuning
 
@@ -53,11 +53,9 @@ def prepare(argv):
     if not all(lr > 0 for lr in args.swa_lr):
         raise UsageError(f"--swa-lr must be > 0; got {' '.join(f'{lr:g}' for lr in args.swa_lr)}")
     lrs = list(dict.fromkeys(args.swa_lr))  # each rate once, in the given order
-    path = os.path.join(args.run_dir, runs.SUMMARY_FILE)
-    if not os.path.exists(path):
+    if not os.path.exists(os.path.join(args.run_dir, run_directory.SUMMARY_FILE)):
         raise UsageError(f"{args.run_dir} is not a finished run (no summary.json); give a finished validation run")
-    with open(path, encoding="utf-8") as handle:
-        summary = json.load(handle)
+    summary = run_directory.read_summary(args.run_dir)
     config = run_directory.load_config(args.run_dir)
     if args.data_dir is not None:
         config = dataclasses.replace(config, data_dir=args.data_dir)

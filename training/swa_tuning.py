@@ -18,11 +18,8 @@ import json
 import os
 import shutil
 
-import keras
-
-from training import checkpoint, distribution, provenance, recipe, stopping, swa_branch
+from training import checkpoint, provenance, swa_branch, trainer
 from training import run_dir as run_directory
-from utils.errors import Interrupted
 from utils.files import atomic_write
 
 DIRECTORY = run_directory.SWA_TUNING_DIR
@@ -89,20 +86,8 @@ def tune(config, data, run_path, lrs, summary, report):
 
 def _train_trial(config, data, run_path, lr, budget_epochs, directory, report):
     branch_config = dataclasses.replace(config, swa_lr=lr, swa_epochs=budget_epochs)
-    policy = keras.mixed_precision.global_policy()
-    try:
-        keras.mixed_precision.set_global_policy(config.precision)
-        if config.deterministic:
-            recipe.enable_determinism()
-        with distribution.data_parallel(config.devices or 1, config.model_parallel):
-            summary = swa_branch.train_branch(branch_config, data, run_path, report, directory=directory,
-                                              weights_dir=os.path.join(run_path, directory, run_directory.WEIGHTS_DIR))
-    except KeyboardInterrupt:  # as trainer.train: the branch's checkpoint resumes it
-        raise Interrupted(stopping.message("interrupted")) from None
-    except stopping.Stopped:
-        raise Interrupted(stopping.message("terminated"), status=143) from None
-    finally:
-        stopping.end()
-        keras.mixed_precision.set_global_policy(policy)
+    with trainer.run_context(config):  # as app.train's own branch runs, its interruptions included
+        summary = swa_branch.train_branch(branch_config, data, run_path, report, directory=directory,
+                                          weights_dir=os.path.join(run_path, directory, run_directory.WEIGHTS_DIR))
     return {"swa_lr": lr, OBJECTIVE: summary[OBJECTIVE], "val_loss": summary.get("val_loss"),
             "models_averaged": summary["models_averaged"], "directory": directory}

@@ -8,6 +8,7 @@ and returns it. It prints nothing but the epoch lines (RunLogger): each step
 worth telling is reported to `report`, which app/train_report.py words.
 """
 
+import contextlib
 import os
 import shutil
 import time
@@ -46,11 +47,24 @@ def train(config, data, path, argv, report=None):
     or weight.
     """
     report = report or _silent
-    policy = keras.mixed_precision.global_policy()
     clock = WallClock()
+    with run_context(config):
+        summary = _train(config, data, path, argv, report, clock)
+    return _conclude(config, data, path, summary, clock, report)
+
+
+@contextlib.contextmanager
+def run_context(config):
+    """While a run (or an SWA branch: training/swa_tuning.py) trains: its precision policy (the
+    caller's is restored afterwards), determinism and devices; Ctrl-C and SIGTERM's stop become
+    `Interrupted` with the line saying what a rerun does."""
+    policy = keras.mixed_precision.global_policy()
     try:
+        keras.mixed_precision.set_global_policy(config.precision)
+        if config.deterministic:
+            recipe.enable_determinism()
         with distribution.data_parallel(config.devices or 1, config.model_parallel):
-            summary = _train(config, data, path, argv, report, clock)
+            yield
     except KeyboardInterrupt:  # a caller without app/signals.py's handling (python -m app.train has it)
         raise Interrupted(stopping.message("interrupted")) from None
     except stopping.Stopped:  # SIGTERM: the checkpoint is saved
@@ -58,7 +72,6 @@ def train(config, data, path, argv, report=None):
     finally:
         stopping.end()
         keras.mixed_precision.set_global_policy(policy)
-    return _conclude(config, data, path, summary, clock, report)
 
 
 class WallClock:
@@ -95,9 +108,6 @@ def _conclude(config, data, path, summary, clock, report):
 
 def _train(config, data, path, argv, report, clock):
     keras.utils.set_random_seed(config.seed)
-    keras.mixed_precision.set_global_policy(config.precision)
-    if config.deterministic:
-        recipe.enable_determinism()
     checkpoint_dir = os.path.join(path, checkpoint.DIRECTORY)
     stopping.start(stopping.checkpoint_files(checkpoint_dir), data.steps_per_epoch)
     resumed = checkpoint.load(checkpoint_dir)  # UsageError if unreadable
