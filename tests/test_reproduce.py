@@ -156,6 +156,14 @@ def test_every_protocol_claim_page_has_its_interval_ratio_table_and_provenance(t
     rows = {(r["method"], r["metric"]): r for r in _csv(os.path.join(base, "table5", "table5.csv"))}
     ece = [e["models"]["ema_acc"]["ece"] for e in evaluations]
     assert float(rows[("ema_acc", "ece")]["mean"]) == pytest.approx(np.mean(ece))
+    # §4.6's model is EMA (loss): the headline reports its ECE and NLL, not EMA (acc.)'s.
+    ece_loss = [e["models"]["ema_loss"]["ece"] for e in evaluations]
+    nll = [e["models"]["ema_loss"]["loss"] - e["models"]["baseline"]["loss"] for e in evaluations]
+    assert float(rows[("ema_loss", "loss")]["mean"]) == pytest.approx(np.mean([e["models"]["ema_loss"]["loss"]
+                                                                               for e in evaluations]))
+    headline = results["table5"]["headline"]
+    assert f"-> {100 * np.mean(ece_loss):.2f} % (EMA (loss)," in headline
+    assert f"NLL {np.mean(nll):+.3f} nats" in headline
     # Table 3: churn per pair of seeds, its mean the table's.
     consistency = _json(os.path.join(base, "protocol", "final", "consistency.json"))
     baseline = consistency["models"]["baseline"]
