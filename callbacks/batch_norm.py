@@ -22,7 +22,6 @@ from callbacks import state as state_protocol
 from callbacks import validation
 from callbacks import variables
 from callbacks.compiled import compile_pure
-from callbacks.ema import map_swapped_in
 from callbacks.ema_selection import CRITERIA, SUMMARY_KEYS, selection_label, weights_file_name
 
 # model -> (signature of its variables and BN layers, compiled batch step)
@@ -224,7 +223,7 @@ class BatchNormRecompute(keras.callbacks.Callback):
             for (decay, criterion), weights in self._selected.items()})
 
     def _evaluate_every_ema(self):
-        evaluated = map_swapped_in(self.ema, lambda decays: self._recompute_and_evaluate(keep_statistics=False))
+        evaluated = variables.map_swapped_in(self.ema, lambda decays: self._recompute_and_evaluate(keep_statistics=False))
         return {f"ema_{decay:g}_bn_val_{k}": v for (decay,), metrics in evaluated for k, v in metrics.items()}
 
     def _recompute_selected(self):

@@ -329,7 +329,7 @@ class MultiEMA(state_protocol.StatefulCallback):
     def _evaluate_and_select(self, epoch):
         groups = self.identical_groups() if self._share_identical else [[i] for i in range(len(self.decays))]
         groups = [[self.decays[i] for i in group] for group in groups]
-        evaluated = map_swapped_in(self, functools.partial(self._evaluate_group, epoch, groups), groups)
+        evaluated = variables.map_swapped_in(self, functools.partial(self._evaluate_group, epoch, groups), groups)
         results, accuracies = {}, []
         for decays, (metrics, accuracy) in evaluated:
             for decay in decays:
@@ -389,18 +389,3 @@ class MultiEMA(state_protocol.StatefulCallback):
         pairs = ", ".join(f"{d:g} -> {e:.6f}" for d, e in zip(self.decays, self.effective_decays))
         return f"MultiEMA: every {self.every_steps} steps; effective per-step decays: {pairs}"
 
-
-def map_swapped_in(ema, fn, groups=None):
-    """`[(decays, fn(decays)), ...]`: `fn` called with each EMA of `ema` swapped in.
-
-    `groups` lists decays that hold one average (`MultiEMA.identical_groups`),
-    swapped in once for all of them; by default each decay on its own. Each
-    swap is `ema.swapped_in` (the trained weights come back exactly, also on
-    an exception). `ema` is a `MultiEMA` or anything with its `decays` and
-    `swapped_in`.
-    """
-    results = []
-    for decays in groups or [[decay] for decay in ema.decays]:
-        with ema.swapped_in(decays[0]):
-            results.append((decays, fn(decays)))
-    return results

@@ -16,7 +16,7 @@ from callbacks import arguments
 from callbacks import state as state_protocol
 from callbacks import validation
 from callbacks import variables
-from callbacks.ema import MultiEMA, map_swapped_in
+from callbacks.ema import MultiEMA
 
 
 class PredictionStability(state_protocol.StatefulCallback):
@@ -110,7 +110,7 @@ class PredictionStability(state_protocol.StatefulCallback):
         results = {}
         if self.ema is not None:
             sgd_weights = variables.snapshot(model.trainable_variables)
-            measured = map_swapped_in(self.ema, lambda decays: (
+            measured = variables.map_swapped_in(self.ema, lambda decays: (
                 self._correctness(labels), _relative_distance(model.trainable_variables, sgd_weights)))
             for (decay,), (correctness, distance) in measured:
                 correct[f"ema_{decay:g}"] = correctness

@@ -140,3 +140,19 @@ def batch_norm_statistics(model):
         for variable in layer.non_trainable_variables
         if is_float(variable.dtype)
     ]
+
+
+def map_swapped_in(ema, fn, groups=None):
+    """`[(decays, fn(decays)), ...]`: `fn` called with each EMA of `ema` swapped in.
+
+    `groups` lists decays that hold one average (`MultiEMA.identical_groups`),
+    swapped in once for all of them; by default each decay on its own. Each
+    swap is `ema.swapped_in` (the trained weights come back exactly, also on
+    an exception). `ema` is a `MultiEMA` or anything with its `decays` and
+    `swapped_in`.
+    """
+    results = []
+    for decays in groups or [[decay] for decay in ema.decays]:
+        with ema.swapped_in(decays[0]):
+            results.append((decays, fn(decays)))
+    return results
