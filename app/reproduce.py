@@ -25,10 +25,15 @@ import os
 import shlex
 import time
 
-from app.errors import DefaultsHelpFormatter, OneLineArgumentParser, UsageError, entry_point
-from app.reproduce_plan import SGD_BEST_FILE, plan, unique
-from evaluation import claims as claim_pages
-from evaluation.claims import CLAIM_ORDER, CLAIMS
+if __name__ == "__main__":
+    from app import signals
+
+    signals.install()  # first: Ctrl-C and SIGTERM are one line, as in app.train (app/signals.py)
+
+from app.errors import DefaultsHelpFormatter, OneLineArgumentParser, UsageError, entry_point  # noqa: E402
+from app.reproduce_plan import SGD_BEST_FILE, plan, unique  # noqa: E402
+from evaluation import claims as claim_pages  # noqa: E402
+from evaluation.claims import CLAIM_ORDER, CLAIMS  # noqa: E402
 
 BUDGETS = ("small", "paper", "tiny")
 
@@ -115,17 +120,20 @@ def main(argv):
     from utils import quiet
 
     quiet.import_tensorflow()
-    # The searches first: what they pick decides which runs the SGD columns need (plan again).
-    tunes = unique([step for claim in claims for step in steps[claim] if step.command == "tune"])
-    for step in tunes:
-        if not all(os.path.exists(f) for f in step.done_files):
-            print(f"[tuning] running: {step.text()}", flush=True)
-            _run_step(step)
-    if tunes:
-        steps, dirs, setups = plan(args.budget, out, args.data_dir, args.seeds)
-    results = {}
-    for claim in claims:
-        results[claim] = _run_claim(claim, steps[claim], dirs, setups, out, args)
+    from training import stopping
+
+    with stopping.between_runs("between steps; run the same command to continue (finished steps are kept)"):
+        # The searches first: what they pick decides which runs the SGD columns need (plan again).
+        tunes = unique([step for claim in claims for step in steps[claim] if step.command == "tune"])
+        for step in tunes:
+            if not all(os.path.exists(f) for f in step.done_files):
+                print(f"[tuning] running: {step.text()}", flush=True)
+                _run_step(step)
+        if tunes:
+            steps, dirs, setups = plan(args.budget, out, args.data_dir, args.seeds)
+        results = {}
+        for claim in claims:
+            results[claim] = _run_claim(claim, steps[claim], dirs, setups, out, args)
     print(f"index: {claim_pages.write_index(out, CLAIM_ORDER)}", flush=True)
     return results
 
@@ -211,7 +219,7 @@ def _run_step(step):
     try:
         entry(list(step.argv))
     except SystemExit as exit:
-        if exit.code == 130:  # Ctrl-C: app.train said where to resume
+        if exit.code in (130, 143):  # Ctrl-C or SIGTERM: the step said where a rerun resumes
             raise
         if exit.code not in (0, None):
             raise UsageError(f"step failed with exit status {exit.code}: {step.text()}")

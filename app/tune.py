@@ -30,7 +30,9 @@ Output, in `--out` (default `tuning-runs/<dataset>-<model>`):
 
 Resuming: without `--overwrite` a search continues where it stopped
 (KerasTuner's `overwrite=False`): finished trials are kept, an interrupted one
-reruns from scratch, then the remaining ones run. The settings must be the
+resumes at its last epoch end (`trial_<id>/checkpoint/`, deleted when the trial
+finishes; from scratch if it had not finished an epoch), then the remaining
+ones run. The settings must be the
 same (checked against tuning.json); `--max-trials` may grow.
 `--overwrite` deletes the tuner directory first.
 
@@ -59,16 +61,22 @@ minutes). A killed chief is resumed like a single process; restart the
 workers too.
 """
 
-import json
 import os
-import shlex
 import sys
-import time
 
-from app.errors import entry_point
-from data import availability
-from utils.errors import UsageError
-from utils.files import atomic_write_text
+if __name__ == "__main__":
+    from app import signals
+
+    signals.install()  # first: Ctrl-C and SIGTERM are one line, as in app.train (app/signals.py)
+
+import json  # noqa: E402
+import shlex  # noqa: E402
+import time  # noqa: E402
+
+from app.errors import Interrupted, entry_point  # noqa: E402
+from data import availability  # noqa: E402
+from utils.errors import UsageError  # noqa: E402
+from utils.files import atomic_write_text  # noqa: E402
 
 BEST_FILE = "best.json"
 BEST_SGD_FILE = "best_sgd_final.json"  # the lr for SGD, read from the same trials
@@ -125,9 +133,10 @@ def tune(config, arrays, argv):
     from tuning import hparams_logging
     from app import train_report
     from app.tune_cli import TUNING_FILE
-    from tuning.hypermodel import OBJECTIVES, OneShotHyperModel
+    from tuning.hypermodel import OBJECTIVES, OneShotHyperModel, TrialStopped
     from tuning.oracles import build_oracle
     from tuning.tuner import OneShotTuner
+    from training import stopping
 
     started = time.time()
     hypermodel = OneShotHyperModel(
@@ -154,7 +163,12 @@ def tune(config, arrays, argv):
         hparams_logging.write_experiment(
             path, tuner.oracle.get_space(), OBJECTIVES[config.objective]
         )
-    tuner.search(verbose="auto")
+    try:
+        with stopping.between_runs("between trials; run the same command to resume the search "
+                                   "(finished trials are kept)"):
+            tuner.search(verbose="auto")
+    except TrialStopped as stopped:
+        raise Interrupted(str(stopped), status=143) from None
     if config.role == "worker":
         print(
             f"worker {tuner.tuner_id} finished; ran trials: {' '.join(tuner.trial_ids_run) or 'none'}"
@@ -273,4 +287,6 @@ def _print_trials(oracle):
 
 
 if __name__ == "__main__":
-    main()
+    from app.train import exit_fast_on_interrupt
+
+    exit_fast_on_interrupt(main)

@@ -300,3 +300,22 @@ def test_dry_run_estimates_the_time_and_says_what_is_done_already(tmp_path, caps
     assert lines[-1] == (f"# 1 of 7 steps are done already in {out} (their outputs are there: e.g. committed "
                          "results); to reproduce them from scratch, give --out a new directory")
     assert "(done) python -m app.tune" in "\n".join(lines)
+
+
+@pytest.mark.parametrize("status", [130, 143])
+def test_a_step_stopped_by_ctrl_c_or_sigterm_ends_the_command_with_its_status(status, monkeypatch):
+    """The step printed where a rerun resumes; app.reproduce exits with its status (130 Ctrl-C, 143 SIGTERM),
+    not as a failed step (exit status 2)."""
+    from app import train
+    from app.reproduce_plan import Step
+
+    def stopped(argv):
+        raise SystemExit(status)
+
+    monkeypatch.setattr(train, "main", stopped)
+    with pytest.raises(SystemExit) as ended:
+        reproduce._run_step(Step("train", ("--epochs", "1"), ()))
+    assert ended.value.code == status
+    monkeypatch.setattr(train, "main", lambda argv: (_ for _ in ()).throw(SystemExit(1)))
+    with pytest.raises(reproduce.UsageError, match="step failed with exit status 1: python -m app.train --epochs 1"):
+        reproduce._run_step(Step("train", ("--epochs", "1"), ()))

@@ -325,6 +325,48 @@ def test_a_trial_killed_between_epochs_resumes_at_its_checkpoint(searched, tmp_p
         read_json(os.path.join(whole, "summary.json"))["objective"]["decay"])
 
 
+def test_sigterm_in_a_trial_is_one_line_exit_143_and_the_rerun_resumes_the_trial(tmp_path, monkeypatch, capsys):
+    """SIGTERM (a session's end, Slurm) during a trial: KerasTuner would record any exception as a failed
+    trial and go on; the search ends instead, with the line naming the checkpoint, and the trial resumes."""
+    import keras
+
+    from training import stopping
+    from tuning import hypermodel
+
+    tuner_dir = str(tmp_path / "c10")
+    argv = TRAIN_FLAGS + ["--lrs", "0.2", "--out", tuner_dir]
+    fit_callbacks, begun = hypermodel.recipe.fit_callbacks, []
+
+    class TerminatedInTheSecondEpoch(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            begun.append(epoch)
+
+        def on_train_batch_end(self, batch, logs=None):
+            if len(begun) == 2 and batch == 0:
+                stopping.POSITION.stop_requested = True  # what app/signals.py's thread does on SIGTERM
+
+    with synthetic_data():
+        monkeypatch.setattr(hypermodel.recipe, "fit_callbacks",
+                            lambda *args, **kwargs: [*fit_callbacks(*args, **kwargs), TerminatedInTheSecondEpoch()])
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as stopped:
+            tune.main(argv)
+        assert stopped.value.code == 143
+        trial = os.path.join(tuner_dir, "trial_0")
+        last = os.path.join(trial, "checkpoint", "last.npz")
+        assert re.fullmatch(rf"terminated at epoch 2 step \d+; run the same command to resume from "
+                            rf"{re.escape(last)}, saved at the end of epoch 1 \(1 step to redo\)\n",
+                            capsys.readouterr().err)
+        assert [t["status"] for t in read_trials(tuner_dir).values()] == ["RUNNING"]
+        assert stopping.POSITION.checkpoint_files is None  # the trial's position ended with it
+        monkeypatch.setattr(hypermodel.recipe, "fit_callbacks", fit_callbacks)
+        begun.clear()
+        resumed = tune.main(argv)
+    assert resumed["lr"] == 0.2 and len(read_history(trial)) == 2
+    assert {t["status"] for t in read_trials(tuner_dir).values()} == {"COMPLETED"}
+    assert stopping.message("terminated") == stopping.start_up_line("terminated")  # outside app.tune again
+
+
 def test_grid_oracle_resumes_after_finished_trials(tmp_path):
     """KerasTuner 1.4.8's GridSearchOracle stops here (keras-tuner#1055)."""
     import keras_tuner

@@ -21,6 +21,7 @@ the first call), so a SIGTERM between joining and the first step of a resumed
 run picks step 1, which that run never reaches: it is not acted on.
 """
 
+import contextlib
 import os
 
 import keras
@@ -47,6 +48,19 @@ class Position:
 
 
 POSITION = Position()
+_between_runs = None  # what a signal outside any run says, under `between_runs`
+
+
+@contextlib.contextmanager
+def between_runs(line):
+    """While a command runs several runs one after the other (app.tune's trials, app.reproduce's steps), a
+    signal outside any run says `<verb> <line>` instead of the start-up line (nothing trained yet)."""
+    global _between_runs
+    previous, _between_runs = _between_runs, line
+    try:
+        yield
+    finally:
+        _between_runs = previous
 
 
 def start(checkpoint_files, steps_per_epoch):
@@ -64,7 +78,7 @@ def message(verb):
     """`interrupted at epoch 2 step 4; run the same command to resume from ...` (`verb`: interrupted, terminated)."""
     position = POSITION
     if position.checkpoint_files is None:
-        return start_up_line(verb)
+        return f"{verb} {_between_runs}" if _between_runs else start_up_line(verb)
     return f"{verb} {_where(position)}; {_rerun(position)}"
 
 

@@ -25,7 +25,7 @@ from callbacks import variables
 from callbacks.divergence import TrainingDiverged
 from callbacks.ema_selection import weights_file_name
 from data import pipeline
-from training import checkpoint, recipe
+from training import checkpoint, recipe, stopping
 from training import run_dir as run_directory
 from training import trainer
 from training.history import ROW_NAMES, EpochTimer, RunLogger
@@ -52,6 +52,14 @@ class SearchSpace:
     weight_decays: tuple = ()
     batch_sizes: tuple = ()
     sampling: str = "grid"
+
+
+class TrialStopped(keras_tuner.errors.FatalError):
+    """SIGTERM stopped a trial; the message says where and what a rerun resumes from.
+
+    A `FatalError`: KerasTuner records any other exception of a trial as a failed
+    or invalid trial and goes on with the next one.
+    """
 
 
 class OneShotHyperModel(keras_tuner.HyperModel):
@@ -181,7 +189,11 @@ class OneShotHyperModel(keras_tuner.HyperModel):
         fit_callbacks = recipe.fit_callbacks(config, averaging, timer, logger,
                                              after_averages=_continued(callbacks or (), rows))
         if checkpoint_dir is not None:
-            fit_callbacks.append(checkpoint.RunCheckpoint(checkpoint_dir, {"ema": ema} if ema else {}, logger))
+            run_checkpoint = checkpoint.RunCheckpoint(checkpoint_dir, {"ema": ema} if ema else {}, logger)
+            # Last: after SIGTERM the trial stops at the step's end (it resumes at its last epoch end), and
+            # Ctrl-C's line (app/signals.py) names the checkpoint a rerun resumes from.
+            fit_callbacks += [run_checkpoint, stopping.StopAtStepEnd(run_checkpoint, within_epoch=False)]
+            stopping.start(stopping.checkpoint_files(checkpoint_dir), data.steps_per_epoch)
         try:
             history = model.fit(
                 data.train_from(len(rows)),  # an endless stream, cut into epochs by steps_per_epoch
@@ -199,6 +211,10 @@ class OneShotHyperModel(keras_tuner.HyperModel):
             if checkpoint_dir is not None:
                 shutil.rmtree(checkpoint_dir, ignore_errors=True)
             raise keras_tuner.errors.FailedTrialError(f"{error} with lr {config.lr:g}") from None
+        except stopping.Stopped:  # SIGTERM: the search ends here, the trial stays RUNNING for the rerun
+            raise TrialStopped(stopping.message("terminated")) from None
+        finally:
+            stopping.end()
         # KerasTuner reads the objective from the whole trial: the epochs before a resume come from the checkpoint.
         history.history = _whole_history(rows, history.history)
         result = objective_of(history.history, self.objective, config.ema_decays)
