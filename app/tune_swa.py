@@ -16,7 +16,6 @@ Example:
     python -m app.tune_swa runs/val --swa-lr 0.01 0.02 0.05
 """
 
-import dataclasses
 import os
 
 if __name__ == "__main__":
@@ -56,9 +55,7 @@ def prepare(argv):
     if not os.path.exists(os.path.join(args.run_dir, run_directory.SUMMARY_FILE)):
         raise UsageError(f"{args.run_dir} is not a finished run (no summary.json); give a finished validation run")
     summary = run_directory.read_summary(args.run_dir)
-    config = run_directory.load_config(args.run_dir)
-    if args.data_dir is not None:
-        config = dataclasses.replace(config, data_dir=args.data_dir)
+    config = run_directory.load_config(args.run_dir, args.data_dir)
     if summary.get("evaluation_split") != "validation":
         raise UsageError(f"{args.run_dir} was evaluated on the {summary.get('evaluation_split')} split; the SWA "
                          "learning rate is tuned on a validation run (without --full-train)")

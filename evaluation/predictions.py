@@ -118,10 +118,7 @@ describe = run_directory.describe_weights
 
 def run_config(run, data_dir=None):
     """The run's `TrainConfig`, with `data_dir` replaced when given (data may move between machines)."""
-    config = run_directory.load_config(run.path)
-    if data_dir is not None:
-        config = dataclasses.replace(config, data_dir=data_dir)
-    return config
+    return run_directory.load_config(run.path, data_dir)
 
 
 def check_data(config, limit_test=None):

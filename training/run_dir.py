@@ -9,6 +9,7 @@ import contextlib
 import csv
 import datetime
 import fcntl
+import dataclasses
 import json
 import os
 import re
@@ -277,6 +278,8 @@ def rounded(value):
     return value
 
 
-def load_config(path):
+def load_config(path, data_dir=None):
+    """The run's `TrainConfig`, with `data_dir` replaced when given (data may move between machines)."""
     with open(os.path.join(path, CONFIG_FILE), encoding="utf-8") as handle:
-        return TrainConfig.from_dict(json.load(handle))
+        config = TrainConfig.from_dict(json.load(handle))
+    return config if data_dir is None else dataclasses.replace(config, data_dir=data_dir)
