@@ -3,7 +3,7 @@
 Runs the chain a claim needs (`app.tune`, `app.train`, `app.tune_swa`,
 `app.evaluate`, `app.consistency`, by calling their `main(argv)`; the chains
 as data: app/reproduce_plan.py) and writes the claim's table (Markdown + CSV)
-and figure (PNG) into `OUT/<claim>/`, beside the paper's numbers
+and figure (PNG) into `OUT/<budget>/<claim>/`, beside the paper's numbers
 (`evaluation/claims.py`). Claims share runs: the CIFAR protocol's validation
 run serves Fig. 1a, Fig. 1b and the final runs' early-stopping epochs (paper
 §4.1); a step whose outputs exist is skipped, and an interrupted train run

@@ -1,4 +1,5 @@
-"""Ctrl-C and SIGTERM for `python -m app.train`: one line, exit status 130 or 143.
+"""Ctrl-C and SIGTERM for `python -m app.train` (and app.tune, app.tune_swa, app.reproduce): one line,
+exit status 130 or 143.
 
 Python's own Ctrl-C is a KeyboardInterrupt raised wherever the main thread
 happens to be: inside TensorFlow's import it printed a 65-line traceback, and
@@ -15,7 +16,9 @@ TensorFlow or XLA (a compilation), where no Python handler runs.
   resumes killed runs exactly); a save in progress finishes first
   (`checkpoint.SAVING`), so the line names the checkpoint the rerun will find.
 - SIGTERM (what Slurm and Kubernetes send before a kill) during training: a
-  checkpoint at the end of the step in progress (training/stopping.py), then
+  checkpoint at the end of the step in progress (training/stopping.py; an SWA
+  branch or a tuning trial stops there without one and resumes at its last
+  epoch end), then
   such a line and exit status 143 (128 + 15: what a shell reports for a
   process SIGTERM ended, so schedulers see the run as terminated, as they do
   without this handling). Before or after training, or a second SIGTERM: at

@@ -18,6 +18,9 @@ Output, in `--out` (default `tuning-runs/<dataset>-<model>`):
 - `best.json`: `{"lr", "objective", "objective_name", "decay", "epoch",
   "command", ...}`; `command` is the final run, `python -m app.train <the same
   flags> --lr <best> --full-train`;
+- `best_sgd_final.json` (objective ema): the lr that SGD's last-epoch
+  validation accuracy picks from the same trials (the SGD comparator's lr;
+  `app.train --lr-from` and app.reproduce read it);
 - `tuning.json`, `command.txt`: this search's settings and command line;
 - KerasTuner's own files: `oracle.json`, `tuner0.json`, and per trial
   `trial_<id>/trial.json` (hyperparameters, status, score) and
@@ -25,6 +28,7 @@ Output, in `--out` (default `tuning-runs/<dataset>-<model>`):
 - per trial, an `app.train` run directory in the same `trial_<id>/`:
   config.json, command.txt, history.csv, summary.json, tensorboard/,
   weights/ema_<d>_acc.weights.h5 (the EMA that scored the objective);
+  while the trial runs, `checkpoint/` (its last epoch end, for a resume);
 - TensorBoard HParams: `tensorboard --logdir <tuner dir>`, tab HPARAMS,
   shows lr -> objective.
 

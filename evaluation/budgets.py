@@ -4,7 +4,8 @@
 ResNet-34 on CIFAR-100N, 200 epochs, decays 0.968...0.998, T=16, learning
 rate from the one-shot tuning `app.tune`), for a GPU; `small` fits a 2-core
 CPU as a miniature of it under the budget-scaling rule (evaluation/scaling.py:
-ResNet-20, 10,000 CIFAR-10 images at batch 32, 30 epochs, the paper's
+ResNet-20, 5,000 CIFAR-10 images at batch 32, 120 epochs (SMALL_PROTOCOL, chosen by the
+regime pilots; label noise 5,000 × 60), the paper's
 averaging windows and release steps as fractions of the run); `tiny` is the
 test suite's. Each family of runs (the CIFAR protocol, label noise, Adda et
 al.'s) is one `Setup`; app/reproduce.py turns them into its steps.

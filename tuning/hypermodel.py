@@ -86,7 +86,8 @@ class OneShotHyperModel(keras_tuner.HyperModel):
     `app.train` run directory there: config.json, command.txt (the
     `app.train` command of this trial), history.csv, summary.json (with the
     `"objective"`), tensorboard/ (with HParams), and the EMA that achieved the
-    objective as weights/ema_<d>_acc.weights.h5.
+    objective as weights/ema_<d>_acc.weights.h5; while it runs, checkpoint/
+    (its last epoch end, deleted when the trial finishes).
 
     Example:
 
