@@ -21,6 +21,8 @@ Example:
     python -m app.reproduce all --budget small --data-dir ../shared/data/tfds
 """
 
+import glob
+import json
 import os
 import shlex
 import time
@@ -148,14 +150,17 @@ def _dry_run(claims, steps, setups, out):
     for claim in claims:
         print(f"# {claim}: {CLAIMS[claim]}")
         for step in steps[claim]:
-            mark = "(done) " if all(os.path.exists(f) for f in step.done_files) else ""
+            fraction, where = 1.0, ""
+            if not all(os.path.exists(f) for f in step.done_files):
+                fraction, where = _progress(step)
+            mark = "(done) " if fraction == 1.0 else f"(in progress: {where}) " if where else ""
             print(f"{mark}{step.text()}")
-            if mark:
+            if fraction == 1.0:
                 done.add(step)
             elif step not in seen:
                 seen.add(step)
-                train_images += step.train_images
-                forward_images += step.forward_images
+                train_images += round(step.train_images * (1 - fraction))
+                forward_images += round(step.forward_images * (1 - fraction))
     print(f"# estimated images to process: {train_images:,} trained, {forward_images:,} forward "
           "(evaluation, BN recompute)")
     if {setup.model for setup in setups.values()} == {"resnet20"}:
@@ -170,6 +175,42 @@ def _dry_run(claims, steps, setups, out):
         print(f"# after tuning: where {SGD_BEST_FILE} picks another lr than best.json, the runs the SGD "
               "columns read are repeated at it (into <dir>-sgd/; not counted above)")
     return {"train_images": train_images, "forward_images": forward_images}
+
+
+def _progress(step):
+    """(fraction done, what the dry run says) of an unfinished train or tune step, from its checkpoints.
+
+    A train run's fraction counts its epochs (an SWA branch after them is left out); a search's
+    counts its finished trials and the epochs of the one in progress. (0.0, "") where nothing started.
+    """
+    from training import checkpoint_meta
+
+    def epochs_done(run):
+        meta = checkpoint_meta.read_meta(os.path.join(run, checkpoint_meta.DIRECTORY, checkpoint_meta.LAST))
+        return meta["epoch"] if meta else 0
+
+    epochs = int(step.argv[step.argv.index("--epochs") + 1]) if "--epochs" in step.argv else 0
+    if step.command == "train" and epochs:
+        done = epochs_done(os.path.dirname(step.done_files[0]))
+        return done / epochs, f"{done} of {epochs} epochs" if done else ""
+    if step.command == "tune" and epochs and "--lrs" in step.argv:
+        after = step.argv[step.argv.index("--lrs") + 1:]
+        trials = next((i for i, word in enumerate(after) if word.startswith("--")), len(after))
+        finished, current = 0, 0
+        for path in glob.glob(os.path.join(os.path.dirname(step.done_files[0]), "trial_*", "trial.json")):
+            try:
+                with open(path, encoding="utf-8") as handle:
+                    status = json.load(handle).get("status")
+            except (OSError, ValueError):
+                continue
+            if status == "RUNNING":
+                current = max(current, epochs_done(os.path.dirname(path)))
+            elif status is not None:
+                finished += 1
+        if finished or current:
+            running = f", one at epoch {current} of {epochs}" if current else ""
+            return (finished + current / epochs) / trials, f"{finished} of {trials} trials finished{running}"
+    return 0.0, ""
 
 
 def _run_claim(claim, steps, dirs, setups, out, args):
@@ -199,8 +240,6 @@ def _run_claim(claim, steps, dirs, setups, out, args):
 
 def _train_seconds(steps):
     """Wall time of the claim's training runs, from their summary.json files."""
-    import json
-
     total = 0.0
     for step in steps:
         if step.command != "train":

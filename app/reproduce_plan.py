@@ -192,7 +192,10 @@ def _tune_step(setup, data_dir, path, budget):
     grid = ["0.05", "0.1", "0.2", "0.4"] if budget == "small" else ["0.025", "0.05", "0.1", "0.2", "0.4", "0.8", "1.6"]
     argv = [a for a in setup.argv(data_dir) if a not in setup.lr] + ["--lrs", *grid, "--out", path]
     trial = _num_train(setup, full_train=False) * setup.epochs  # trials train on the 80/20 split
-    return Step("tune", tuple(argv), (os.path.join(path, "best.json"),), int(trial * len(grid)), 0)
+    # Each epoch of a trial evaluates SGD and every EMA on the validation split.
+    evaluated = (1 + len(setup.decays)) * (setup.limit_validation or 10000) * setup.epochs
+    return Step("tune", tuple(argv), (os.path.join(path, "best.json"),), int(trial * len(grid)),
+                evaluated * len(grid))
 
 
 def _tune_swa_step(setup, data_dir, run, grid):

@@ -302,6 +302,41 @@ def test_dry_run_estimates_the_time_and_says_what_is_done_already(tmp_path, caps
     assert "(done) python -m app.tune" in "\n".join(lines)
 
 
+def _checkpoint_at_epoch(run, epoch):
+    """A checkpoint file whose header says `epoch` epochs are done (all the dry run reads of it)."""
+    os.makedirs(os.path.join(run, "checkpoint"))
+    np.savez(os.path.join(run, "checkpoint", "last.npz"),
+             header=np.array(json.dumps({"meta": {"epoch": epoch, "global_step": 0}})))
+
+
+def test_dry_run_counts_what_is_left_of_runs_in_progress(tmp_path, capsys):
+    """A reproduction takes many sessions: the dry run says how far the search and each run are, and
+    estimates what is left of them only."""
+    before = reproduce.main(["fig1a", "--budget", "small", "--out", str(tmp_path / "before"), "--dry-run"])
+    out = tmp_path / "small"
+    for trial, status in (("trial_0", "COMPLETED"), ("trial_1", "RUNNING")):
+        os.makedirs(out / "tuning" / trial)
+        (out / "tuning" / trial / "trial.json").write_text(json.dumps({"status": status}), encoding="utf-8")
+    _checkpoint_at_epoch(out / "tuning" / "trial_1", 30)
+    _checkpoint_at_epoch(out / "protocol" / "validation", 60)
+    capsys.readouterr()
+    after = reproduce.main(["fig1a", "--budget", "small", "--out", str(tmp_path), "--dry-run"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].startswith("(in progress: 1 of 4 trials finished, one at epoch 30 of 120) python -m app.tune ")
+    assert lines[2].startswith("(in progress: 60 of 120 epochs) python -m app.train ")
+    steps, _, _ = reproduce.plan("small", str(out), None, (0, 1, 2))
+    chain = list(dict.fromkeys(steps["fig1a"]))
+    tune, validation = chain[:2]
+    assert validation.done_files == (str(out / "protocol" / "validation" / "summary.json"),)
+    # Each trial evaluates SGD and the 5 EMAs on 2,000 validation images every epoch.
+    assert tune.forward_images == 4 * 6 * 2000 * 120
+    # Left: 2.75 of the 4 trials, half the validation run, all of the rest.
+    for key in ("train_images", "forward_images"):
+        left = round(getattr(tune, key) * 2.75 / 4) + round(getattr(validation, key) / 2)
+        assert after[key] == left + sum(getattr(step, key) for step in chain[2:])
+        assert before[key] == sum(getattr(step, key) for step in chain)
+
+
 @pytest.mark.parametrize("status", [130, 143])
 def test_a_step_stopped_by_ctrl_c_or_sigterm_ends_the_command_with_its_status(status, monkeypatch):
     """The step printed where a rerun resumes; app.reproduce exits with its status (130 Ctrl-C, 143 SIGTERM),

@@ -34,13 +34,11 @@ import keras
 import numpy as np
 
 from training import distribution
+from training.checkpoint_meta import DIRECTORY, LAST, PREVIOUS, read_meta  # noqa: F401  (names of this module's API)
 from utils.errors import ConfigError
 from utils.files import atomic_write
 
 FORMAT_VERSION = 1
-DIRECTORY = "checkpoint"
-LAST = "last.npz"
-PREVIOUS = "previous.npz"
 # Held while a save moves files: app/signals.py takes it before it reads the
 # checkpoint a rerun will find and ends the process, so a save never finishes
 # between that reading and the exit.
@@ -180,15 +178,6 @@ def common_steps(steps_per_process):
     if not any(saved):
         return None
     return set.intersection(*saved)
-
-
-def read_meta(path):
-    """The `meta` of one checkpoint file from its header alone, or None if unreadable or absent."""
-    try:
-        with np.load(path, allow_pickle=False) as contents:  # reads a member on access: the header only
-            return json.loads(str(contents["header"]))["meta"]
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
-        return None
 
 
 def _step(path):
