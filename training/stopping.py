@@ -11,8 +11,8 @@ SIGTERM (what Slurm and Kubernetes send before a kill) asks for a checkpoint:
 `StopAtStepEnd`, the last callback, saves one at the end of the step in
 progress and raises `Stopped` (a checkpoint within an epoch resumes exactly:
 tests/test_resume.py); with `within_epoch=False` (the SWA branch, app.tune's
-trials) it stops without saving, and they resume at their last epoch end. The epoch's last step is saved after its evaluation,
-as always (an evaluation in progress holds the averages swapped in), so a
+trials) it stops without saving, and they resume at their last epoch end.
+The epoch's last step is saved after its evaluation, as always (an evaluation in progress holds the averages swapped in), so a
 signal there stops after the epoch's own checkpoint. A run of several JAX
 processes stops at the step JAX's preemption service agrees on: JAX takes
 SIGTERM over there (`jax.distributed.initialize` installs its own handler),
