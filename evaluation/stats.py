@@ -151,6 +151,7 @@ def power_text(interval, needed, seconds_per_seed=None):
         if needed > MAX_SEEDS:
             seeds += f" (over {MAX_SEEDS}: not decidable at this budget)"
     cost = ""
-    if seconds_per_seed and needed:
-        cost = f"; {needed} seeds cost {needed * seconds_per_seed / 3600:.1f} h here (2 CPU cores), one GPU: not measured"
+    if seconds_per_seed and not math.isnan(seconds_per_seed) and needed:
+        cost = (f"; {needed} seeds cost {needed * seconds_per_seed / 3600:.1f} h here (2 CPU cores, at the "
+                "fastest seed's wall time), one GPU: not measured")
     return f"half-width {100 * interval.half_width:.2f} points (n={interval.n}); {seeds}{cost}"

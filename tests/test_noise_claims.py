@@ -518,3 +518,19 @@ def _binomial_variance(p, n):
     a, scale = p.numerator, p.denominator
     total = sum(math.comb(n, k) * a ** k * (scale - a) ** (n - k) * (k * scale - n * a) ** 2 for k in range(n + 1))
     return float(fractions.Fraction(total, scale ** (n + 2) * n ** 2))
+
+
+def test_the_power_rows_cost_is_the_fastest_seeds_wall_time():
+    """The seeds do the same work: a slower one measures other load on the shared cores (or a paused
+    process), so the cost of a seed is the fastest one's summary.json wall time."""
+    from types import SimpleNamespace
+
+    from evaluation import plan_claims
+
+    def group(*seconds):
+        return SimpleNamespace(runs=[SimpleNamespace(summary={} if s is None else {"wall_time_seconds": s})
+                                     for s in seconds])
+
+    assert plan_claims.seconds_per_seed(group(7200.0, 5400.0, 9000.0)) == 5400.0
+    assert plan_claims.seconds_per_seed(group(None, 3600.0)) == 3600.0  # a run written before it was kept
+    assert math.isnan(plan_claims.seconds_per_seed(group(None)))
