@@ -185,8 +185,9 @@ def _step(path):
     return -1 if meta is None else int(meta["global_step"])  # unreadable: as if absent
 
 
-def restore(model, contents):
-    """Assigns the saved model and optimizer variables (metrics: `RestoreMetrics`)."""
+def restore(model, contents, stateful=None):
+    """Assigns the saved model and optimizer variables (metrics: `RestoreMetrics`) and gives each callback
+    of `stateful` ({name: callback}, as saved) its state."""
     if not model.optimizer.built:
         model.optimizer.build(model.trainable_variables)
     groups = (("model", model.weights), ("optimizer", model.optimizer.variables))
@@ -194,6 +195,8 @@ def restore(model, contents):
     for name, variables in groups:
         for variable, value in zip(variables, contents[name]):
             variable.assign(value)
+    for name, callback in (stateful or {}).items():
+        callback.set_state(contents["states"][name])
 
 
 def _check_shapes(groups, contents):

@@ -139,9 +139,7 @@ def _train(config, data, path, argv, report, clock):
     start_epoch, skip_batches, contents = 0, 0, None
     if resumed is not None:
         meta, contents = resumed.meta, resumed.contents
-        checkpoint.restore(model, contents)
-        for name, callback in stateful.items():
-            callback.set_state(contents["states"][name])
+        checkpoint.restore(model, contents, stateful)
         epoch, step = checkpoint.resume_position(meta, data.steps_per_epoch)
         start_epoch, skip_batches = epoch - 1, step - 1  # both counted from 0: epochs done, batches to skip
         checkpoint.report_fallback(resumed, data.steps_per_epoch, report)

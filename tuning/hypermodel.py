@@ -180,9 +180,7 @@ class OneShotHyperModel(keras_tuner.HyperModel):
             checkpoint_dir = os.path.join(trial_dir, checkpoint.DIRECTORY)
             resumed = checkpoint.load(checkpoint_dir)
             if resumed is not None:
-                checkpoint.restore(model, resumed.contents)
-                if ema is not None:
-                    ema.set_state(resumed.contents["states"]["ema"])
+                checkpoint.restore(model, resumed.contents, averaging)
                 rows = resumed.meta["rows"][:resumed.meta["epoch"]]
             logger = self._start_trial_directory(trial_dir, config, hp, schedule, timer, bool(verbose), rows)
         if verbose and self.report is not None:
@@ -190,7 +188,7 @@ class OneShotHyperModel(keras_tuner.HyperModel):
         fit_callbacks = recipe.fit_callbacks(config, averaging, timer, logger,
                                              after_averages=_continued(callbacks or (), rows))
         if checkpoint_dir is not None:
-            run_checkpoint = checkpoint.RunCheckpoint(checkpoint_dir, {"ema": ema} if ema else {}, logger)
+            run_checkpoint = checkpoint.RunCheckpoint(checkpoint_dir, averaging, logger)
             # Last: after SIGTERM the trial stops at the step's end (it resumes at its last epoch end), and
             # Ctrl-C's line (app/signals.py) names the checkpoint a rerun resumes from.
             fit_callbacks += [run_checkpoint, stopping.StopAtStepEnd(run_checkpoint, within_epoch=False)]
