@@ -325,9 +325,20 @@ def test_a_trial_killed_between_epochs_resumes_at_its_checkpoint(searched, tmp_p
         read_json(os.path.join(whole, "summary.json"))["objective"]["decay"])
 
 
-def test_sigterm_in_a_trial_is_one_line_exit_143_and_the_rerun_resumes_the_trial(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("last_batch, line, rerun_begins", [
+    # Noted after the first step of epoch 2: the trial stops there; the rerun redoes epoch 2.
+    (False, r"terminated at epoch 2 step \d+; run the same command to resume from {last}, saved at the end of "
+            r"epoch 1 \(1 step to redo\)", [1]),
+    # Noted in the last epoch's last step: its evaluation and checkpoint first (the line then names the next
+    # step, as app.train's does); the rerun trains nothing and only records the trial.
+    (True, r"terminated at epoch 3 step 1; run the same command to resume from {last}, saved at the end "
+           r"of epoch 2 \(nothing to redo\)", []),
+], ids=["mid-epoch", "last-evaluation"])
+def test_sigterm_in_a_trial_is_one_line_exit_143_and_the_rerun_resumes_the_trial(
+        searched, tmp_path, monkeypatch, capsys, last_batch, line, rerun_begins):
     """SIGTERM (a session's end, Slurm) during a trial: KerasTuner would record any exception as a failed
-    trial and go on; the search ends instead, with the line naming the checkpoint, and the trial resumes."""
+    trial and go on; the search ends instead, with the line naming the checkpoint, and the trial resumes to
+    the uninterrupted trial's result (`searched`, lr 0.2)."""
     import keras
 
     from training import stopping
@@ -342,28 +353,34 @@ def test_sigterm_in_a_trial_is_one_line_exit_143_and_the_rerun_resumes_the_trial
             begun.append(epoch)
 
         def on_train_batch_end(self, batch, logs=None):
-            if len(begun) == 2 and batch == 0:
+            at = self.params["steps"] - 1 if last_batch else 0
+            if len(begun) == 2 and batch == at:
                 stopping.POSITION.stop_requested = True  # what app/signals.py's thread does on SIGTERM
 
+    def counted(*args, **kwargs):
+        return [*fit_callbacks(*args, **kwargs), TerminatedInTheSecondEpoch()]
+
     with synthetic_data():
-        monkeypatch.setattr(hypermodel.recipe, "fit_callbacks",
-                            lambda *args, **kwargs: [*fit_callbacks(*args, **kwargs), TerminatedInTheSecondEpoch()])
+        monkeypatch.setattr(hypermodel.recipe, "fit_callbacks", counted)
         capsys.readouterr()
         with pytest.raises(SystemExit) as stopped:
             tune.main(argv)
         assert stopped.value.code == 143
         trial = os.path.join(tuner_dir, "trial_0")
         last = os.path.join(trial, "checkpoint", "last.npz")
-        assert re.fullmatch(rf"terminated at epoch 2 step \d+; run the same command to resume from "
-                            rf"{re.escape(last)}, saved at the end of epoch 1 \(1 step to redo\)\n",
-                            capsys.readouterr().err)
+        assert re.fullmatch(line.format(last=re.escape(last)) + "\n", capsys.readouterr().err)
         assert [t["status"] for t in read_trials(tuner_dir).values()] == ["RUNNING"]
         assert stopping.POSITION.checkpoint_files is None  # the trial's position ended with it
-        monkeypatch.setattr(hypermodel.recipe, "fit_callbacks", fit_callbacks)
         begun.clear()
+        monkeypatch.setattr(TerminatedInTheSecondEpoch, "on_train_batch_end", lambda *args, **kwargs: None)
         resumed = tune.main(argv)
-    assert resumed["lr"] == 0.2 and len(read_history(trial)) == 2
+    assert begun == rerun_begins
+    assert len(read_history(trial)) == 2 and not os.path.exists(os.path.join(trial, "checkpoint"))
     assert {t["status"] for t in read_trials(tuner_dir).values()} == {"COMPLETED"}
+    whole = read_json(os.path.join(searched[0], "trial_2", "summary.json"))["objective"]  # lr 0.2 there
+    assert read_json(os.path.join(searched[0], "trial_2", "config.json"))["lr"] == 0.2
+    assert (resumed["objective"], resumed["epoch"], resumed["decay"]) == pytest.approx(
+        (whole["value"], whole["epoch"], whole["decay"]), rel=1e-5)
     assert stopping.message("terminated") == stopping.start_up_line("terminated")  # outside app.tune again
 
 

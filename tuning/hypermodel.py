@@ -194,6 +194,8 @@ class OneShotHyperModel(keras_tuner.HyperModel):
             fit_callbacks += [run_checkpoint, stopping.StopAtStepEnd(run_checkpoint, within_epoch=False)]
             stopping.start(stopping.checkpoint_files(checkpoint_dir), data.steps_per_epoch)
         try:
+            # With every epoch done (stopped or killed after the last checkpoint) fit trains nothing, and its
+            # train begin gives the callbacks their restored state.
             history = model.fit(
                 data.train_from(len(rows)),  # an endless stream, cut into epochs by steps_per_epoch
                 steps_per_epoch=data.steps_per_epoch,
@@ -269,9 +271,14 @@ def _continued(callbacks, rows):
 
 
 def _whole_history(rows, history):
-    """`History.history` of the whole trial: the checkpoint's rows (history.csv's names) before the resumed epochs."""
+    """`History.history` of the whole trial: the checkpoint's rows (history.csv's names) before the resumed epochs
+    (all of them when no epoch was left to run: `history` is empty)."""
     if not rows:
         return history
+    if not history:
+        keras_names = {row_name: key for key, row_name in ROW_NAMES.items()}
+        return {keras_names.get(name, name): [row[name] for row in rows] for name in rows[0]
+                if name not in ("epoch", "lr")}
     return {key: [row[ROW_NAMES.get(key, key)] for row in rows] + list(values) for key, values in history.items()}
 
 
