@@ -136,7 +136,7 @@ def main(argv):
         results = {}
         for claim in claims:
             results[claim] = _run_claim(claim, steps[claim], dirs, setups, out, args)
-    print(f"index: {claim_pages.write_index(out, CLAIM_ORDER)}", flush=True)
+        print(f"index: {claim_pages.write_index(out, CLAIM_ORDER)}", flush=True)
     return results
 
 
@@ -150,12 +150,11 @@ def _dry_run(claims, steps, setups, out):
     for claim in claims:
         print(f"# {claim}: {CLAIMS[claim]}")
         for step in steps[claim]:
-            fraction, where = 1.0, ""
-            if not all(os.path.exists(f) for f in step.done_files):
-                fraction, where = _progress(step)
-            mark = "(done) " if fraction == 1.0 else f"(in progress: {where}) " if where else ""
+            finished = all(os.path.exists(f) for f in step.done_files)
+            fraction, where = (1.0, "") if finished else _progress(step)
+            mark = "(done) " if finished else f"(in progress: {where}) " if where else ""
             print(f"{mark}{step.text()}")
-            if fraction == 1.0:
+            if finished:
                 done.add(step)
             elif step not in seen:
                 seen.add(step)
@@ -180,19 +179,35 @@ def _dry_run(claims, steps, setups, out):
 def _progress(step):
     """(fraction done, what the dry run says) of an unfinished train or tune step, from its checkpoints.
 
-    A train run's fraction counts its epochs (an SWA branch after them is left out); a search's
-    counts its finished trials and the epochs of the one in progress. (0.0, "") where nothing started.
+    A train run's fraction counts its epochs, its SWA branch's included (app.train writes summary.json, which
+    makes the step done, after both); a search's counts its finished trials and the epochs of the one in
+    progress. (0.0, "") where nothing started.
     """
+    from evaluation import scaling
     from training import checkpoint_meta
 
     def epochs_done(run):
         meta = checkpoint_meta.read_meta(os.path.join(run, checkpoint_meta.DIRECTORY, checkpoint_meta.LAST))
         return meta["epoch"] if meta else 0
 
-    epochs = int(step.argv[step.argv.index("--epochs") + 1]) if "--epochs" in step.argv else 0
+    def value(flag):
+        return int(step.argv[step.argv.index(flag) + 1]) if flag in step.argv else None
+
+    epochs = value("--epochs") or 0
     if step.command == "train" and epochs:
-        done = epochs_done(os.path.dirname(step.done_files[0]))
-        return done / epochs, f"{done} of {epochs} epochs" if done else ""
+        run = os.path.dirname(step.done_files[0])
+        done, where = epochs_done(run), ""
+        total = epochs
+        if "--swa" in step.argv:  # the branch: from the default start (app/cli_swa.py) to the budget's end
+            start = scaling.swa_start_epoch(epochs) - 1
+            branch = value("--swa-epochs") or epochs - start
+            total += branch
+            branch_done = max(epochs_done(os.path.join(run, "swa")) - start, 0)  # training/swa_branch.DIRECTORY
+            where = f", SWA branch {branch_done} of {branch}" if done >= epochs else ""
+            done += branch_done
+        if done:
+            where = f"{min(done, epochs)} of {epochs} epochs{where}"
+        return min(done / total, 1.0), where
     if step.command == "tune" and epochs and "--lrs" in step.argv:
         after = step.argv[step.argv.index("--lrs") + 1:]
         trials = next((i for i, word in enumerate(after) if word.startswith("--")), len(after))

@@ -167,20 +167,21 @@ def tune(config, arrays, argv):
         hparams_logging.write_experiment(
             path, tuner.oracle.get_space(), OBJECTIVES[config.objective]
         )
-    try:
-        with stopping.between_runs("between trials; run the same command to resume the search "
-                                   "(finished trials are kept)"):
+    # Until best.json is written, a signal outside a trial says what a rerun does (after it: the same).
+    with stopping.between_runs("between trials; run the same command to resume the search "
+                               "(finished trials are kept)"):
+        try:
             tuner.search(verbose="auto")
-    except TrialStopped as stopped:
-        raise Interrupted(str(stopped), status=143) from None
-    if config.role == "worker":
-        print(
-            f"worker {tuner.tuner_id} finished; ran trials: {' '.join(tuner.trial_ids_run) or 'none'}"
-            f"; the chief writes {BEST_FILE}",
-            flush=True,
-        )
-        return None
-    return finish(config, tuner.oracle, path, started)
+        except TrialStopped as stopped:
+            raise Interrupted(str(stopped), status=143) from None
+        if config.role == "worker":
+            print(
+                f"worker {tuner.tuner_id} finished; ran trials: {' '.join(tuner.trial_ids_run) or 'none'}"
+                f"; the chief writes {BEST_FILE}",
+                flush=True,
+            )
+            return None
+        return finish(config, tuner.oracle, path, started)
 
 
 def finish(config, oracle, path, started):

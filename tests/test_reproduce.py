@@ -318,23 +318,37 @@ def test_dry_run_counts_what_is_left_of_runs_in_progress(tmp_path, capsys):
         os.makedirs(out / "tuning" / trial)
         (out / "tuning" / trial / "trial.json").write_text(json.dumps({"status": status}), encoding="utf-8")
     _checkpoint_at_epoch(out / "tuning" / "trial_1", 30)
-    _checkpoint_at_epoch(out / "protocol" / "validation", 60)
+    _checkpoint_at_epoch(out / "protocol" / "validation", 75)
     capsys.readouterr()
     after = reproduce.main(["fig1a", "--budget", "small", "--out", str(tmp_path), "--dry-run"])
     lines = capsys.readouterr().out.splitlines()
     assert lines[1].startswith("(in progress: 1 of 4 trials finished, one at epoch 30 of 120) python -m app.tune ")
-    assert lines[2].startswith("(in progress: 60 of 120 epochs) python -m app.train ")
+    assert lines[2].startswith("(in progress: 75 of 120 epochs) python -m app.train ")
     steps, _, _ = reproduce.plan("small", str(out), None, (0, 1, 2))
     chain = list(dict.fromkeys(steps["fig1a"]))
     tune, validation = chain[:2]
     assert validation.done_files == (str(out / "protocol" / "validation" / "summary.json"),)
     # Each trial evaluates SGD and the 5 EMAs on 2,000 validation images every epoch.
     assert tune.forward_images == 4 * 6 * 2000 * 120
-    # Left: 2.75 of the 4 trials, half the validation run, all of the rest.
+    # Left: 2.75 of the 4 trials; of the validation run's 150 epochs (120 and its 30-epoch SWA branch) 75.
     for key in ("train_images", "forward_images"):
-        left = round(getattr(tune, key) * 2.75 / 4) + round(getattr(validation, key) / 2)
+        left = round(getattr(tune, key) * 2.75 / 4) + round(getattr(validation, key) * 75 / 150)
         assert after[key] == left + sum(getattr(step, key) for step in chain[2:])
         assert before[key] == sum(getattr(step, key) for step in chain)
+    # Every epoch trained, the branch at its 10th epoch, no summary.json yet: in progress, not done.
+    (out / "protocol" / "validation" / "checkpoint" / "last.npz").unlink()
+    (out / "protocol" / "validation" / "checkpoint").rmdir()
+    _checkpoint_at_epoch(out / "protocol" / "validation", 120)
+    _checkpoint_at_epoch(out / "protocol" / "validation" / "swa", 100)
+    for trial in ("trial_0", "trial_1"):
+        (out / "tuning" / trial / "trial.json").write_text(json.dumps({"status": "COMPLETED"}), encoding="utf-8")
+    capsys.readouterr()
+    late = reproduce.main(["fig1a", "--budget", "small", "--out", str(tmp_path), "--dry-run"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[2].startswith("(in progress: 120 of 120 epochs, SWA branch 10 of 30) python -m app.train ")
+    assert not any(line.startswith("(done)") for line in lines)  # no best.json, no summary.json
+    assert late["train_images"] == (round(tune.train_images * 2 / 4) + round(validation.train_images * 20 / 150)
+                                    + sum(step.train_images for step in chain[2:]))
 
 
 @pytest.mark.parametrize("status", [130, 143])

@@ -12,8 +12,9 @@ SIGTERM (what Slurm and Kubernetes send before a kill) asks for a checkpoint:
 progress and raises `Stopped` (a checkpoint within an epoch resumes exactly:
 tests/test_resume.py); with `within_epoch=False` (the SWA branch, app.tune's
 trials) it stops without saving, and they resume at their last epoch end.
-The epoch's last step is saved after its evaluation, as always (an evaluation in progress holds the averages swapped in), so a
-signal there stops after the epoch's own checkpoint. A run of several JAX
+The epoch's last step is saved after its evaluation, as always (an evaluation
+in progress holds the averages swapped in), so a signal there stops after the
+epoch's own checkpoint. A run of several JAX
 processes stops at the step JAX's preemption service agrees on: JAX takes
 SIGTERM over there (`jax.distributed.initialize` installs its own handler),
 and every process must save the same step. JAX agrees on the step after the
@@ -115,8 +116,8 @@ class StopAtStepEnd(keras.callbacks.Callback):
     Args:
         run_checkpoint: the run's `checkpoint.RunCheckpoint`.
         within_epoch: whether a checkpoint within an epoch can be resumed.
-            The SWA branch's cannot: it stops at once and resumes from its last
-            epoch end. Defaults to True.
+            The SWA branch's and app.tune's trials' cannot: they stop at once
+            and resume from their last epoch end. Defaults to True.
     """
 
     def __init__(self, run_checkpoint, within_epoch=True):
