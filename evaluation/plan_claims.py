@@ -241,7 +241,7 @@ def adda(dirs):
              Statistic(f"cosine: EMA {decay} − SGD, final epoch, test", ema(cosine), _test(cosine, "baseline"),
                        equivalence=True),
              Statistic("constant-lr gain − cosine gain", list(gain_constant), list(gain_cosine))],
-            [constant, cosine], seconds_per_seed(constant))
+            [constant, cosine], seconds_per_seed(constant) + seconds_per_seed(cosine))  # a seed is one run of each
 
 
 def _adda_decay(group):
