@@ -33,7 +33,7 @@ if __name__ == "__main__":
     signals.install()  # first: Ctrl-C and SIGTERM are one line, as in app.train (app/signals.py)
 
 from app.errors import DefaultsHelpFormatter, OneLineArgumentParser, UsageError, entry_point  # noqa: E402
-from app.reproduce_plan import SGD_BEST_FILE, plan, unique  # noqa: E402
+from app.reproduce_plan import SGD_BEST_FILE, plan, swa_branch_epochs, unique  # noqa: E402
 from evaluation import claims as claim_pages  # noqa: E402
 from evaluation.claims import CLAIM_ORDER, CLAIMS  # noqa: E402
 
@@ -200,7 +200,7 @@ def _progress(step):
         total = epochs
         if "--swa" in step.argv:  # the branch: from the default start (app/cli_swa.py) to the budget's end
             start = scaling.swa_start_epoch(epochs) - 1
-            branch = value("--swa-epochs") or epochs - start
+            branch = value("--swa-epochs") or swa_branch_epochs(epochs)
             total += branch
             branch_done = max(epochs_done(os.path.join(run, "swa")) - start, 0)  # training/swa_branch.DIRECTORY
             where = f", SWA branch {branch_done} of {branch}" if done >= epochs else ""

@@ -180,7 +180,7 @@ def _train_step(setup, data_dir, path, extra, seeds=None):
     images = train * setup.epochs
     if "--swa" in extra:  # the branch: the last 25 % again, evaluated, and BN once
         branch = (int(extra[extra.index("--swa-epochs") + 1]) if "--swa-epochs" in extra
-                  else _swa_branch_epochs(setup))
+                  else swa_branch_epochs(setup.epochs))
         images += train * branch
         forward += validation * branch + train + validation
     return Step("train", tuple(argv), done, images, forward)
@@ -201,7 +201,7 @@ def _tune_step(setup, data_dir, path, budget):
 def _tune_swa_step(setup, data_dir, run, grid):
     """app.tune_swa on the validation run: one branch per rate of `grid` but the run's own (the last)."""
     argv = [run, "--swa-lr", *grid] + (["--data-dir", data_dir] if data_dir else [])
-    branch = _swa_branch_epochs(setup)
+    branch = swa_branch_epochs(setup.epochs)
     train, validation = _num_train(setup, full_train=False), setup.limit_validation or 10000
     branches = len(grid) - 1
     done = os.path.join(run, run_directory.SWA_TUNING_DIR, run_directory.SWA_TUNING_FILE)
@@ -209,9 +209,9 @@ def _tune_swa_step(setup, data_dir, run, grid):
                 (validation * branch + train + validation) * branches)
 
 
-def _swa_branch_epochs(setup):
+def swa_branch_epochs(epochs):
     """The SWA branch's epochs when it runs to the budget's end (app/cli_swa.py's default start)."""
-    return setup.epochs - scaling.swa_start_epoch(setup.epochs) + 1
+    return epochs - scaling.swa_start_epoch(epochs) + 1
 
 
 def _evaluate_step(path, seeds, limit_test):
