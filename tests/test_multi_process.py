@@ -253,7 +253,7 @@ def test_a_sigterm_stops_every_process_at_one_step_and_the_resumed_run_is_the_on
         last = os.path.join(where, "checkpoint", "last.npz")
         line = (f"terminated at epoch 2 step {steps[0] - 3}; run the same command to resume from {last}, "
                 f"saved after step {steps[0] - 4} of epoch 2 (nothing to redo)") if steps[0] < 8 else (
-                f"terminated at epoch 3 step 1; run the same command to resume from {last}, saved at the end of "
+                f"terminated after epoch 2; run the same command to resume from {last}, saved at the end of "
                 "epoch 2 (nothing to redo)")
         assert log.strip().splitlines()[-1] == line
     _check_finished(_run_all([(["train", *TRAIN, "--out", run], env) for env in _process_environments()],

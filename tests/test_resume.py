@@ -198,7 +198,7 @@ def test_ctrl_c_is_one_line_exit_130_and_resumes_exactly(uninterrupted, tmp_path
         (6, "terminated at epoch 2 step 4; run the same command to resume from {last}, saved after step 3 of "
             "epoch 2 (nothing to redo)", "at epoch 2, step 4"),
         # Step 8 is epoch 2's last: its checkpoint comes after the epoch's evaluation, then the stop.
-        (7, "terminated at epoch 3 step 1; run the same command to resume from {last}, saved at the end of "
+        (7, "terminated after epoch 2; run the same command to resume from {last}, saved at the end of "
             "epoch 2 (nothing to redo)", "at epoch 3, step 1"),
     ],
     ids=["mid-epoch", "epoch-end"],

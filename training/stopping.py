@@ -90,8 +90,10 @@ def _where(position):
     epoch, step = divmod(position.steps_done, position.steps_per_epoch)
     if position.evaluating:
         return f"in the evaluation of epoch {epoch}"
-    if not position.fitting:
-        return f"after epoch {epoch}"  # saving the models, or between the baseline and the SWA branch
+    if not position.fitting or (step == 0 and epoch > 0):
+        # saving the models, between the baseline and the SWA branch, or between two epochs (also after
+        # the last one's checkpoint, where "epoch N+1 step 1" would name an epoch the run does not have)
+        return f"after epoch {epoch}"
     return f"at epoch {epoch + 1} step {step + 1}"
 
 
