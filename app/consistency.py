@@ -4,8 +4,9 @@ RUN_DIR holds `seed-<k>/` runs of one setup (`python -m app.train --seeds ...`),
 at least two. For the SGD model at the end of training (`baseline`) and for
 the EMA (by default early-stopped at the lowest validation loss, the largest
 decay, BatchNorm statistics recomputed once after training, as the paper's
-Table 3), every seed predicts the test split; then churn (fraction of test
-samples whose top-1 class differs) and the Jensen-Shannon divergence (natural
+Table 3), and for SGD early-stopped on validation where the runs kept it
+(`sgd_early`, docs/analysis-plan.md's comparator), every seed predicts the
+test split; then churn (fraction of test samples whose top-1 class differs) and the Jensen-Shannon divergence (natural
 log, mean over samples) are averaged over all pairs of seeds, and the accuracy
 over seeds. Writes RUN_DIR/consistency.json (shape: evaluation/report.py) and
 prints the table. A seed whose weights are gone (committed results keep
@@ -77,7 +78,10 @@ def prepare(argv):
         chosen = predictions.method_weights(run, decay_key, predictions.saved_weights(run, require_files=False))
         if method not in chosen:
             raise UsageError(f"{run.path} selected no EMA by {args.criterion}; train for at least one epoch")
-        weights = {"baseline": chosen["baseline"], method: chosen[method]}
+        weights = {"baseline": chosen["baseline"]}
+        if "sgd_early" in chosen and _available(run, chosen["sgd_early"]):
+            weights["sgd_early"] = chosen["sgd_early"]  # the early-stopped EMA's fair comparator (the plan's)
+        weights[method] = chosen[method]
         cached = None  # (logits by stem, labels) where the weights are gone (committed results keep none)
         if not all(os.path.isfile(predictions.weights_path(run.path, name)) for name in weights.values()):
             cached = predictions.cached_test_logits(run, list(weights.values()), args.limit_test)
@@ -92,6 +96,21 @@ def prepare(argv):
         quiet.import_tensorflow()  # the runs are fine: now the heavy imports
     return {"directory": args.run_dir, "config": config, "seeds": seeds, "decay_key": decay_key,
             "criterion": args.criterion, "limit_test": args.limit_test, "batch_size": args.batch_size}
+
+
+def _available(run, name):
+    """Whether a model's weights, or its test logits app.evaluate saved, are there to predict with."""
+    import numpy as np
+
+    from evaluation import predictions
+
+    if os.path.isfile(predictions.weights_path(run.path, name)):
+        return True
+    path = os.path.join(run.path, TEST_LOGITS_FILE)
+    if not os.path.isfile(path):
+        return False
+    with np.load(path) as cached:
+        return name in cached.files
 
 
 def measure(plan):
@@ -171,8 +190,8 @@ def format_table(result, path):
              f"{', '.join(map(str, result['seeds']))} ({result['pairs']} pairs)"]
     lines.append(f"{'model':<30}{'accuracy (%)':>13}{'churn (%)':>11}{'JS (nats)':>10}{'JS (bits)':>10}")
     for method, entry in result["models"].items():
-        label = "SGD (final)" if method == "baseline" else f"EMA {entry['decay']:g} ({result['criterion']})" + (
-            " + BN recomputed" if entry["bn_recomputed"] else "")
+        label = {"baseline": "SGD (final)", "sgd_early": "SGD (early-stopped)"}.get(method) or (
+            f"EMA {entry['decay']:g} ({result['criterion']})" + (" + BN recomputed" if entry["bn_recomputed"] else ""))
         lines.append(f"{label:<30}{entry['accuracy'] * 100:>13.2f}{entry['churn'] * 100:>11.2f}"
                      f"{entry['js_divergence']:>10.4f}{entry['js_divergence'] / math.log(2):>10.4f}")
     lines.append(f"-> {path}")

@@ -6,13 +6,18 @@ EMA early-stopped at best validation accuracy and at lowest validation loss
 after training) and SWA where present, on the test split: accuracy, NLL, ECE
 with M=100 equal-mass bins (Nixon et al. 2019) and ECE after temperature
 scaling (Guo et al. 2017) with T fitted by NLL on the run's 20 % hold-out
-(as the run saw it: its `--limit-validation` applies).
-A `--full-train` run has no hold-out: its temperature fields are null (fitting
-T on the test split it is measured on would flatter it).
+(as the run saw it: its `--limit-validation` applies), and after it the test
+NLL and the excess ECE (ECE minus a calibrated model's at the same
+confidences: 100 bins put a floor under any model). A `--full-train` run has
+no hold-out: its hold-out temperature fields are null (fitting T on the test
+images it is measured on would flatter it). Every run also gets `test_half`: T
+fitted on the first half of the test split, scored on the second
+(`evaluation.metrics.temperature_checks`; docs/analysis-plan.md, table5).
 
 Writes RUN_DIR/evaluation.json (shape: evaluation/report.py) and prints a
-table; also RUN_DIR/test_logits.npz, the test logits of `baseline`, `ema_acc`
-and `ema_loss`, which `app.consistency` uses when the weights are gone.
+table; also RUN_DIR/test_logits.npz, the test logits of `baseline`,
+`sgd_early`, `ema_acc` and `ema_loss`, which `app.consistency` uses when the
+weights are gone.
 `models` holds the paper's methods (`baseline`, `ema_acc`, `ema_loss` of one
 decay, `--ema-decay` or the largest, BN recomputed; `swa`) for Table 5;
 `by_weights` holds every weights file's numbers (App. B). A RUN_DIR holding
@@ -121,7 +126,8 @@ def evaluate(plan):
     }
     if data.validation is None:
         result["note"] = ("trained with --full-train: no hold-out split to fit a temperature on, "
-                          "so temperature and ece_temperature_scaled are null")
+                          "so temperature, ece_temperature_scaled, loss_temperature_scaled and "
+                          "ece_temperature_scaled_excess are null (test_half fits T on test images only)")
     from utils.files import atomic_write_text
 
     atomic_write_text(os.path.join(run.path, EVALUATION_FILE), json.dumps(result, indent=2) + "\n")
@@ -143,13 +149,16 @@ def model_metrics(test_logits, data, holdout_logits=None):
 
     labels = data.test.labels
     if holdout_logits is not None:
-        return metrics.calibration(test_logits, labels, holdout_logits, data.validation.labels)
+        holdout_labels = data.validation.labels
+        return {**metrics.calibration(test_logits, labels, holdout_logits, holdout_labels),
+                **metrics.temperature_checks(test_logits, labels, holdout_logits, holdout_labels)}
     return {
         "accuracy": metrics.accuracy(test_logits, labels),
         "loss": metrics.negative_log_likelihood(test_logits, labels),
         "ece": metrics.expected_calibration_error(metrics.softmax(test_logits), labels),
         "temperature": None,
         "ece_temperature_scaled": None,
+        **metrics.temperature_checks(test_logits, labels),
     }
 
 

@@ -128,7 +128,7 @@ def main(argv):
         # The searches first: what they pick decides which runs the SGD columns need (plan again).
         tunes = unique([step for claim in claims for step in steps[claim] if step.command == "tune"])
         for step in tunes:
-            if not all(os.path.exists(f) for f in step.done_files):
+            if not step.done():
                 print(f"[tuning] running: {step.text()}", flush=True)
                 _run_step(step)
         if tunes:
@@ -150,7 +150,7 @@ def _dry_run(claims, steps, setups, out):
     for claim in claims:
         print(f"# {claim}: {CLAIMS[claim]}")
         for step in steps[claim]:
-            finished = all(os.path.exists(f) for f in step.done_files)
+            finished = step.done()
             fraction, where = (1.0, "") if finished else _progress(step)
             mark = "(done) " if finished else f"(in progress: {where}) " if where else ""
             print(f"{mark}{step.text()}")
@@ -169,7 +169,7 @@ def _dry_run(claims, steps, setups, out):
     if done:
         print(f"# {len(done)} of {len(done | seen)} steps are done already in {out} (their outputs are there: e.g. "
               "committed results); to reproduce them from scratch, give --out a new directory")
-    if any(step.command == "tune" and not all(os.path.exists(f) for f in step.done_files)
+    if any(step.command == "tune" and not step.done()
            for claim in claims for step in steps[claim]):
         print(f"# after tuning: where {SGD_BEST_FILE} picks another lr than best.json, the runs the SGD "
               "columns read are repeated at it (into <dir>-sgd/; not counted above)")
@@ -231,7 +231,7 @@ def _progress(step):
 def _run_claim(claim, steps, dirs, setups, out, args):
     started = time.time()
     for step in steps:
-        if all(os.path.exists(f) for f in step.done_files):
+        if step.done():
             print(f"[{claim}] done already: {step.text()}", flush=True)
             continue
         print(f"[{claim}] running: {step.text()}", flush=True)

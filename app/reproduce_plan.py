@@ -7,6 +7,7 @@ exist; its image counts feed the dry run's time estimate. Nothing here runs.
 """
 
 import dataclasses
+import json
 import os
 import shlex
 
@@ -14,6 +15,7 @@ from evaluation import budgets, scaling
 from training import run_dir as run_directory
 
 SGD_BEST_FILE = "best_sgd_final.json"  # app.tune's SGD objective, beside its best.json
+VALIDATION_SEED = 0  # the validation run's (app.train's default --seed): it picks every final run's epochs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -23,13 +25,22 @@ class Step:
     done_files: tuple  # the step is done when all exist
     train_images: int = 0
     forward_images: int = 0
+    seeds: tuple = ()  # a consistency step: done only when its file holds these seeds' pairs
 
     def text(self):
         return f"python -m app.{self.command} {shlex.join(self.argv)}"
 
+    def done(self):
+        if not all(os.path.exists(path) for path in self.done_files):
+            return False
+        if self.seeds:  # seeds added later (docs/analysis-plan.md, power): the pairs are measured again
+            with open(self.done_files[0], encoding="utf-8") as handle:
+                return set(self.seeds) <= set(json.load(handle).get("seeds", ()))
+        return True
+
 
 def plan(budget, out, data_dir, seeds):
-    """{claim: [Step]} and the directories the claims' tables read."""
+    """{claim: [Step]}, the directories the claims' tables read (and `seeds`, the seeds they read), setups."""
     setups = budgets.setups(budget, out)
     dirs = {
         "validation": os.path.join(out, "protocol", "validation"),
@@ -39,6 +50,9 @@ def plan(budget, out, data_dir, seeds):
         "noisy_final": os.path.join(out, "noisy", "final"),
         "adda_constant": os.path.join(out, "adda", "constant"),
         "adda_cosine": os.path.join(out, "adda", "cosine"),
+        "tuning": os.path.join(out, "tuning"),  # the searches: the pages name both tuned lrs
+        "tuning_noisy": os.path.join(out, "tuning-noisy"),
+        "seeds": tuple(seeds),  # the pages read these seeds' runs only (a directory may hold more)
     }
     protocol, noisy, adda = setups["protocol"], setups["noisy"], setups["adda"]
     # Tests on the whole test set (10,000 CIFAR images), except the test suite's budget.
@@ -47,15 +61,15 @@ def plan(budget, out, data_dir, seeds):
     tune = []
     if budget in ("paper", "small"):
         # §3.1 one-shot tuning of the initial learning rate on the validation split.
-        tune = [_tune_step(protocol, data_dir, os.path.join(out, "tuning"), budget),
-                _tune_step(noisy, data_dir, os.path.join(out, "tuning-noisy"), budget)]
+        tune = [_tune_step(protocol, data_dir, dirs["tuning"], budget),
+                _tune_step(noisy, data_dir, dirs["tuning_noisy"], budget)]
     # Seed 0's validation run also branches SWA at the grid's largest rate and keeps its branch point:
     # app.tune_swa tries the grid's other rates from it (docs/analysis-plan.md, Comparators).
     swa_grid = [f"{lr:g}" for lr in budgets.SWA_LR_GRID[budget]]
     validation = _train_step(protocol, data_dir, dirs["validation"],
                              ["--bn-recompute", "epoch", "--swa", "--swa-lr", swa_grid[-1], "--keep-checkpoint"])
     tune_swa = _tune_swa_step(protocol, data_dir, dirs["validation"], swa_grid)
-    other_seeds = [s for s in seeds if s != seeds[0]]
+    other_seeds = [s for s in seeds if s != VALIDATION_SEED]  # seed 0's is `validation`, whatever --seeds says
     # Every seed's validation run recomputes BN each epoch: Fig. 1a/1b show 3-seed bands.
     # Multi-seed runs are one step per seed, so that a table's steps test each seed
     # right after it trains (the weights are not committed; a later session cannot test them).
@@ -84,13 +98,14 @@ def plan(budget, out, data_dir, seeds):
         noisy, data_dir, dirs["noisy_final"],
         ["--label-noise", "worse", "--full-train", "--stop-epochs-from", dirs["noisy_validation"]], seeds,
     )
-    steps["fig2"] = tune[1:] + [noisy_validation, *noisy_final]
-    steps["table2"] = tune[1:] + [noisy_validation, *_tested(noisy_final, dirs["noisy_final"], limit_test)]
+    # Both read the tested runs (Fig. 2's secondary statistic: the early-stopped EMA and SGD on test).
+    steps["fig2"] = tune[1:] + [noisy_validation, *_tested(noisy_final, dirs["noisy_final"], limit_test)]
+    steps["table2"] = list(steps["fig2"])
     # The plan's SGD columns (docs/analysis-plan.md, Comparators) come from runs at the lr SGD's last
     # epoch picks in the same tuning trials; where it differs from the EMA's, the runs those columns
     # read are repeated at it, into <dir>-sgd/ (dirs["<key>_sgd"]); where it agrees, one run serves both.
     for tuning, keys, claims in (("tuning", ("validation", "validation_seeds", "final"),
-                                  ("table1", "swa", "table3", "table5")),
+                                  ("fig1a", "fig1b", "table1", "swa", "table3", "table5")),
                                  ("tuning-noisy", ("noisy_validation", "noisy_final"), ("fig2", "table2"))):
         if sgd_lr_differs(os.path.join(out, tuning)):
             twins = {dirs[key]: dirs[key] + "-sgd" for key in keys}
@@ -112,8 +127,6 @@ def plan(budget, out, data_dir, seeds):
 
 def sgd_lr_differs(tuning_dir):
     """True when the search's SGD objective (best_sgd_final.json) picked another lr than its EMA one (best.json)."""
-    import json
-
     try:
         lrs = []
         for name in ("best.json", SGD_BEST_FILE):
@@ -221,4 +234,5 @@ def _evaluate_step(path, seeds, limit_test):
 
 
 def _consistency_step(path, seeds, limit_test):
-    return Step("consistency", tuple([path, *limit_test]), (os.path.join(path, "consistency.json"),), 0, 0)
+    return Step("consistency", tuple([path, *limit_test]), (os.path.join(path, "consistency.json"),), 0, 0,
+                tuple(seeds))

@@ -5,27 +5,42 @@ Tables 1, 3, 5, SWA) and evaluation/noise_claims.py (label noise: Fig. 2,
 Table 2; Adda et al.). Their pages: evaluation/claims.py.
 """
 
+import dataclasses
 import os
 
 import numpy as np
 
 from evaluation import report, runs
+from utils.errors import UsageError
 
 
-def group(*paths):
-    """The runs behind `paths` (missing directories skipped) as one group."""
-    return runs.load_groups([path for path in paths if path and os.path.isdir(path)])[0]
+def group(*paths, seeds=None):
+    """The runs behind `paths` (missing directories skipped) as one group; with `seeds`, only those seeds'
+    runs (app.reproduce's --seeds: a directory may hold seeds another claim added)."""
+    found = runs.load_groups([path for path in paths if path and os.path.isdir(path)])[0]
+    if seeds is None:
+        return found
+    kept = [run for run in found.runs if run.config.get("seed") in seeds]
+    if not kept:
+        raise UsageError(f"{', '.join(p for p in paths if p)} hold no run of seeds "
+                              f"{' '.join(map(str, seeds))}; train them (python -m app.reproduce ... --seeds)")
+    return dataclasses.replace(found, runs=kept)
+
+
+def runs_of(dirs, *keys):
+    """The runs of app.reproduce's directories `keys` (dirs["seeds"]: the seeds its command names)."""
+    return group(*[dirs.get(key) for key in keys], seeds=dirs.get("seeds"))
 
 
 def sgd_group(dirs, *keys):
     """The runs SGD's columns read: app.reproduce's `<key>_sgd` twins (SGD at its own tuned lr,
     docs/analysis-plan.md, Comparators) where they exist, else the EMA's runs themselves."""
-    return group(*[dirs.get(f"{key}_sgd") or dirs.get(key) for key in keys])
+    return group(*[dirs.get(f"{key}_sgd") or dirs.get(key) for key in keys], seeds=dirs.get("seeds"))
 
 
 def validation(dirs):
     """The 80/20 validation runs of every seed (the first seed's run and the others')."""
-    return group(dirs["validation"], dirs.get("validation_seeds"))
+    return runs_of(dirs, "validation", "validation_seeds")
 
 
 def column(run, name):
@@ -86,3 +101,34 @@ def release_text(config):
              for d, e in released.items()]
     return (f"Decay warm-up min(α, (t+1)/(t+10)) ({config.get('ema_warmup', 'steps')}, "
             f"{runs.steps_per_epoch(config)} steps/epoch, T={config['ema_every_steps']}): released " + ", ".join(parts) + ".")
+
+
+def consistency(directory, seeds=None):
+    """app.consistency's consistency.json of a directory of seeds; with `seeds`, only the pairs of those
+    seeds (the directory may hold seeds another claim added): per-pair lists, means and accuracies."""
+    import itertools
+    import json
+
+    with open(os.path.join(directory, runs.CONSISTENCY_FILE), encoding="utf-8") as handle:
+        data = json.load(handle)
+    if seeds is None or sorted(data["seeds"]) == sorted(seeds):
+        return data
+    missing = sorted(set(seeds) - set(data["seeds"]))
+    if missing or "pair_seeds" not in data:
+        raise UsageError(f"{directory}/{runs.CONSISTENCY_FILE} holds seeds {data['seeds']}, not "
+                         f"{sorted(seeds)}; run `python -m app.consistency {directory}` again")
+    kept_seeds = [s for s in data["seeds"] if s in seeds]
+    pairs = [i for i, pair in enumerate(data["pair_seeds"]) if set(pair) <= set(seeds)]
+    models = {}
+    for method, entry in data["models"].items():
+        entry = dict(entry)
+        entry["accuracy_by_seed"] = [a for s, a in zip(data["seeds"], entry["accuracy_by_seed"]) if s in seeds]
+        entry["accuracy"] = float(np.mean(entry["accuracy_by_seed"]))
+        for key in ("churn", "js_divergence"):
+            entry[f"{key}_by_pair"] = [entry[f"{key}_by_pair"][i] for i in pairs]
+            entry[key] = float(np.mean(entry[f"{key}_by_pair"]))
+        if "js_divergence_bits" in entry:
+            entry["js_divergence_bits"] = entry["js_divergence"] / np.log(2)
+        models[method] = entry
+    return {**data, "seeds": kept_seeds, "pairs": len(pairs), "models": models,
+            "pair_seeds": [list(pair) for pair in itertools.combinations(kept_seeds, 2)]}

@@ -68,7 +68,8 @@ def write_claim(claim, text, out, dirs, commands, command, wall_seconds, images,
     verdict_path = os.path.join(out, f"{claim}.json")
     with open(verdict_path, "w", encoding="utf-8") as handle:
         json.dump({"claim": claim, "verdict": planned["verdict"], "would_read": planned["would_read"],
-                   "exploratory": planned["exploratory"], "primary": planned["primary"]["statistic"].label,
+                   "exploratory": planned["exploratory"], "pending_seeds": planned["pending_seeds"],
+                   "primary": planned["primary"]["statistic"].label,
                    "primary_interval": planned["primary"]["interval"].short(), "headline": result["headline"], "wall_seconds": round(wall_seconds, 1),
                    "train_run_seconds": round(run_seconds, 1),
                    "train_images": images, "forward_images": forward}, handle, indent=2)

@@ -226,6 +226,38 @@ def calibration(logits, labels, holdout_logits, holdout_labels, num_bins=ECE_BIN
     }
 
 
+def temperature_checks(logits, labels, holdout_logits=None, holdout_labels=None, draws=200, seed=0,
+                       num_bins=ECE_BINS):
+    """Table 5's secondary numbers (docs/analysis-plan.md): what temperature scaling leaves, net of the
+    floor that `num_bins` bins put under any model.
+
+    With a hold-out (the paper's protocol, T fitted there): `loss_temperature_scaled` (test NLL at T) and
+    `ece_temperature_scaled_excess` (test ECE at T minus `calibrated_ece` at the same confidences).
+    Always, `test_half`: T fitted on the first half of the test examples, scored on the second half
+    (`temperature`, `loss`, `ece`, `ece_excess`): no hold-out needed, none of the scored images fitted.
+    `seed` fixes the floor's label draws. Fractions and nats.
+    """
+    logits, labels = _as_logits_and_labels(logits, labels)
+    rng = np.random.default_rng(seed)
+
+    def scored(temperature, part_logits, part_labels):
+        probabilities = softmax(part_logits / temperature)
+        ece = expected_calibration_error(probabilities, part_labels, num_bins)
+        return {"temperature": temperature, "loss": temperature_scaled_nll(part_logits, part_labels, temperature),
+                "ece": ece, "ece_excess": ece - calibrated_ece(probabilities, rng, draws, num_bins)}
+
+    half = labels.size // 2
+    if half < 1:
+        raise ValueError(f"Expected at least 2 samples to split in halves; received {labels.size}.")
+    result = {"test_half": scored(fit_temperature(logits[:half], labels[:half]), logits[half:], labels[half:]),
+              "loss_temperature_scaled": None, "ece_temperature_scaled_excess": None}
+    if holdout_logits is not None:
+        at_holdout = scored(fit_temperature(holdout_logits, holdout_labels), logits, labels)
+        result.update(loss_temperature_scaled=at_holdout["loss"],
+                      ece_temperature_scaled_excess=at_holdout["ece_excess"])
+    return result
+
+
 def churn(predictions_a, predictions_b):
     """Fraction of samples whose top-1 class differs between two models (paper §4.4).
 

@@ -32,7 +32,7 @@ PUBLISHED_TABLE2 = (
 
 
 def fig2(dirs, out):
-    group = common.group(dirs["noisy_final"])
+    group = common.runs_of(dirs, "noisy_final")
     sgd_group = common.sgd_group(dirs, "noisy_final")  # SGD's curve at its own tuned lr, where made
     decay = common.largest_decay(group.runs[0])
     epochs, sgd = figures.mean_curve(sgd_group.runs, "val_accuracy")
@@ -65,7 +65,7 @@ def fig2(dirs, out):
 
 
 def table2(dirs, out):
-    group = common.group(dirs["noisy_final"])
+    group = common.runs_of(dirs, "noisy_final")
     ema = common.test_values(group, "ema_acc")
     sgd = common.test_values(common.sgd_group(dirs, "noisy_final"), "baseline")  # at SGD's own lr, where made
     interval = stats.paired_interval(ema, sgd)
@@ -93,7 +93,7 @@ def adda(dirs, out):
     The decay is chosen on the 10 % hold-out (final epoch, mean over the constant-lr seeds); the
     intervals pair the seeds' test accuracies (the runs of one seed share their initialization).
     """
-    groups = {schedule: common.group(dirs[f"adda_{schedule}"]) for schedule in ("constant", "cosine")}
+    groups = {schedule: common.runs_of(dirs, f"adda_{schedule}") for schedule in ("constant", "cosine")}
     decays = figures.ema_decay_keys(groups["constant"].runs)
     holdout, test = {}, {}
     for schedule, group in groups.items():

@@ -26,14 +26,18 @@ import numpy as np
 
 from evaluation import claim_common as common
 from evaluation import regime, runs, stats
+from utils.errors import UsageError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PLAN_FILE = os.path.join(ROOT, "docs", "analysis-plan.md")
 
 
+NATS = " nats ×100"  # NLL and JS differences at the plan's one bound format (2 decimals): hundredths of a nat
+
+
 @dataclasses.dataclass
 class Statistic:
-    """One statistic of a claim: per-seed values `a` and `b`, compared as a − b."""
+    """One statistic of a claim: per-seed values `a` and `b` (per pair of seeds with `pairs`), compared as a − b."""
 
     label: str
     a: list
@@ -42,9 +46,18 @@ class Statistic:
     equivalence: bool = False
     higher_is_better: bool = True
     note: str = ""
+    unit: str = " points"  # what the page's numbers are: accuracy/ECE points, or NATS
+    pairs: bool = False  # Table 3: the values are pairs of seeds (docs/analysis-plan.md, One policy)
+
+    @property
+    def margin(self):
+        return stats.EQUIVALENCE_MARGIN if self.equivalence else 0.0
 
     def assess(self, seconds_per_seed=None):
-        interval = stats.paired_interval(self.a, self.b)
+        interval = dataclasses.replace(stats.paired_interval(self.a, self.b), unit=self.unit)
+        if self.pairs:
+            interval = dataclasses.replace(interval, method=f"paired t over {interval.n} pairs of seeds, "
+                                                            "as if independent")
         diffs = np.asarray(self.a, "float64") - np.asarray(self.b, "float64")
         if self.equivalence:
             verdict = stats.equivalence_verdict(interval)
@@ -54,14 +67,11 @@ class Statistic:
             verdict = stats.verdict(interval, 0.0, higher_is_better=self.higher_is_better)
             needed = stats.seeds_needed(diffs, 0.0)
             rule = f"direction ({'>' if self.higher_is_better else '<'} 0)"
-        if verdict == "inconclusive" and (needed is None or needed > stats.MAX_SEEDS):
+        seeds = None if needed is None else stats.seeds_for_pairs(needed) if self.pairs else needed
+        if verdict == "inconclusive" and (seeds is None or seeds > stats.MAX_SEEDS):
             verdict = "not decidable at this budget"
-        return {"interval": interval, "verdict": verdict, "rule": rule, "seeds_needed": needed, "diffs": diffs,
-                "power": stats.power_text(interval, needed, seconds_per_seed)}
-
-
-def _group(dirs, *keys):
-    return common.group(*[dirs.get(key) for key in keys])
+        return {"interval": interval, "verdict": verdict, "rule": rule, "seeds_needed": seeds, "diffs": diffs,
+                "power": stats.power_text(interval, needed, seconds_per_seed, pairs=self.pairs)}
 
 
 def seconds_per_seed(group):
@@ -72,6 +82,11 @@ def seconds_per_seed(group):
     return float(min(times)) if times else float("nan")
 
 
+def _cost(*groups):
+    """Seconds a seed costs: one run of each distinct group a claim reads (the SGD-lr twins too)."""
+    return sum(seconds_per_seed(group) for group in _distinct(*groups))
+
+
 def _test(group, method, metric="accuracy"):
     return common.test_values(group, method, metric)
 
@@ -80,15 +95,31 @@ def _has_method(group, method):
     return all(method in evaluation["models"] for evaluation in common.evaluated(group))
 
 
+def _paired(group, other):
+    """`other`'s runs in `group`'s seed order (an SGD twin pairs with its EMA run seed by seed)."""
+    by_seed = {run.config.get("seed"): run for run in other.runs}
+    missing = [run.config.get("seed") for run in group.runs if run.config.get("seed") not in by_seed]
+    if missing:
+        raise UsageError(f"{other.runs[0].path} and the runs beside it hold no seed {missing[0]} to pair with "
+                         f"{group.runs[0].path}'s; train it (python -m app.reproduce)")
+    return [by_seed[run.config.get("seed")] for run in group.runs]
+
+
 # The claims: each returns (statistics, the groups whose SGD runs give the regime rows, seconds per seed).
 
 
 def fig1a(dirs):
-    final = _group(dirs, "final")
+    final = common.runs_of(dirs, "final")
     decay = common.largest_decay(final.runs[0])
+    validation = common.validation(dirs)
+    sgd = common.sgd_group(dirs, "validation", "validation_seeds")
+    sgd_final = common.sgd_group(dirs, "final")
     if _has_method(final, "ema_final"):
         primary = Statistic(f"EMA α={decay} (acc., BN recomputed) at its validation-selected epoch − the same EMA at "
                             "the last epoch, test", _test(final, "ema_acc"), _test(final, "ema_final"), primary=True)
+    elif exploratory_reason([final]) is None:
+        raise UsageError(f"{final.runs[0].path}/evaluation.json has no ema_final (the last epoch's EMA), which the "
+                         "plan's fig1a reads; train the final runs with this code and run `python -m app.evaluate`")
     else:  # pre-plan runs kept no last-epoch EMA: their per-epoch curve of the first 2,000 test images
         selected, last, epochs = [], [], []
         for run in final.runs:
@@ -105,34 +136,43 @@ def fig1a(dirs):
                   f"the first 2,000 test images, at the epoch chosen on validation ({epochs} of {total}, i.e. "
                   + ", ".join(f"{100 * e / total:.0f} %" for e in epochs) + " of the run; paper App. B: always < 75 %) "
                   "minus the same EMA at the last epoch. The plan reads the whole test set with BN recomputed once."))
-    validation = _group(dirs, "validation", "validation_seeds")
-    sgd = common.sgd_group(dirs, "validation", "validation_seeds")
+    paired = _paired(validation, sgd)
     lead = [float(np.mean(common.column(r, "ema_best_val_accuracy") - common.column(s, "val_accuracy")))
-            for r, s in zip(validation.runs, sgd.runs)]
+            for r, s in zip(validation.runs, paired)]
     end_ema = [float(common.column(r, "ema_best_val_accuracy")[-1]) for r in validation.runs]
-    end_sgd = [float(common.column(r, "val_accuracy")[-1]) for r in sgd.runs]
+    end_sgd = [float(common.column(s, "val_accuracy")[-1]) for s in paired]
     secondary = [Statistic("best EMA − SGD, mean over all epochs (validation)", lead, [0.0] * len(lead)),
                  Statistic("best EMA − SGD at the last epoch (validation)", end_ema, end_sgd, equivalence=True)]
-    return ([primary] + secondary, _distinct(validation, final, sgd),
-            seconds_per_seed(final) + seconds_per_seed(validation))
+    secondary += _early_stopped_sgd(final, sgd_final, "ema_acc", f"EMA α={decay} (acc.), test,")
+    total = validation.config["epochs"]
+    epochs = [run.summary["ema"][decay]["best_val_accuracy"]["epoch"] for run in validation.runs]
+    secondary[0].note = (f"Selected epoch of EMA α={decay} (best validation accuracy) per seed "
+                         f"({', '.join(common.seed(run) for run in validation.runs)}): "
+                         + ", ".join(f"{e} of {total} ({100 * e / total:.0f} %)" for e in epochs)
+                         + "; paper App. B: always < 75 %.")
+    return ([primary] + secondary, _distinct(validation, final, sgd, sgd_final),
+            _cost(final, validation, sgd, sgd_final))
 
 
 def fig1b(dirs):
-    group = _group(dirs, "validation", "validation_seeds")
+    group = common.validation(dirs)
+    sgd = _paired(group, common.sgd_group(dirs, "validation", "validation_seeds"))
     decays = sorted(group.runs[0].summary["ema"], key=float)
     smallest, largest = decays[0], decays[-1]
     release = runs.warmup_release_epochs(group.config)[largest] or group.config["epochs"]
     recovery = {d: recovery_per_seed(group, d, release - 1, None) for d in (smallest, largest)}
     tracked_lead = [float(np.mean((common.column(run, f"ema_{largest}_val_accuracy")
-                                   - common.column(run, "val_accuracy"))[release - 1:])) for run in group.runs]
+                                   - common.column(s, "val_accuracy"))[release - 1:]))
+                    for run, s in zip(group.runs, sgd)]
     last = group.config["epochs"]
+    sgd_group = common.sgd_group(dirs, "validation", "validation_seeds")
     return ([Statistic(f"[BN recomputed − tracked] of α={largest} minus that of α={smallest}, mean over epochs "
                        f"{release}-{last} (validation)", recovery[largest], recovery[smallest], primary=True),
              Statistic(f"[recomputed − tracked] of α={largest} alone, epochs {release}-{last}", recovery[largest],
                        [0.0] * len(group.runs)),
              Statistic(f"α={largest} with tracked BN − SGD, epochs {release}-{last}", tracked_lead,
                        [0.0] * len(group.runs))],
-            [group], seconds_per_seed(group))
+            _distinct(group, sgd_group), _cost(group, sgd_group))
 
 
 def recovery_per_seed(group, decay, first, stop):
@@ -141,10 +181,12 @@ def recovery_per_seed(group, decay, first, stop):
                            - common.column(run, f"ema_{decay}_val_accuracy"))[first:stop])) for run in group.runs]
 
 
-def _early_stopped_sgd(group, sgd, method, label):
+def _early_stopped_sgd(group, sgd, method, label, metric="accuracy", **options):
+    """The plan's comparator wherever an early-stopped EMA is compared: EMA − SGD early-stopped on validation."""
     if not _has_method(sgd, "sgd_early"):
         return []
-    return [Statistic(f"{label} − SGD early-stopped on validation", _test(group, method), _test(sgd, "sgd_early"))]
+    return [Statistic(f"{label} − SGD early-stopped on validation", _test(group, method, metric),
+                      _test(sgd, "sgd_early", metric), **options)]
 
 
 def _distinct(*groups):
@@ -157,16 +199,21 @@ def _distinct(*groups):
 
 
 def table1(dirs):
-    final, sgd = _group(dirs, "final"), common.sgd_group(dirs, "final")
+    final, sgd = common.runs_of(dirs, "final"), common.sgd_group(dirs, "final")
+    _paired(final, sgd)
     ema, baseline = _test(final, "ema_acc"), _test(sgd, "baseline")
     statistics = [Statistic("EMA (acc.) − baseline, test accuracy", ema, baseline, primary=True),
                   Statistic("EMA (loss) − baseline", _test(final, "ema_loss"), baseline)]
     statistics += _early_stopped_sgd(final, sgd, "ema_acc", "EMA (acc.)")
-    if _has_method(sgd, "swa_budget"):
-        statistics.append(Statistic("EMA (acc.) − SWA at the budget's end", ema, _test(sgd, "swa_budget"),
+    statistics.append(Statistic("test loss (NLL): EMA (acc.) − baseline", _test(final, "ema_acc", "loss"),
+                                _test(sgd, "baseline", "loss"), higher_is_better=False, unit=NATS))
+    swa_method = "swa_budget" if _has_method(sgd, "swa_budget") else "swa"  # SWA at the budget's end
+    if _has_method(sgd, swa_method):
+        statistics.append(Statistic("EMA (acc.) − SWA at the budget's end", ema, _test(sgd, swa_method),
                                     equivalence=True))
-    validation = _group(dirs, "validation", "validation_seeds")
-    return statistics, _distinct(final, sgd), seconds_per_seed(final) + seconds_per_seed(validation)
+    validation = common.validation(dirs)
+    sgd_validation = common.sgd_group(dirs, "validation", "validation_seeds")
+    return statistics, _distinct(final, sgd), _cost(final, validation, sgd, sgd_validation)
 
 
 def swa(dirs):
@@ -181,54 +228,75 @@ def swa(dirs):
 
 
 def table3(dirs):
-    final, sgd = _group(dirs, "final"), common.sgd_group(dirs, "final")
-    ema = _consistency(dirs["final"])["ema_loss"]
-    baseline = _consistency(dirs.get("final_sgd") or dirs["final"])["baseline"]
-    return ([Statistic("churn: EMA (loss) − baseline, per pair of seeds", ema["churn_by_pair"],
-                       baseline["churn_by_pair"], primary=True, higher_is_better=False),
-             Statistic("JS divergence (nats): EMA (loss) − baseline", ema["js_divergence_by_pair"],
-                       baseline["js_divergence_by_pair"], higher_is_better=False)],
-            _distinct(final, sgd), seconds_per_seed(final))
-
-
-def _consistency(directory):
-    """The models of app.consistency's result for a directory of seeds (consistency.json)."""
-    with open(os.path.join(directory, runs.CONSISTENCY_FILE), encoding="utf-8") as handle:
-        return json.load(handle)["models"]
+    final, sgd = common.runs_of(dirs, "final"), common.sgd_group(dirs, "final")
+    ema_models = common.consistency(dirs["final"], dirs.get("seeds"))["models"]
+    sgd_models = common.consistency(dirs.get("final_sgd") or dirs["final"], dirs.get("seeds"))["models"]
+    ema, baseline = ema_models["ema_loss"], sgd_models["baseline"]
+    statistics = [Statistic("churn: EMA (loss) − baseline, per pair of seeds", ema["churn_by_pair"],
+                            baseline["churn_by_pair"], primary=True, higher_is_better=False, pairs=True),
+                  Statistic("JS divergence: EMA (loss) − baseline", ema["js_divergence_by_pair"],
+                            baseline["js_divergence_by_pair"], higher_is_better=False, unit=NATS, pairs=True)]
+    if "sgd_early" in sgd_models:
+        statistics.append(Statistic("churn: EMA (loss) − SGD early-stopped on validation", ema["churn_by_pair"],
+                                    sgd_models["sgd_early"]["churn_by_pair"], higher_is_better=False, pairs=True))
+    return statistics, _distinct(final, sgd), _cost(final, sgd)
 
 
 def table5(dirs):
-    group, sgd = _group(dirs, "validation", "validation_seeds"), common.sgd_group(dirs, "validation", "validation_seeds")
+    group, sgd = common.validation(dirs), common.sgd_group(dirs, "validation", "validation_seeds")
+    _paired(group, sgd)
     statistics = [Statistic("ECE: EMA (loss) − baseline (80/20 runs, 100 equal-mass bins)",
                             _test(group, "ema_loss", "ece"), _test(sgd, "baseline", "ece"), primary=True,
                             higher_is_better=False)]
-    for label, metric in (("ECE after TS (T on the hold-out)", "ece_temperature_scaled"), ("NLL", "loss")):
-        statistics.append(Statistic(f"{label}: EMA (loss) − baseline", _test(group, "ema_loss", metric),
-                                    _test(sgd, "baseline", metric), higher_is_better=False))
-    return statistics, _distinct(group, sgd), seconds_per_seed(group)
+    secondary = (("excess ECE after TS (T on the hold-out; ECE − a calibrated model's at those confidences)",
+                  "ece_temperature_scaled_excess", " points"),
+                 ("NLL", "loss", NATS), ("NLL after TS (T on the hold-out)", "loss_temperature_scaled", NATS),
+                 ("excess ECE after TS (T fitted on the test split's first half, scored on the second)",
+                  ("test_half", "ece_excess"), " points"),
+                 ("NLL after TS (T fitted on the test split's first half, scored on the second)",
+                  ("test_half", "loss"), NATS))
+    for label, key, unit in secondary:
+        ema, baseline = _calibration(group, "ema_loss", key), _calibration(sgd, "baseline", key)
+        if None not in ema + baseline:  # evaluation.json files written before these numbers lack them
+            statistics.append(Statistic(f"{label}: EMA (loss) − baseline", ema, baseline, higher_is_better=False,
+                                        unit=unit))
+    statistics += _early_stopped_sgd(group, sgd, "ema_loss", "ECE: EMA (loss)", "ece", higher_is_better=False)
+    return statistics, _distinct(group, sgd), _cost(group, sgd)
+
+
+def _calibration(group, method, key):
+    """Per seed: evaluation.json's `models[method][key]` (`key` a name or a (name, field) path), None if absent."""
+    values = []
+    for evaluation in common.evaluated(group):
+        value = evaluation["models"][method]
+        for part in (key,) if isinstance(key, str) else key:
+            value = value.get(part) if isinstance(value, dict) else None
+        values.append(value)
+    return values
 
 
 def fig2(dirs):
-    group, sgd_group = _group(dirs, "noisy_final"), common.sgd_group(dirs, "noisy_final")
+    group, sgd_group = common.runs_of(dirs, "noisy_final"), common.sgd_group(dirs, "noisy_final")
     decay = common.largest_decay(group.runs[0])
     ema = [float(np.mean(common.column(run, f"ema_{decay}_val_accuracy"))) for run in group.runs]
-    sgd = [float(np.mean(common.column(run, "val_accuracy"))) for run in sgd_group.runs]
+    sgd = [float(np.mean(common.column(run, "val_accuracy"))) for run in _paired(group, sgd_group)]
     statistics = [Statistic(f"EMA α={decay} − SGD, mean over all epochs of the clean test curve (first 2,000)",
                             ema, sgd, primary=True)]
     statistics += _early_stopped_sgd(group, sgd_group, "ema_acc", "EMA (acc.), clean test,")
-    return statistics, _distinct(group, sgd_group), seconds_per_seed(group)
+    return statistics, _distinct(group, sgd_group), _cost(group, sgd_group)
 
 
 def table2(dirs):
-    group, sgd = _group(dirs, "noisy_final"), common.sgd_group(dirs, "noisy_final")
+    group, sgd = common.runs_of(dirs, "noisy_final"), common.sgd_group(dirs, "noisy_final")
+    _paired(group, sgd)
     statistics = [Statistic("EMA (acc.) − CE (SGD's last epoch), clean test", _test(group, "ema_acc"),
                             _test(sgd, "baseline"), primary=True)]
     statistics += _early_stopped_sgd(group, sgd, "ema_acc", "EMA (acc.)")
-    return statistics, _distinct(group, sgd), seconds_per_seed(group)
+    return statistics, _distinct(group, sgd), _cost(group, sgd)
 
 
 def adda(dirs):
-    constant, cosine = _group(dirs, "adda_constant"), _group(dirs, "adda_cosine")
+    constant, cosine = common.runs_of(dirs, "adda_constant"), common.runs_of(dirs, "adda_cosine")
     decay = _adda_decay(constant)
 
     def ema(group):
@@ -241,7 +309,7 @@ def adda(dirs):
              Statistic(f"cosine: EMA {decay} − SGD, final epoch, test", ema(cosine), _test(cosine, "baseline"),
                        equivalence=True),
              Statistic("constant-lr gain − cosine gain", list(gain_constant), list(gain_cosine))],
-            [constant, cosine], seconds_per_seed(constant) + seconds_per_seed(cosine))  # a seed is one run of each
+            [constant, cosine], _cost(constant, cosine))  # a seed is one run of each
 
 
 def _adda_decay(group):
@@ -300,8 +368,13 @@ def assess(claim, dirs):
         rows.append({"statistic": statistic, **result})
     primary = next(row for row in rows if row["statistic"].primary)
     regime_rows = [(group, run, _regime_row(run)) for group in regime_groups for run in group.runs]
+    # Undecided at the first 3 seeds with n* within the budget: the plan adds seeds once, up to n*.
+    n = primary["interval"].n
+    first_read = (stats.seeds_for_pairs(n) if primary["statistic"].pairs else n) <= stats.FIRST_SEEDS
+    pending = primary["seeds_needed"] if primary["verdict"] == "inconclusive" and first_read else None
     return {"verdict": "exploratory" if reason else primary["verdict"], "would_read": primary["verdict"],
-            "exploratory": reason, "rows": rows, "primary": primary, "regime": regime_rows}
+            "exploratory": reason, "rows": rows, "primary": primary, "regime": regime_rows,
+            "pending_seeds": pending, "groups": regime_groups}
 
 
 def _regime_row(run):
@@ -309,6 +382,38 @@ def _regime_row(run):
         return regime.regime_row(run.history)
     except ValueError:  # a run shorter than the row's windows (the test suite's tiny budget)
         return None
+
+
+def _seeds_read(result):
+    primary = result["primary"]
+    return stats.seeds_for_pairs(primary["interval"].n) if primary["statistic"].pairs else primary["interval"].n
+
+
+def _scope(claim, result):
+    """The plan's Scope: the verdict claims its primary statistic on this budget's data and model, no more."""
+    config = result["groups"][0].config
+    images = runs.train_examples(config["dataset"], config.get("limit_train"), config.get("full_train", False),
+                                 config.get("validation_fraction", 0.2))
+    untested = " Not tested: \"competitive with specialized methods\" (none is run here)." if claim == "table2" else ""
+    return (f"**Scope**: the verdict is the primary statistic's, on {config['dataset']} / {config['model']}, "
+            f"{images:,} training images × {config['epochs']} epochs, {_seeds_read(result)} seeds; it does not "
+            f"test the paper's other datasets, architectures or budgets.{untested}")
+
+
+def _tuned_lrs(claim, dirs):
+    """Both tuned lrs (docs/analysis-plan.md, Comparators), from the search that set this claim's runs."""
+    key = {"fig2": "tuning_noisy", "table2": "tuning_noisy", "adda-constant-lr": None}.get(claim, "tuning")
+    tuning = dirs.get(key) if key else None
+    found = {}
+    for name, columns in (("best.json", "EMA"), ("best_sgd_final.json", "SGD/baseline")):
+        path = os.path.join(tuning, name) if tuning else None
+        if path and os.path.isfile(path):
+            with open(path, encoding="utf-8") as handle:
+                found[columns] = (json.load(handle).get("lr"), os.path.relpath(path, os.path.dirname(tuning)))
+    if not found:
+        return ""
+    return ("**Tuned lr** (validation split, seed 0; docs/analysis-plan.md, Comparators): "
+            + "; ".join(f"{lr:g} for the {columns} columns ({path})" for columns, (lr, path) in found.items()) + ".")
 
 
 def section(claim, dirs):
@@ -319,17 +424,24 @@ def section(claim, dirs):
     if result["exploratory"]:
         lines += [f"**Exploratory**: {result['exploratory']}; the plan's rule would read "
                   f"**{result['would_read']}**.", ""]
+    elif result["pending_seeds"]:
+        lines += [f"**Verdict: {result['verdict']} at {_seeds_read(result)} seeds, not final**: the plan adds "
+                  f"seeds once, up to {result['pending_seeds']}, and reads the verdict there (power row).", ""]
     else:
         lines += [f"**Verdict: {result['verdict']}.**", ""]
-    lines += ["| statistic | per seed (points) | mean, 95 % CI | rule | reads |", "|---|---|---|---|---|"]
+    lines += [_scope(claim, result), ""]
+    lines += ["| statistic | per seed (points unless named) | mean, 95 % CI | rule | reads |", "|---|---|---|---|---|"]
     for row in result["rows"]:
         statistic = row["statistic"]
         per_seed = ", ".join(f"{100 * d:+.2f}" for d in row["diffs"])
         name = f"**primary**: {statistic.label}" if statistic.primary else statistic.label
+        if statistic.unit != " points":
+            name += f" ({statistic.unit.strip()})"
         lines.append(f"| {name} | {per_seed} | {row['interval'].short()} | {row['rule']} | {row['verdict']} |")
-        if row["interval"].rounds_onto(0.0) or row["interval"].rounds_onto(stats.EQUIVALENCE_MARGIN):
+        if row["interval"].rounds_onto(statistic.margin):
             lines.append("| (a bound shows as the margin; decided on its unrounded value) | | | | |")
     lines += ["", f"**Power** (primary): {result['primary']['power']}.", ""]
+    lines += [line + "\n" for line in [_tuned_lrs(claim, dirs)] if line]
     notes = [row["statistic"].note for row in result["rows"] if row["statistic"].note]
     lines += [f"Note: {note}" for note in notes] + ([""] if notes else [])
     lines += ["**Regime** (docs/analysis-plan.md; SGD of each run read):", "", "| run | seed | regime row |",

@@ -294,7 +294,7 @@ class RunPredictor:
 # written by app.evaluate beside evaluation.json. Weights are not kept with
 # committed results (they are large), so app.consistency falls back on these
 # to compare seeds trained and evaluated in different sessions.
-CACHED_METHODS = ("baseline", "ema_acc", "ema_loss")
+CACHED_METHODS = ("baseline", "sgd_early", "ema_acc", "ema_loss")
 _LABELS_KEY = "labels"
 _LIMIT_KEY = "limit_test"  # 0: the whole test split
 

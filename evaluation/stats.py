@@ -65,9 +65,13 @@ class Interval:
         return f"{self.scale * value:+.{self.digits}f}"
 
     def rounds_onto(self, margin):
-        """True when a bound differs from `margin` but shows as it (e.g. +0.997 as "+1.00" at +1 point)."""
-        shown = f"{self.scale * margin:+.{self.digits}f}"
-        return any(value != margin and self._bound(value) == shown for value in (self.low, self.high))
+        """True when a bound differs from ±`margin` but shows as it (+0.997 as "+1.00" at ±1 point,
+        -0.004 as "-0.00" at 0)."""
+        def magnitude(value):
+            return f"{abs(self.scale * value):.{self.digits}f}"
+
+        return any(value not in (margin, -margin) and magnitude(value) == magnitude(margin)
+                   for value in (self.low, self.high))
 
 
 def paired_interval(a, b, level=LEVEL, fallback_se=None):
@@ -112,6 +116,15 @@ def verdict(interval, margin=0.0, higher_is_better=True):
 # The analysis plan's (docs/analysis-plan.md) equivalence claims and power rows.
 EQUIVALENCE_MARGIN = 0.01  # ±1.0 accuracy point: twice the pre-plan baseline's between-seed sd (0.48)
 MAX_SEEDS = 8  # seeds are added once, up to this many; beyond it: "not decidable at this budget"
+FIRST_SEEDS = 3  # the plan reads every claim at 3 seeds first ("At n = 3 every page shows ...")
+
+
+def seeds_for_pairs(pairs):
+    """The fewest seeds whose pairs number at least `pairs` (Table 3's values are pairs of seeds)."""
+    seeds = 2
+    while seeds * (seeds - 1) // 2 < pairs:
+        seeds += 1
+    return seeds
 
 
 def equivalence_verdict(interval, margin=EQUIVALENCE_MARGIN):
@@ -140,18 +153,33 @@ def seeds_needed(diffs, margin=0.0, equivalence=False, level=LEVEL, limit=1000):
     return None
 
 
-def power_text(interval, needed, seconds_per_seed=None):
-    """The page's power row: half-width, seeds needed at the observed spread, and their cost here."""
+def power_text(interval, needed, seconds_per_seed=None, pairs=False):
+    """The page's power row: half-width, seeds needed at the observed spread, and their cost here.
+
+    `needed` counts the statistic's values (`seeds_needed`); with `pairs` they are pairs of seeds
+    (Table 3), and the seeds, their limit and their cost are those that make that many pairs. Read at
+    `FIRST_SEEDS` seeds, an undecided claim within `MAX_SEEDS` gets its seeds added once (the plan);
+    read at more, it was: the plan reads no further.
+    """
+    have = seeds_for_pairs(interval.n) if pairs else interval.n
+    seeds_needed = None if needed is None else seeds_for_pairs(needed) if pairs else needed
+    what = f"{needed} pairs, i.e. {seeds_needed} seeds," if pairs else f"{needed} seeds"
     if needed is None:
         seeds = "no number of seeds up to 1,000 decides it (mean on the margin)"
-    elif needed <= interval.n:
-        seeds = f"{needed} seeds decide it (these {interval.n} do)"
+    elif seeds_needed <= have:
+        seeds = f"{what} decide it (these {have} do)"
     else:
-        seeds = f"{needed} seeds needed to decide it at this spread"
-        if needed > MAX_SEEDS:
+        seeds = f"{what} needed to decide it at this spread"
+        if seeds_needed > MAX_SEEDS:
             seeds += f" (over {MAX_SEEDS}: not decidable at this budget)"
+        elif have <= FIRST_SEEDS:
+            seeds += (f" (the plan adds seeds once, up to {seeds_needed}: rerun with --seeds "
+                      f"{' '.join(map(str, range(seeds_needed)))} and read the verdict there)")
+        else:
+            seeds += f" (seeds were added once, to {have}: the plan reads no further)"
     cost = ""
-    if seconds_per_seed and not math.isnan(seconds_per_seed) and needed:
-        cost = (f"; {needed} seeds cost {needed * seconds_per_seed / 3600:.1f} h here (2 CPU cores, at the "
-                "fastest seed's wall time), one GPU: not measured")
-    return f"half-width {100 * interval.half_width:.2f} points (n={interval.n}); {seeds}{cost}"
+    if seconds_per_seed and not math.isnan(seconds_per_seed) and seeds_needed:
+        cost = (f"; {seeds_needed} seeds cost {seeds_needed * seconds_per_seed / 3600:.1f} h here (2 CPU cores, "
+                "at the fastest seed's wall time), one GPU: not measured")
+    width = f"{interval.scale * interval.half_width:.{interval.digits}f}{interval.unit}"
+    return f"half-width {width} (n={interval.n}{' pairs' if pairs else ''}); {seeds}{cost}"

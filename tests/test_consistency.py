@@ -34,7 +34,8 @@ def test_churn_and_js_equal_a_direct_count_between_the_seeds(tiny_seed_runs):
     result = consistency.main([tiny_seed_runs, "--limit-test", str(LIMIT_TEST)])
     assert json.load(open(os.path.join(tiny_seed_runs, "consistency.json"))) == json.loads(json.dumps(result))
     assert result["split"] == "test" and result["seeds"] == list(TINY_SEEDS) and result["pairs"] == 1
-    assert list(result["models"]) == ["baseline", "ema_loss"]
+    # SGD early-stopped on validation beside them: the early-stopped EMA's comparator (docs/analysis-plan.md).
+    assert list(result["models"]) == ["baseline", "sgd_early", "ema_loss"]
     assert result["models"]["ema_loss"]["weights"] == "ema_0.9_loss_bn"  # paper Table 3: BN recomputed
     images, labels, _ = normalized_test_images(os.path.join(tiny_seed_runs, "seed-0"), LIMIT_TEST)
     model = models.build_model("resnet20", 10, image_size=32)
@@ -53,7 +54,7 @@ def test_churn_and_js_equal_a_direct_count_between_the_seeds(tiny_seed_runs):
 
 def test_criterion_flag_compares_the_best_accuracy_ema(tiny_seed_runs):
     result = consistency.main([tiny_seed_runs, "--limit-test", "32", "--criterion", "accuracy"])
-    assert list(result["models"]) == ["baseline", "ema_acc"]
+    assert list(result["models"]) == ["baseline", "sgd_early", "ema_acc"]
     assert result["models"]["ema_acc"]["weights"] == "ema_0.9_acc_bn" and result["criterion"] == "accuracy"
 
 
@@ -63,9 +64,10 @@ def test_each_prediction_shows_progress_in_plain_lines(tiny_seed_runs, capsys):
     assert "\r" not in printed and "\x1b" not in printed
     lines = printed.splitlines()
     start = lines.index(f"{tiny_seed_runs}: loading the cifar10 data ...")
-    labels = [(seed, label) for seed in TINY_SEEDS for label in ("SGD (final)", "EMA 0.9 (loss) + BN recomputed")]
-    assert lines[start + 1:start + 5] == [
-        f"predicting 32 test images with 4 models: seed {seed} {label} {number}/4 ..."
+    labels = [(seed, label) for seed in TINY_SEEDS
+              for label in ("SGD (final)", "SGD (early-stopped on validation)", "EMA 0.9 (loss) + BN recomputed")]
+    assert lines[start + 1:start + 7] == [
+        f"predicting 32 test images with 6 models: seed {seed} {label} {number}/6 ..."
         for number, (seed, label) in enumerate(labels, 1)
     ]
 

@@ -73,7 +73,8 @@ def test_every_seed_is_evaluated_and_written(tiny_seed_runs, evaluated):
             name = entry["weights"][len("weights/"):-len(".weights.h5")]
             numbers = {k: v for k, v in entry.items() if k not in ("decay", "bn_recomputed")}
             assert numbers == on_disk["by_weights"][name]
-            assert set(numbers) == {"weights", "accuracy", "loss", "ece", "temperature", "ece_temperature_scaled"}
+            assert set(numbers) == {"weights", "accuracy", "loss", "ece", "temperature", "ece_temperature_scaled",
+                                    "loss_temperature_scaled", "ece_temperature_scaled_excess", "test_half"}
 
 
 def test_each_model_shows_progress_in_plain_lines_and_the_table_column_is_explained(tiny_seed_runs,
@@ -123,6 +124,15 @@ def test_numbers_equal_a_numpy_recomputation_from_the_saved_weights(tiny_seed_ru
         assert entry["temperature"] == pytest.approx(temperature, rel=1e-3)
         assert entry["ece_temperature_scaled"] == pytest.approx(
             metrics.expected_calibration_error(metrics.softmax(logits / temperature), labels), abs=1e-3)
+        # Table 5's secondaries: the test NLL at that T, and T refitted on the test split's first half.
+        scaled = logits / temperature
+        scaled -= scaled.max(1, keepdims=True)
+        scaled -= np.log(np.exp(scaled).sum(1, keepdims=True))
+        assert entry["loss_temperature_scaled"] == pytest.approx(
+            -np.mean(scaled[np.arange(len(labels)), labels]), rel=1e-3)
+        half = len(labels) // 2
+        assert entry["test_half"]["temperature"] == pytest.approx(
+            metrics.fit_temperature(logits[:half], labels[:half]), rel=1e-3)
 
 
 def test_full_train_run_leaves_temperature_scaling_out(tiny_seed_runs, tmp_path, capsys):
@@ -139,6 +149,7 @@ def test_full_train_run_leaves_temperature_scaling_out(tiny_seed_runs, tmp_path,
     model = models.build_model("resnet20", 10, image_size=32)
     for name, entry in result["by_weights"].items():
         assert entry["temperature"] is None and entry["ece_temperature_scaled"] is None
+        assert entry["loss_temperature_scaled"] is None and entry["test_half"]["temperature"] > 0
         logits = _logits(model, path, name, images).astype(np.float64)
         log_probabilities = logits - logits.max(1, keepdims=True)
         log_probabilities -= np.log(np.exp(log_probabilities).sum(1, keepdims=True))

@@ -161,3 +161,36 @@ def test_calibrated_ece_is_the_binomial_mean_absolute_deviation():
     value = metrics.calibrated_ece(probabilities, np.random.default_rng(0), draws=4000, num_bins=bins)
     # 4,000 draws of a mean over 5 bins: standard error about 0.06 / sqrt(20,000) < 5e-4.
     assert value == pytest.approx(expected, abs=2e-3)
+
+
+def test_temperature_checks_score_the_half_not_fitted_and_remove_the_bins_floor():
+    """Table 5's secondaries (docs/analysis-plan.md): logits over-confident by a known factor 2.5, labels
+    drawn from the true probabilities. After scaling, the test NLL is the true model's (to sampling noise)
+    and the excess ECE is about 0; the test-half entry fits T on the first half only and scores the second."""
+    rng = np.random.default_rng(1)
+    logits = rng.normal(scale=4.0, size=(8000, 10))
+    probabilities = metrics.softmax(logits / 2.5)
+    labels = np.minimum((probabilities.cumsum(axis=1) < rng.random(len(logits))[:, None]).sum(axis=1), 9)
+    holdout_logits = rng.normal(scale=4.0, size=(8000, 10))
+    holdout_probabilities = metrics.softmax(holdout_logits / 2.5)
+    holdout_labels = np.minimum(
+        (holdout_probabilities.cumsum(axis=1) < rng.random(8000)[:, None]).sum(axis=1), 9)
+    checks = metrics.temperature_checks(logits, labels, holdout_logits, holdout_labels, draws=50)
+    true_nll = -np.mean(np.log(probabilities[np.arange(8000), labels]))
+    assert checks["loss_temperature_scaled"] == pytest.approx(true_nll, abs=0.01)
+    assert abs(checks["ece_temperature_scaled_excess"]) < 0.01  # a floor of ~2.5 % (80 per bin) removed
+    half = checks["test_half"]
+    temperature = metrics.fit_temperature(logits[:4000], labels[:4000])
+    assert half["temperature"] == temperature
+    scaled = logits[4000:] / temperature
+    scaled -= scaled.max(1, keepdims=True)
+    log_probabilities = scaled - np.log(np.exp(scaled).sum(1, keepdims=True))
+    assert half["loss"] == pytest.approx(-np.mean(log_probabilities[np.arange(4000), labels[4000:]]), rel=1e-9)
+    assert half["ece"] == pytest.approx(
+        metrics.expected_calibration_error(np.exp(log_probabilities), labels[4000:]), abs=1e-9)
+    assert 0 < half["ece"] - half["ece_excess"] < 0.06  # the floor of 100 bins of 40
+    assert abs(half["ece_excess"]) < 0.015
+    # Without a hold-out only the test half is measured.
+    alone = metrics.temperature_checks(logits, labels, draws=5)
+    assert alone["loss_temperature_scaled"] is None and alone["ece_temperature_scaled_excess"] is None
+    assert alone["test_half"]["temperature"] == temperature

@@ -534,3 +534,57 @@ def test_the_power_rows_cost_is_the_fastest_seeds_wall_time():
     assert plan_claims.seconds_per_seed(group(7200.0, 5400.0, 9000.0)) == 5400.0
     assert plan_claims.seconds_per_seed(group(None, 3600.0)) == 3600.0  # a run written before it was kept
     assert math.isnan(plan_claims.seconds_per_seed(group(None)))
+
+
+def test_a_page_reads_the_seeds_its_command_names_and_an_undecided_one_asks_for_seeds_once(tmp_path):
+    """docs/analysis-plan.md: seeds are added once, up to n*, and the verdict is read at that n and not again.
+    A directory may hold a seed that another claim added (seed 3 here, its EMA far ahead): a page made with
+    --seeds 0 1 2 (dirs["seeds"]) reads those three, and names the n* its undecided verdict waits for."""
+    ema, sgd, expected = TABLE2_CASES["inconclusive"]
+    dirs = _noisy_final(str(tmp_path), [0.6] * 3, [0.55] * 3, ema_test=ema, baseline_test=sgd)
+    extra = os.path.join(dirs["noisy_final"], "seed-3")
+    shutil.copytree(os.path.join(dirs["noisy_final"], "seed-2"), extra)
+    _write_json(os.path.join(extra, "config.json"), _config(seed=3, out=extra))
+    _write_json(os.path.join(extra, "evaluation.json"), _evaluation(0.70, 0.55))
+    every = plan_claims.assess("table2", dirs)
+    assert every["primary"]["interval"].n == 4
+    named = plan_claims.assess("table2", {**dirs, "seeds": (0, 1, 2)})
+    assert named["primary"]["interval"].n == 3 and named["would_read"] == expected == "inconclusive"
+    diff = np.subtract(ema, sgd)
+    needed = next(n for n in range(2, 9) if T_975[n - 1] * np.std(diff, ddof=1) / math.sqrt(n) < abs(diff.mean()))
+    assert named["pending_seeds"] == needed > 3
+    assert f"the plan adds seeds once, up to {needed}: rerun with --seeds {' '.join(map(str, range(needed)))}" in (
+        named["primary"]["power"])
+    # Read at 4 seeds (added once), an undecided verdict is final: no more seeds asked for.
+    _write_json(os.path.join(extra, "evaluation.json"), _evaluation(0.5815, 0.5800))
+    added = plan_claims.assess("table2", dirs)  # +0.15, +0.10, +0.80, +0.15: [-0.41, +1.68]
+    assert added["would_read"] == "inconclusive" and added["pending_seeds"] is None
+    assert "the plan reads no further" in added["primary"]["power"]
+    with pytest.raises(Exception, match=r"hold no run of seeds 5 6"):
+        plan_claims.assess("table2", {**dirs, "seeds": (5, 6)})
+
+
+def test_consistency_of_named_seeds_keeps_their_pairs_only(tmp_path):
+    """A final/ directory whose consistency.json measured seeds 0-3 (another claim added seed 3): a page of
+    seeds 0 1 2 reads their 3 pairs, with the means and accuracies of those alone."""
+    import itertools
+
+    from evaluation import claim_common
+
+    seeds = [0, 1, 2, 3]
+    pairs = [list(p) for p in itertools.combinations(seeds, 2)]
+    churn = [0.10, 0.20, 0.90, 0.30, 0.80, 0.70]  # the pairs with seed 3 are the large ones
+    js = [0.01 * (i + 1) for i in range(6)]
+    entry = {"weights": "final", "accuracy": 0.0, "accuracy_by_seed": [0.70, 0.72, 0.74, 0.90],
+             "churn_by_pair": churn, "js_divergence_by_pair": js, "churn": 0.0, "js_divergence": 0.0}
+    _write_json(os.path.join(tmp_path, "consistency.json"),
+                {"seeds": seeds, "pairs": 6, "pair_seeds": pairs, "models": {"baseline": entry}})
+    kept = claim_common.consistency(str(tmp_path), (0, 1, 2))
+    baseline = kept["models"]["baseline"]
+    assert kept["seeds"] == [0, 1, 2] and kept["pairs"] == 3 and kept["pair_seeds"] == [[0, 1], [0, 2], [1, 2]]
+    assert baseline["churn_by_pair"] == [0.10, 0.20, 0.30] and baseline["churn"] == pytest.approx(0.20)
+    assert baseline["js_divergence_by_pair"] == [0.01, 0.02, 0.04]
+    assert baseline["accuracy"] == pytest.approx(0.72)
+    assert claim_common.consistency(str(tmp_path), None)["pairs"] == 6
+    with pytest.raises(Exception, match=r"holds seeds \[0, 1, 2, 3\], not \[0, 4\]; run `python -m app.consistency"):
+        claim_common.consistency(str(tmp_path), (0, 4))

@@ -229,6 +229,29 @@ def test_each_seed_is_tested_right_after_it_trains(tmp_path):
                                                                               f"seed-{seed}")
     table5 = [step.text() for step in steps["table5"]]
     assert [text.split()[2] for text in table5] == ["app.tune"] + ["app.train", "app.evaluate"] * 3
+    # Fig. 2's secondary statistic tests the early-stopped models: each noisy final run is tested too.
+    fig2 = [step.text() for step in steps["fig2"]]
+    assert [text.split()[2] for text in fig2] == ["app.tune", "app.train"] + ["app.train", "app.evaluate"] * 3
+
+
+def test_seeds_added_later_train_their_own_runs_and_measure_consistency_again(tmp_path):
+    """The plan adds seeds once (docs/analysis-plan.md): `--seeds 0 1 2 3 4` after 0 1 2. Seed 0's
+    validation run picks every final run's epochs, whatever --seeds lists first; each other seed gets its
+    validation run; the consistency step is done only when its file holds every named seed's pairs."""
+    steps, dirs, _ = reproduce.plan("small", str(tmp_path), "data", (3, 4))
+    seeds = os.path.join(str(tmp_path), "protocol", "validation-seeds")
+    trained = [step for step in steps["fig1b"] if step.command == "train"]
+    assert [step.argv[-1] for step in trained] == [os.path.join(str(tmp_path), "protocol", "validation"),
+                                                   seeds, seeds]
+    assert [step.argv[step.argv.index("--seeds") + 1] for step in trained[1:]] == ["3", "4"]
+    assert dirs["seeds"] == (3, 4)
+    steps, dirs, _ = reproduce.plan("small", str(tmp_path), "data", (0, 1, 2, 3))
+    consistency = next(step for step in steps["table3"] if step.command == "consistency")
+    os.makedirs(os.path.dirname(consistency.done_files[0]))
+    for measured, done in (([0, 1, 2], False), ([0, 1, 2, 3], True), ([0, 1, 2, 3, 4], True)):
+        with open(consistency.done_files[0], "w", encoding="utf-8") as handle:
+            json.dump({"seeds": measured}, handle)
+        assert consistency.done() is done
 
 
 def test_list_names_every_claim_with_the_papers_numbers(capsys):
@@ -283,6 +306,12 @@ def test_sgd_columns_get_runs_at_sgds_own_lr_when_the_search_picks_another(tmp_p
         assert twin.text() == expected
     assert [step.argv[0] for step in steps["table3"] if step.command == "consistency"] == [
         os.path.join(protocol, "final"), os.path.join(protocol, "final-sgd")]
+    # Fig. 1a's and 1b's SGD rows read SGD at its own lr too: the validation runs' twins (fig1a's final ones).
+    for claim, keys in (("fig1a", ("validation", "validation-seeds", "final")),
+                        ("fig1b", ("validation", "validation-seeds"))):
+        twinned = {step.argv[step.argv.index("--out") + 1] for step in steps[claim]
+                   if step.command == "train" and "-sgd" in step.text()}
+        assert twinned == {os.path.join(protocol, f"{key}-sgd") for key in keys}, claim
     # The noisy claims read their own search, which agrees: no twins there.
     assert not any("-sgd" in step.text() for step in steps["table2"])
 

@@ -146,3 +146,20 @@ def test_fractional_warmup_flag():
 
     assert cli.parse_config(["--dataset", "cifar10", "--warmup-epochs", "0.75", "--epochs", "30"]).warmup_epochs == 0.75
     assert cli.parse_config(["--dataset", "cifar10", "--warmup-epochs", "5", "--epochs", "30"]).warmup_epochs == 5
+
+
+def test_a_negative_bound_that_shows_as_the_margin_is_flagged_too():
+    assert stats.Interval(0.004, -0.00004, 0.008, 3, "t").rounds_onto(0.0)  # "-0.00" at margin 0
+    assert stats.Interval(-0.005, -0.00997, 0.0, 3, "t").rounds_onto(0.01)  # "-1.00" at ±1 point
+    assert not stats.Interval(0.004, 0.0001, 0.008, 3, "t").rounds_onto(0.01)
+
+
+def test_table3s_pairs_are_priced_and_limited_as_the_seeds_that_make_them():
+    """Table 3's values are pairs of seeds: n* pairs need the fewest seeds s with s(s-1)/2 >= n*."""
+    assert [stats.seeds_for_pairs(p) for p in (1, 3, 4, 6, 7, 10, 28, 29)] == [2, 3, 4, 4, 5, 5, 8, 9]
+    interval = stats.paired_interval([0.0, 0.01, 0.02], [0.0, 0.0, 0.0])  # 3 pairs of 3 seeds
+    text = stats.power_text(interval, 7, seconds_per_seed=3600, pairs=True)
+    assert "7 pairs, i.e. 5 seeds, needed" in text and "5.0 h here" in text and "(n=3 pairs)" in text
+    assert "up to 5: rerun with --seeds 0 1 2 3 4" in text
+    assert "not decidable at this budget" in stats.power_text(interval, 29, pairs=True)  # 9 seeds > 8
+    assert "not decidable" not in stats.power_text(interval, 28, pairs=True)  # 8 seeds
