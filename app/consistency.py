@@ -70,7 +70,7 @@ def prepare(argv):
     if len(group.runs) < 2:
         raise UsageError(f"{args.run_dir} holds {len(group.runs)} seed; train at least 2 (--seeds 0 1)")
     method = CRITERIA[args.criterion]
-    seeds = []
+    chosen_by_run = []
     for run in group.runs:
         decay_key = predictions.choose_decay(run, args.ema_decay)
         if decay_key is None:
@@ -78,10 +78,15 @@ def prepare(argv):
         chosen = predictions.method_weights(run, decay_key, predictions.saved_weights(run, require_files=False))
         if method not in chosen:
             raise UsageError(f"{run.path} selected no EMA by {args.criterion}; train for at least one epoch")
-        weights = {"baseline": chosen["baseline"]}
-        if "sgd_early" in chosen and _available(run, chosen["sgd_early"]):
-            weights["sgd_early"] = chosen["sgd_early"]  # the early-stopped EMA's fair comparator (the plan's)
-        weights[method] = chosen[method]
+        chosen_by_run.append(chosen)
+    # SGD early-stopped on validation, the early-stopped EMA's comparator (the plan's), where every seed has it
+    # (a seed evaluated before app.evaluate cached its logits, its weights gone, has not).
+    early = all("sgd_early" in chosen and _available(run, chosen["sgd_early"])
+                for run, chosen in zip(group.runs, chosen_by_run))
+    seeds = []
+    for run, chosen in zip(group.runs, chosen_by_run):
+        weights = {"baseline": chosen["baseline"], **({"sgd_early": chosen["sgd_early"]} if early else {}),
+                   method: chosen[method]}
         cached = None  # (logits by stem, labels) where the weights are gone (committed results keep none)
         if not all(os.path.isfile(predictions.weights_path(run.path, name)) for name in weights.values()):
             cached = predictions.cached_test_logits(run, list(weights.values()), args.limit_test)

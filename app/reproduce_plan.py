@@ -3,7 +3,8 @@
 `plan(budget, out, data_dir, seeds)` turns a budget's runs (evaluation/budgets.py)
 into `{claim: [Step]}` (train, tune, tune_swa, evaluate, consistency) and the
 directories the claims' pages read. A step is done when all its `done_files`
-exist; its image counts feed the dry run's time estimate. Nothing here runs.
+exist (a consistency step: and its file holds every named seed, `Step.done`);
+its image counts feed the dry run's time estimate. Nothing here runs.
 """
 
 import dataclasses
@@ -22,7 +23,7 @@ VALIDATION_SEED = 0  # the validation run's (app.train's default --seed): it pic
 class Step:
     command: str  # train, tune, tune_swa, evaluate, consistency
     argv: tuple
-    done_files: tuple  # the step is done when all exist
+    done_files: tuple  # the step is done when all exist (and, with `seeds`, hold them)
     train_images: int = 0
     forward_images: int = 0
     seeds: tuple = ()  # a consistency step: done only when its file holds these seeds' pairs

@@ -15,15 +15,25 @@ from utils.errors import UsageError
 
 
 def group(*paths, seeds=None):
-    """The runs behind `paths` (missing directories skipped) as one group; with `seeds`, only those seeds'
-    runs (app.reproduce's --seeds: a directory may hold seeds another claim added)."""
-    found = runs.load_groups([path for path in paths if path and os.path.isdir(path)])[0]
+    """The runs behind `paths` (missing directories skipped) as one group; with `seeds`, exactly those seeds'
+    runs (app.reproduce's --seeds): another claim's seeds in the same directory are not read, not even a
+    half-trained one, and a named seed that is missing is an error."""
+    paths = [path for path in paths if path and os.path.isdir(path)]
     if seeds is None:
-        return found
-    kept = [run for run in found.runs if run.config.get("seed") in seeds]
-    if not kept:
-        raise UsageError(f"{', '.join(p for p in paths if p)} hold no run of seeds "
-                              f"{' '.join(map(str, seeds))}; train them (python -m app.reproduce ... --seeds)")
+        return runs.load_groups(paths)[0]
+    chosen = []
+    for path in paths:
+        if os.path.exists(os.path.join(path, runs.CONFIG_FILE)):
+            chosen.append(path)  # one run (seed 0's validation run): kept or not by the seed it records
+        else:
+            chosen += [directory for seed, directory in runs.seed_directories(path) if seed in seeds]
+    found = runs.load_groups(chosen)[0] if chosen else None
+    kept = [run for run in (found.runs if found else []) if run.config.get("seed") in seeds]
+    missing = sorted(set(seeds) - {run.config.get("seed") for run in kept})
+    if missing:
+        raise UsageError(f"{', '.join(paths) or 'the run directories'} hold no finished run of seed "
+                         f"{' '.join(map(str, missing))}; train it: python -m app.reproduce ... --seeds "
+                         f"{' '.join(map(str, seeds))}")
     return dataclasses.replace(found, runs=kept)
 
 
@@ -38,8 +48,25 @@ def sgd_group(dirs, *keys):
     return group(*[dirs.get(f"{key}_sgd") or dirs.get(key) for key in keys], seeds=dirs.get("seeds"))
 
 
+def paired_sgd(dirs, ema_group, *keys):
+    """`sgd_group` with its runs in `ema_group`'s seed order (an SGD twin pairs with its EMA run seed by
+    seed); a seed of `ema_group` that SGD lacks is an error, not a silently shorter pairing."""
+    sgd = sgd_group(dirs, *keys)
+    by_seed = {run.config.get("seed"): run for run in sgd.runs}
+    missing = [seed(run) for run in ema_group.runs if run.config.get("seed") not in by_seed]
+    if missing:
+        raise UsageError(f"{sgd.runs[0].path} and the runs beside it hold no seed {missing[0]} to pair with "
+                         f"{ema_group.runs[0].path}'s; train it (python -m app.reproduce)")
+    return dataclasses.replace(sgd, runs=[by_seed[run.config.get("seed")] for run in ema_group.runs])
+
+
+def has_twin(dirs, *keys):
+    """Whether SGD's columns read runs of their own (`<key>_sgd`: the two tuned lrs differ)."""
+    return any(dirs.get(f"{key}_sgd") for key in keys)
+
+
 def validation(dirs):
-    """The 80/20 validation runs of every seed (the first seed's run and the others')."""
+    """The 80/20 validation runs: seed 0's (`validation`) and the other seeds' (`validation_seeds`)."""
     return runs_of(dirs, "validation", "validation_seeds")
 
 

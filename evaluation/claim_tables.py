@@ -30,8 +30,11 @@ from evaluation import figures, report, runs, stats
 
 def fig1a(dirs, out):
     group = common.validation(dirs)
+    # SGD's curve at its own tuned lr where it differs (docs/analysis-plan.md, Comparators), seed by seed.
+    sgd_group = common.paired_sgd(dirs, group, "validation", "validation_seeds")
+    twin = common.has_twin(dirs, "validation", "validation_seeds")
     decays = figures.ema_decay_keys(group.runs)
-    sgd = np.stack([common.column(run, "val_accuracy") for run in group.runs])
+    sgd = np.stack([common.column(run, "val_accuracy") for run in sgd_group.runs])
     best = np.stack([common.column(run, "ema_best_val_accuracy") for run in group.runs])
     epochs, lr = figures.mean_curve(group.runs, "lr")
     count, half = sgd.shape[1], sgd.shape[1] // 2
@@ -59,13 +62,14 @@ def fig1a(dirs, out):
         ("best EMA peak (%)", list(best.max(axis=1))),
         ("at the last epoch: SGD (%)", list(sgd[:, -1])), ("best EMA (%)", list(best[:, -1]))])
     path = figures.plot_ema_vs_sgd(group, os.path.join(out, "fig1a.png"), "ema_best_val_accuracy",
-                                   "EMA (best decay each epoch)")
+                                   "EMA (best decay each epoch)", sgd_group=sgd_group if twin else None)
     headline = (f"Fig. 1a ({group.dataset}/{group.model}, validation, {len(group.runs)} seeds): best EMA − SGD, "
                 f"mean over epochs 1-{half}: {ahead.text()}; the best EMA's mean curve peaks at epoch "
                 f"{peak + 1} of {count} ({100 * mean_best[peak]:.2f} %; per seed: epochs "
                 f"{', '.join(map(str, peaks))}); at the last epoch SGD {100 * sgd[:, -1].mean():.2f} %, best EMA − SGD "
-                f"{end.text()}.")
-    return common.result(rows, table, headline, group, [path], common.release_text(group.config))
+                f"{end.text()}." + (f" SGD at its own tuned lr {sgd_group.config['lr']:g}." if twin else ""))
+    return common.result(rows, table, headline, group, [path], common.release_text(group.config),
+                         extra_runs=sgd_group.runs if twin else ())
 
 
 # Fig. 1b.
@@ -107,7 +111,7 @@ def fig1b(dirs, out):
 
 def table1(dirs, out):
     group = common.runs_of(dirs, "final")
-    sgd = common.sgd_group(dirs, "final")  # baseline and SWA: SGD's runs at its own tuned lr, where made
+    sgd = common.paired_sgd(dirs, group, "final")  # baseline and SWA: SGD's runs at its own tuned lr, where made
     decay = common.largest_decay(group.runs[0])
     models = common.evaluated(group)[0]["models"]
     methods = [m for m in ("baseline", "ema_acc", "ema_loss", "swa") if m in models]
@@ -260,7 +264,7 @@ def table5(dirs, out):
     EMA (acc.) stays in the table for reference; the headline and the per-seed rows follow the plan's model.
     """
     group = common.validation(dirs)
-    sgd = common.sgd_group(dirs, "validation", "validation_seeds")
+    sgd = common.paired_sgd(dirs, group, "validation", "validation_seeds")
     rows, values = [], {}
     for method in ("baseline", "ema_acc", "ema_loss"):
         for metric in ("accuracy", "ece", "ece_temperature_scaled", "loss"):

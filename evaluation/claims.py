@@ -130,7 +130,10 @@ def verdict_index(budget_dir, claim_order, link_prefix):
             continue
         with open(os.path.join(folder, f"{claim}.json"), encoding="utf-8") as handle:
             entry = json.load(handle)
-        rows.append(f"| [{claim}](#{claim}) | **{entry['verdict']}** | {entry['headline']} |")
+        verdict = f"**{entry['verdict']}**" + (
+            f", not final: the plan adds seeds once, up to {entry['pending_seeds']}"
+            if entry.get("pending_seeds") else "")
+        rows.append(f"| [{claim}](#{claim}) | {verdict} | {entry['headline']} |")
         with open(os.path.join(folder, f"{claim}.md"), encoding="utf-8") as handle:
             page = handle.read()
         page = page.replace(f"]({claim}.png)", f"]({link_prefix(claim)}{claim}.png)")

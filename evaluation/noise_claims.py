@@ -33,7 +33,7 @@ PUBLISHED_TABLE2 = (
 
 def fig2(dirs, out):
     group = common.runs_of(dirs, "noisy_final")
-    sgd_group = common.sgd_group(dirs, "noisy_final")  # SGD's curve at its own tuned lr, where made
+    sgd_group = common.paired_sgd(dirs, group, "noisy_final")  # SGD's curve at its own tuned lr, where made
     decay = common.largest_decay(group.runs[0])
     epochs, sgd = figures.mean_curve(sgd_group.runs, "val_accuracy")
     _, ema = figures.mean_curve(group.runs, f"ema_{decay}_val_accuracy")
@@ -67,7 +67,7 @@ def fig2(dirs, out):
 def table2(dirs, out):
     group = common.runs_of(dirs, "noisy_final")
     ema = common.test_values(group, "ema_acc")
-    sgd = common.test_values(common.sgd_group(dirs, "noisy_final"), "baseline")  # at SGD's own lr, where made
+    sgd = common.test_values(common.paired_sgd(dirs, group, "noisy_final"), "baseline")  # at SGD's own lr, where made
     interval = stats.paired_interval(ema, sgd)
     rows = [{"method": "EMA (acc.) — ours", "accuracy_mean": common.mean_std(ema)[0], "accuracy_std": common.mean_std(ema)[1]},
             {"method": "CE (standard) — ours, SGD final", "accuracy_mean": common.mean_std(sgd)[0],

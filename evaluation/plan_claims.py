@@ -53,7 +53,7 @@ class Statistic:
     def margin(self):
         return stats.EQUIVALENCE_MARGIN if self.equivalence else 0.0
 
-    def assess(self, seconds_per_seed=None):
+    def assess(self, seconds_per_seed=None, rerun=None):
         interval = dataclasses.replace(stats.paired_interval(self.a, self.b), unit=self.unit)
         if self.pairs:
             interval = dataclasses.replace(interval, method=f"paired t over {interval.n} pairs of seeds, "
@@ -71,7 +71,7 @@ class Statistic:
         if verdict == "inconclusive" and (seeds is None or seeds > stats.MAX_SEEDS):
             verdict = "not decidable at this budget"
         return {"interval": interval, "verdict": verdict, "rule": rule, "seeds_needed": seeds, "diffs": diffs,
-                "power": stats.power_text(interval, needed, seconds_per_seed, pairs=self.pairs)}
+                "power": stats.power_text(interval, needed, seconds_per_seed, pairs=self.pairs, rerun=rerun)}
 
 
 def seconds_per_seed(group):
@@ -95,16 +95,6 @@ def _has_method(group, method):
     return all(method in evaluation["models"] for evaluation in common.evaluated(group))
 
 
-def _paired(group, other):
-    """`other`'s runs in `group`'s seed order (an SGD twin pairs with its EMA run seed by seed)."""
-    by_seed = {run.config.get("seed"): run for run in other.runs}
-    missing = [run.config.get("seed") for run in group.runs if run.config.get("seed") not in by_seed]
-    if missing:
-        raise UsageError(f"{other.runs[0].path} and the runs beside it hold no seed {missing[0]} to pair with "
-                         f"{group.runs[0].path}'s; train it (python -m app.reproduce)")
-    return [by_seed[run.config.get("seed")] for run in group.runs]
-
-
 # The claims: each returns (statistics, the groups whose SGD runs give the regime rows, seconds per seed).
 
 
@@ -112,8 +102,8 @@ def fig1a(dirs):
     final = common.runs_of(dirs, "final")
     decay = common.largest_decay(final.runs[0])
     validation = common.validation(dirs)
-    sgd = common.sgd_group(dirs, "validation", "validation_seeds")
-    sgd_final = common.sgd_group(dirs, "final")
+    sgd = common.paired_sgd(dirs, validation, "validation", "validation_seeds")
+    sgd_final = common.paired_sgd(dirs, final, "final")
     if _has_method(final, "ema_final"):
         primary = Statistic(f"EMA α={decay} (acc., BN recomputed) at its validation-selected epoch − the same EMA at "
                             "the last epoch, test", _test(final, "ema_acc"), _test(final, "ema_final"), primary=True)
@@ -136,11 +126,10 @@ def fig1a(dirs):
                   f"the first 2,000 test images, at the epoch chosen on validation ({epochs} of {total}, i.e. "
                   + ", ".join(f"{100 * e / total:.0f} %" for e in epochs) + " of the run; paper App. B: always < 75 %) "
                   "minus the same EMA at the last epoch. The plan reads the whole test set with BN recomputed once."))
-    paired = _paired(validation, sgd)
     lead = [float(np.mean(common.column(r, "ema_best_val_accuracy") - common.column(s, "val_accuracy")))
-            for r, s in zip(validation.runs, paired)]
+            for r, s in zip(validation.runs, sgd.runs)]
     end_ema = [float(common.column(r, "ema_best_val_accuracy")[-1]) for r in validation.runs]
-    end_sgd = [float(common.column(s, "val_accuracy")[-1]) for s in paired]
+    end_sgd = [float(common.column(s, "val_accuracy")[-1]) for s in sgd.runs]
     secondary = [Statistic("best EMA − SGD, mean over all epochs (validation)", lead, [0.0] * len(lead)),
                  Statistic("best EMA − SGD at the last epoch (validation)", end_ema, end_sgd, equivalence=True)]
     secondary += _early_stopped_sgd(final, sgd_final, "ema_acc", f"EMA α={decay} (acc.), test,")
@@ -156,16 +145,15 @@ def fig1a(dirs):
 
 def fig1b(dirs):
     group = common.validation(dirs)
-    sgd = _paired(group, common.sgd_group(dirs, "validation", "validation_seeds"))
+    sgd_group = common.paired_sgd(dirs, group, "validation", "validation_seeds")
     decays = sorted(group.runs[0].summary["ema"], key=float)
     smallest, largest = decays[0], decays[-1]
     release = runs.warmup_release_epochs(group.config)[largest] or group.config["epochs"]
     recovery = {d: recovery_per_seed(group, d, release - 1, None) for d in (smallest, largest)}
     tracked_lead = [float(np.mean((common.column(run, f"ema_{largest}_val_accuracy")
                                    - common.column(s, "val_accuracy"))[release - 1:]))
-                    for run, s in zip(group.runs, sgd)]
+                    for run, s in zip(group.runs, sgd_group.runs)]
     last = group.config["epochs"]
-    sgd_group = common.sgd_group(dirs, "validation", "validation_seeds")
     return ([Statistic(f"[BN recomputed − tracked] of α={largest} minus that of α={smallest}, mean over epochs "
                        f"{release}-{last} (validation)", recovery[largest], recovery[smallest], primary=True),
              Statistic(f"[recomputed − tracked] of α={largest} alone, epochs {release}-{last}", recovery[largest],
@@ -199,8 +187,8 @@ def _distinct(*groups):
 
 
 def table1(dirs):
-    final, sgd = common.runs_of(dirs, "final"), common.sgd_group(dirs, "final")
-    _paired(final, sgd)
+    final = common.runs_of(dirs, "final")
+    sgd = common.paired_sgd(dirs, final, "final")
     ema, baseline = _test(final, "ema_acc"), _test(sgd, "baseline")
     statistics = [Statistic("EMA (acc.) − baseline, test accuracy", ema, baseline, primary=True),
                   Statistic("EMA (loss) − baseline", _test(final, "ema_loss"), baseline)]
@@ -212,7 +200,7 @@ def table1(dirs):
         statistics.append(Statistic("EMA (acc.) − SWA at the budget's end", ema, _test(sgd, swa_method),
                                     equivalence=True))
     validation = common.validation(dirs)
-    sgd_validation = common.sgd_group(dirs, "validation", "validation_seeds")
+    sgd_validation = common.paired_sgd(dirs, validation, "validation", "validation_seeds")
     return statistics, _distinct(final, sgd), _cost(final, validation, sgd, sgd_validation)
 
 
@@ -228,7 +216,8 @@ def swa(dirs):
 
 
 def table3(dirs):
-    final, sgd = common.runs_of(dirs, "final"), common.sgd_group(dirs, "final")
+    final = common.runs_of(dirs, "final")
+    sgd = common.paired_sgd(dirs, final, "final")
     ema_models = common.consistency(dirs["final"], dirs.get("seeds"))["models"]
     sgd_models = common.consistency(dirs.get("final_sgd") or dirs["final"], dirs.get("seeds"))["models"]
     ema, baseline = ema_models["ema_loss"], sgd_models["baseline"]
@@ -243,8 +232,8 @@ def table3(dirs):
 
 
 def table5(dirs):
-    group, sgd = common.validation(dirs), common.sgd_group(dirs, "validation", "validation_seeds")
-    _paired(group, sgd)
+    group = common.validation(dirs)
+    sgd = common.paired_sgd(dirs, group, "validation", "validation_seeds")
     statistics = [Statistic("ECE: EMA (loss) − baseline (80/20 runs, 100 equal-mass bins)",
                             _test(group, "ema_loss", "ece"), _test(sgd, "baseline", "ece"), primary=True,
                             higher_is_better=False)]
@@ -276,10 +265,11 @@ def _calibration(group, method, key):
 
 
 def fig2(dirs):
-    group, sgd_group = common.runs_of(dirs, "noisy_final"), common.sgd_group(dirs, "noisy_final")
+    group = common.runs_of(dirs, "noisy_final")
+    sgd_group = common.paired_sgd(dirs, group, "noisy_final")
     decay = common.largest_decay(group.runs[0])
     ema = [float(np.mean(common.column(run, f"ema_{decay}_val_accuracy"))) for run in group.runs]
-    sgd = [float(np.mean(common.column(run, "val_accuracy"))) for run in _paired(group, sgd_group)]
+    sgd = [float(np.mean(common.column(run, "val_accuracy"))) for run in sgd_group.runs]
     statistics = [Statistic(f"EMA α={decay} − SGD, mean over all epochs of the clean test curve (first 2,000)",
                             ema, sgd, primary=True)]
     statistics += _early_stopped_sgd(group, sgd_group, "ema_acc", "EMA (acc.), clean test,")
@@ -287,8 +277,8 @@ def fig2(dirs):
 
 
 def table2(dirs):
-    group, sgd = common.runs_of(dirs, "noisy_final"), common.sgd_group(dirs, "noisy_final")
-    _paired(group, sgd)
+    group = common.runs_of(dirs, "noisy_final")
+    sgd = common.paired_sgd(dirs, group, "noisy_final")
     statistics = [Statistic("EMA (acc.) − CE (SGD's last epoch), clean test", _test(group, "ema_acc"),
                             _test(sgd, "baseline"), primary=True)]
     statistics += _early_stopped_sgd(group, sgd, "ema_acc", "EMA (acc.)")
@@ -362,16 +352,19 @@ def assess(claim, dirs):
     """{verdict, rows (one per statistic), regime (one per SGD run), exploratory, primary}."""
     statistics, regime_groups, seconds = CLAIMS[claim](dirs)
     reason = exploratory_reason(regime_groups)
+    seeds_read = sorted({run.config.get("seed") for group in regime_groups for run in group.runs})
     rows = []
     for statistic in statistics:
-        result = statistic.assess(seconds if statistic.primary else None)
+        primary = statistic.primary
+        result = statistic.assess(seconds if primary else None,
+                                  rerun=(claim, seeds_read) if primary and not reason else None)
         rows.append({"statistic": statistic, **result})
     primary = next(row for row in rows if row["statistic"].primary)
     regime_rows = [(group, run, _regime_row(run)) for group in regime_groups for run in group.runs]
     # Undecided at the first 3 seeds with n* within the budget: the plan adds seeds once, up to n*.
     n = primary["interval"].n
     first_read = (stats.seeds_for_pairs(n) if primary["statistic"].pairs else n) <= stats.FIRST_SEEDS
-    pending = primary["seeds_needed"] if primary["verdict"] == "inconclusive" and first_read else None
+    pending = primary["seeds_needed"] if primary["verdict"] == "inconclusive" and first_read and not reason else None
     return {"verdict": "exploratory" if reason else primary["verdict"], "would_read": primary["verdict"],
             "exploratory": reason, "rows": rows, "primary": primary, "regime": regime_rows,
             "pending_seeds": pending, "groups": regime_groups}

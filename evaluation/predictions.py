@@ -290,7 +290,7 @@ class RunPredictor:
         return self._cache[key]
 
 
-# The test logits of the Table 3 models (`baseline`, `ema_acc`, `ema_loss`),
+# The test logits of the Table 3 models (`baseline`, `sgd_early`, `ema_acc`, `ema_loss`),
 # written by app.evaluate beside evaluation.json. Weights are not kept with
 # committed results (they are large), so app.consistency falls back on these
 # to compare seeds trained and evaluated in different sessions.

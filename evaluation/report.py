@@ -17,12 +17,19 @@ validation loss, `swa`; other keys are shown as written):
       "models": {
         "baseline": {"weights": "weights/final.weights.h5",
                      "accuracy": 0.7583, "loss": 1.05, "ece": 0.1175,
-                     "temperature": 1.62, "ece_temperature_scaled": 0.0467},
+                     "temperature": 1.62, "ece_temperature_scaled": 0.0467,
+                     "loss_temperature_scaled": 0.98, "ece_temperature_scaled_excess": 0.021,
+                     "test_half": {"temperature": 1.60, "loss": 0.99, "ece": 0.049,
+                                   "ece_excess": 0.020}},
         "ema_loss": {"weights": "weights/ema_0.998_loss_bn.weights.h5", ...same keys...}
       }
     }
 
-(`evaluation.metrics.calibration` returns exactly the numeric entries of a model.)
+(`evaluation.metrics.calibration` returns the first five numbers of a model,
+`evaluation.metrics.temperature_checks` the rest: NLL and excess ECE after
+temperature scaling, and `test_half` with T fitted on the test split's first
+half and scored on its second; the hold-out ones are null for a
+`--full-train` run.)
 
 `consistency.json` — in a multi-seed directory, beside its `seed-<k>/`
 folders; Table 3 (prediction consistency, §4.4). `accuracy` is the mean over
@@ -34,6 +41,7 @@ seeds (`evaluation.metrics.pairwise_mean`):
       "seeds": [0, 1, 2],
       "models": {
         "baseline": {"accuracy": 0.7763, "churn": 0.1884, "js_divergence": 0.032},
+        "sgd_early": {...},   # where every seed kept it (the plan's comparator)
         "ema_loss": {"weights": "ema_0.998_loss_bn", "accuracy": 0.7805,
                      "churn": 0.1271, "js_divergence": 0.009}
       }

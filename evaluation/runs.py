@@ -107,13 +107,18 @@ def read_run(path):
     )
 
 
-def _seed_directories(path):
+def seed_directories(path):
+    """[(seed, its seed-<k>/ directory)] of a directory of seeds, by seed."""
     found = []
     for name in os.listdir(path):
         match = _SEED_DIRECTORY.match(name)
         if match and os.path.isdir(os.path.join(path, name)):
             found.append((int(match.group(1)), os.path.join(path, name)))
-    return [directory for _, directory in sorted(found)]
+    return sorted(found)
+
+
+def _seed_directories(path):
+    return [directory for _, directory in seed_directories(path)]
 
 
 def expand(path):

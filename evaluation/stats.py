@@ -153,13 +153,14 @@ def seeds_needed(diffs, margin=0.0, equivalence=False, level=LEVEL, limit=1000):
     return None
 
 
-def power_text(interval, needed, seconds_per_seed=None, pairs=False):
+def power_text(interval, needed, seconds_per_seed=None, pairs=False, rerun=None):
     """The page's power row: half-width, seeds needed at the observed spread, and their cost here.
 
     `needed` counts the statistic's values (`seeds_needed`); with `pairs` they are pairs of seeds
     (Table 3), and the seeds, their limit and their cost are those that make that many pairs. Read at
     `FIRST_SEEDS` seeds, an undecided claim within `MAX_SEEDS` gets its seeds added once (the plan);
-    read at more, it was: the plan reads no further.
+    read at more, it was: the plan reads no further. `rerun` (claim, seeds read) names the command that
+    adds them (left out on exploratory pages: their runs decide nothing, whatever is added).
     """
     have = seeds_for_pairs(interval.n) if pairs else interval.n
     seeds_needed = None if needed is None else seeds_for_pairs(needed) if pairs else needed
@@ -172,13 +173,20 @@ def power_text(interval, needed, seconds_per_seed=None, pairs=False):
         seeds = f"{what} needed to decide it at this spread"
         if seeds_needed > MAX_SEEDS:
             seeds += f" (over {MAX_SEEDS}: not decidable at this budget)"
-        elif have <= FIRST_SEEDS:
-            seeds += (f" (the plan adds seeds once, up to {seeds_needed}: rerun with --seeds "
-                      f"{' '.join(map(str, range(seeds_needed)))} and read the verdict there)")
-        else:
+        elif have <= FIRST_SEEDS and rerun:
+            claim, read = rerun
+            after = max(read) + 1
+            named = sorted(read) + list(range(after, after + seeds_needed - len(read)))
+            seeds += (f" (the plan adds seeds once, up to {seeds_needed}: `python -m app.reproduce {claim} --seeds "
+                      f"{' '.join(map(str, named))}`, and reads the verdict there)")
+        elif have > FIRST_SEEDS:
             seeds += f" (seeds were added once, to {have}: the plan reads no further)"
+    if pairs and seeds_needed:
+        seeds += f"; the plan's limit of {MAX_SEEDS} applies to those seeds ({MAX_SEEDS * (MAX_SEEDS - 1) // 2} pairs)"
     cost = ""
-    if seconds_per_seed and not math.isnan(seconds_per_seed) and seeds_needed:
+    if seconds_per_seed is not None and math.isnan(seconds_per_seed) and seeds_needed:
+        cost = "; their cost here: not known (a run read records no wall time)"
+    elif seconds_per_seed and seeds_needed:
         cost = (f"; {seeds_needed} seeds cost {seeds_needed * seconds_per_seed / 3600:.1f} h here (2 CPU cores, "
                 "at the fastest seed's wall time), one GPU: not measured")
     width = f"{interval.scale * interval.half_width:.{interval.digits}f}{interval.unit}"

@@ -536,32 +536,39 @@ def test_the_power_rows_cost_is_the_fastest_seeds_wall_time():
     assert math.isnan(plan_claims.seconds_per_seed(group(None)))
 
 
-def test_a_page_reads_the_seeds_its_command_names_and_an_undecided_one_asks_for_seeds_once(tmp_path):
+def test_a_page_reads_the_seeds_its_command_names_and_an_undecided_one_asks_for_seeds_once(tmp_path, monkeypatch):
     """docs/analysis-plan.md: seeds are added once, up to n*, and the verdict is read at that n and not again.
     A directory may hold a seed that another claim added (seed 3 here, its EMA far ahead): a page made with
     --seeds 0 1 2 (dirs["seeds"]) reads those three, and names the n* its undecided verdict waits for."""
     ema, sgd, expected = TABLE2_CASES["inconclusive"]
     dirs = _noisy_final(str(tmp_path), [0.6] * 3, [0.55] * 3, ema_test=ema, baseline_test=sgd)
+    exploratory = plan_claims.assess("table2", dirs)  # commit 0000000: no seeds asked for runs that decide nothing
+    assert exploratory["pending_seeds"] is None and "app.reproduce" not in exploratory["primary"]["power"]
+    monkeypatch.setattr(plan_claims, "exploratory_reason", lambda groups, commit=None: None)  # as if made after it
     extra = os.path.join(dirs["noisy_final"], "seed-3")
     shutil.copytree(os.path.join(dirs["noisy_final"], "seed-2"), extra)
     _write_json(os.path.join(extra, "config.json"), _config(seed=3, out=extra))
     _write_json(os.path.join(extra, "evaluation.json"), _evaluation(0.70, 0.55))
     every = plan_claims.assess("table2", dirs)
     assert every["primary"]["interval"].n == 4
+    # A half-trained seed 4 (nothing written yet) is not read by a page of other seeds.
+    os.makedirs(os.path.join(dirs["noisy_final"], "seed-4"))
     named = plan_claims.assess("table2", {**dirs, "seeds": (0, 1, 2)})
     assert named["primary"]["interval"].n == 3 and named["would_read"] == expected == "inconclusive"
     diff = np.subtract(ema, sgd)
     needed = next(n for n in range(2, 9) if T_975[n - 1] * np.std(diff, ddof=1) / math.sqrt(n) < abs(diff.mean()))
     assert named["pending_seeds"] == needed > 3
-    assert f"the plan adds seeds once, up to {needed}: rerun with --seeds {' '.join(map(str, range(needed)))}" in (
-        named["primary"]["power"])
+    assert (f"the plan adds seeds once, up to {needed}: `python -m app.reproduce table2 --seeds "
+            f"{' '.join(map(str, range(needed)))}`") in named["primary"]["power"]
     # Read at 4 seeds (added once), an undecided verdict is final: no more seeds asked for.
     _write_json(os.path.join(extra, "evaluation.json"), _evaluation(0.5815, 0.5800))
-    added = plan_claims.assess("table2", dirs)  # +0.15, +0.10, +0.80, +0.15: [-0.41, +1.68]
+    added = plan_claims.assess("table2", {**dirs, "seeds": (0, 1, 2, 3)})  # +0.15, +0.10, +0.80, +0.15: [-0.41, +1.68]
     assert added["would_read"] == "inconclusive" and added["pending_seeds"] is None
     assert "the plan reads no further" in added["primary"]["power"]
-    with pytest.raises(Exception, match=r"hold no run of seeds 5 6"):
-        plan_claims.assess("table2", {**dirs, "seeds": (5, 6)})
+    with pytest.raises(Exception, match=r"hold no finished run of seed 5 6; train it"):
+        plan_claims.assess("table2", {**dirs, "seeds": (0, 5, 6)})
+    with pytest.raises(Exception, match=r"seed-4 holds neither config.json"):  # named, but not trained yet
+        plan_claims.assess("table2", {**dirs, "seeds": (0, 4)})
 
 
 def test_consistency_of_named_seeds_keeps_their_pairs_only(tmp_path):

@@ -158,8 +158,12 @@ def test_table3s_pairs_are_priced_and_limited_as_the_seeds_that_make_them():
     """Table 3's values are pairs of seeds: n* pairs need the fewest seeds s with s(s-1)/2 >= n*."""
     assert [stats.seeds_for_pairs(p) for p in (1, 3, 4, 6, 7, 10, 28, 29)] == [2, 3, 4, 4, 5, 5, 8, 9]
     interval = stats.paired_interval([0.0, 0.01, 0.02], [0.0, 0.0, 0.0])  # 3 pairs of 3 seeds
-    text = stats.power_text(interval, 7, seconds_per_seed=3600, pairs=True)
+    text = stats.power_text(interval, 7, seconds_per_seed=3600, pairs=True, rerun=("table3", [0, 1, 2]))
     assert "7 pairs, i.e. 5 seeds, needed" in text and "5.0 h here" in text and "(n=3 pairs)" in text
-    assert "up to 5: rerun with --seeds 0 1 2 3 4" in text
+    assert "up to 5: `python -m app.reproduce table3 --seeds 0 1 2 3 4`" in text
+    # Seeds read other than 0 1 2: the command keeps them and adds the next ones.
+    assert "--seeds 3 4 5 6 7`" in stats.power_text(interval, 7, pairs=True, rerun=("table3", [3, 4, 5]))
+    assert "app.reproduce" not in stats.power_text(interval, 7, pairs=True)  # an exploratory page: no command
+    assert "cost here: not known" in stats.power_text(interval, 7, seconds_per_seed=float("nan"))
     assert "not decidable at this budget" in stats.power_text(interval, 29, pairs=True)  # 9 seeds > 8
     assert "not decidable" not in stats.power_text(interval, 28, pairs=True)  # 8 seeds
