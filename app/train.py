@@ -107,6 +107,12 @@ def prepare(argv):
     if all(finished):
         raise UsageError(f"--out {path} holds every seed's run finished with this config; choose another --out")
     availability.check(config)  # without TensorFlow, where it can tell
+    # Another process writing a --out that would be trained: refused before TensorFlow, like any bad input
+    # (`locked` decides after the imports; a malformed process id is named there too).
+    process_id = os.environ.get("KERAS_DISTRIBUTION_PROCESS_ID", "").strip()  # training.distribution.ID_VARIABLE
+    if process_id.isdigit() or not process_id:
+        run_directory.check_unlocked(run_directory.process_path(run_path, int(process_id or 0))
+                                     for (_, run_path), done in zip(runs, finished) if not done)
     # Importing TensorFlow and reading the data take seconds (tens on a loaded machine): say so first.
     print(f"starting: importing TensorFlow, then reading {config.dataset} ...", flush=True)
     quiet.import_tensorflow()  # the arguments are fine: now the heavy imports

@@ -187,8 +187,19 @@ def test_app_train_refuses_an_out_another_process_is_writing(tmp_path):
     assert result.stderr.splitlines() == [
         f"error: --out {path} is being written by another process (it holds run.lock); "
         "wait for it to end, or choose another --out"]
-    assert result.returncode == 2
+    assert result.returncode == 2 and result.stdout == ""  # found before TensorFlow's import, nothing printed
     assert sorted(os.listdir(path)) == before == ["command.txt", "config.json", "run.lock", "weights"]
+    # Process k of a run of several processes asks about its own copy (run_dir.process_path), not the chief's.
+    copy = os.path.join(path, run_dir.PROCESS_DIR.format(1))
+    holder = _holding(copy, HOLD_FLOCK)
+    try:
+        result = subprocess.run([sys.executable, "-m", "app.train", *argv], cwd=ROOT, capture_output=True, text=True,
+                                env={**env, "KERAS_DISTRIBUTION_PROCESS_ID": "1"}, timeout=300)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert result.stderr.splitlines() == [f"error: --out {copy} is being written by another process (it holds "
+                                          "run.lock); wait for it to end, or choose another --out"]
 
 
 def test_a_seed_run_is_not_another_run_because_its_batch_differs(tmp_path):

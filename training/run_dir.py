@@ -192,6 +192,29 @@ def locked(paths):
         yield
 
 
+def check_unlocked(paths):
+    """Raises `locked`'s ConfigError now if another process holds one of `paths`, without creating or
+    keeping anything: app.train asks before its heavy imports, so that this error, like every other bad
+    input, comes in a fraction of a second (`locked` still decides, after them)."""
+    for path in paths:
+        lock_path = os.path.join(path, LOCK_FILE)
+        if not os.path.exists(lock_path):
+            continue
+        with open(lock_path, encoding="utf-8") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise _held_error(path, handle) from None
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _held_error(path, handle):
+    handle.seek(0)
+    holder = handle.read().strip() or "another process"
+    return ConfigError(f"`out` {path} is being written by {holder} (it holds {LOCK_FILE}); "
+                       "wait for it to end, or choose another `out`")
+
+
 @contextlib.contextmanager
 def _lock(path):
     created = not os.path.exists(path)
@@ -201,10 +224,7 @@ def _lock(path):
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "another process"
-            raise ConfigError(f"`out` {path} is being written by {holder} (it holds {LOCK_FILE}); "
-                              "wait for it to end, or choose another `out`") from None
+            raise _held_error(path, handle) from None
         handle.seek(0)
         handle.truncate()
         handle.write(f"app.train pid {os.getpid()} on {socket.gethostname()}\n")
