@@ -12,7 +12,6 @@ import csv
 import glob
 import io
 import json
-import math
 import os
 import re
 import socket
