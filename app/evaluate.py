@@ -149,9 +149,8 @@ def model_metrics(test_logits, data, holdout_logits=None):
 
     labels = data.test.labels
     if holdout_logits is not None:
-        holdout_labels = data.validation.labels
-        return {**metrics.calibration(test_logits, labels, holdout_logits, holdout_labels),
-                **metrics.temperature_checks(test_logits, labels, holdout_logits, holdout_labels)}
+        calibrated = metrics.calibration(test_logits, labels, holdout_logits, data.validation.labels)
+        return {**calibrated, **metrics.temperature_checks(test_logits, labels, calibrated["temperature"])}
     return {
         "accuracy": metrics.accuracy(test_logits, labels),
         "loss": metrics.negative_log_likelihood(test_logits, labels),

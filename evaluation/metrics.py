@@ -226,13 +226,13 @@ def calibration(logits, labels, holdout_logits, holdout_labels, num_bins=ECE_BIN
     }
 
 
-def temperature_checks(logits, labels, holdout_logits=None, holdout_labels=None, draws=200, seed=0,
-                       num_bins=ECE_BINS):
+def temperature_checks(logits, labels, temperature=None, draws=200, seed=0, num_bins=ECE_BINS):
     """Table 5's secondary numbers (docs/analysis-plan.md): what temperature scaling leaves, net of the
     floor that `num_bins` bins put under any model.
 
-    With a hold-out (the paper's protocol, T fitted there): `loss_temperature_scaled` (test NLL at T) and
-    `ece_temperature_scaled_excess` (test ECE at T minus `calibrated_ece` at the same confidences).
+    With `temperature`, the one fitted on a hold-out (the paper's protocol, `calibration`'s):
+    `loss_temperature_scaled` (test NLL at it) and `ece_temperature_scaled_excess` (test ECE at it minus
+    `calibrated_ece` at the same confidences).
     Always, `test_half`: T fitted on the first half of the test examples, scored on the second half
     (`temperature`, `loss`, `ece`, `ece_excess`): no hold-out needed, none of the scored images fitted.
     `seed` fixes the floor's label draws. Fractions and nats.
@@ -251,8 +251,8 @@ def temperature_checks(logits, labels, holdout_logits=None, holdout_labels=None,
         raise ValueError(f"Expected at least 2 samples to split in halves; received {labels.size}.")
     result = {"test_half": scored(fit_temperature(logits[:half], labels[:half]), logits[half:], labels[half:]),
               "loss_temperature_scaled": None, "ece_temperature_scaled_excess": None}
-    if holdout_logits is not None:
-        at_holdout = scored(fit_temperature(holdout_logits, holdout_labels), logits, labels)
+    if temperature is not None:
+        at_holdout = scored(temperature, logits, labels)
         result.update(loss_temperature_scaled=at_holdout["loss"],
                       ece_temperature_scaled_excess=at_holdout["ece_excess"])
     return result

@@ -175,7 +175,8 @@ def test_temperature_checks_score_the_half_not_fitted_and_remove_the_bins_floor(
     holdout_probabilities = metrics.softmax(holdout_logits / 2.5)
     holdout_labels = np.minimum(
         (holdout_probabilities.cumsum(axis=1) < rng.random(8000)[:, None]).sum(axis=1), 9)
-    checks = metrics.temperature_checks(logits, labels, holdout_logits, holdout_labels, draws=50)
+    checks = metrics.temperature_checks(logits, labels, metrics.fit_temperature(holdout_logits, holdout_labels),
+                                        draws=50)
     true_nll = -np.mean(np.log(probabilities[np.arange(8000), labels]))
     assert checks["loss_temperature_scaled"] == pytest.approx(true_nll, abs=0.01)
     assert abs(checks["ece_temperature_scaled_excess"]) < 0.01  # a floor of ~2.5 % (80 per bin) removed
