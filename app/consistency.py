@@ -6,8 +6,9 @@ the EMA (by default early-stopped at the lowest validation loss, the largest
 decay, BatchNorm statistics recomputed once after training, as the paper's
 Table 3), and for SGD early-stopped on validation where the runs kept it
 (`sgd_early`, docs/analysis-plan.md's comparator), every seed predicts the
-test split; then churn (fraction of test samples whose top-1 class differs) and the Jensen-Shannon divergence (natural
-log, mean over samples) are averaged over all pairs of seeds, and the accuracy
+test split; then churn (fraction of test samples whose top-1 class differs)
+and the Jensen-Shannon divergence (natural log, mean over samples) are
+averaged over all pairs of seeds, and the accuracy
 over seeds. Writes RUN_DIR/consistency.json (shape: evaluation/report.py) and
 prints the table. A seed whose weights are gone (committed results keep
 none) is read from the test logits `app.evaluate` saved (`test_logits.npz`).

@@ -3,14 +3,15 @@
 `CLAIMS` states each claim with the paper's numbers; `BUILDERS` computes its
 table, figure and headline from finished runs (evaluation/claim_tables.py,
 evaluation/noise_claims.py); its verdict is the analysis plan's alone
-(evaluation/plan_claims.py). `write_claim` writes `<claim>.md/.csv/.json`,
-`write_index` the RESULTS.md of a budget. Nothing here trains.
+(evaluation/plan_claims.py; its section of the page: evaluation/plan_page.py).
+`write_claim` writes `<claim>.md/.csv/.json`, `write_index` the RESULTS.md of
+a budget. Nothing here trains.
 """
 
 import json
 import os
 
-from evaluation import claim_tables, noise_claims, plan_claims, report, runs, scaling
+from evaluation import claim_tables, noise_claims, plan_page, report, runs, scaling
 
 CLAIMS = {
     "fig1a": "§3.2-3.3 Fig. 1a: validation accuracy of SGD and of the best EMA each epoch "
@@ -46,7 +47,7 @@ def write_claim(claim, text, out, dirs, commands, command, wall_seconds, images,
     """
     result = BUILDERS[claim](dirs, out)
     # The verdict is the analysis plan's (docs/analysis-plan.md), or "exploratory" for runs that predate it.
-    plan_text, planned = plan_claims.section(claim, dirs)
+    plan_text, planned = plan_page.section(claim, dirs)
     csv_path = report.write_csv(os.path.join(out, f"{claim}.csv"), result["rows"])
     parts = [f"# {claim}\n\n", f"**Claim.** {text}\n\n", f"**Ours.** {result['headline']}\n\n",
              plan_text + "\n"]

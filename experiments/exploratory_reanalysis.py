@@ -18,7 +18,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from evaluation import claim_common as common  # noqa: E402
-from evaluation import metrics, plan_claims  # noqa: E402
+from evaluation import metrics, plan_claims, plan_page  # noqa: E402
 
 SMALL = os.path.join("reproductions", "small-v2")
 DIRS = {"validation": "protocol/validation", "validation_seeds": "protocol/validation-seeds",
@@ -67,7 +67,7 @@ def main():
     summary = ["| claim | primary statistic | mean, 95 % CI | the plan's rule would read | power |", "|---|---|---|---|---|"]
     pages = []
     for claim in plan_claims.CLAIMS:
-        text, result = plan_claims.section(claim, dirs)
+        text, result = plan_page.section(claim, dirs)
         primary = result["primary"]
         summary.append(f"| [{claim}](#{claim}) | {primary['statistic'].label} | {primary['interval'].short()} | "
                        f"{result['would_read']} | {primary['power']} |")

@@ -24,7 +24,7 @@ import struct
 import numpy as np
 import pytest
 
-from evaluation import claims, noise_claims, plan_claims
+from evaluation import claims, noise_claims, plan_claims, plan_page
 
 SEEDS = (0, 1, 2)
 DECAYS = (0.9, 0.99)  # the largest (0.99) is the one Fig. 2 reports
@@ -209,7 +209,7 @@ def _page(claim, dirs, out):
         text = handle.read()
     with open(os.path.join(out, f"{claim}.json"), encoding="utf-8") as handle:
         entry = json.load(handle)
-    section, _ = plan_claims.section(claim, dirs)
+    section, _ = plan_page.section(claim, dirs)
     assert text.count(section) == 1
     builders_part = text.replace(section, "")
     assert not VERDICT_WORDS.search(builders_part), VERDICT_WORDS.search(builders_part)

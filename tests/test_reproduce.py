@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from app import reproduce
-from evaluation import plan_claims, stats
+from evaluation import plan_page, stats
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TFDS_DIR = os.path.join(os.path.dirname(ROOT), "shared", "data", "tfds")
@@ -144,7 +144,7 @@ def test_every_protocol_claim_page_has_its_interval_ratio_table_and_provenance(t
         text = open(os.path.join(base, claim, f"{claim}.md"), encoding="utf-8").read()
         assert "95 % CI" in text and "**Budget vs paper**" in text and "**Provenance**" in text, claim
         # One source of verdicts: the plan's section; the builder's tables and headline around it carry none.
-        section, planned = plan_claims.section(claim, dirs)
+        section, planned = plan_page.section(claim, dirs)
         assert text.count(section) == 1 and results[claim]["verdict"] == planned["verdict"] in stats.PLAN_VERDICTS
         rest = text.replace(section, "")
         assert not re.search(r"holds|does not hold|inconclusive|decidable|margin|verdict", rest, re.I), (claim, rest)
