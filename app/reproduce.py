@@ -117,7 +117,8 @@ def main(argv):
     steps, dirs, setups = plan(args.budget, out, args.data_dir, args.seeds)
     claims = CLAIM_ORDER if args.claim == "all" else (args.claim,)
     if args.dry_run:
-        return _dry_run(claims, steps, setups, out)
+        twins = plan(args.budget, out, args.data_dir, args.seeds, untuned_sgd_lr_differs=True)[0]
+        return _dry_run(claims, steps, setups, out, twins)
     _check_data(claims, setups, steps, args.data_dir)
     from utils import quiet
 
@@ -145,35 +146,52 @@ def main(argv):
 CPU_IMAGES_PER_SECOND = {"train": 420, "forward": 950}
 
 
-def _dry_run(claims, steps, setups, out):
-    seen, done, train_images, forward_images = set(), set(), 0, 0
+def _dry_run(claims, steps, setups, out, twins):
+    """Prints the steps and what is left of them; `twins`: the plan with every unfinished search's SGD lr
+    differing from its EMA lr (the -sgd runs it would add are estimated apart)."""
+    seen, done = set(), set()
     for claim in claims:
         print(f"# {claim}: {CLAIMS[claim]}")
         for step in steps[claim]:
             finished = step.done()
-            fraction, where = (1.0, "") if finished else _progress(step)
+            where = "" if finished else _progress(step)[1]
             mark = "(done) " if finished else f"(in progress: {where}) " if where else ""
             print(f"{mark}{step.text()}")
-            if finished:
-                done.add(step)
-            elif step not in seen:
-                seen.add(step)
-                train_images += round(step.train_images * (1 - fraction))
-                forward_images += round(step.forward_images * (1 - fraction))
+            (done if finished else seen).add(step)
+    train_images, forward_images = _left(seen)
     print(f"# estimated images to process: {train_images:,} trained, {forward_images:,} forward "
           "(evaluation, BN recompute)")
-    if {setup.model for setup in setups.values()} == {"resnet20"}:
-        seconds = train_images / CPU_IMAGES_PER_SECOND["train"] + forward_images / CPU_IMAGES_PER_SECOND["forward"]
-        print(f"# about {seconds / 3600:.1f} h on 2 idle CPU cores (ResNet-20 at {CPU_IMAGES_PER_SECOND['train']} "
-              f"training and {CPU_IMAGES_PER_SECOND['forward']} forward images/s; longer on loaded cores)")
+    resnet20 = {setup.model for setup in setups.values()} == {"resnet20"}
+    if resnet20:
+        print(f"# about {_hours(train_images, forward_images):.1f} h on 2 idle CPU cores (ResNet-20 at "
+              f"{CPU_IMAGES_PER_SECOND['train']} training and {CPU_IMAGES_PER_SECOND['forward']} forward images/s; "
+              "longer on loaded cores)")
     if done:
         print(f"# {len(done)} of {len(done | seen)} steps are done already in {out} (their outputs are there: e.g. "
               "committed results); to reproduce them from scratch, give --out a new directory")
-    if any(step.command == "tune" and not step.done()
-           for claim in claims for step in steps[claim]):
+    extra = {step for claim in claims for step in twins[claim] if not step.done()} - seen
+    more_train, more_forward = _left(extra)
+    if extra:
+        hours = f", about {_hours(more_train, more_forward):.1f} h more" if resnet20 else ""
         print(f"# after tuning: where {SGD_BEST_FILE} picks another lr than best.json, the runs the SGD "
-              "columns read are repeated at it (into <dir>-sgd/; not counted above)")
-    return {"train_images": train_images, "forward_images": forward_images}
+              f"columns read are repeated at it (into <dir>-sgd/): {len(extra)} steps, {more_train:,} trained "
+              f"and {more_forward:,} forward images more{hours}")
+    return {"train_images": train_images, "forward_images": forward_images,
+            "sgd_twin_images": (more_train, more_forward)}
+
+
+def _left(steps):
+    """(training, forward) images left of unfinished `steps`."""
+    train_images = forward_images = 0
+    for step in steps:
+        fraction = _progress(step)[0]
+        train_images += round(step.train_images * (1 - fraction))
+        forward_images += round(step.forward_images * (1 - fraction))
+    return train_images, forward_images
+
+
+def _hours(train_images, forward_images):
+    return (train_images / CPU_IMAGES_PER_SECOND["train"] + forward_images / CPU_IMAGES_PER_SECOND["forward"]) / 3600
 
 
 def _progress(step):

@@ -40,8 +40,12 @@ class Step:
         return True
 
 
-def plan(budget, out, data_dir, seeds):
-    """{claim: [Step]}, the directories the claims' tables read (and `seeds`, the seeds they read), setups."""
+def plan(budget, out, data_dir, seeds, untuned_sgd_lr_differs=False):
+    """{claim: [Step]}, the directories the claims' tables read (and `seeds`, the seeds they read), setups.
+
+    `untuned_sgd_lr_differs`: plan a search that has not ended as if its SGD lr differed from its EMA lr
+    (the dry run's estimate of the -sgd runs); a search that ended is planned as it came out.
+    """
     setups = budgets.setups(budget, out)
     dirs = {
         "validation": os.path.join(out, "protocol", "validation"),
@@ -108,7 +112,8 @@ def plan(budget, out, data_dir, seeds):
     for tuning, keys, claims in (("tuning", ("validation", "validation_seeds", "final"),
                                   ("fig1a", "fig1b", "table1", "swa", "table3", "table5")),
                                  ("tuning-noisy", ("noisy_validation", "noisy_final"), ("fig2", "table2"))):
-        if sgd_lr_differs(os.path.join(out, tuning)):
+        searched = os.path.exists(os.path.join(out, tuning, "best.json"))
+        if sgd_lr_differs(os.path.join(out, tuning)) if searched else untuned_sgd_lr_differs:
             twins = {dirs[key]: dirs[key] + "-sgd" for key in keys}
             dirs.update({f"{key}_sgd": twins[dirs[key]] for key in keys})
             for claim in claims:

@@ -208,9 +208,9 @@ def finish(config, oracle, path, started):
     if note:
         best["note"] = note
     best["wall_time_seconds"] = round(time.time() - started, 1)
-    atomic_write_text(os.path.join(path, BEST_FILE), json.dumps(best, indent=2) + "\n")
-    if config.objective == "ema":
+    if config.objective == "ema":  # first: best.json marks the search done (app.reproduce reads both)
         _write_best_final_sgd(oracle, path, config.train_argv)
+    atomic_write_text(os.path.join(path, BEST_FILE), json.dumps(best, indent=2) + "\n")
     where = f"epoch {best['epoch']}"
     if best["decay"] is not None:
         where += f", EMA decay {best['decay']:g}"

@@ -364,6 +364,14 @@ def test_dry_run_counts_what_is_left_of_runs_in_progress(tmp_path, capsys):
         left = round(getattr(tune, key) * 2.75 / 4) + round(getattr(validation, key) * 75 / 150)
         assert after[key] == left + sum(getattr(step, key) for step in chain[2:])
         assert before[key] == sum(getattr(step, key) for step in chain)
+    # Should the search pick another lr for SGD, every step after it is repeated into -sgd/ (fig1a reads
+    # SGD's validation, validation-seeds and final runs): estimated apart, in full (no twin has started).
+    twins = tuple(sum(getattr(step, key) for step in chain[1:]) for key in ("train_images", "forward_images"))
+    assert before["sgd_twin_images"] == after["sgd_twin_images"] == twins
+    assert lines[-1] == (f"# after tuning: where best_sgd_final.json picks another lr than best.json, the runs the "
+                         f"SGD columns read are repeated at it (into <dir>-sgd/): {len(chain) - 1} steps, "
+                         f"{twins[0]:,} trained and {twins[1]:,} forward images more, about "
+                         f"{(twins[0] / 420 + twins[1] / 950) / 3600:.1f} h more")
     # Every epoch trained, the branch at its 10th epoch, no summary.json yet: in progress, not done.
     (out / "protocol" / "validation" / "checkpoint" / "last.npz").unlink()
     (out / "protocol" / "validation" / "checkpoint").rmdir()

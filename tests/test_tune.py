@@ -189,6 +189,10 @@ def test_best_sgd_final_json_ranks_the_same_trials_by_sgds_last_epoch(searched_w
     assert best["objective"] == top and best["objective_name"] == "sgd-final" and best["epoch"] == 2
     assert best["command"] == "python -m app.train " + " ".join(TRAIN_FLAGS) + f" --lr {best['lr']!r} --full-train"
     assert f"picks lr {best['lr']:g} ({top:.4f}): {os.path.join(tuner_dir, 'best_sgd_final.json')}" in printed
+    # Written before best.json, which marks the search done for app.reproduce: a stop between the two
+    # writes must not leave a "done" search whose SGD lr is missing (the -sgd runs would not be planned).
+    assert (os.stat(os.path.join(tuner_dir, "best_sgd_final.json")).st_mtime_ns
+            <= os.stat(os.path.join(tuner_dir, "best.json")).st_mtime_ns)
     # --lr-from takes the file as well as the search's directory.
     from app import cli
 
