@@ -82,7 +82,7 @@ def prepare(argv):
         chosen_by_run.append(chosen)
     # SGD early-stopped on validation, the early-stopped EMA's comparator (the plan's), where every seed has it
     # (a seed evaluated before app.evaluate cached its logits, its weights gone, has not).
-    early = all("sgd_early" in chosen and _available(run, chosen["sgd_early"])
+    early = all("sgd_early" in chosen and predictions.can_predict(run, chosen["sgd_early"])
                 for run, chosen in zip(group.runs, chosen_by_run))
     seeds = []
     for run, chosen in zip(group.runs, chosen_by_run):
@@ -102,21 +102,6 @@ def prepare(argv):
         quiet.import_tensorflow()  # the runs are fine: now the heavy imports
     return {"directory": args.run_dir, "config": config, "seeds": seeds, "decay_key": decay_key,
             "criterion": args.criterion, "limit_test": args.limit_test, "batch_size": args.batch_size}
-
-
-def _available(run, name):
-    """Whether a model's weights, or its test logits app.evaluate saved, are there to predict with."""
-    import numpy as np
-
-    from evaluation import predictions
-
-    if os.path.isfile(predictions.weights_path(run.path, name)):
-        return True
-    path = os.path.join(run.path, TEST_LOGITS_FILE)
-    if not os.path.isfile(path):
-        return False
-    with np.load(path) as cached:
-        return name in cached.files
 
 
 def measure(plan):

@@ -307,6 +307,17 @@ def save_test_logits(run_path, logits_by_name, labels, limit_test):
                         lambda temporary: np.savez_compressed(temporary, **arrays))
 
 
+def can_predict(run, name):
+    """Whether the model `name`'s weights, or its test logits `save_test_logits` kept, are in `run`."""
+    if os.path.isfile(weights_path(run.path, name)):
+        return True
+    path = os.path.join(run.path, run_directory.TEST_LOGITS_FILE)
+    if not os.path.isfile(path):
+        return False
+    with np.load(path) as cached:
+        return name in cached.files
+
+
 def cached_test_logits(run, names, limit_test):
     """({stem: logits}, labels) from the run's `test_logits.npz` for `names`, first `limit_test` rows.
 
