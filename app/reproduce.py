@@ -33,7 +33,7 @@ if __name__ == "__main__":
     signals.install()  # first: Ctrl-C and SIGTERM are one line, as in app.train (app/signals.py)
 
 from app.errors import DefaultsHelpFormatter, OneLineArgumentParser, UsageError, entry_point  # noqa: E402
-from app.reproduce_plan import SGD_BEST_FILE, plan, swa_branch_epochs, unique  # noqa: E402
+from app.reproduce_plan import SGD_BEST_FILE, plan, swa_branch_epochs  # noqa: E402
 from evaluation import claims as claim_pages  # noqa: E402
 from evaluation.claims import CLAIM_ORDER, CLAIMS  # noqa: E402
 
@@ -126,16 +126,16 @@ def main(argv):
     from training import stopping
 
     with stopping.between_runs("between steps; run the same command to continue (finished steps are kept)"):
-        # The searches first: what they pick decides which runs the SGD columns need (plan again).
-        tunes = unique([step for claim in claims for step in steps[claim] if step.command == "tune"])
-        for step in tunes:
-            if not step.done():
-                print(f"[tuning] running: {step.text()}", flush=True)
-                _run_step(step)
-        if tunes:
-            steps, dirs, setups = plan(args.budget, out, args.data_dir, args.seeds)
         results = {}
         for claim in claims:
+            # A claim's search before its runs (the noisy one waits for fig2): what it picks decides
+            # which runs the SGD columns need, so the steps are planned again after it.
+            tunes = [step for step in steps[claim] if step.command == "tune" and not step.done()]
+            for step in tunes:
+                print(f"[tuning] running: {step.text()}", flush=True)
+                _run_step(step)
+            if tunes:
+                steps, dirs, setups = plan(args.budget, out, args.data_dir, args.seeds)
             results[claim] = _run_claim(claim, steps[claim], dirs, setups, out, args)
         print(f"index: {claim_pages.write_index(out, CLAIM_ORDER)}", flush=True)
     return results

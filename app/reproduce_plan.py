@@ -181,7 +181,7 @@ def _step_seeds(train_steps):
 
 def _train_step(setup, data_dir, path, extra, seeds=None):
     """One step, or with `seeds` a list of one `--seeds k` step per seed (into path/seed-k/)."""
-    if seeds:
+    if seeds is not None:  # `--seeds 0`: no validation-seeds runs (an empty list, not one unseeded run)
         return [_train_step(setup, data_dir, path, [*extra, "--seeds", str(seed)]) for seed in seeds]
     argv = setup.argv(data_dir) + list(extra) + ["--out", path]
     if "--seeds" in extra:

@@ -405,3 +405,48 @@ def test_a_step_stopped_by_ctrl_c_or_sigterm_ends_the_command_with_its_status(st
     monkeypatch.setattr(train, "main", lambda argv: (_ for _ in ()).throw(SystemExit(1)))
     with pytest.raises(reproduce.UsageError, match="step failed with exit status 1: python -m app.train --epochs 1"):
         reproduce._run_step(Step("train", ("--epochs", "1"), ()))
+
+
+def test_all_runs_each_search_just_before_the_first_claim_that_needs_it_and_plans_again_after_it(
+        tmp_path, monkeypatch, capsys):
+    """The protocol claims do not wait for (or fail with) the noisy search; a search whose SGD lr differs
+    adds the -sgd runs to the claims after it. Steps are recorded here, not run."""
+    from utils import quiet
+
+    out = tmp_path / "small"
+    ran = []
+
+    def run_step(step):
+        ran.append(step)
+        for path in step.done_files:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            if step.command == "tune":  # the protocol search picks 0.2 for SGD, the noisy one agrees
+                sgd_lr = 0.2 if os.path.basename(os.path.dirname(path)) == "tuning" else 0.1
+                for name, lr in (("best_sgd_final.json", sgd_lr), ("best.json", 0.1)):
+                    with open(os.path.join(os.path.dirname(path), name), "w", encoding="utf-8") as handle:
+                        json.dump({"lr": lr}, handle)
+            else:
+                with open(path, "w", encoding="utf-8") as handle:
+                    json.dump({"wall_time_seconds": 1.0, "seeds": [0]}, handle)
+
+    monkeypatch.setattr(reproduce, "_run_step", run_step)
+    monkeypatch.setattr(reproduce, "_check_data", lambda *args: None)
+    monkeypatch.setattr(quiet, "import_tensorflow", lambda: None)
+    pages = []
+    monkeypatch.setattr(reproduce.claim_pages, "write_claim",
+                        lambda claim, *args, **kwargs: pages.append((claim, len(ran))) or {"files": [], "headline": ""})
+    monkeypatch.setattr(reproduce.claim_pages, "write_index", lambda *args: "index.md")
+    reproduce.main(["all", "--budget", "small", "--seeds", "0", "--out", str(tmp_path)])
+    tunes = [i for i, step in enumerate(ran) if step.command == "tune"]
+    assert [ran[i].done_files[0] for i in tunes] == [str(out / "tuning" / "best.json"),
+                                                     str(out / "tuning-noisy" / "best.json")]
+    assert tunes[0] == 0
+    written = dict(pages)
+    assert written["table5"] <= tunes[1] < written["fig2"]  # after every protocol page, before fig2's runs
+    sgd_twins = [step for step in ran[:written["fig1a"]] if step.command == "train" and "-sgd" in step.argv[-1]]
+    assert {step.argv[-1] for step in sgd_twins} == {str(out / "protocol" / "validation-sgd"),
+                                                     str(out / "protocol" / "final-sgd")}
+    assert all(step.argv[step.argv.index("--lr-from") + 1] == str(out / "tuning" / "best_sgd_final.json")
+               for step in sgd_twins)
+    assert not any("noisy" in arg and "-sgd" in arg for step in ran for arg in step.argv)
+    assert [claim for claim, _ in pages] == list(reproduce.CLAIM_ORDER)
