@@ -27,6 +27,7 @@ class Step:
     train_images: int = 0
     forward_images: int = 0
     seeds: tuple = ()  # a consistency step: done only when its file holds these seeds' pairs
+    tested: tuple = (0, 0)  # a train step: (weights files, hold-out images) its test evaluation reads
 
     def text(self):
         return f"python -m app.{self.command} {shlex.join(self.argv)}"
@@ -96,7 +97,7 @@ def plan(budget, out, data_dir, seeds, untuned_sgd_lr_differs=False):
     steps["swa"] = tune[:1] + [validation, tune_swa, *final_tested]
     steps["table3"] = tune[:1] + [validation, tune_swa, *final, _consistency_step(dirs["final"], seeds, limit_test)]
     # Table 5 fits the temperature on the 20 % hold-out: the 80/20 runs, tested.
-    steps["table5"] = tune[:1] + [validation, _evaluate_step(dirs["validation"], [], limit_test),
+    steps["table5"] = tune[:1] + [validation, _evaluate_step(dirs["validation"], [], limit_test, validation.tested),
                                   *_tested(validation_seeds, dirs["validation_seeds"], limit_test)]
     noisy_validation = _train_step(noisy, data_dir, dirs["noisy_validation"], ["--label-noise", "worse"])
     noisy_final = _train_step(
@@ -172,7 +173,7 @@ def _num_train(setup, full_train=True):
 def _tested(train_steps, path, limit_test):
     """Each seed's training step followed by its test evaluation."""
     return [step for train, seed in zip(train_steps, _step_seeds(train_steps))
-            for step in (train, _evaluate_step(os.path.join(path, f"seed-{seed}"), [], limit_test))]
+            for step in (train, _evaluate_step(os.path.join(path, f"seed-{seed}"), [], limit_test, train.tested))]
 
 
 def _step_seeds(train_steps):
@@ -202,7 +203,13 @@ def _train_step(setup, data_dir, path, extra, seeds=None):
                   else swa_branch_epochs(setup.epochs))
         images += train * branch
         forward += validation * branch + train + validation
-    return Step("train", tuple(argv), done, images, forward)
+    # app.evaluate tests each distinct weights file on the test split (and on the hold-out, for the
+    # temperature): final, sgd_early, every decay's acc/loss, BN as tracked and recomputed, the largest
+    # decay's last epoch both ways (training/final_ema.py), SWA. Files that coincide are tested once.
+    models = 2 + 2 * len(setup.decays) * (1 if "--bn-recompute" in extra and "none" in extra else 2) + 2
+    models += "--swa" in extra
+    holdout = 0 if "--full-train" in extra else validation
+    return Step("train", tuple(argv), done, images, forward, tested=(models, holdout))
 
 
 def _tune_step(setup, data_dir, path, budget):
@@ -233,10 +240,14 @@ def swa_branch_epochs(epochs):
     return epochs - scaling.swa_start_epoch(epochs) + 1
 
 
-def _evaluate_step(path, seeds, limit_test):
+def _evaluate_step(path, seeds, limit_test, tested):
+    """app.evaluate of the run(s) in `path`; `tested`: the train step's (weights files, hold-out images),
+    for at most that many forward images over the test split (10,000 CIFAR images or `limit_test`)."""
     done = tuple(os.path.join(path, f"seed-{s}", "evaluation.json") for s in seeds) or (
         os.path.join(path, "evaluation.json"),)
-    return Step("evaluate", tuple([path, *limit_test]), done, 0, 0)
+    models, holdout = tested
+    test = int(limit_test[1]) if limit_test else 10000
+    return Step("evaluate", tuple([path, *limit_test]), done, 0, models * (test + holdout))
 
 
 def _consistency_step(path, seeds, limit_test):

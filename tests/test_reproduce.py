@@ -195,6 +195,22 @@ def test_rerun_skips_finished_steps(tiny, capsys):
             assert json.load(f)["swa_lr"] == tuned["swa_lr"]
 
 
+@needs_cifar10
+def test_the_dry_runs_test_evaluation_count_is_what_app_evaluate_tested(tiny):
+    """Each evaluate step's estimate: the weights files its run saved, over the test split and the hold-out."""
+    base, _, _ = tiny
+    steps, _, _ = reproduce.plan("tiny", base, TFDS_DIR, (0, 1))
+    checked = 0
+    for claim in ("table5", "table1"):
+        for train, evaluate in zip(steps[claim], steps[claim][1:]):
+            if train.command == "train" and evaluate.command == "evaluate":
+                result = _json(evaluate.done_files[0])
+                holdout = result["validation_examples"] or 0  # null for a --full-train run
+                assert evaluate.forward_images == len(result["by_weights"]) * (result["test_examples"] + holdout)
+                checked += 1
+    assert checked == 4  # the 80/20 runs of seeds 0 and 1, the final runs of seeds 0 and 1
+
+
 def test_dry_run_prints_the_commands_and_runs_nothing(tmp_path, capsys):
     result = reproduce.main(["table3", "--budget", "small", "--out", str(tmp_path), "--dry-run"])
     out = capsys.readouterr().out
