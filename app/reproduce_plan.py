@@ -114,7 +114,8 @@ def plan(budget, out, data_dir, seeds, untuned_sgd_lr_differs=False):
                                   ("fig1a", "fig1b", "table1", "swa", "table3", "table5")),
                                  ("tuning-noisy", ("noisy_validation", "noisy_final"), ("fig2", "table2"))):
         searched = os.path.exists(os.path.join(out, tuning, "best.json"))
-        if sgd_lr_differs(os.path.join(out, tuning)) if searched else untuned_sgd_lr_differs:
+        # (A budget without searches, tiny, has a fixed lr for both: no twins, finished or not.)
+        if sgd_lr_differs(os.path.join(out, tuning)) if searched else untuned_sgd_lr_differs and tune:
             twins = {dirs[key]: dirs[key] + "-sgd" for key in keys}
             dirs.update({f"{key}_sgd": twins[dirs[key]] for key in keys})
             for claim in claims:
@@ -205,11 +206,19 @@ def _train_step(setup, data_dir, path, extra, seeds=None):
         forward += validation * branch + train + validation
     # app.evaluate tests each distinct weights file on the test split (and on the hold-out, for the
     # temperature): final, sgd_early, every decay's acc/loss, BN as tracked and recomputed, the largest
-    # decay's last epoch both ways (training/final_ema.py), SWA. Files that coincide are tested once.
-    models = 2 + 2 * len(setup.decays) * (1 if "--bn-recompute" in extra and "none" in extra else 2) + 2
+    # decay's last epoch both ways (training/final_ema.py), SWA. Files that coincide are tested once:
+    # with --ema-select final, acc = loss = the last epoch, whose tracked file is the largest decay's too.
+    recomputed = _flag(argv, "--bn-recompute") != "none"
+    criteria = 1 if _flag(argv, "--ema-select") == "final" else 2
+    models = 2 + criteria * len(setup.decays) * (2 if recomputed else 1) + (criteria == 2) + recomputed
     models += "--swa" in extra
     holdout = 0 if "--full-train" in extra else validation
     return Step("train", tuple(argv), done, images, forward, tested=(models, holdout))
+
+
+def _flag(argv, name):
+    """The value after `name` in `argv` (None without it)."""
+    return argv[argv.index(name) + 1] if name in argv else None
 
 
 def _tune_step(setup, data_dir, path, budget):

@@ -196,8 +196,9 @@ def test_rerun_skips_finished_steps(tiny, capsys):
 
 
 @needs_cifar10
-def test_the_dry_runs_test_evaluation_count_is_what_app_evaluate_tested(tiny):
-    """Each evaluate step's estimate: the weights files its run saved, over the test split and the hold-out."""
+def test_the_dry_runs_test_evaluation_count_is_the_weights_files_the_runs_saved(tiny):
+    """Each evaluate step's estimate: the weights files its run saved (app.evaluate's `by_weights` lists each,
+    coinciding ones too), over the test split and the hold-out."""
     base, _, _ = tiny
     steps, _, _ = reproduce.plan("tiny", base, TFDS_DIR, (0, 1))
     checked = 0
@@ -232,6 +233,10 @@ def test_dry_run_prints_the_commands_and_runs_nothing(tmp_path, capsys):
     assert "--epochs 120" in lines[1] and "--limit-train 5000" in lines[1] and "--warmup-epochs 3 " in lines[1]
     assert "--ema-decays 0.8937 0.9468 0.9734 0.9867 0.9934 " in lines[1]
     assert result["train_images"] == 4 * 120 * 5000 + (120 + 30) * 5000 + 2 * 30 * 5000 + 3 * (120 + 30) * 5000
+    assert not os.listdir(tmp_path)
+    # The tiny budget has no search (a fixed lr for both): no -sgd runs to price.
+    tiny = reproduce.main(["table1", "--budget", "tiny", "--out", str(tmp_path), "--dry-run"])
+    assert tiny["sgd_twin_images"] == (0, 0) and "# after tuning" not in capsys.readouterr().out
     assert not os.listdir(tmp_path)
 
 
@@ -458,7 +463,8 @@ def test_all_runs_each_search_just_before_the_first_claim_that_needs_it_and_plan
                                                      str(out / "tuning-noisy" / "best.json")]
     assert tunes[0] == 0
     written = dict(pages)
-    assert written["table5"] <= tunes[1] < written["fig2"]  # after every protocol page, before fig2's runs
+    protocol = [claim for claim in reproduce.CLAIM_ORDER if claim not in ("fig2", "table2", "adda-constant-lr")]
+    assert max(written[claim] for claim in protocol) <= tunes[1] < written["fig2"]  # before fig2's runs
     sgd_twins = [step for step in ran[:written["fig1a"]] if step.command == "train" and "-sgd" in step.argv[-1]]
     assert {step.argv[-1] for step in sgd_twins} == {str(out / "protocol" / "validation-sgd"),
                                                      str(out / "protocol" / "final-sgd")}

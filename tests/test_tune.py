@@ -95,9 +95,19 @@ def searched_with_output(tmp_path_factory):
     """The search, and what it printed (to a pipe, as when redirected to a file)."""
     tuner_dir = str(tmp_path_factory.mktemp("search") / "c10")
     printed = io.StringIO()
-    with synthetic_data(), contextlib.redirect_stdout(printed):
+    write = tune.atomic_write_text
+
+    def recorded(path, text):  # the order app.tune writes its files in (WRITTEN)
+        WRITTEN.append(os.path.basename(path))
+        return write(path, text)
+
+    with synthetic_data(), contextlib.redirect_stdout(printed), pytest.MonkeyPatch.context() as patch:
+        patch.setattr(tune, "atomic_write_text", recorded)
         returned = tune.main(TRAIN_FLAGS + GRID + ["--out", tuner_dir])
     return tuner_dir, returned, printed.getvalue()
+
+
+WRITTEN = []  # the files searched_with_output's search wrote with atomic_write_text, in order
 
 
 @pytest.fixture(scope="module")
@@ -191,8 +201,7 @@ def test_best_sgd_final_json_ranks_the_same_trials_by_sgds_last_epoch(searched_w
     assert f"picks lr {best['lr']:g} ({top:.4f}): {os.path.join(tuner_dir, 'best_sgd_final.json')}" in printed
     # Written before best.json, which marks the search done for app.reproduce: a stop between the two
     # writes must not leave a "done" search whose SGD lr is missing (the -sgd runs would not be planned).
-    assert (os.stat(os.path.join(tuner_dir, "best_sgd_final.json")).st_mtime_ns
-            <= os.stat(os.path.join(tuner_dir, "best.json")).st_mtime_ns)
+    assert [name for name in WRITTEN if name.startswith("best")] == ["best_sgd_final.json", "best.json"]
     # --lr-from takes the file as well as the search's directory.
     from app import cli
 
