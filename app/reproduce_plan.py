@@ -168,7 +168,23 @@ def unique(steps):
 def _num_train(setup, full_train=True):
     from evaluation.runs import train_examples
 
-    return train_examples(setup.dataset, setup.limit_train, full_train=full_train)
+    return train_examples(setup.dataset, setup.limit_train, full_train=full_train,
+                          validation_fraction=_validation_fraction(setup))
+
+
+def _num_evaluated(setup, full_train=False):
+    """Images a run evaluates each model on per epoch: `--limit-validation`, else the hold-out (an 80/20
+    run) or the test split (a --full-train run: 10,000 CIFAR images)."""
+    from data.datasets import DATASETS, num_train_examples
+
+    if setup.limit_validation or full_train:
+        return setup.limit_validation or 10000
+    total = DATASETS[setup.dataset].train_examples
+    return total - num_train_examples(total, False, _validation_fraction(setup))
+
+
+def _validation_fraction(setup):
+    return float(_flag(setup.extra, "--validation-fraction") or 0.2)  # app.train's default: 80/20
 
 
 def _tested(train_steps, path, limit_test):
@@ -190,8 +206,8 @@ def _train_step(setup, data_dir, path, extra, seeds=None):
         done = (os.path.join(path, f"seed-{extra[extra.index('--seeds') + 1]}", "summary.json"),)
     else:
         done = (os.path.join(path, "summary.json"),)
-    train = _num_train(setup)
-    validation = setup.limit_validation or 10000
+    full_train = "--full-train" in extra
+    train, validation = _num_train(setup, full_train), _num_evaluated(setup, full_train)
     models = 1 + len(setup.decays)
     forward = models * validation * setup.epochs
     if "epoch" in extra:  # BN recompute of every EMA each epoch, and its evaluation
@@ -212,7 +228,7 @@ def _train_step(setup, data_dir, path, extra, seeds=None):
     criteria = 1 if _flag(argv, "--ema-select") == "final" else 2
     models = 2 + criteria * len(setup.decays) * (2 if recomputed else 1) + (criteria == 2) + recomputed
     models += "--swa" in extra
-    holdout = 0 if "--full-train" in extra else validation
+    holdout = 0 if full_train else validation
     return Step("train", tuple(argv), done, images, forward, tested=(models, holdout))
 
 
@@ -228,7 +244,7 @@ def _tune_step(setup, data_dir, path, budget):
     argv = [a for a in setup.argv(data_dir) if a not in setup.lr] + ["--lrs", *grid, "--out", path]
     trial = _num_train(setup, full_train=False) * setup.epochs  # trials train on the 80/20 split
     # Each epoch of a trial evaluates SGD and every EMA on the validation split.
-    evaluated = (1 + len(setup.decays)) * (setup.limit_validation or 10000) * setup.epochs
+    evaluated = (1 + len(setup.decays)) * _num_evaluated(setup) * setup.epochs
     return Step("tune", tuple(argv), (os.path.join(path, "best.json"),), int(trial * len(grid)),
                 evaluated * len(grid))
 
@@ -237,7 +253,7 @@ def _tune_swa_step(setup, data_dir, run, grid):
     """app.tune_swa on the validation run: one branch per rate of `grid` but the run's own (the last)."""
     argv = [run, "--swa-lr", *grid] + (["--data-dir", data_dir] if data_dir else [])
     branch = swa_branch_epochs(setup.epochs)
-    train, validation = _num_train(setup, full_train=False), setup.limit_validation or 10000
+    train, validation = _num_train(setup, full_train=False), _num_evaluated(setup)
     branches = len(grid) - 1
     done = os.path.join(run, run_directory.SWA_TUNING_DIR, run_directory.SWA_TUNING_FILE)
     return Step("tune_swa", tuple(argv), (done,), train * branch * branches,

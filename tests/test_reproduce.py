@@ -234,6 +234,16 @@ def test_dry_run_prints_the_commands_and_runs_nothing(tmp_path, capsys):
     assert "--ema-decays 0.8937 0.9468 0.9734 0.9867 0.9934 " in lines[1]
     assert result["train_images"] == 4 * 120 * 5000 + (120 + 30) * 5000 + 2 * 30 * 5000 + 3 * (120 + 30) * 5000
     assert not os.listdir(tmp_path)
+    # Without --limit-train, an 80/20 run trains on 80 % of the split (paper budget: 40,000 CIFAR-100
+    # images) and evaluates on the rest; Adda et al.'s 90/10 split holds out 5,000.
+    from app import reproduce_plan
+
+    steps, _, setups = reproduce.plan("paper", str(tmp_path), None, (0,))
+    validation = next(step for step in steps["fig1b"] if step.command == "train")
+    epochs = setups["protocol"].epochs
+    assert validation.train_images == 40000 * (epochs + reproduce.swa_branch_epochs(epochs))
+    assert reproduce_plan._num_evaluated(setups["protocol"]) == 10000
+    assert reproduce_plan._num_evaluated(setups["adda"]) == 5000
     # The tiny budget has no search (a fixed lr for both): no -sgd runs to price.
     tiny = reproduce.main(["table1", "--budget", "tiny", "--out", str(tmp_path), "--dry-run"])
     assert tiny["sgd_twin_images"] == (0, 0) and "# after tuning" not in capsys.readouterr().out
