@@ -68,6 +68,10 @@ def parse_args(argv):
         raise UsageError(f"unknown budget {args.budget!r}; choose from {', '.join(BUDGETS)}")
     if len(set(args.seeds)) != len(args.seeds):
         raise UsageError(f"--seeds has duplicates: {' '.join(map(str, args.seeds))}")
+    if args.claim in ("table3", "all") and len(args.seeds) < 2:  # refused now, not after hours of runs
+        includes = "all includes table3, which" if args.claim == "all" else "table3"
+        raise UsageError(f"{includes} compares seeds pairwise (churn, JS divergence): give --seeds at least two "
+                         "(e.g. --seeds 0 1 2)")
     return args
 
 

@@ -298,6 +298,8 @@ def test_list_names_every_claim_with_the_papers_numbers(capsys):
         (["table9"], "unknown claim 'table9'; choose from fig1a"),
         (["table1", "--budget", "huge"], "unknown budget 'huge'"),
         ([], "name a claim (see --list) or all"),
+        (["table3", "--seeds", "0"], "table3 compares seeds pairwise (churn, JS divergence): give --seeds at least two"),
+        (["all", "--seeds", "4", "--dry-run"], "all includes table3, which compares seeds pairwise"),
         (["table1", "--budget", "paper", "--data-dir", TFDS_DIR], "table1 needs cifar100, which is not available"),
     ],
 )
@@ -458,7 +460,7 @@ def test_all_runs_each_search_just_before_the_first_claim_that_needs_it_and_plan
                         json.dump({"lr": lr}, handle)
             else:
                 with open(path, "w", encoding="utf-8") as handle:
-                    json.dump({"wall_time_seconds": 1.0, "seeds": [0]}, handle)
+                    json.dump({"wall_time_seconds": 1.0, "seeds": [0, 1]}, handle)
 
     monkeypatch.setattr(reproduce, "_run_step", run_step)
     monkeypatch.setattr(reproduce, "_check_data", lambda *args: None)
@@ -467,7 +469,7 @@ def test_all_runs_each_search_just_before_the_first_claim_that_needs_it_and_plan
     monkeypatch.setattr(reproduce.claim_pages, "write_claim",
                         lambda claim, *args, **kwargs: pages.append((claim, len(ran))) or {"files": [], "headline": ""})
     monkeypatch.setattr(reproduce.claim_pages, "write_index", lambda *args: "index.md")
-    reproduce.main(["all", "--budget", "small", "--seeds", "0", "--out", str(tmp_path)])
+    reproduce.main(["all", "--budget", "small", "--seeds", "0", "1", "--out", str(tmp_path)])
     tunes = [i for i, step in enumerate(ran) if step.command == "tune"]
     assert [ran[i].done_files[0] for i in tunes] == [str(out / "tuning" / "best.json"),
                                                      str(out / "tuning-noisy" / "best.json")]
@@ -476,8 +478,8 @@ def test_all_runs_each_search_just_before_the_first_claim_that_needs_it_and_plan
     protocol = [claim for claim in reproduce.CLAIM_ORDER if claim not in ("fig2", "table2", "adda-constant-lr")]
     assert max(written[claim] for claim in protocol) <= tunes[1] < written["fig2"]  # before fig2's runs
     sgd_twins = [step for step in ran[:written["fig1a"]] if step.command == "train" and "-sgd" in step.argv[-1]]
-    assert {step.argv[-1] for step in sgd_twins} == {str(out / "protocol" / "validation-sgd"),
-                                                     str(out / "protocol" / "final-sgd")}
+    assert {step.argv[-1] for step in sgd_twins} == {str(out / "protocol" / name) for name in (
+        "validation-sgd", "validation-seeds-sgd", "final-sgd")}
     assert all(step.argv[step.argv.index("--lr-from") + 1] == str(out / "tuning" / "best_sgd_final.json")
                for step in sgd_twins)
     assert not any("noisy" in arg and "-sgd" in arg for step in ran for arg in step.argv)
