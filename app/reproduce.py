@@ -33,7 +33,7 @@ if __name__ == "__main__":
     signals.install()  # first: Ctrl-C and SIGTERM are one line, as in app.train (app/signals.py)
 
 from app.errors import DefaultsHelpFormatter, OneLineArgumentParser, UsageError, entry_point  # noqa: E402
-from app.reproduce_plan import SGD_BEST_FILE, plan, swa_branch_epochs  # noqa: E402
+from app.reproduce_plan import SGD_BEST_FILE, flag_value, plan, swa_branch_epochs  # noqa: E402
 from evaluation import claims as claim_pages  # noqa: E402
 from evaluation.claims import CLAIM_ORDER, CLAIMS  # noqa: E402
 
@@ -153,16 +153,19 @@ CPU_IMAGES_PER_SECOND = {"train": 420, "forward": 950}
 def _dry_run(claims, steps, setups, out, twins):
     """Prints the steps and what is left of them; `twins`: the plan with every unfinished search's SGD lr
     differing from its EMA lr (the -sgd runs it would add are estimated apart)."""
-    seen, done = set(), set()
+    progress, done = {}, set()  # progress: unfinished step -> (fraction done, where it is), read once
     for claim in claims:
         print(f"# {claim}: {CLAIMS[claim]}")
         for step in steps[claim]:
             finished = step.done()
-            where = "" if finished else _progress(step)[1]
+            if finished:
+                done.add(step)
+            elif step not in progress:
+                progress[step] = _progress(step)
+            where = "" if finished else progress[step][1]
             mark = "(done) " if finished else f"(in progress: {where}) " if where else ""
             print(f"{mark}{step.text()}")
-            (done if finished else seen).add(step)
-    train_images, forward_images = _left(seen)
+    train_images, forward_images = _left({step: fraction for step, (fraction, _) in progress.items()})
     print(f"# estimated images to process: {train_images:,} trained, {forward_images:,} forward "
           "(evaluation, BN recompute)")
     resnet20 = {setup.model for setup in setups.values()} == {"resnet20"}
@@ -171,9 +174,10 @@ def _dry_run(claims, steps, setups, out, twins):
               f"{CPU_IMAGES_PER_SECOND['train']} training and {CPU_IMAGES_PER_SECOND['forward']} forward images/s; "
               "longer on loaded cores)")
     if done:
-        print(f"# {len(done)} of {len(done | seen)} steps are done already in {out} (their outputs are there: e.g. "
-              "committed results); to reproduce them from scratch, give --out a new directory")
-    extra = {step for claim in claims for step in twins[claim] if not step.done()} - seen
+        print(f"# {len(done)} of {len(done) + len(progress)} steps are done already in {out} (their outputs are "
+              "there: e.g. committed results); to reproduce them from scratch, give --out a new directory")
+    extra = {step: _progress(step)[0] for claim in claims for step in twins[claim]
+             if step not in progress and not step.done()}
     more_train, more_forward = _left(extra)
     if extra:
         hours = f", about {_hours(more_train, more_forward):.1f} h more" if resnet20 else ""
@@ -184,11 +188,10 @@ def _dry_run(claims, steps, setups, out, twins):
             "sgd_twin_images": (more_train, more_forward)}
 
 
-def _left(steps):
-    """(training, forward) images left of unfinished `steps`."""
+def _left(fractions):
+    """(training, forward) images left of unfinished steps, `{step: fraction done}`."""
     train_images = forward_images = 0
-    for step in steps:
-        fraction = _progress(step)[0]
+    for step, fraction in fractions.items():
         train_images += round(step.train_images * (1 - fraction))
         forward_images += round(step.forward_images * (1 - fraction))
     return train_images, forward_images
@@ -212,17 +215,14 @@ def _progress(step):
         meta = checkpoint_meta.read_meta(os.path.join(run, checkpoint_meta.DIRECTORY, checkpoint_meta.LAST))
         return meta["epoch"] if meta else 0
 
-    def value(flag):
-        return int(step.argv[step.argv.index(flag) + 1]) if flag in step.argv else None
-
-    epochs = value("--epochs") or 0
+    epochs = int(flag_value(step.argv, "--epochs") or 0)
     if step.command == "train" and epochs:
         run = os.path.dirname(step.done_files[0])
         done, where = epochs_done(run), ""
         total = epochs
         if "--swa" in step.argv:  # the branch: from the default start (app/cli_swa.py) to the budget's end
             start = scaling.swa_start_epoch(epochs) - 1
-            branch = value("--swa-epochs") or swa_branch_epochs(epochs)
+            branch = int(flag_value(step.argv, "--swa-epochs") or swa_branch_epochs(epochs))
             total += branch
             branch_done = max(epochs_done(os.path.join(run, "swa")) - start, 0)  # training/swa_branch.DIRECTORY
             where = f", SWA branch {branch_done} of {branch}" if done >= epochs else ""

@@ -113,9 +113,10 @@ def plan(budget, out, data_dir, seeds, untuned_sgd_lr_differs=False):
     for tuning, keys, claims in (("tuning", ("validation", "validation_seeds", "final"),
                                   ("fig1a", "fig1b", "table1", "swa", "table3", "table5")),
                                  ("tuning-noisy", ("noisy_validation", "noisy_final"), ("fig2", "table2"))):
-        searched = os.path.exists(os.path.join(out, tuning, "best.json"))
-        # (A budget without searches, tiny, has a fixed lr for both: no twins, finished or not.)
-        if sgd_lr_differs(os.path.join(out, tuning)) if searched else untuned_sgd_lr_differs and tune:
+        # An unfinished search (no best.json: sgd_lr_differs is False) may be planned as differing; a budget
+        # without searches (tiny: one fixed lr for both) never is.
+        unfinished = tune and not os.path.exists(os.path.join(out, tuning, "best.json"))
+        if sgd_lr_differs(os.path.join(out, tuning)) or (untuned_sgd_lr_differs and unfinished):
             twins = {dirs[key]: dirs[key] + "-sgd" for key in keys}
             dirs.update({f"{key}_sgd": twins[dirs[key]] for key in keys})
             for claim in claims:
@@ -184,7 +185,7 @@ def _num_evaluated(setup, full_train=False):
 
 
 def _validation_fraction(setup):
-    return float(_flag(setup.extra, "--validation-fraction") or 0.2)  # app.train's default: 80/20
+    return float(flag_value(setup.extra, "--validation-fraction") or 0.2)  # app.train's default: 80/20
 
 
 def _tested(train_steps, path, limit_test):
@@ -194,7 +195,7 @@ def _tested(train_steps, path, limit_test):
 
 
 def _step_seeds(train_steps):
-    return [int(step.argv[step.argv.index("--seeds") + 1]) for step in train_steps]
+    return [int(flag_value(step.argv, "--seeds")) for step in train_steps]
 
 
 def _train_step(setup, data_dir, path, extra, seeds=None):
@@ -203,7 +204,7 @@ def _train_step(setup, data_dir, path, extra, seeds=None):
         return [_train_step(setup, data_dir, path, [*extra, "--seeds", str(seed)]) for seed in seeds]
     argv = setup.argv(data_dir) + list(extra) + ["--out", path]
     if "--seeds" in extra:
-        done = (os.path.join(path, f"seed-{extra[extra.index('--seeds') + 1]}", "summary.json"),)
+        done = (os.path.join(path, f"seed-{flag_value(extra, '--seeds')}", "summary.json"),)
     else:
         done = (os.path.join(path, "summary.json"),)
     full_train = "--full-train" in extra
@@ -216,23 +217,22 @@ def _train_step(setup, data_dir, path, extra, seeds=None):
         forward += 2 * len(setup.decays) * (train + validation)
     images = train * setup.epochs
     if "--swa" in extra:  # the branch: the last 25 % again, evaluated, and BN once
-        branch = (int(extra[extra.index("--swa-epochs") + 1]) if "--swa-epochs" in extra
-                  else swa_branch_epochs(setup.epochs))
+        branch = int(flag_value(extra, "--swa-epochs") or swa_branch_epochs(setup.epochs))
         images += train * branch
         forward += validation * branch + train + validation
     # app.evaluate tests each distinct weights file on the test split (and on the hold-out, for the
     # temperature): final, sgd_early, every decay's acc/loss, BN as tracked and recomputed, the largest
     # decay's last epoch both ways (training/final_ema.py), SWA. Files that coincide are tested once:
     # with --ema-select final, acc = loss = the last epoch, whose tracked file is the largest decay's too.
-    recomputed = _flag(argv, "--bn-recompute") != "none"
-    criteria = 1 if _flag(argv, "--ema-select") == "final" else 2
-    models = 2 + criteria * len(setup.decays) * (2 if recomputed else 1) + (criteria == 2) + recomputed
-    models += "--swa" in extra
+    recomputed = flag_value(argv, "--bn-recompute") != "none"
+    criteria = 1 if flag_value(argv, "--ema-select") == "final" else 2
+    files = 2 + criteria * len(setup.decays) * (2 if recomputed else 1) + (criteria == 2) + recomputed
+    files += "--swa" in extra
     holdout = 0 if full_train else validation
-    return Step("train", tuple(argv), done, images, forward, tested=(models, holdout))
+    return Step("train", tuple(argv), done, images, forward, tested=(files, holdout))
 
 
-def _flag(argv, name):
+def flag_value(argv, name):
     """The value after `name` in `argv` (None without it)."""
     return argv[argv.index(name) + 1] if name in argv else None
 
@@ -270,9 +270,9 @@ def _evaluate_step(path, seeds, limit_test, tested):
     for at most that many forward images over the test split (10,000 CIFAR images or `limit_test`)."""
     done = tuple(os.path.join(path, f"seed-{s}", "evaluation.json") for s in seeds) or (
         os.path.join(path, "evaluation.json"),)
-    models, holdout = tested
+    files, holdout = tested
     test = int(limit_test[1]) if limit_test else 10000
-    return Step("evaluate", tuple([path, *limit_test]), done, 0, models * (test + holdout))
+    return Step("evaluate", tuple([path, *limit_test]), done, 0, files * (test + holdout))
 
 
 def _consistency_step(path, seeds, limit_test):
