@@ -111,7 +111,11 @@ def _without_later_inputs(argv):
 
 @entry_point
 def main(argv):
-    """Runs the command line; returns {claim: outputs} (exit status 2 on bad input)."""
+    """Runs the command line; returns {claim: outputs} (exit status 2 on bad input).
+
+    A step that fails (exit status other than 0) ends a single claim's command there; under `all` the
+    claims that do not need that step still run (as `make -k`), and the command ends with status 2.
+    """
     args = parse_args(argv)
     if args.list:
         for claim in CLAIM_ORDER:
@@ -130,19 +134,43 @@ def main(argv):
     from training import stopping
 
     with stopping.between_runs("between steps; run the same command to continue (finished steps are kept)"):
-        results = {}
+        results, failures = {}, []
         for claim in claims:
-            # A claim's search before its runs (the noisy one waits for fig2): what it picks decides
-            # which runs the SGD columns need, so the steps are planned again after it.
-            tunes = [step for step in steps[claim] if step.command == "tune" and not step.done()]
-            for step in tunes:
-                print(f"[tuning] running: {step.text()}", flush=True)
-                _run_step(step)
-            if tunes:
-                steps, dirs, setups = plan(args.budget, out, args.data_dir, args.seeds)
-            results[claim] = _run_claim(claim, steps[claim], dirs, setups, out, args)
+            failed = [step for step in steps[claim] if any(step.text() == f.step.text() for f in failures)]
+            if failed:  # it would run the failed step again: make -k, not make
+                print(f"[{claim}] skipped: it needs the step that failed above: {failed[0].text()}", flush=True)
+                continue
+            try:
+                # A claim's search before its runs (the noisy one waits for fig2): what it picks decides
+                # which runs the SGD columns need, so the steps are planned again after it.
+                tunes = [step for step in steps[claim] if step.command == "tune" and not step.done()]
+                for step in tunes:
+                    print(f"[tuning] running: {step.text()}", flush=True)
+                    _run_step(step)
+                if tunes:
+                    steps, dirs, setups = plan(args.budget, out, args.data_dir, args.seeds)
+                results[claim] = _run_claim(claim, steps[claim], dirs, setups, out, args)
+            except StepFailed as failure:
+                if len(claims) == 1:
+                    raise
+                failures.append(failure)
+                print(f"[{claim}] {failure}; going on with the claims that do not need it", flush=True)
         print(f"index: {claim_pages.write_index(out, CLAIM_ORDER)}", flush=True)
+    if failures:
+        left = [claim for claim in claims if claim not in results]
+        ran = f"; {', '.join(results)} ran" if results else ""
+        raise UsageError(f"{len(failures)} step{'s' if len(failures) > 1 else ''} failed (see above): "
+                         f"no page for {', '.join(left)}{ran}. Fix what the failed step said and run "
+                         "the same command to continue (finished steps are kept)")
     return results
+
+
+class StepFailed(UsageError):
+    """A step of a claim's chain exited with an error (it printed why); `all` goes on with the other claims."""
+
+    def __init__(self, step, status):
+        super().__init__(f"step failed with exit status {status}: {step.text()}")
+        self.step, self.status = step, status
 
 
 # ResNet-20 on 2 idle cores of this project's CPU machines (TensorFlow backend, docs/performance.md):
@@ -298,7 +326,7 @@ def _run_step(step):
         if exit.code in (130, 143):  # Ctrl-C or SIGTERM: the step said where a rerun resumes
             raise
         if exit.code not in (0, None):
-            raise UsageError(f"step failed with exit status {exit.code}: {step.text()}")
+            raise StepFailed(step, exit.code) from None
 
 
 if __name__ == "__main__":

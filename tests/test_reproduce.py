@@ -440,20 +440,25 @@ def test_a_step_stopped_by_ctrl_c_or_sigterm_ends_the_command_with_its_status(st
         reproduce._run_step(Step("train", ("--epochs", "1"), ()))
 
 
-def test_all_runs_each_search_just_before_the_first_claim_that_needs_it_and_plans_again_after_it(
-        tmp_path, monkeypatch, capsys):
-    """The protocol claims do not wait for (or fail with) the noisy search; a search whose SGD lr differs
-    adds the -sgd runs to the claims after it. Steps are recorded here, not run."""
+def _record_steps(monkeypatch, fails=lambda step: False):
+    """`app.reproduce.main` with its steps recorded, not run: each step writes the files that mark it done
+    (a search: best_sgd_final.json at 0.2 for the protocol search, 0.1 for the noisy one; best.json at 0.1),
+    and a step for which `fails(step)` exits with status 1 instead. Returns the steps run and the pages
+    written ((claim, steps run by then)), as lists that fill as main() runs."""
+    from app import train, tune
     from utils import quiet
 
-    out = tmp_path / "small"
-    ran = []
+    ran, pages = [], []
 
     def run_step(step):
         ran.append(step)
+        if fails(step):
+            monkeypatch.setattr({"tune": tune, "train": train}[step.command], "main",
+                                lambda argv: (_ for _ in ()).throw(SystemExit(1)))
+            return original(step)  # app.reproduce's own handling of a failed step
         for path in step.done_files:
             os.makedirs(os.path.dirname(path), exist_ok=True)
-            if step.command == "tune":  # the protocol search picks 0.2 for SGD, the noisy one agrees
+            if step.command == "tune":
                 sgd_lr = 0.2 if os.path.basename(os.path.dirname(path)) == "tuning" else 0.1
                 for name, lr in (("best_sgd_final.json", sgd_lr), ("best.json", 0.1)):
                     with open(os.path.join(os.path.dirname(path), name), "w", encoding="utf-8") as handle:
@@ -462,13 +467,22 @@ def test_all_runs_each_search_just_before_the_first_claim_that_needs_it_and_plan
                 with open(path, "w", encoding="utf-8") as handle:
                     json.dump({"wall_time_seconds": 1.0, "seeds": [0, 1]}, handle)
 
+    original = reproduce._run_step
     monkeypatch.setattr(reproduce, "_run_step", run_step)
     monkeypatch.setattr(reproduce, "_check_data", lambda *args: None)
     monkeypatch.setattr(quiet, "import_tensorflow", lambda: None)
-    pages = []
     monkeypatch.setattr(reproduce.claim_pages, "write_claim",
                         lambda claim, *args, **kwargs: pages.append((claim, len(ran))) or {"files": [], "headline": ""})
     monkeypatch.setattr(reproduce.claim_pages, "write_index", lambda *args: "index.md")
+    return ran, pages
+
+
+def test_all_runs_each_search_just_before_the_first_claim_that_needs_it_and_plans_again_after_it(
+        tmp_path, monkeypatch, capsys):
+    """The protocol claims do not wait for (or fail with) the noisy search; a search whose SGD lr differs
+    adds the -sgd runs to the claims after it. Steps are recorded here, not run."""
+    out = tmp_path / "small"
+    ran, pages = _record_steps(monkeypatch)
     reproduce.main(["all", "--budget", "small", "--seeds", "0", "1", "--out", str(tmp_path)])
     tunes = [i for i, step in enumerate(ran) if step.command == "tune"]
     assert [ran[i].done_files[0] for i in tunes] == [str(out / "tuning" / "best.json"),
@@ -484,3 +498,28 @@ def test_all_runs_each_search_just_before_the_first_claim_that_needs_it_and_plan
                for step in sgd_twins)
     assert not any("noisy" in arg and "-sgd" in arg for step in ran for arg in step.argv)
     assert [claim for claim, _ in pages] == list(reproduce.CLAIM_ORDER)
+
+
+def test_under_all_a_failed_step_skips_only_the_claims_that_need_it(tmp_path, monkeypatch, capsys):
+    """make -k: the noisy search fails; fig2 and table2 (which need it) get no page, every other claim
+    runs, the failed step is not run a second time, and the command ends with one line and status 2."""
+    noisy = str(tmp_path / "small" / "tuning-noisy")
+    ran, pages = _record_steps(monkeypatch, fails=lambda step: step.command == "tune" and noisy in step.argv)
+    with pytest.raises(SystemExit) as ended:
+        reproduce.main(["all", "--budget", "small", "--seeds", "0", "1", "--out", str(tmp_path)])
+    assert ended.value.code == 2
+    assert [claim for claim, _ in pages] == [c for c in reproduce.CLAIM_ORDER if c not in ("fig2", "table2")]
+    assert sum(noisy in step.argv for step in ran) == 1
+    assert not any(step.command == "train" and "noisy" in step.argv[-1] for step in ran)
+    out, err = capsys.readouterr()
+    assert "[fig2] step failed with exit status 1: python -m app.tune" in out
+    assert "[table2] skipped: it needs the step that failed above: python -m app.tune" in out
+    assert err.splitlines() == [
+        "error: 1 step failed (see above): no page for fig2, table2; fig1a, fig1b, table1, table3, table5, swa, "
+        "adda-constant-lr ran. Fix what the failed step said and run the same command to continue "
+        "(finished steps are kept)"]
+    # One claim alone stops at its failed step, as before.
+    with pytest.raises(SystemExit) as ended:
+        reproduce.main(["table2", "--budget", "small", "--seeds", "0", "1", "--out", str(tmp_path)])
+    assert ended.value.code == 2
+    assert capsys.readouterr().err.startswith("error: step failed with exit status 1: python -m app.tune")
