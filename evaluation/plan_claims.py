@@ -17,6 +17,7 @@ applies this to the pre-plan runs. The page's section: evaluation/plan_page.py.
 """
 
 import dataclasses
+import json
 import os
 import subprocess
 
@@ -24,6 +25,7 @@ import numpy as np
 
 from evaluation import claim_common as common
 from evaluation import regime, runs, stats
+from training import run_dir as run_directory
 from utils.errors import UsageError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -210,7 +212,8 @@ def swa(dirs):
     if method == "swa_budget" and _has_method(final, "swa"):
         statistics.append(Statistic("SWA at the branch's end − SGD's last epoch", _test(final, "swa"),
                                     _test(final, "baseline")))
-    return statistics, [final], seconds_per_seed(final)
+    # A seed more is a final run at each tuned lr (the EMA's too, which the other claims read).
+    return statistics, [final], _cost(common.runs_of(dirs, "final"), final)
 
 
 def table3(dirs):
@@ -270,7 +273,11 @@ def fig2(dirs):
     sgd = [float(np.mean(common.column(run, "val_accuracy"))) for run in sgd_group.runs]
     statistics = [Statistic(f"EMA α={decay} − SGD, mean over all epochs of the clean test curve (first 2,000)",
                             ema, sgd, primary=True)]
-    statistics += _early_stopped_sgd(group, sgd_group, "ema_acc", "EMA (acc.), clean test,")
+    if _has_method(sgd_group, "sgd_early"):  # the plan's fig2 model: BN tracked (table2's reads it recomputed)
+        tracked = run_directory.ema_stem(decay, "accuracy")
+        statistics.append(Statistic(f"EMA α={decay} (acc., BN tracked), clean test, − SGD early-stopped on "
+                                    "validation", [e["by_weights"][tracked]["accuracy"] for e in common.evaluated(group)],
+                                    _test(sgd_group, "sgd_early")))
     return statistics, _distinct(group, sgd_group), _cost(group, sgd_group)
 
 
@@ -292,8 +299,14 @@ def adda(dirs):
 
     gain_constant = np.subtract(ema(constant), _test(constant, "baseline"))
     gain_cosine = np.subtract(ema(cosine), _test(cosine, "baseline"))
+    holdout = constant.config.get("limit_validation")
+    chosen = (f"How the plan's \"decay chosen on the 10 % hold-out\" is read (as this code did before the plan's "
+              f"runs): the decay with the best final-epoch accuracy on the constant-lr runs' hold-out "
+              f"({f'its first {holdout:,} images' if holdout else 'all of it'}), mean over the seeds read, EMA "
+              f"with its tracked BN statistics (no recompute), and the same decay for the cosine runs, so both "
+              f"schedules compare one EMA. Chosen: {decay}.")
     return ([Statistic(f"constant lr: EMA {decay} − SGD, final epoch, test", ema(constant),
-                       _test(constant, "baseline"), primary=True),
+                       _test(constant, "baseline"), primary=True, note=chosen),
              Statistic(f"cosine: EMA {decay} − SGD, final epoch, test", ema(cosine), _test(cosine, "baseline"),
                        equivalence=True),
              Statistic("constant-lr gain − cosine gain", list(gain_constant), list(gain_cosine))],
@@ -320,28 +333,54 @@ def plan_commit():
     return out.stdout.strip() or None
 
 
-def exploratory_reason(groups, commit=None):
-    """Why the runs of `groups` cannot decide under the plan, or None when every one can."""
+def upstream_runs(claim, dirs):
+    """[(path, JSON with a `provenance`)] of what a claim's numbers come from without its statistics reading
+    it: the lr search's trials (the lr of every run), seed 0's validation runs (the final runs' selected
+    epochs, SGD's early-stopping epoch; the -sgd twin's too) and, for the claims that read SWA, the SWA lr
+    search (app.tune_swa's choice file). Adda's runs have none of these."""
+    if claim == "adda-constant-lr":
+        return []
+    search, validation = ("tuning_noisy", "noisy_validation") if claim in ("fig2", "table2") else ("tuning",
+                                                                                                  "validation")
+    validations = [dirs.get(key) for key in (validation, f"{validation}_sgd") if dirs.get(key)]
+    files = [os.path.join(path, runs.CONFIG_FILE) for path in validations]
+    if claim in ("table1", "swa"):
+        files += [os.path.join(path, run_directory.SWA_TUNING_DIR, run_directory.SWA_TUNING_FILE)
+                  for path in validations]
+    if dirs.get(search) and os.path.isdir(dirs[search]):
+        files += sorted(os.path.join(dirs[search], name, runs.CONFIG_FILE) for name in os.listdir(dirs[search])
+                        if name.startswith("trial_"))
+    found = []
+    for path in files:
+        if os.path.isfile(path):
+            with open(path, encoding="utf-8") as handle:
+                found.append((os.path.dirname(path) if path.endswith(runs.CONFIG_FILE) else path, json.load(handle)))
+    return found
+
+
+def exploratory_reason(groups, commit=None, upstream=()):
+    """Why the runs of `groups` (and the `upstream` (path, config) pairs) cannot decide under the plan, or
+    None when every one can."""
     commit = commit or plan_commit()
     if commit is None:
         return "the plan's commit is unknown (not a git checkout)"
-    for group in groups:
-        for run in group.runs:
-            provenance = run.config.get("provenance") or {}
-            made = provenance.get("git_commit")
-            if made is None or provenance.get("git_dirty") is not False:
-                return f"{run.path} records no clean commit"
-            ancestor = subprocess.run(["git", "merge-base", "--is-ancestor", commit, made], cwd=ROOT,
-                                      capture_output=True, timeout=10)
-            if ancestor.returncode != 0:
-                return f"{run.path} was made from {made[:10]}, before the plan's commit {commit[:10]}"
+    read = [(run.path, run.config) for group in groups for run in group.runs] + list(upstream)
+    for path, config in read:
+        provenance = config.get("provenance") or {}
+        made = provenance.get("git_commit")
+        if made is None or provenance.get("git_dirty") is not False:
+            return f"{path} records no clean commit"
+        ancestor = subprocess.run(["git", "merge-base", "--is-ancestor", commit, made], cwd=ROOT,
+                                  capture_output=True, timeout=10)
+        if ancestor.returncode != 0:
+            return f"{path} was made from {made[:10]}, before the plan's commit {commit[:10]}"
     return None
 
 
 def assess(claim, dirs):
     """{verdict, rows (one per statistic), regime (one per SGD run), exploratory, primary}."""
     statistics, regime_groups, seconds = CLAIMS[claim](dirs)
-    reason = exploratory_reason(regime_groups)
+    reason = exploratory_reason(regime_groups, upstream=upstream_runs(claim, dirs))
     seeds_read = sorted({run.config.get("seed") for group in regime_groups for run in group.runs})
     rows = []
     for statistic in statistics:

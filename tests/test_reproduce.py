@@ -163,7 +163,7 @@ def test_every_protocol_claim_page_has_its_interval_ratio_table_and_provenance(t
                                                                                for e in evaluations]))
     headline = results["table5"]["headline"]
     assert f"-> {100 * np.mean(ece_loss):.2f} % (EMA (loss)," in headline
-    assert f"NLL {np.mean(nll):+.3f} nats" in headline
+    assert f"NLL {100 * np.mean(nll):+.2f} nats ×100" in headline  # the plan's one bound format, 2 decimals
     # Table 3: churn per pair of seeds, its mean the table's.
     consistency = _json(os.path.join(base, "protocol", "final", "consistency.json"))
     baseline = consistency["models"]["baseline"]
