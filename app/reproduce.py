@@ -160,7 +160,7 @@ def main(argv):
         left = [claim for claim in claims if claim not in results]
         ran = f"; {', '.join(results)} ran" if results else ""
         raise UsageError(f"{len(failures)} step{'s' if len(failures) > 1 else ''} failed (see above): "
-                         f"no page for {', '.join(left)}{ran}. Fix what the failed step said and run "
+                         f"no new page for {', '.join(left)} (an earlier one, if any, is unchanged){ran}. Fix what the failed step said and run "
                          "the same command to continue (finished steps are kept)")
     return results
 

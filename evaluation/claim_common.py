@@ -130,6 +130,15 @@ def release_text(config):
             f"{runs.steps_per_epoch(config)} steps/epoch, T={config['ema_every_steps']}): released " + ", ".join(parts) + ".")
 
 
+def recovery_window(group):
+    """(first, last) epochs, 1-based and inclusive, where the analysis plan measures Fig. 1b's failure and
+    recovery: from the largest decay's release by the decay warm-up to the end (the last epoch alone if the
+    warm-up never releases it). The plan's statistic and the page's table both read this window."""
+    largest = sorted(group.runs[0].summary["ema"], key=float)[-1]
+    last = group.config["epochs"]
+    return runs.warmup_release_epochs(group.config)[largest] or last, last
+
+
 def consistency(directory, seeds=None):
     """app.consistency's consistency.json of a directory of seeds; with `seeds`, only the pairs of those
     seeds (the directory may hold seeds another claim added): per-pair lists, means and accuracies."""

@@ -82,8 +82,7 @@ def fig1b(dirs, out):
     decays = figures.ema_decay_keys(group.runs)
     released = runs.warmup_release_epochs(group.config)
     largest, smallest = decays[-1], decays[0]
-    last = group.config["epochs"]
-    first = released.get(largest) or last
+    first, last = common.recovery_window(group)
     rows, gains = [], {}
     for decay in decays:
         tracked = [float(np.mean(common.column(run, f"ema_{decay}_val_accuracy")[first - 1:])) for run in group.runs]

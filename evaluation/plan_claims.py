@@ -4,13 +4,15 @@ docs/analysis-plan.md fixes, per claim, one primary statistic (a per-seed
 difference, its direction or equivalence margin) and the secondary ones; this
 module computes them from the run directories app.reproduce writes (`dirs`:
 validation, validation_seeds, final, noisy_validation, noisy_final,
-adda_constant, adda_cosine) and applies the plan's one policy
+adda_constant, adda_cosine, the searches tuning and tuning_noisy; `<key>_sgd`
+for SGD's twins) and applies the plan's one policy
 (`evaluation/stats.py`): paired t intervals, margin 0 or ±1.0 point, seeds
 needed at the observed spread, "not decidable at this budget" beyond 8.
 
-A verdict counts only when every run it reads was made from the plan's commit
-or a later one, with a clean tree (`exploratory_reason`); otherwise the page
-labels it exploratory. Where a pre-plan run lacks what the plan's statistic
+A verdict counts only when every run it reads, and every run those depend on
+(`upstream_runs`: the lr searches' trials, seed 0's validation runs, the SWA lr
+search), was made from the plan's commit or a later one, with a clean tree
+(`exploratory_reason`); otherwise the page labels it exploratory. Where a pre-plan run lacks what the plan's statistic
 reads (the last-epoch EMA, SGD's early-stopped weights), the nearest quantity
 it holds is used and named as such. experiments/exploratory_reanalysis.py
 applies this to the pre-plan runs. The page's section: evaluation/plan_page.py.
@@ -148,12 +150,11 @@ def fig1b(dirs):
     sgd_group = common.paired_sgd(dirs, group, "validation", "validation_seeds")
     decays = sorted(group.runs[0].summary["ema"], key=float)
     smallest, largest = decays[0], decays[-1]
-    release = runs.warmup_release_epochs(group.config)[largest] or group.config["epochs"]
+    release, last = common.recovery_window(group)
     recovery = {d: recovery_per_seed(group, d, release - 1, None) for d in (smallest, largest)}
     tracked_lead = [float(np.mean((common.column(run, f"ema_{largest}_val_accuracy")
                                    - common.column(s, "val_accuracy"))[release - 1:]))
                     for run, s in zip(group.runs, sgd_group.runs)]
-    last = group.config["epochs"]
     return ([Statistic(f"[BN recomputed − tracked] of α={largest} minus that of α={smallest}, mean over epochs "
                        f"{release}-{last} (validation)", recovery[largest], recovery[smallest], primary=True),
              Statistic(f"[recomputed − tracked] of α={largest} alone, epochs {release}-{last}", recovery[largest],
@@ -275,8 +276,13 @@ def fig2(dirs):
                             ema, sgd, primary=True)]
     if _has_method(sgd_group, "sgd_early"):  # the plan's fig2 model: BN tracked (table2's reads it recomputed)
         tracked = run_directory.ema_stem(decay, "accuracy")
+        evaluations = common.evaluated(group)
+        for run, evaluation in zip(group.runs, evaluations):
+            if tracked not in evaluation.get("by_weights", {}):
+                raise UsageError(f"{run.path}/evaluation.json has no {tracked} (the EMA with tracked BN, which the "
+                                 f"plan's fig2 reads); run `python -m app.evaluate {run.path}` again")
         statistics.append(Statistic(f"EMA α={decay} (acc., BN tracked), clean test, − SGD early-stopped on "
-                                    "validation", [e["by_weights"][tracked]["accuracy"] for e in common.evaluated(group)],
+                                    "validation", [e["by_weights"][tracked]["accuracy"] for e in evaluations],
                                     _test(sgd_group, "sgd_early")))
     return statistics, _distinct(group, sgd_group), _cost(group, sgd_group)
 

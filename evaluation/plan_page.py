@@ -55,7 +55,7 @@ def _tuned_lrs(claim, dirs):
 
 
 def _monitored(config):
-    """What a run's per-epoch `val_accuracy` (the regime row's R2 and R4) was measured on."""
+    """What a run's per-epoch `val_accuracy` (which the regime row's R2 and R4 read) was measured on."""
     limit = config.get("limit_validation")
     first = f"the first {limit:,}" if limit else "all"
     if config.get("full_train"):  # no validation split: app.train monitors on the test split

@@ -216,6 +216,16 @@ def _page(claim, dirs, out):
     assert not VERDICT_WORDS.search(builders_part), VERDICT_WORDS.search(builders_part)
     assert entry["verdict"] == "exploratory" and "before the plan's commit" in entry["exploratory"]
     assert f"the plan's rule would read **{entry['would_read']}**" in section
+    # One statistic decides; the secondary ones are reported with their interval, never a verdict.
+    statistics = [line for line in section.splitlines() if line.startswith(("| **primary**", "| secondary: "))]
+    assert [line.startswith("| **primary**") for line in statistics] == [True] + [False] * (len(statistics) - 1)
+    assert statistics[0].endswith(f"| {entry['would_read']} |")
+    assert all(line.endswith("| — (reported only) |") for line in statistics[1:])
+    # Each regime row names its run's lr and what its per-epoch "validation" accuracy was measured on.
+    monitored = ("| 0.1 | the first 2,000 validation images (10 % split) |" if claim == "adda-constant-lr" else
+                 "| 0.1 | the first 2,000 test images (a --full-train run has no validation split) |")
+    regime_rows = [line for line in section.split("**Regime**")[1].splitlines() if line.startswith("| ")][2:]
+    assert regime_rows and all(monitored in line for line in regime_rows), regime_rows
     return text, entry
 
 

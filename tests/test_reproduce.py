@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from app import reproduce
-from evaluation import plan_page, stats
+from evaluation import plan_claims, plan_page, stats
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TFDS_DIR = os.path.join(os.path.dirname(ROOT), "shared", "data", "tfds")
@@ -148,6 +148,24 @@ def test_every_protocol_claim_page_has_its_interval_ratio_table_and_provenance(t
         assert text.count(section) == 1 and results[claim]["verdict"] == planned["verdict"] in stats.PLAN_VERDICTS
         rest = text.replace(section, "")
         assert not re.search(r"holds|does not hold|inconclusive|decidable|margin|verdict", rest, re.I), (claim, rest)
+    # Where a headline has an interval, it is one of the plan's statistics: fig1a's secondary (best EMA − SGD
+    # averaged over all epochs), fig1b's [recomputed − tracked] of the largest decay over the plan's window.
+    lead, alone = plan_claims.fig1a(dirs)[0][1], plan_claims.fig1b(dirs)[0][1]
+    assert lead.label.startswith("best EMA − SGD, mean over all epochs")
+    assert stats.paired_interval(lead.a, lead.b).text() in results["fig1a"]["headline"]
+    assert stats.paired_interval(alone.a, alone.b).text() in results["fig1b"]["headline"]
+    # fig1b's table, re-derived from the validation histories over the window it names.
+    rows = _csv(os.path.join(base, "fig1b", "fig1b.csv"))
+    histories = [_history(os.path.join(base, "protocol", "validation")),
+                 _history(os.path.join(base, "protocol", "validation-seeds", "seed-1"))]
+    for row in rows:
+        first, last = int(row["first_epoch"]), int(row["last_epoch"])
+        assert last == len(histories[0])
+        gains = [np.mean([float(h[f"ema_{row['decay']}_bn_val_accuracy"]) - float(h[f"ema_{row['decay']}_val_accuracy"])
+                          for h in history[first - 1:last]]) for history in histories]
+        assert float(row["gain"]) == pytest.approx(np.mean(gains))
+    largest = max(rows, key=lambda row: float(row["decay"]))
+    assert float(largest["gain"]) == pytest.approx(np.mean(alone.a))
     table3 = open(os.path.join(base, "table3", "table3.md"), encoding="utf-8").read()
     assert "pair-wise values treats them as independent, though pairs share seeds: an approximation" in table3
     # Table 5 reads app.evaluate on both validation runs: the per-seed ECE rows are theirs.
@@ -515,7 +533,7 @@ def test_under_all_a_failed_step_skips_only_the_claims_that_need_it(tmp_path, mo
     assert "[fig2] step failed with exit status 1: python -m app.tune" in out
     assert "[table2] skipped: it needs the step that failed above: python -m app.tune" in out
     assert err.splitlines() == [
-        "error: 1 step failed (see above): no page for fig2, table2; fig1a, fig1b, table1, table3, table5, swa, "
+        "error: 1 step failed (see above): no new page for fig2, table2 (an earlier one, if any, is unchanged); fig1a, fig1b, table1, table3, table5, swa, "
         "adda-constant-lr ran. Fix what the failed step said and run the same command to continue "
         "(finished steps are kept)"]
     # One claim alone stops at its failed step, as before.
