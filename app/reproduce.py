@@ -136,7 +136,7 @@ def main(argv):
     with stopping.between_runs("between steps; run the same command to continue (finished steps are kept)"):
         results, failures = {}, []
         for claim in claims:
-            failed = [step for step in steps[claim] if any(step.text() == f.step.text() for f in failures)]
+            failed = [step for step in steps[claim] if step.text() in {f.step.text() for f in failures}]
             if failed:  # it would run the failed step again: make -k, not make
                 print(f"[{claim}] skipped: it needs the step that failed above: {failed[0].text()}", flush=True)
                 continue
@@ -160,8 +160,8 @@ def main(argv):
         left = [claim for claim in claims if claim not in results]
         ran = f"; {', '.join(results)} ran" if results else ""
         raise UsageError(f"{len(failures)} step{'s' if len(failures) > 1 else ''} failed (see above): "
-                         f"no new page for {', '.join(left)} (an earlier one, if any, is unchanged){ran}. Fix what the failed step said and run "
-                         "the same command to continue (finished steps are kept)")
+                         f"no new page for {', '.join(left)} (an earlier one, if any, is unchanged){ran}. "
+                         "Fix what the failed step said and run the same command to continue (finished steps are kept)")
     return results
 
 

@@ -298,7 +298,8 @@ def table5(dirs, out):
                               unit=" nats ×100")  # the plan's one bound format: 2 decimals (of hundredths of a nat)
     held_out = sorted({evaluation.get("validation_examples") or 0 for evaluation in common.evaluated(group)})
     headline = (f"Table 5 ({len(group.runs)} seeds, 80/20 runs on {common.test_examples(group):,} test images, temperature "
-                f"fitted on the hold-out's first {'/'.join(f'{n:,}' for n in held_out)} images): ECE {100 * np.mean(values[('baseline', 'ece')]):.2f} -> "
+                f"fitted on the hold-out's first {'/'.join(f'{n:,}' for n in held_out)} images): "
+                f"ECE {100 * np.mean(values[('baseline', 'ece')]):.2f} -> "
                 f"{100 * np.mean(values[('ema_loss', 'ece')]):.2f} % (EMA (loss), {ece.text()}), after TS "
                 f"{100 * np.mean(values[('baseline', 'ece_temperature_scaled')]):.2f} -> "
                 f"{100 * np.mean(values[('ema_loss', 'ece_temperature_scaled')]):.2f} %; NLL {nll.text()}.")

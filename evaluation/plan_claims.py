@@ -10,29 +10,23 @@ for SGD's twins) and applies the plan's one policy
 needed at the observed spread, "not decidable at this budget" beyond 8.
 
 A verdict counts only when every run it reads, and every run those depend on
-(`upstream_runs`: the lr searches' trials, seed 0's validation runs, the SWA lr
-search), was made from the plan's commit or a later one, with a clean tree
-(`exploratory_reason`); otherwise the page labels it exploratory. Where a pre-plan run lacks what the plan's statistic
-reads (the last-epoch EMA, SGD's early-stopped weights), the nearest quantity
+(the lr searches' trials, seed 0's validation runs, the SWA lr search), was
+made from the plan's commit or a later one, with a clean tree
+(evaluation/plan_provenance.py); otherwise the page labels it exploratory.
+Where a pre-plan run lacks what the plan's statistic reads (the last-epoch EMA, SGD's early-stopped weights), the nearest quantity
 it holds is used and named as such. experiments/exploratory_reanalysis.py
 applies this to the pre-plan runs. The page's section: evaluation/plan_page.py.
 """
 
 import dataclasses
-import json
-import os
-import subprocess
 
 import numpy as np
 
 from evaluation import claim_common as common
-from evaluation import regime, runs, stats
+from evaluation import regime, stats
+from evaluation.plan_provenance import exploratory_reason, upstream_runs
 from training import run_dir as run_directory
 from utils.errors import UsageError
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PLAN_FILE = os.path.join(ROOT, "docs", "analysis-plan.md")
-
 
 NATS = " nats ×100"  # NLL and JS differences at the plan's one bound format (2 decimals): hundredths of a nat
 
@@ -327,60 +321,6 @@ def _adda_decay(group):
 
 CLAIMS = {"fig1a": fig1a, "fig1b": fig1b, "table1": table1, "swa": swa, "table3": table3, "table5": table5,
           "fig2": fig2, "table2": table2, "adda-constant-lr": adda}
-
-
-def plan_commit():
-    """The commit that last changed docs/analysis-plan.md (None outside a git checkout)."""
-    try:
-        out = subprocess.run(["git", "log", "-1", "--format=%H", "--", PLAN_FILE], cwd=ROOT, capture_output=True,
-                             text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None
-
-
-def upstream_runs(claim, dirs):
-    """[(path, JSON with a `provenance`)] of what a claim's numbers come from without its statistics reading
-    it: the lr search's trials (the lr of every run), seed 0's validation runs (the final runs' selected
-    epochs, SGD's early-stopping epoch; the -sgd twin's too) and, for the claims that read SWA, the SWA lr
-    search (app.tune_swa's choice file). Adda's runs have none of these."""
-    if claim == "adda-constant-lr":
-        return []
-    search, validation = ("tuning_noisy", "noisy_validation") if claim in ("fig2", "table2") else ("tuning",
-                                                                                                  "validation")
-    validations = [dirs.get(key) for key in (validation, f"{validation}_sgd") if dirs.get(key)]
-    files = [os.path.join(path, runs.CONFIG_FILE) for path in validations]
-    if claim in ("table1", "swa"):
-        files += [os.path.join(path, run_directory.SWA_TUNING_DIR, run_directory.SWA_TUNING_FILE)
-                  for path in validations]
-    if dirs.get(search) and os.path.isdir(dirs[search]):
-        files += sorted(os.path.join(dirs[search], name, runs.CONFIG_FILE) for name in os.listdir(dirs[search])
-                        if name.startswith("trial_"))
-    found = []
-    for path in files:
-        if os.path.isfile(path):
-            with open(path, encoding="utf-8") as handle:
-                found.append((os.path.dirname(path) if path.endswith(runs.CONFIG_FILE) else path, json.load(handle)))
-    return found
-
-
-def exploratory_reason(groups, commit=None, upstream=()):
-    """Why the runs of `groups` (and the `upstream` (path, config) pairs) cannot decide under the plan, or
-    None when every one can."""
-    commit = commit or plan_commit()
-    if commit is None:
-        return "the plan's commit is unknown (not a git checkout)"
-    read = [(run.path, run.config) for group in groups for run in group.runs] + list(upstream)
-    for path, config in read:
-        provenance = config.get("provenance") or {}
-        made = provenance.get("git_commit")
-        if made is None or provenance.get("git_dirty") is not False:
-            return f"{path} records no clean commit"
-        ancestor = subprocess.run(["git", "merge-base", "--is-ancestor", commit, made], cwd=ROOT,
-                                  capture_output=True, timeout=10)
-        if ancestor.returncode != 0:
-            return f"{path} was made from {made[:10]}, before the plan's commit {commit[:10]}"
-    return None
 
 
 def assess(claim, dirs):

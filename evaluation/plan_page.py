@@ -11,7 +11,8 @@ import re
 
 from evaluation import claim_common as common
 from evaluation import regime, runs, stats
-from evaluation.plan_claims import PLAN_FILE, ROOT, assess, plan_commit
+from evaluation.plan_claims import assess
+from evaluation.plan_provenance import PLAN_FILE, ROOT, plan_commit
 
 
 def plan_rule(claim):

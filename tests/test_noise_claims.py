@@ -25,7 +25,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from evaluation import claims, noise_claims, plan_claims, plan_page
+from evaluation import claims, noise_claims, plan_claims, plan_page, plan_provenance
 
 SEEDS = (0, 1, 2)
 DECAYS = (0.9, 0.99)  # the largest (0.99) is the one Fig. 2 reports
@@ -557,7 +557,8 @@ def test_a_page_reads_the_seeds_its_command_names_and_an_undecided_one_asks_for_
     dirs = _noisy_final(str(tmp_path), [0.6] * 3, [0.55] * 3, ema_test=ema, baseline_test=sgd)
     exploratory = plan_claims.assess("table2", dirs)  # commit 0000000: no seeds asked for runs that decide nothing
     assert exploratory["pending_seeds"] is None and "app.reproduce" not in exploratory["primary"]["power"]
-    monkeypatch.setattr(plan_claims, "exploratory_reason", lambda groups, commit=None, upstream=(): None)  # as if made after it
+    # As if made after the plan's commit.
+    monkeypatch.setattr(plan_claims, "exploratory_reason", lambda groups, commit=None, upstream=(): None)
     extra = os.path.join(dirs["noisy_final"], "seed-3")
     shutil.copytree(os.path.join(dirs["noisy_final"], "seed-2"), extra)
     _write_json(os.path.join(extra, "config.json"), _config(seed=3, out=extra))
@@ -635,7 +636,7 @@ def test_a_run_upstream_of_the_runs_read_can_make_a_claim_exploratory(tmp_path):
     """The noisy validation run fixes the final runs' epochs and the lr search their lr: a pre-plan or dirty
     one of those makes the verdict exploratory, though the claim's statistics never read them."""
     dirs = _noisy_final(str(tmp_path), [0.6] * 3, [0.55] * 3, ema_test=[0.6] * 3, baseline_test=[0.55] * 3)
-    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=plan_claims.ROOT, capture_output=True, text=True,
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=plan_provenance.ROOT, capture_output=True, text=True,
                           check=True).stdout.strip()
     for seed in SEEDS:  # the final runs: made at HEAD, clean
         path = os.path.join(dirs["noisy_final"], f"seed-{seed}", "config.json")
@@ -648,18 +649,18 @@ def test_a_run_upstream_of_the_runs_read_can_make_a_claim_exploratory(tmp_path):
         os.makedirs(path)
         _write_json(os.path.join(path, "config.json"),
                     _config(provenance={"git_commit": head, "git_dirty": dirty}, full_train=False))
-    assert [path for path, _ in plan_claims.upstream_runs("table2", dirs)] == [
+    assert [path for path, _ in plan_provenance.upstream_runs("table2", dirs)] == [
         dirs["noisy_validation"], os.path.join(dirs["tuning_noisy"], "trial_1")]
-    assert plan_claims.upstream_runs("adda-constant-lr", dirs) == []
+    assert plan_provenance.upstream_runs("adda-constant-lr", dirs) == []
     # The SWA lr search (app.tune_swa's choice file in the validation run) counts for the claims that read SWA.
     validation = os.path.join(str(tmp_path), "protocol", "validation")
     os.makedirs(os.path.join(validation, "swa-tuning"))
     _write_json(os.path.join(validation, "config.json"), _config(provenance={"git_commit": head, "git_dirty": False}))
     _write_json(os.path.join(validation, "swa-tuning", "best_swa_lr.json"),
                 {"swa_lr": 0.02, "provenance": {"git_commit": head, "git_dirty": True}})
-    assert [path for path, _ in plan_claims.upstream_runs("swa", {"validation": validation})] == [
+    assert [path for path, _ in plan_provenance.upstream_runs("swa", {"validation": validation})] == [
         validation, os.path.join(validation, "swa-tuning", "best_swa_lr.json")]
-    assert [path for path, _ in plan_claims.upstream_runs("fig1b", {"validation": validation})] == [validation]
+    assert [path for path, _ in plan_provenance.upstream_runs("fig1b", {"validation": validation})] == [validation]
     result = plan_claims.assess("table2", dirs)
     assert result["exploratory"] == f"{os.path.join(dirs['tuning_noisy'], 'trial_1')} records no clean commit"
     os.remove(os.path.join(dirs["tuning_noisy"], "trial_1", "config.json"))
