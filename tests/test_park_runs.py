@@ -29,19 +29,23 @@ def test_parks_what_unfinished_steps_resume_from_and_unparks_the_rest(tmp_path):
     out = "reproductions/small"
     running, evaluating, finished, branch = (f"{out}/final/seed-1", f"{out}/final/seed-0", f"{out}/adda/seed-0",
                                              f"{out}/protocol/validation")
-    resume = ["checkpoint/last.npz", "weights/ema_0.99_acc.weights.h5"]
-    skipped = ["checkpoint/previous.npz", "best.keras", "run.lock", "train.log",
+    resume = ["checkpoint/last.npz", "weights/ema_0.99_acc.weights.h5", "swa/checkpoint/last.npz"]
+    skipped = ["checkpoint/previous.npz", "best.keras", "run.lock", "train.log", "weights/.partial-swa.weights.h5",
                "tensorboard/sgd/events.out.tfevents.1.vm"]
     for run in (running, evaluating, finished, branch):
         for path in ["config.json", *resume, *skipped]:
             _write(root, f"{run}/{path}")
     _write(root, f"{branch}/checkpoint/swa-branch.npz")
     _write(root, f"{branch}/swa-tuning/lr-0.01/checkpoint/last.npz")
-    _write(root, f"{evaluating}/summary.json")
-    _write(root, f"{finished}/summary.json")
+    for run in (evaluating, finished, branch):
+        _write(root, f"{run}/summary.json")
     _write(root, f"{finished}/evaluation.json")
-    # Parked by an earlier session; its run has finished and been evaluated since.
-    _git(root, "add", "-f", f"{finished}/checkpoint/last.npz")
+    # Parked and committed by an earlier session; its run has finished and been evaluated since, and a
+    # finished run deletes its checkpoint.
+    _write(root, f"{finished}/checkpoint/gone.npz")
+    _git(root, "add", "-f", f"{finished}/checkpoint/last.npz", f"{finished}/checkpoint/gone.npz")
+    _git(root, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "parked")
+    os.remove(os.path.join(root, finished, "checkpoint", "gone.npz"))
     steps = [
         Step("train", (), (f"{root}/{running}/summary.json",)),
         Step("train", (), (f"{root}/{evaluating}/summary.json",)),  # done
@@ -50,18 +54,22 @@ def test_parks_what_unfinished_steps_resume_from_and_unparks_the_rest(tmp_path):
         Step("tune_swa", (f"{root}/{branch}",), (f"{root}/{branch}/swa-tuning/best_swa_lr.json",)),
         Step("consistency", (f"{root}/{out}/final",), (f"{root}/{out}/final/consistency.json",)),
     ]
-    needed = {os.path.relpath(path, root): parts for path, parts in park_runs.needed_directories(steps).items()}
-    assert needed == {running: None, evaluating: None,
-                      branch: {"checkpoint/swa-branch.npz", "swa-tuning"}}
+    needed = park_runs.needed_directories(steps)  # absolute paths, as `--out /abs/path` gives
+    assert needed == {f"{root}/{running}": None, f"{root}/{evaluating}": {"weights"},
+                      f"{root}/{branch}": {"checkpoint/swa-branch.npz", "swa-tuning"}}
 
-    parked, unparked = park_runs.park(out, needed, root=root)
+    parked, unparked = park_runs.park(f"{root}/{out}", needed, root=root)
 
-    expected = sorted([f"{run}/{path}" for run in (running, evaluating) for path in resume]
-                      + [f"{branch}/checkpoint/swa-branch.npz", f"{branch}/swa-tuning/lr-0.01/checkpoint/last.npz"])
+    expected = sorted([f"{running}/{path}" for path in resume] + [f"{evaluating}/weights/ema_0.99_acc.weights.h5",
+                       f"{branch}/checkpoint/swa-branch.npz", f"{branch}/swa-tuning/lr-0.01/checkpoint/last.npz"])
     assert parked == expected
-    assert unparked == [f"{finished}/checkpoint/last.npz"]
-    staged = set(_git(root, "diff", "--cached", "--name-only"))
+    assert unparked == [f"{finished}/checkpoint/gone.npz", f"{finished}/checkpoint/last.npz"]
+    staged = _git(root, "diff", "--cached", "--name-status", "--no-renames")
+    staged = dict(zip(staged[1::2], staged[0::2]))
     not_ignored = {f"{run}/config.json" for run in (running, evaluating, finished, branch)} | {
-        f"{evaluating}/summary.json", f"{finished}/summary.json", f"{finished}/evaluation.json"}
-    assert staged == set(expected) | not_ignored  # the unparked file was never committed: it just leaves the index
-    assert os.path.exists(os.path.join(root, finished, "checkpoint", "last.npz"))  # still on disk
+        f"{run}/summary.json" for run in (evaluating, finished, branch)} | {f"{finished}/evaluation.json"}
+    assert staged == {**{path: "A" for path in [*expected, *not_ignored]},
+                      **{path: "D" for path in unparked}}  # out of the index; the one still there stays on disk
+    assert os.path.exists(os.path.join(root, finished, "checkpoint", "last.npz"))
+    _git(root, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "parked again")
+    assert _git(root, "status", "--porcelain", "--", out) == []  # the unparked file is ignored again
