@@ -28,6 +28,7 @@ class Step:
     forward_images: int = 0
     seeds: tuple = ()  # a consistency step: done only when its file holds these seeds' pairs
     tested: tuple = (0, 0)  # a train step: (weights files, hold-out images) its test evaluation reads
+    epoch_recompute_images: int = 0  # a train step: forward images `--bn-recompute epoch` adds over `end`
 
     def text(self):
         return f"python -m app.{self.command} {shlex.join(self.argv)}"
@@ -158,8 +159,15 @@ def _sgd_twin(step, twins, tuning_dir):
     def mapped(value):
         return twin_of(value) or (os.path.join(tuning_dir, SGD_BEST_FILE) if value == tuning_dir else value)
 
-    return dataclasses.replace(step, argv=tuple(map(mapped, step.argv)),
-                               done_files=tuple(map(mapped, step.done_files)))
+    argv = list(map(mapped, step.argv))
+    forward = step.forward_images
+    if flag_value(argv, "--bn-recompute") == "epoch":
+        # A twin's EMAs are read by no statistic (only its SGD, early-stopped SGD and SWA are), so it
+        # recomputes their BN once at the end: each epoch's recompute is ~2/3 of a validation run's cost.
+        argv[argv.index("--bn-recompute") + 1] = "end"
+        forward -= step.epoch_recompute_images
+    return dataclasses.replace(step, argv=tuple(argv), done_files=tuple(map(mapped, step.done_files)),
+                               forward_images=forward, epoch_recompute_images=0)
 
 
 def unique(steps):
@@ -211,10 +219,9 @@ def _train_step(setup, data_dir, path, extra, seeds=None):
     train, validation = _num_train(setup, full_train), _num_evaluated(setup, full_train)
     models = 1 + len(setup.decays)
     forward = models * validation * setup.epochs
-    if "epoch" in extra:  # BN recompute of every EMA each epoch, and its evaluation
-        forward += len(setup.decays) * (train + validation) * setup.epochs
-    else:  # once at the end, for two selections per decay
-        forward += 2 * len(setup.decays) * (train + validation)
+    at_end = 2 * len(setup.decays) * (train + validation)  # BN recomputed once, for two selections per decay
+    every_epoch = len(setup.decays) * (train + validation) * setup.epochs  # and evaluated, each epoch
+    forward += every_epoch if "epoch" in extra else at_end
     images = train * setup.epochs
     if "--swa" in extra:  # the branch: the last 25 % again, evaluated, and BN once
         branch = int(flag_value(extra, "--swa-epochs") or swa_branch_epochs(setup.epochs))
@@ -229,7 +236,8 @@ def _train_step(setup, data_dir, path, extra, seeds=None):
     files = 2 + criteria * len(setup.decays) * (2 if recomputed else 1) + (criteria == 2) + recomputed
     files += "--swa" in extra
     holdout = 0 if full_train else validation
-    return Step("train", tuple(argv), done, images, forward, tested=(files, holdout))
+    return Step("train", tuple(argv), done, images, forward, tested=(files, holdout),
+                epoch_recompute_images=every_epoch - at_end if "epoch" in extra else 0)
 
 
 def flag_value(argv, name):

@@ -74,6 +74,11 @@ def column(run, name):
     return np.array([row.get(name, np.nan) for row in run.history], dtype="float64")
 
 
+def epoch_means(runs, name):
+    """Per run: the mean over all its epochs of history column `name` (fig2's statistic: plan and page)."""
+    return [float(np.mean(column(run, name))) for run in runs]
+
+
 def mean_std(values):
     """(mean, sample std or None for one value) of the finite values (report.mean_std)."""
     return report.mean_std(values)[:2]

@@ -44,9 +44,9 @@ def fig2(dirs, out):
     peak = int(np.nanargmax(ema))  # chosen on the test curve itself: a description, no interval
     per_seed_peak = [common.column(run, f"ema_{decay}_val_accuracy")[peak] for run in group.runs]
     per_seed_final = [common.column(run, "val_accuracy")[-1] for run in sgd_group.runs]
-    ema_mean = [float(np.mean(common.column(run, f"ema_{decay}_val_accuracy"))) for run in group.runs]
-    sgd_mean = [float(np.mean(common.column(run, "val_accuracy"))) for run in sgd_group.runs]
-    interval = stats.paired_interval(ema_mean, sgd_mean)  # the plan's statistic (evaluation/plan_claims.py)
+    ema_mean = common.epoch_means(group.runs, f"ema_{decay}_val_accuracy")
+    sgd_mean = common.epoch_means(sgd_group.runs, "val_accuracy")
+    interval = stats.paired_interval(ema_mean, sgd_mean)  # the plan's statistic (evaluation/plan_claims.fig2)
     path = figures.plot_ema_vs_sgd(group, os.path.join(out, "fig2.png"), f"ema_{decay}_val_accuracy", f"EMA α={decay}",
                                    sgd_group=sgd_group if dirs.get("noisy_final_sgd") else None)
     shown = sorted({1, len(rows) // 4, len(rows) // 2, peak + 1, 3 * len(rows) // 4, len(rows)})

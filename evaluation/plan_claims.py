@@ -264,8 +264,8 @@ def fig2(dirs):
     group = common.runs_of(dirs, "noisy_final")
     sgd_group = common.paired_sgd(dirs, group, "noisy_final")
     decay = common.largest_decay(group.runs[0])
-    ema = [float(np.mean(common.column(run, f"ema_{decay}_val_accuracy"))) for run in group.runs]
-    sgd = [float(np.mean(common.column(run, "val_accuracy"))) for run in sgd_group.runs]
+    ema = common.epoch_means(group.runs, f"ema_{decay}_val_accuracy")
+    sgd = common.epoch_means(sgd_group.runs, "val_accuracy")
     statistics = [Statistic(f"EMA α={decay} − SGD, mean over all epochs of the clean test curve (first 2,000)",
                             ema, sgd, primary=True)]
     if _has_method(sgd_group, "sgd_early"):  # the plan's fig2 model: BN tracked (table2's reads it recomputed)

@@ -354,7 +354,20 @@ def test_sgd_columns_get_runs_at_sgds_own_lr_when_the_search_picks_another(tmp_p
         expected = re.sub(rf"({re.escape(protocol + os.sep)}(validation-seeds|validation|final))(?=/|\s|$)", r"\1-sgd",
                           original.text())
         expected = expected.replace(f"--lr-from {tuning} ", f"--lr-from {os.path.join(tuning, 'best_sgd_final.json')} ")
+        # No statistic reads a twin's EMAs: BN is recomputed once at the end, not each epoch.
+        expected = expected.replace("--bn-recompute epoch", "--bn-recompute end")
         assert twin.text() == expected
+        if "--bn-recompute epoch" in original.text():
+            # What each epoch's recompute costs over the end's: the decays' BN pass over the training images
+            # and evaluation on the validation ones, every epoch instead of twice (two selections per decay).
+            argv = original.argv
+            decays = argv.index("--ema-every-steps") - argv.index("--ema-decays") - 1
+            epochs = int(reproduce.flag_value(argv, "--epochs"))
+            images = int(reproduce.flag_value(argv, "--limit-train")) + int(reproduce.flag_value(argv, "--limit-validation"))
+            assert original.forward_images - twin.forward_images == decays * images * (epochs - 2)
+        else:
+            assert twin.forward_images == original.forward_images
+    assert any("--bn-recompute epoch" in original.text() for original in originals)  # the validation runs
     assert [step.argv[0] for step in steps["table3"] if step.command == "consistency"] == [
         os.path.join(protocol, "final"), os.path.join(protocol, "final-sgd")]
     # Fig. 1a's and 1b's SGD rows read SGD at its own lr too: the validation runs' twins (fig1a's final ones).
@@ -416,8 +429,11 @@ def test_dry_run_counts_what_is_left_of_runs_in_progress(tmp_path, capsys):
         assert after[key] == left + sum(getattr(step, key) for step in chain[2:])
         assert before[key] == sum(getattr(step, key) for step in chain)
     # Should the search pick another lr for SGD, every step after it is repeated into -sgd/ (fig1a reads
-    # SGD's validation, validation-seeds and final runs): estimated apart, in full (no twin has started).
-    twins = tuple(sum(getattr(step, key) for step in chain[1:]) for key in ("train_images", "forward_images"))
+    # SGD's validation, validation-seeds and final runs): estimated apart, in full (no twin has started),
+    # less each epoch's BN recompute, which the twins do not do.
+    twins = (sum(step.train_images for step in chain[1:]),
+             sum(step.forward_images - step.epoch_recompute_images for step in chain[1:]))
+    assert chain[1].epoch_recompute_images > 0
     assert before["sgd_twin_images"] == after["sgd_twin_images"] == twins
     assert lines[-1] == (f"# after tuning: where best_sgd_final.json picks another lr than best.json, the runs the "
                          f"SGD columns read are repeated at it (into <dir>-sgd/): {len(chain) - 1} steps, "
