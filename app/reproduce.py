@@ -136,7 +136,8 @@ def main(argv):
     with stopping.between_runs("between steps; run the same command to continue (finished steps are kept)"):
         results, failures = {}, []
         for claim in claims:
-            failed = [step for step in steps[claim] if step.text() in {f.step.text() for f in failures}]
+            failed_texts = {failure.step.text() for failure in failures}
+            failed = [step for step in steps[claim] if step.text() in failed_texts]
             if failed:  # it would run the failed step again: make -k, not make
                 print(f"[{claim}] skipped: it needs the step that failed above: {failed[0].text()}", flush=True)
                 continue

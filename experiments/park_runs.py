@@ -41,6 +41,9 @@ LARGEST_MIB = 100  # no file of a ResNet-20 run comes near; a paper-budget one m
 
 def needed_directories(steps):
     """{directory: subpaths or None (all of it)} that the steps that are not done resume from or read."""
+    from training import run_dir as run_directory
+    from training import swa_tuning
+
     needed = {}
 
     def need(directory, parts=None):
@@ -56,9 +59,10 @@ def needed_directories(steps):
             need(os.path.dirname(step.done_files[0]))
         elif step.command == "evaluate":  # the weights it tests, of each run it tests
             for path in step.done_files:
-                need(os.path.dirname(path), {"weights"})
+                need(os.path.dirname(path), {run_directory.WEIGHTS_DIR})
         elif step.command == "tune_swa":  # the branch point and the branches tried so far
-            need(step.argv[0], {os.path.join("checkpoint", "swa-branch.npz"), "swa-tuning"})
+            run = step.argv[0]
+            need(run, {os.path.relpath(swa_tuning.branch_point(run), run), run_directory.SWA_TUNING_DIR})
         # consistency reads the final runs' test logits, which are tracked (.gitignore's exception).
     return needed
 
