@@ -186,8 +186,9 @@ def _add_ema_arguments(group):
     group.add_argument("--ema-decays", type=float, nargs="*", default=list(config_lib.DEFAULT_EMA_DECAYS),
                        help="EMA decays kept in parallel (none: no EMA)")
     group.add_argument("--ema-every-steps", "--ema-every", dest="ema_every_steps", type=positive_int,
-                       default=config_lib.DEFAULT_EVERY_STEPS,
-                       help="update the EMAs every N optimizer steps, the period T (effective decay a^(1/N))")
+                       default=None,
+                       help="update the EMAs every N optimizer steps, the period T (effective decay a^(1/N)) "
+                       f"(default: {config_lib.DEFAULT_EVERY_STEPS})")
     group.add_argument("--ema-batch-scaling", action="store_true",
                        help="the decays are for batch 128 (the paper's): at --batch-size B they act as a^(B/128), "
                        "the warm-up counted in batch-128 steps (EMA scaling rule, Busbridge et al. 2023)")
@@ -196,9 +197,9 @@ def _add_ema_arguments(group):
                        "(steps, paper §4.1), EMA updates (updates), or no warm-up (none, Adda et al.) "
                        "(default: steps)")
     group.add_argument("--stop-epochs-from", default=None, metavar="RUN",
-                       help="final run (--full-train): keep each EMA at the epochs selected on the "
-                       "validation run RUN (its summary.json), paper §4.1; without it a --full-train "
-                       "run selects on the test set and says so")
+                       help="final run (--full-train): keep each EMA, and SGD's early-stopped weights, at "
+                       "the epochs selected on the validation run RUN (its summary.json), paper §4.1; "
+                       "without it a --full-train run selects on the test set and says so")
     group.add_argument("--ema-select", default=None,
                        help="which epoch of each EMA is saved and tested: best (best validation accuracy, "
                        "lowest validation loss, paper §4.1) or final (the last epoch, Adda et al.'s Table 1) "
@@ -212,9 +213,11 @@ def _add_ema_arguments(group):
 
 
 # Flags that act on the EMAs only, and their defaults: with no --ema-decays a given one would do nothing.
-_EMA_FLAGS = {"ema_warmup": ("--ema-warmup", "steps"), "ema_select": ("--ema-select", "best"),
+# (--stop-epochs-from is not one: it also picks the epoch of SGD's early-stopped weights.)
+_EMA_FLAGS = {"ema_every_steps": ("--ema-every-steps", config_lib.DEFAULT_EVERY_STEPS),
+              "ema_warmup": ("--ema-warmup", "steps"), "ema_select": ("--ema-select", "best"),
               "ema_bn_mode": ("--ema-bn-mode", "eman"), "bn_recompute": ("--bn-recompute", "end"),
-              "ema_batch_scaling": ("--ema-batch-scaling", False), "stop_epochs_from": ("--stop-epochs-from", None)}
+              "ema_batch_scaling": ("--ema-batch-scaling", False)}
 
 
 def _ema_modes(args):
@@ -253,5 +256,5 @@ def _ema_fields(args, epochs):
         raise UsageError("--bootstrap-every-epochs must be >= 0")
     if args.bootstrap_every_epochs and not decays:
         raise UsageError("--bootstrap-every-epochs needs at least one --ema-decays value")
-    return dict(ema_decays=decays, ema_every_steps=args.ema_every_steps, ema_select_epochs=select_epochs,
-                bootstrap_every_epochs=args.bootstrap_every_epochs)
+    return dict(ema_decays=decays, ema_select_epochs=select_epochs,
+                stop_epochs_from=args.stop_epochs_from, bootstrap_every_epochs=args.bootstrap_every_epochs)

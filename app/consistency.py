@@ -9,7 +9,8 @@ Table 3), and for SGD early-stopped on validation where the runs kept it
 test split; then churn (fraction of test samples whose top-1 class differs)
 and the Jensen-Shannon divergence (natural log, mean over samples) are
 averaged over all pairs of seeds, and the accuracy
-over seeds. Writes RUN_DIR/consistency.json (shape: evaluation/report.py) and
+over seeds. Runs trained without EMAs compare SGD's models only. Writes
+RUN_DIR/consistency.json (shape: evaluation/report.py) and
 prints the table. A seed whose weights are gone (committed results keep
 none) is read from the test logits `app.evaluate` saved (`test_logits.npz`).
 Evidence: tests/test_consistency.py counts the churn directly from the two
@@ -41,8 +42,9 @@ def build_parser():
     parser.add_argument("run_dir", metavar="RUN_DIR", help="a directory of seed-<k>/ run directories")
     parser.add_argument("--ema-decay", type=float, default=None,
                         help="EMA decay compared (default: the largest the runs kept)")
-    parser.add_argument("--criterion", choices=sorted(CRITERIA), default="loss",
-                        help="the EMA early-stopped at lowest validation loss (the paper's) or best accuracy")
+    parser.add_argument("--criterion", choices=sorted(CRITERIA), default=None,
+                        help="the EMA early-stopped at lowest validation loss (the paper's) or best accuracy "
+                        "(default: loss)")
     add_run_reading_arguments(parser)
     return parser
 
@@ -70,15 +72,25 @@ def prepare(argv):
     group = groups[0]
     if len(group.runs) < 2:
         raise UsageError(f"{args.run_dir} holds {len(group.runs)} seed; train at least 2 (--seeds 0 1)")
-    method = CRITERIA[args.criterion]
-    chosen_by_run = []
+    # Runs without EMAs (e.g. app.reproduce's SGD twins) compare SGD's models only.
+    with_ema = any(run.config.get("ema_decays") for run in group.runs)
+    if not with_ema:
+        given = [flag for flag, value in (("--ema-decay", args.ema_decay), ("--criterion", args.criterion))
+                 if value is not None]
+        if given:
+            raise UsageError(f"the runs in {args.run_dir} kept no EMA, so {given[0]} has nothing to choose; "
+                             f"drop {given[0]}")
+    criterion = args.criterion or "loss"
+    method = CRITERIA[criterion] if with_ema else None
+    chosen_by_run, decay_key = [], None
     for run in group.runs:
-        decay_key = predictions.choose_decay(run, args.ema_decay)
-        if decay_key is None:
-            raise UsageError(f"{run.path} kept no EMA; train with --ema-decays")
+        if with_ema:
+            decay_key = predictions.choose_decay(run, args.ema_decay)
+            if decay_key is None:
+                raise UsageError(f"{run.path} kept no EMA; train with --ema-decays")
         chosen = predictions.method_weights(run, decay_key, predictions.saved_weights(run, require_files=False))
-        if method not in chosen:
-            raise UsageError(f"{run.path} selected no EMA by {args.criterion}; train for at least one epoch")
+        if with_ema and method not in chosen:
+            raise UsageError(f"{run.path} selected no EMA by {criterion}; train for at least one epoch")
         chosen_by_run.append(chosen)
     # SGD early-stopped on validation, the early-stopped EMA's comparator (the plan's), where every seed has it
     # (a seed evaluated before app.evaluate cached its logits, its weights gone, has not).
@@ -87,7 +99,7 @@ def prepare(argv):
     seeds = []
     for run, chosen in zip(group.runs, chosen_by_run):
         weights = {"baseline": chosen["baseline"], **({"sgd_early": chosen["sgd_early"]} if early else {}),
-                   method: chosen[method]}
+                   **({method: chosen[method]} if with_ema else {})}
         cached = None  # (logits by stem, labels) where the weights are gone (committed results keep none)
         if not all(os.path.isfile(predictions.weights_path(run.path, name)) for name in weights.values()):
             cached = predictions.cached_test_logits(run, list(weights.values()), args.limit_test)
@@ -101,7 +113,7 @@ def prepare(argv):
         predictions.check_data(config, args.limit_test)
         quiet.import_tensorflow()  # the runs are fine: now the heavy imports
     return {"directory": args.run_dir, "config": config, "seeds": seeds, "decay_key": decay_key,
-            "criterion": args.criterion, "limit_test": args.limit_test, "batch_size": args.batch_size}
+            "criterion": criterion if with_ema else None, "limit_test": args.limit_test, "batch_size": args.batch_size}
 
 
 def measure(plan):
@@ -155,8 +167,10 @@ def measure(plan):
         models[method]["js_divergence"] = float(np.mean(models[method]["js_divergence_by_pair"]))
         # The paper's Table 3 gives no unit and reaches 0.85 > ln 2: report both.
         models[method]["js_divergence_bits"] = models[method]["js_divergence"] / math.log(2)
-    method = CRITERIA[plan["criterion"]]
-    models[method].update(decay=float(plan["decay_key"]), bn_recomputed=models[method]["weights"].endswith("_bn"))
+    if plan["criterion"]:  # the EMA's entry (runs without EMAs have none)
+        method = CRITERIA[plan["criterion"]]
+        models[method].update(decay=float(plan["decay_key"]),
+                              bn_recomputed=models[method]["weights"].endswith("_bn"))
     seeds = [seed["run"].config.get("seed") for seed in plan["seeds"]]
     result = {
         "split": "test",

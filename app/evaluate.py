@@ -168,16 +168,18 @@ def format_table(path, result):
     lines = [f"\n{path}: {result['test_examples']} test examples, ECE with "
              f"{result['ece_bins']} equal-mass bins, temperature fitted on "
              f"{result['temperature_fitted_on'] or '— (no hold-out: --full-train)'}"]
-    lines.append(f"{'model':<34}{'accuracy':>9}{'NLL':>8}{'ECE':>8}{'T':>7}{'ECE w/ TS':>11}  table")
+    # One space before each number column: a diverged model's NLL (392.3663) stays apart from its neighbours.
+    width = max(34, *(len(predictions.describe(name)) + 1 for name in result["by_weights"]))
+    lines.append(f"{'model':<{width}}{'accuracy':>9} {'NLL':>8} {'ECE':>7} {'T':>6} {'ECE w/ TS':>10}  table")
 
     def number(value, scale, digits):
         return "—" if value is None else f"{value * scale:.{digits}f}"
 
     for name, entry in result["by_weights"].items():
         lines.append(
-            f"{predictions.describe(name):<34}{number(entry['accuracy'], 100, 2):>9}"
-            f"{number(entry['loss'], 1, 4):>8}{number(entry['ece'], 100, 2):>8}"
-            f"{number(entry['temperature'], 1, 3):>7}{number(entry['ece_temperature_scaled'], 100, 2):>11}"
+            f"{predictions.describe(name):<{width}}{number(entry['accuracy'], 100, 2):>9}"
+            f" {number(entry['loss'], 1, 4):>8} {number(entry['ece'], 100, 2):>7}"
+            f" {number(entry['temperature'], 1, 3):>6} {number(entry['ece_temperature_scaled'], 100, 2):>10}"
             f"  {reported.get(entry['weights'], '')}"
         )
     if result["ema_decay"] is not None:

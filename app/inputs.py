@@ -3,7 +3,8 @@
 `--lr-from DIR` takes the learning rate (and any tuned weight decay or batch
 size) from `python -m app.tune`'s best.json; `--stop-epochs-from RUN` takes
 the EMA epochs a validation run selected (its summary.json) for the final
-`--full-train` run (paper §4.1). Each problem is a one-line `UsageError`.
+`--full-train` run (paper §4.1), and SGD's early-stopping epoch (a run
+without EMAs reads only that). Each problem is a one-line `UsageError`.
 """
 
 import json
@@ -56,15 +57,17 @@ def tuned_swa_lr(source):
 
 
 def stop_epochs_from(run, decays, epochs):
-    """The EMA epochs a validation run selected: {"<decay>": {"accuracy": e, "loss": e}}."""
+    """The EMA epochs a validation run selected: {"<decay>": {"accuracy": e, "loss": e}} ({} for no decays:
+    the run then gives SGD's early-stopping epoch only, training/sgd_selection.py)."""
     path = os.path.join(run, run_directory.SUMMARY_FILE)
     try:
         with open(path, encoding="utf-8") as handle:
             summary = json.load(handle)
-        ema = summary["ema"]
-    except (OSError, ValueError, KeyError, TypeError):
+        ema = summary.get("ema") or {}
+        sgd_epoch = int(summary["sgd"]["best_val_accuracy"]["epoch"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         raise UsageError(
-            f"--stop-epochs-from: no finished run with EMAs in {run} (no readable "
+            f"--stop-epochs-from: no finished run in {run} (no readable "
             "summary.json); give the validation run's directory"
         )
     if summary.get("evaluation_split") != "validation":
@@ -72,9 +75,15 @@ def stop_epochs_from(run, decays, epochs):
             f"--stop-epochs-from: {run} was evaluated on the "
             f"{summary.get('evaluation_split')} split; give a run on the 80/20 validation split"
         )
+    if sgd_epoch > epochs:  # training/sgd_selection.py would keep no early-stopped SGD
+        raise UsageError(f"--stop-epochs-from: {run} selected epoch {sgd_epoch} for SGD's early stopping, "
+                         f"beyond --epochs {epochs}; use the validation run's --epochs")
     selected = {}
     for decay in decays:
         entry = ema.get(f"{decay:g}")
+        if entry is None and not ema:
+            raise UsageError(f"--stop-epochs-from: {run} kept no EMA; give --ema-decays no values, "
+                             "or a validation run with EMAs")
         if entry is None:
             raise UsageError(
                 f"--stop-epochs-from: {run} has no EMA of decay {decay:g}; "

@@ -28,7 +28,6 @@ class Step:
     forward_images: int = 0
     seeds: tuple = ()  # a consistency step: done only when its file holds these seeds' pairs
     tested: tuple = (0, 0)  # a train step: (weights files, hold-out images) its test evaluation reads
-    epoch_recompute_images: int = 0  # a train step: forward images `--bn-recompute epoch` adds over `end`
 
     def text(self):
         return f"python -m app.{self.command} {shlex.join(self.argv)}"
@@ -120,8 +119,10 @@ def plan(budget, out, data_dir, seeds, untuned_sgd_lr_differs=False):
         if sgd_lr_differs(os.path.join(out, tuning)) or (untuned_sgd_lr_differs and unfinished):
             twins = {dirs[key]: dirs[key] + "-sgd" for key in keys}
             dirs.update({f"{key}_sgd": twins[dirs[key]] for key in keys})
+            setup = setups["protocol" if tuning == "tuning" else "noisy"]
             for claim in claims:
-                found = [_sgd_twin(step, twins, os.path.join(out, tuning)) for step in steps[claim]
+                tested = {}  # twin run directory -> its train step's `tested`, for its evaluate step
+                found = [_sgd_twin(step, twins, os.path.join(out, tuning), setup, tested) for step in steps[claim]
                          if step.command != "tune"]
                 steps[claim] += [twin for twin in found if twin is not None]
     # Adda et al. read the final epoch: each run keeps its last EMAs and tests them; seed by seed,
@@ -147,8 +148,12 @@ def sgd_lr_differs(tuning_dir):
     return lrs[0] != lrs[1]
 
 
-def _sgd_twin(step, twins, tuning_dir):
-    """`step` at the SGD-tuned lr, its run directories mapped to their -sgd twins; None when it reads none."""
+def _sgd_twin(step, twins, tuning_dir, setup, tested):
+    """`step` at the SGD-tuned lr, its run directories mapped to their -sgd twins; None when it reads none.
+
+    No statistic reads a twin's EMAs (only its SGD, early-stopped SGD and SWA), so a twin trains none:
+    its train steps give `--ema-decays` no values and drop the flags that act on EMAs. `tested`
+    collects each twin run directory's (weights files, hold-out images) for its evaluate step."""
     def twin_of(value):
         return next((twin + value[len(path):] for path, twin in twins.items()
                      if value == path or value.startswith(path + os.sep)), None)
@@ -160,14 +165,41 @@ def _sgd_twin(step, twins, tuning_dir):
         return twin_of(value) or (os.path.join(tuning_dir, SGD_BEST_FILE) if value == tuning_dir else value)
 
     argv = list(map(mapped, step.argv))
-    forward = step.forward_images
-    if flag_value(argv, "--bn-recompute") == "epoch":
-        # A twin's EMAs are read by no statistic (only its SGD, early-stopped SGD and SWA are), so it
-        # recomputes their BN once at the end: each epoch's recompute is ~2/3 of a validation run's cost.
-        argv[argv.index("--bn-recompute") + 1] = "end"
-        forward -= step.epoch_recompute_images
-    return dataclasses.replace(step, argv=tuple(argv), done_files=tuple(map(mapped, step.done_files)),
-                               forward_images=forward, epoch_recompute_images=0)
+    done = tuple(map(mapped, step.done_files))
+    if step.command == "train":
+        twin = _costed_train(setup, tuple(_without_emas(argv)), done)
+        tested[_run_path(twin.argv)] = twin.tested
+        return twin
+    if step.command == "evaluate":
+        return dataclasses.replace(_evaluate_step(argv[0], [], argv[1:], tested[argv[0]]), done_files=done)
+    return dataclasses.replace(step, argv=tuple(argv), done_files=done)
+
+
+# app.train's flags that act on the EMAs only (app/cli.py), dropped with their values from a run without EMAs.
+_EMA_ONLY_FLAGS = ("--ema-every-steps", "--ema-warmup", "--ema-select", "--ema-bn-mode", "--bn-recompute",
+                   "--ema-batch-scaling")
+
+
+def _without_emas(argv):
+    """A train step's `argv` training no EMA: `--ema-decays` with no values, no flag acting on EMAs."""
+    kept, dropping = [], False
+    if "--ema-decays" not in argv:
+        kept.append("--ema-decays")  # without it app.train keeps the paper's decays
+    for value in argv:
+        if value.startswith("--"):
+            dropping = value == "--ema-decays" or value in _EMA_ONLY_FLAGS
+            if value == "--ema-decays":
+                kept.append(value)  # given no values: no EMA (without it app.train keeps the paper's decays)
+        if not dropping:
+            kept.append(value)
+    return kept
+
+
+def _run_path(argv):
+    """A train step's run directory: `--out`, or `--out`/seed-k with `--seeds k`."""
+    seed = flag_value(argv, "--seeds")
+    out = flag_value(argv, "--out")
+    return os.path.join(out, f"seed-{seed}") if seed is not None else out
 
 
 def unique(steps):
@@ -215,34 +247,48 @@ def _train_step(setup, data_dir, path, extra, seeds=None):
         done = (os.path.join(path, f"seed-{flag_value(extra, '--seeds')}", "summary.json"),)
     else:
         done = (os.path.join(path, "summary.json"),)
-    full_train = "--full-train" in extra
+    return _costed_train(setup, tuple(argv), done)
+
+
+def _costed_train(setup, argv, done):
+    """The train step of `argv` (a run of `setup`), with the images it trains and evaluates."""
+    decays = len(_flag_values(argv, "--ema-decays"))
+    full_train = "--full-train" in argv
     train, validation = _num_train(setup, full_train), _num_evaluated(setup, full_train)
-    models = 1 + len(setup.decays)
-    forward = models * validation * setup.epochs
-    at_end = 2 * len(setup.decays) * (train + validation)  # BN recomputed once, for two selections per decay
-    every_epoch = len(setup.decays) * (train + validation) * setup.epochs  # and evaluated, each epoch
-    forward += every_epoch if "epoch" in extra else at_end
+    forward = (1 + decays) * validation * setup.epochs
+    at_end = 2 * decays * (train + validation)  # BN recomputed once, for two selections per decay
+    every_epoch = decays * (train + validation) * setup.epochs  # and evaluated, each epoch
+    each_epoch = flag_value(argv, "--bn-recompute") == "epoch"
+    forward += every_epoch if each_epoch else at_end
     images = train * setup.epochs
-    if "--swa" in extra:  # the branch: the last 25 % again, evaluated, and BN once
-        branch = int(flag_value(extra, "--swa-epochs") or swa_branch_epochs(setup.epochs))
+    if "--swa" in argv:  # the branch: the last 25 % again, evaluated, and BN once
+        branch = int(flag_value(argv, "--swa-epochs") or swa_branch_epochs(setup.epochs))
         images += train * branch
         forward += validation * branch + train + validation
     # app.evaluate tests each distinct weights file on the test split (and on the hold-out, for the
     # temperature): final, sgd_early, every decay's acc/loss, BN as tracked and recomputed, the largest
     # decay's last epoch both ways (training/final_ema.py), SWA. Files that coincide are tested once:
     # with --ema-select final, acc = loss = the last epoch, whose tracked file is the largest decay's too.
-    recomputed = flag_value(argv, "--bn-recompute") != "none"
-    criteria = 1 if flag_value(argv, "--ema-select") == "final" else 2
-    files = 2 + criteria * len(setup.decays) * (2 if recomputed else 1) + (criteria == 2) + recomputed
-    files += "--swa" in extra
+    files = 2 + ("--swa" in argv)
+    if decays:
+        recomputed = flag_value(argv, "--bn-recompute") != "none"
+        criteria = 1 if flag_value(argv, "--ema-select") == "final" else 2
+        files += criteria * decays * (2 if recomputed else 1) + (criteria == 2) + recomputed
     holdout = 0 if full_train else validation
-    return Step("train", tuple(argv), done, images, forward, tested=(files, holdout),
-                epoch_recompute_images=every_epoch - at_end if "epoch" in extra else 0)
+    return Step("train", argv, done, images, forward, tested=(files, holdout))
 
 
 def flag_value(argv, name):
     """The value after `name` in `argv` (None without it)."""
     return argv[argv.index(name) + 1] if name in argv else None
+
+
+def _flag_values(argv, name):
+    """The values after `name` in `argv`, up to the next flag (() without it)."""
+    if name not in argv:
+        return ()
+    rest = argv[argv.index(name) + 1:]
+    return tuple(next((rest[:i] for i, value in enumerate(rest) if value.startswith("--")), rest))
 
 
 def _tune_step(setup, data_dir, path, budget):

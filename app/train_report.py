@@ -110,20 +110,27 @@ def summary_table(summary, path):
     """The run's last lines: every model's accuracy and loss, the best model, the command to run next."""
     split = summary["evaluation_split"]
     lines = [f"\nSummary ({split} split) — run directory: {path}"]
-    lines.append(f"{'model':<28}{'epoch':>6}{'accuracy':>10}{'loss':>9}")
+    lines.append(f"{'model':<28}{'epoch':>6}{'accuracy':>10} {'loss':>9}")
 
-    def line(name, entry):
+    def line(name, entry):  # the space keeps a diverged loss (1234.5678) apart from the accuracy
         lines.append(
             f"{name:<28}{entry.get('epoch', ''):>6}"
-            f"{entry['val_accuracy']:>10.4f}{entry['val_loss']:>9.4f}"
+            f"{entry['val_accuracy']:>10.4f} {entry['val_loss']:>9.4f}"
         )
 
     sgd = summary["sgd"]
-    if sgd["best_val_accuracy"]["epoch"] == sgd["final"]["epoch"]:
-        line("SGD (final = best acc.)", sgd["final"])
+    # The saved SGD models: the last epoch and the early-stopped one (weights/sgd_early), whose epoch the
+    # run's validation split chose, or the --stop-epochs-from run's; runs from before it show the best epoch.
+    early = sgd.get("early_stopped") or sgd["best_val_accuracy"]
+    name = {None: "best acc.", "test": "best test acc."}.get(early.get("selected_on"), "early-stopped")
+    if early["epoch"] == sgd["final"]["epoch"]:
+        line(f"SGD (final = {name})", sgd["final"])
     else:
         line("SGD (final)", sgd["final"])
-        line("SGD (best acc.)", sgd["best_val_accuracy"])
+        line(f"SGD ({name})", early)
+    chosen_by = "validation (run "  # a --stop-epochs-from run's: training/sgd_selection.py
+    if early.get("selected_on", "").startswith(chosen_by):
+        lines.append(f"  epoch chosen on the validation split of {early['selected_on'][len(chosen_by):-1]}")
     shown = set()
     for key, entry in summary.get("ema", {}).items():
         if key in shown:

@@ -197,10 +197,10 @@ def finish(config, oracle, path, started):
         print(f"error: no trial completed ({error}); try smaller --lrs", file=sys.stderr)
         raise SystemExit(1)
     final_argv = list(config.train_argv) + hyperparameter_flags(best["hyperparameters"])
-    # Paper §4.1: the final run keeps each EMA at the epochs this trial chose on
-    # the validation split; early stopping is not tuned again on the test set.
+    # Paper §4.1: the final run keeps each EMA, and SGD's early-stopped weights, at the epochs this trial
+    # chose on the validation split; early stopping is not tuned again on the test set.
     trial_dir = os.path.join(path, f"trial_{best['trial_id']}")
-    if _has_emas(trial_dir):
+    if os.path.isfile(os.path.join(trial_dir, "summary.json")):
         final_argv += ["--stop-epochs-from", trial_dir]
     best["command"] = "python -m app.train " + shlex.join(final_argv + ["--full-train"])
     best["trials"] = {"completed": completed, "failed": failed, "other": other}
@@ -267,14 +267,6 @@ def ema_below_sgd_note(best, trial_dir):
     return (f"note: the chosen trial's best EMA ({best['objective']:.4f}) scores below its SGD model "
             f"({sgd:.4f} at epoch {epoch}): the learning rates were ranked by averages that had not caught up "
             "with training; lengthen the trials (--epochs, --limit-train) or rank by SGD (--objective sgd)")
-
-
-def _has_emas(trial_dir):
-    try:
-        with open(os.path.join(trial_dir, "summary.json"), encoding="utf-8") as handle:
-            return bool(json.load(handle).get("ema"))
-    except (OSError, ValueError):
-        return False
 
 
 def _print_trials(oracle):

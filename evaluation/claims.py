@@ -86,10 +86,13 @@ def _scaling_text(result):
     swa_start = config.get("swa_start_epoch") if config.get("swa") else None
     rows = scaling.ratio_rows(runs.steps_per_epoch(config), config["epochs"], config.get("ema_decays", ()),
                               config["ema_every_steps"], config.get("warmup_epochs", 0), swa_start)
-    return ("**Budget vs paper**: where the paper's averaging windows, decay releases, lr warm-up and SWA start "
-            f"fall, as fractions of its run (62,600 steps) and of this one ({runs.steps_per_epoch(config) * config['epochs']:,} "
-            "steps); evaluation/scaling.py's rule (T=16, 1 − α scaled by the ratio of the steps) makes the columns "
-            "agree, decays paired by rank:\n\n" + scaling.ratio_table(rows))
+    # The runs an SWA page reads may be SGD's own-lr twins, which train no EMA: then no decay rows.
+    decays = bool(config.get("ema_decays"))
+    return (f"**Budget vs paper**: where the paper's {'averaging windows, decay releases, ' if decays else ''}lr "
+            f"warm-up and SWA start fall, as fractions of its run (62,600 steps) and of this one "
+            f"({runs.steps_per_epoch(config) * config['epochs']:,} steps); evaluation/scaling.py's rule (T=16, 1 − α "
+            f"scaled by the ratio of the steps) makes the columns agree{', decays paired by rank' if decays else ''}:"
+            "\n\n" + scaling.ratio_table(rows))
 
 
 def _provenance_text(used, commands):

@@ -269,10 +269,14 @@ def churn(predictions_a, predictions_b):
     return float(np.mean(first != second))
 
 
-def _kl_to_mixture(p, m):
-    # 0 · log(0 / m) = 0; where p > 0 the mixture m >= p / 2 > 0.
+def _kl_to_mixture(p, q):
+    """KL(p‖m), m = ½(p + q): Σ p log(2p / (p + q)), with 0 · log 0 = 0.
+
+    Written as 2p / (p + q), not p / m: half of the smallest subnormal rounds to 0 (m = 0 where p > 0 gave
+    an infinite divergence for a confident model), while p + q >= p > 0 keeps the ratio in (0, 2].
+    """
     positive = p > 0
-    ratio = np.where(positive, p, 1.0) / np.where(positive, m, 1.0)
+    ratio = 2.0 * np.where(positive, p, 1.0) / np.where(positive, p + q, 2.0)
     return np.sum(np.where(positive, p * np.log(ratio), 0.0), axis=-1)
 
 
@@ -288,8 +292,7 @@ def jensen_shannon_divergence(probabilities_a, probabilities_b):
         raise ValueError(f"Probabilities differ in shape: {p.shape} vs {q.shape}.")
     if p.ndim not in (1, 2):
         raise ValueError(f"Expected probabilities (classes,) or (N, classes). Received shape {p.shape}.")
-    m = (p + q) / 2.0
-    per_sample = 0.5 * _kl_to_mixture(p, m) + 0.5 * _kl_to_mixture(q, m)
+    per_sample = 0.5 * _kl_to_mixture(p, q) + 0.5 * _kl_to_mixture(q, p)
     return float(np.mean(np.maximum(per_sample, 0.0)))  # clip rounding below 0
 
 

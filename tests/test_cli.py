@@ -73,7 +73,7 @@ def test_defaults_follow_the_paper():
         (["--ema-warmup", "epochs"], "unknown --ema-warmup mode 'epochs'; choose from steps, updates, none"),
         (["--validation-fraction", "1.5"], "--validation-fraction must be in (0, 1); got 1.5"),
         (["--stop-epochs-from", "runs/x"], "--stop-epochs-from is for the final --full-train run; add --full-train"),
-        (["--full-train", "--stop-epochs-from", "/nonexistent/run"], "--stop-epochs-from: no finished run with EMAs in /nonexistent/run"),
+        (["--full-train", "--stop-epochs-from", "/nonexistent/run"], "--stop-epochs-from: no finished run in /nonexistent/run"),
         (["--ema-select", "last"], "unknown --ema-select 'last'; choose from best, final"),
         (["--full-train", "--stop-epochs-from", "runs/x", "--ema-select", "final"],
          "--ema-select final keeps the last epoch; drop --stop-epochs-from"),
@@ -165,16 +165,14 @@ def test_a_flag_that_would_do_nothing_is_refused(argv, message):
 
 
 @pytest.mark.parametrize("flag", [["--ema-warmup", "none"], ["--ema-select", "final"], ["--ema-bn-mode", "copy"],
-                                  ["--bn-recompute", "epoch"], ["--ema-batch-scaling"],
-                                  ["--full-train", "--stop-epochs-from", "RUN"]])
+                                  ["--bn-recompute", "epoch"], ["--ema-batch-scaling"], ["--ema-every-steps", "4"]])
 def test_an_ema_flag_without_emas_is_refused(flag):
-    name = next(token for token in flag if token.startswith("--") and token != "--full-train")
+    name = flag[0]
     with pytest.raises(UsageError) as error:
         parse("--ema-decays", *flag)
     assert str(error.value) == f"{name} acts on the EMAs, and --ema-decays gives none; give decays or drop {name}"
-    if "RUN" not in flag:  # with an EMA the same flag is taken
-        config = parse("--ema-decays", "0.9", *flag)
-        assert getattr(config, name[2:].replace("-", "_")) == (flag[1] if len(flag) == 2 else True)
+    config = parse("--ema-decays", "0.9", *flag)  # with an EMA the same flag is taken
+    assert str(getattr(config, name[2:].replace("-", "_"))) == (flag[1] if len(flag) == 2 else "True")
 
 
 def test_the_same_flags_with_their_switch_are_used():
@@ -232,7 +230,7 @@ def test_a_batch_size_typed_wins_over_the_tuned_one(tmp_path, capsys, given, exp
 def test_stop_epochs_from_reads_the_validation_runs_selection(tmp_path):
     import json
 
-    summary = {"evaluation_split": "validation", "ema": {
+    summary = {"evaluation_split": "validation", "sgd": {"best_val_accuracy": {"epoch": 6}}, "ema": {
         "0.9": {"best_val_accuracy": {"epoch": 7}, "lowest_val_loss": {"epoch": 5}},
         "0.99": {"best_val_accuracy": {"epoch": 9}, "lowest_val_loss": {"epoch": 8}}}}
     (tmp_path / "summary.json").write_text(json.dumps(summary))
@@ -243,10 +241,20 @@ def test_stop_epochs_from_reads_the_validation_runs_selection(tmp_path):
         parse(*base, "--ema-decays", "0.999")
     with pytest.raises(UsageError, match="selected epoch 9 for decay 0.99, beyond --epochs 8"):
         parse("--full-train", "--epochs", "8", "--stop-epochs-from", str(tmp_path), "--ema-decays", "0.99")
+    # Without EMAs (an SGD run at its own lr) the run gives SGD's early-stopping epoch only.
+    config = parse(*base, "--ema-decays")
+    assert (config.ema_decays, config.ema_select_epochs, config.stop_epochs_from) == ((), {}, str(tmp_path))
+    summary.pop("ema")
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    assert parse(*base, "--ema-decays").stop_epochs_from == str(tmp_path)
+    with pytest.raises(UsageError, match="selected epoch 6 for SGD's early stopping, beyond --epochs 5; use the "):
+        parse("--full-train", "--epochs", "5", "--stop-epochs-from", str(tmp_path), "--ema-decays")
+    with pytest.raises(UsageError, match="kept no EMA; give --ema-decays no values, or a validation run with EMAs"):
+        parse(*base, "--ema-decays", "0.9")
     summary["evaluation_split"] = "test"
     (tmp_path / "summary.json").write_text(json.dumps(summary))
     with pytest.raises(UsageError, match="was evaluated on the test split"):
-        parse(*base, "--ema-decays", "0.9")
+        parse(*base, "--ema-decays")
 
 
 def test_warmup_warning_names_the_decays_never_released():

@@ -141,3 +141,36 @@ def test_missing_weights_without_usable_logits_is_one_line_naming_the_fix(tiny_s
     error = capsys.readouterr().err
     assert len(error.strip().splitlines()) == 1 and expected in error, error
     assert (gone / "consistency.json").read_text() == '{"kept": true}\n'
+
+
+def test_runs_without_emas_compare_sgds_models_only(tiny_seed_runs, tmp_path, capsys):
+    """app.reproduce's SGD twins train no EMA: their table is SGD's last and early-stopped models,
+    counted here directly from the logits each seed saved."""
+    runs = tmp_path / "sgd-only"
+    _copy_without_weights(tiny_seed_runs, runs)
+    rng = np.random.default_rng(0)
+    logits, labels = {}, rng.integers(0, 10, 40)
+    for seed in TINY_SEEDS:
+        path = runs / f"seed-{seed}"
+        config = json.loads((path / "config.json").read_text())
+        (path / "config.json").write_text(json.dumps({**config, "ema_decays": []}))
+        summary = json.loads((path / "summary.json").read_text())
+        summary.pop("ema", None), summary.pop("ema_final", None)
+        (path / "summary.json").write_text(json.dumps(summary))
+        logits[seed] = {name: rng.normal(size=(40, 10)) * 3 for name in ("final", "sgd_early")}
+        predictions.save_test_logits(str(path), logits[seed], labels, limit_test=40)
+    result = consistency.main([str(runs), "--limit-test", "40"])
+    assert list(result["models"]) == ["baseline", "sgd_early"] and result["criterion"] is None
+    for method, name in (("baseline", "final"), ("sgd_early", "sgd_early")):
+        first, second = (logits[seed][name].astype(np.float32).astype(np.float64) for seed in TINY_SEEDS)
+        assert result["models"][method]["churn"] == np.count_nonzero(first.argmax(1) != second.argmax(1)) / 40
+        softmax = [np.exp(x - x.max(1, keepdims=True)) / np.exp(x - x.max(1, keepdims=True)).sum(1, keepdims=True)
+                   for x in (first, second)]
+        assert result["models"][method]["js_divergence"] == pytest.approx(_js(*softmax), rel=1e-9)
+    assert "SGD (early-stopped)" in capsys.readouterr().out
+    for flag in (["--criterion", "loss"], ["--ema-decay", "0.9"]):
+        with pytest.raises(SystemExit) as exit_info:
+            consistency.main([str(runs), "--limit-test", "40", *flag])
+        assert exit_info.value.code == 2
+        assert capsys.readouterr().err.strip() == (f"error: the runs in {runs} kept no EMA, so {flag[0]} has "
+                                                   f"nothing to choose; drop {flag[0]}")

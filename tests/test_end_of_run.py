@@ -54,6 +54,7 @@ def finished(tmp_path_factory):
 def _saved_models(summary):
     """(label, stem, metrics) of every model with a weights file, in the table's order."""
     yield "SGD (final)", "final", summary["sgd"]["final"]
+    yield "SGD (early-stopped on validation)", "sgd_early", summary["sgd"]["early_stopped"]
     for decay, entry in summary["ema"].items():
         for key, suffix in (("best_val_accuracy", "acc"), ("lowest_val_loss", "loss")):
             label = f"EMA {decay} ({LABELS[key]})"
@@ -98,8 +99,8 @@ def test_the_summary_collapses_identical_rows_and_names_the_best_model_and_the_n
     table = log[log.index("Summary (validation split)"):].splitlines()
     rows = [line[:28].rstrip() for line in table[2:] if not line.startswith(("best", "  ", "next", "wall"))]
     sgd = summary["sgd"]
-    expected = (["SGD (final = best acc.)"] if sgd["best_val_accuracy"]["epoch"] == sgd["final"]["epoch"]
-                else ["SGD (final)", "SGD (best acc.)"])
+    expected = (["SGD (final = early-stopped)"] if sgd["early_stopped"]["epoch"] == sgd["final"]["epoch"]
+                else ["SGD (final)", "SGD (early-stopped)"])
     for decay, entry in summary["ema"].items():
         if entry["best_val_accuracy"]["epoch"] == entry["lowest_val_loss"]["epoch"]:
             expected.append(f"EMA {decay} (acc. = loss)")
@@ -156,3 +157,25 @@ def test_an_ema_kept_at_the_final_epoch_is_labelled_final_not_by_a_criterion(cap
     rows = [line[:28].rstrip() for line in capsys.readouterr().out.splitlines()]
     # --ema-select final (summary.json's selected_on) vs a run that selected by both criteria.
     assert "EMA 0.99 (final)" in rows and "EMA 0.9 (acc. = loss)" in rows
+
+
+@pytest.mark.parametrize("selected_on, label, note", [
+    ("validation", "SGD (early-stopped)", None),
+    ("validation (run runs/val)", "SGD (early-stopped)", "  epoch chosen on the validation split of runs/val"),
+    ("test", "SGD (best test acc.)", None),  # a --full-train run without --stop-epochs-from says so
+])
+def test_sgds_early_stopped_row_is_the_saved_model_and_says_what_chose_it(capsys, selected_on, label, note):
+    from app import train_report
+
+    early = {"epoch": 2, "val_accuracy": 0.7, "val_loss": 1234.56789, "selected_on": selected_on,
+             "weights": "weights/sgd_early.weights.h5"}
+    final = {"epoch": 3, "val_accuracy": 0.6, "val_loss": 1.1}
+    summary = {"evaluation_split": "test" if selected_on != "validation" else "validation",
+               "sgd": {"final": final, "best_val_accuracy": {**early, "epoch": 1}, "early_stopped": early},
+               "wall_time_seconds": 1.0}
+    train_report.summary_table(summary, "runs/x")
+    lines = capsys.readouterr().out.splitlines()
+    row = next(line for line in lines if line.startswith(label))
+    # The saved model's epoch (2), not the best epoch of the split shown (1); a 4-digit loss stays apart.
+    assert row.split() == label.split() + ["2", "0.7000", "1234.5679"]
+    assert (lines[lines.index(row) + 1] == note) if note else not lines[lines.index(row) + 1].startswith("  epoch")

@@ -107,6 +107,19 @@ def test_jensen_shannon_closed_forms():
     assert metrics.jensen_shannon_divergence(p, q) == pytest.approx(math.log(2) / 2)
 
 
+def test_jensen_shannon_is_finite_for_a_subnormal_probability():
+    """A confident model's softmax reaches the smallest subnormal (5e-324), half of which rounds to 0: the
+    mixture m = (p + q) / 2 was 0 where p > 0, and the divergence infinite. p = (1 - t, t), q = (1, 0) with
+    t -> 0: JS = ½ t ln 2 + O(t²) (the ½ KL(q‖m) half is O(t)·t), i.e. 0 to double precision."""
+    tiny = np.nextafter(0.0, 1.0)
+    assert (tiny + 0.0) / 2.0 == 0.0  # the rounding the old form hit
+    assert metrics.jensen_shannon_divergence([1.0, tiny], [1.0, 0.0]) == pytest.approx(0.0, abs=1e-300)
+    assert metrics.jensen_shannon_divergence(metrics.softmax([[0.0, -750.0]]), [[1.0, 0.0]]) == 0.0
+    # And the closed form where t is small but resolvable.
+    t = 1e-9
+    assert metrics.jensen_shannon_divergence([1.0 - t, t], [1.0, 0.0]) == pytest.approx(0.5 * t * math.log(2), rel=1e-6)
+
+
 def test_jensen_shannon_properties_on_random_distributions():
     rng = np.random.default_rng(3)
     p = rng.dirichlet(np.ones(5) * 0.3, size=200)

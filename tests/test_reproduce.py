@@ -354,17 +354,33 @@ def test_sgd_columns_get_runs_at_sgds_own_lr_when_the_search_picks_another(tmp_p
         expected = re.sub(rf"({re.escape(protocol + os.sep)}(validation-seeds|validation|final))(?=/|\s|$)", r"\1-sgd",
                           original.text())
         expected = expected.replace(f"--lr-from {tuning} ", f"--lr-from {os.path.join(tuning, 'best_sgd_final.json')} ")
-        # No statistic reads a twin's EMAs: BN is recomputed once at the end, not each epoch.
-        expected = expected.replace("--bn-recompute epoch", "--bn-recompute end")
+        # No statistic reads a twin's EMAs: it trains none (--ema-decays with no values, no flag acting on EMAs).
+        expected = re.sub(r"--ema-decays( [0-9.]+)+ --ema-every-steps \d+", "--ema-decays", expected)
+        expected = re.sub(r" --bn-recompute \w+", "", expected)
         assert twin.text() == expected
-        if "--bn-recompute epoch" in original.text():
-            # What each epoch's recompute costs over the end's: the decays' BN pass over the training images
-            # and evaluation on the validation ones, every epoch instead of twice (two selections per decay).
-            argv = original.argv
+        assert "--ema-every-steps" not in twin.text() and "--bn-recompute" not in twin.text()
+        argv = original.argv
+        if original.command == "train":
+            # Saved: each epoch's evaluation of the decays on the validation images, and their BN recompute:
+            # each epoch's pass over the training and validation images, or the end's (two selections).
             decays = argv.index("--ema-every-steps") - argv.index("--ema-decays") - 1
             epochs = int(reproduce.flag_value(argv, "--epochs"))
-            images = int(reproduce.flag_value(argv, "--limit-train")) + int(reproduce.flag_value(argv, "--limit-validation"))
-            assert original.forward_images - twin.forward_images == decays * images * (epochs - 2)
+            validation = int(reproduce.flag_value(argv, "--limit-validation"))
+            train = int(reproduce.flag_value(argv, "--limit-train"))  # of the 80/20 split's training part too
+            recompute = epochs if reproduce.flag_value(argv, "--bn-recompute") == "epoch" else 2
+            assert original.forward_images - twin.forward_images == (
+                decays * validation * epochs + decays * (train + validation) * recompute)
+            assert twin.train_images == original.train_images
+            # Its test evaluation: SGD's last and early-stopped weights, and SWA where it branches.
+            assert twin.tested == (2 + ("--swa" in argv), 0 if "--full-train" in argv else validation)
+        elif original.command == "evaluate":
+            def run_path(step):
+                seed, out = reproduce.flag_value(step.argv, "--seeds"), reproduce.flag_value(step.argv, "--out")
+                return out if seed is None else os.path.join(out, f"seed-{seed}")
+
+            files, holdout = next(step.tested for step in twins if step.command == "train"
+                                  and run_path(step) == twin.argv[0])
+            assert twin.forward_images == files * (10000 + holdout)
         else:
             assert twin.forward_images == original.forward_images
     assert any("--bn-recompute epoch" in original.text() for original in originals)  # the validation runs
@@ -430,10 +446,13 @@ def test_dry_run_counts_what_is_left_of_runs_in_progress(tmp_path, capsys):
         assert before[key] == sum(getattr(step, key) for step in chain)
     # Should the search pick another lr for SGD, every step after it is repeated into -sgd/ (fig1a reads
     # SGD's validation, validation-seeds and final runs): estimated apart, in full (no twin has started),
-    # less each epoch's BN recompute, which the twins do not do.
-    twins = (sum(step.train_images for step in chain[1:]),
-             sum(step.forward_images - step.epoch_recompute_images for step in chain[1:]))
-    assert chain[1].epoch_recompute_images > 0
+    # as the twins run them: without EMAs (the plan's twin steps, tested in the test above).
+    planned, _, _ = reproduce.plan("small", str(out), None, (0, 1, 2), untuned_sgd_lr_differs=True)
+    twin_steps = [step for step in dict.fromkeys(planned["fig1a"]) if "-sgd" in step.text()]
+    assert len(twin_steps) == len(chain) - 1
+    twins = (sum(step.train_images for step in twin_steps), sum(step.forward_images for step in twin_steps))
+    assert twins[0] == sum(step.train_images for step in chain[1:])
+    assert twins[1] < sum(step.forward_images for step in chain[1:])
     assert before["sgd_twin_images"] == after["sgd_twin_images"] == twins
     assert lines[-1] == (f"# after tuning: where best_sgd_final.json picks another lr than best.json, the runs the "
                          f"SGD columns read are repeated at it (into <dir>-sgd/): {len(chain) - 1} steps, "

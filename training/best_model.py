@@ -1,7 +1,7 @@
 """The run's best saved model, chosen on the validation split and written whole as `best.keras`.
 
-`choose(summary)` picks, among the models a run saved (SGD at the end, every
-EMA selection with its BatchNorm statistics as tracked and recomputed, SWA),
+`choose(summary)` picks, among the models a run saved (SGD at the end and at
+its best validation epoch, every EMA selection with its BatchNorm statistics as tracked and recomputed, SWA),
 the one of highest validation accuracy (ties: the lowest validation loss,
 then the summary table's order). A `--full-train` run measures on the test
 split: choosing on it would flatter the choice, so none is chosen.
@@ -35,6 +35,8 @@ CRITERION = "val_accuracy"
 def candidates(summary):
     """`(stem, metrics)` of every saved model with validation metrics, in the summary table's order."""
     yield run_directory.FINAL_WEIGHTS, summary["sgd"]["final"]
+    if summary["sgd"].get("early_stopped"):  # SGD at its best validation epoch (training/sgd_selection.py)
+        yield run_directory.SGD_EARLY_WEIGHTS, summary["sgd"]["early_stopped"]
     for key, entry in summary.get("ema", {}).items():
         for criterion, summary_key in SUMMARY_KEYS.items():
             selected = entry.get(summary_key)

@@ -59,9 +59,10 @@ def keep_sgd_epoch(config, run_path, rows):
     return KeepSGDEpoch(path, best_so_far=best)
 
 
-def summary_entry(config, rows):
+def summary_entry(config, rows, split="validation"):
     """summary.json's `sgd.early_stopped`: the kept epoch (from 1) and the split that chose it (None if the
-    chosen epoch was never reached)."""
+    chosen epoch was never reached). `split`: the run's evaluation split, which chooses it without
+    `--stop-epochs-from` (a --full-train run's is the test split, and says so)."""
     if config.stop_epochs_from:
         epoch = _chosen_epoch(config)
         chosen = next((row for row in rows if int(row["epoch"]) == epoch), None)
@@ -70,7 +71,7 @@ def summary_entry(config, rows):
         selected_on = f"validation (run {config.stop_epochs_from})"
     else:
         chosen = max(rows, key=lambda row: row["val_accuracy"])
-        selected_on = "validation"
+        selected_on = split
     return {"epoch": int(chosen["epoch"]), "val_accuracy": chosen["val_accuracy"], "val_loss": chosen["val_loss"],
             "selected_on": selected_on, "weights": f"{run_directory.WEIGHTS_DIR}/{run_directory.SGD_EARLY_WEIGHTS}"
                                                    f"{run_directory.WEIGHTS_SUFFIX}"}

@@ -209,7 +209,7 @@ def finish(config, data, model, averaging, rows, path, report=_silent):
         "epochs_completed": len(rows),
         "sgd": sgd_summary(rows),
     }
-    summary["sgd"]["early_stopped"] = sgd_selection.summary_entry(config, rows)
+    summary["sgd"]["early_stopped"] = sgd_selection.summary_entry(config, rows, data.evaluation_split)
     if "ema" in averaging:
         averaging["ema"].save_selected(weights_dir)
         summary["ema"] = ema_summary(averaging["ema"])
