@@ -168,7 +168,7 @@ def _sgd_twin(step, twins, tuning_dir, setup, tested):
     done = tuple(map(mapped, step.done_files))
     if step.command == "train":
         twin = _costed_train(setup, tuple(_without_emas(argv)), done)
-        tested[_run_path(twin.argv)] = twin.tested
+        tested[os.path.dirname(twin.done_files[0])] = twin.tested  # done: <run directory>/summary.json
         return twin
     if step.command == "evaluate":
         return dataclasses.replace(_evaluate_step(argv[0], [], argv[1:], tested[argv[0]]), done_files=done)
@@ -182,24 +182,16 @@ _EMA_ONLY_FLAGS = ("--ema-every-steps", "--ema-warmup", "--ema-select", "--ema-b
 
 def _without_emas(argv):
     """A train step's `argv` training no EMA: `--ema-decays` with no values, no flag acting on EMAs."""
-    kept, dropping = [], False
-    if "--ema-decays" not in argv:
-        kept.append("--ema-decays")  # without it app.train keeps the paper's decays
+    # `--ema-decays` given no values: no EMA (without the flag app.train keeps the paper's decays).
+    kept, dropping = ([] if "--ema-decays" in argv else ["--ema-decays"]), False
     for value in argv:
         if value.startswith("--"):
             dropping = value == "--ema-decays" or value in _EMA_ONLY_FLAGS
             if value == "--ema-decays":
-                kept.append(value)  # given no values: no EMA (without it app.train keeps the paper's decays)
+                kept.append(value)
         if not dropping:
             kept.append(value)
     return kept
-
-
-def _run_path(argv):
-    """A train step's run directory: `--out`, or `--out`/seed-k with `--seeds k`."""
-    seed = flag_value(argv, "--seeds")
-    out = flag_value(argv, "--out")
-    return os.path.join(out, f"seed-{seed}") if seed is not None else out
 
 
 def unique(steps):
