@@ -218,6 +218,7 @@ _EMA_FLAGS = {"ema_every_steps": ("--ema-every-steps", config_lib.DEFAULT_EVERY_
               "ema_warmup": ("--ema-warmup", "steps"), "ema_select": ("--ema-select", "best"),
               "ema_bn_mode": ("--ema-bn-mode", "eman"), "bn_recompute": ("--bn-recompute", "end"),
               "ema_batch_scaling": ("--ema-batch-scaling", False)}
+EMA_ONLY_FLAGS = tuple(flag for flag, _ in _EMA_FLAGS.values())  # app.reproduce drops these from runs without EMAs
 
 
 def _ema_modes(args):

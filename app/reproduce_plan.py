@@ -12,6 +12,7 @@ import json
 import os
 import shlex
 
+from app.cli import EMA_ONLY_FLAGS
 from evaluation import budgets, scaling
 from training import run_dir as run_directory
 
@@ -175,18 +176,13 @@ def _sgd_twin(step, twins, tuning_dir, setup, tested):
     return dataclasses.replace(step, argv=tuple(argv), done_files=done)
 
 
-# app.train's flags that act on the EMAs only (app/cli.py), dropped with their values from a run without EMAs.
-_EMA_ONLY_FLAGS = ("--ema-every-steps", "--ema-warmup", "--ema-select", "--ema-bn-mode", "--bn-recompute",
-                   "--ema-batch-scaling")
-
-
 def _without_emas(argv):
     """A train step's `argv` training no EMA: `--ema-decays` with no values, no flag acting on EMAs."""
     # `--ema-decays` given no values: no EMA (without the flag app.train keeps the paper's decays).
     kept, dropping = ([] if "--ema-decays" in argv else ["--ema-decays"]), False
     for value in argv:
         if value.startswith("--"):
-            dropping = value == "--ema-decays" or value in _EMA_ONLY_FLAGS
+            dropping = value == "--ema-decays" or value in EMA_ONLY_FLAGS
             if value == "--ema-decays":
                 kept.append(value)
         if not dropping:
