@@ -35,7 +35,7 @@ if __name__ == "__main__":
 from app.errors import DefaultsHelpFormatter, OneLineArgumentParser, UsageError, entry_point  # noqa: E402
 from app.reproduce_plan import SGD_BEST_FILE, flag_value, plan, swa_branch_epochs  # noqa: E402
 from evaluation import claims as claim_pages  # noqa: E402
-from evaluation.claims import CLAIM_ORDER, CLAIMS  # noqa: E402
+from evaluation.claim_list import CLAIM_ORDER, CLAIMS  # noqa: E402
 
 BUDGETS = ("small", "paper", "tiny")
 

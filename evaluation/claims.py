@@ -1,6 +1,7 @@
 """The paper's claims that `python -m app.reproduce` checks, and the pages it writes.
 
-`CLAIMS` states each claim with the paper's numbers; `BUILDERS` computes its
+The claims themselves (`CLAIMS`, with the papers' numbers) and the README's
+status table are in evaluation/claim_list.py. `BUILDERS` computes each claim's
 table, figure and headline from finished runs (evaluation/claim_tables.py,
 evaluation/noise_claims.py); its verdict is the analysis plan's alone
 (evaluation/plan_claims.py; its section of the page: evaluation/plan_page.py).
@@ -13,28 +14,6 @@ import os
 
 from evaluation import claim_tables, noise_claims, plan_page, report, runs, scaling
 
-CLAIMS = {
-    "fig1a": "§3.2-3.3 Fig. 1a: validation accuracy of SGD and of the best EMA each epoch "
-    "(warm-up + cosine): EMA ahead early, peaking before the end, meeting SGD as lr -> 0.",
-    "fig1b": "§3.4 Fig. 1b: the largest decays fail without BN recompute and recover with it.",
-    "table1": "§4.2 Table 1: test accuracy/loss of the baseline, EMA (acc.), EMA (loss) (BN "
-    "recomputed once), SWA. Paper R18/C100: 77.63 / 78.55 / 78.07 / 78.69.",
-    "table3": "§4.4 Table 3: churn and JS divergence between seeds, baseline vs EMA (loss). "
-    "Paper R18/C100 churn 18.84 -> 12.71, JS 0.32 -> 0.09.",
-    "table5": "§4.6 Table 5: ECE and ECE after temperature scaling, baseline vs EMA. "
-    "Paper R18/C100 ECE 11.75 -> 9.46, with TS 4.67 -> 3.13.",
-    "swa": "SWA paper §4: SWA vs SGD at the same budget (R18-like nets: +0.5-1.5 points on "
-    "CIFAR-100; Table 1 of the EMA paper: 78.69 vs 77.63).",
-    "fig2": "§4.3 Fig. 2: noisy labels (~40 %), clean test set each epoch: EMA's peak vs "
-    "SGD's final accuracy (paper C100N: 64.8 vs 55.0).",
-    "table2": "§4.3 Table 2: EMA (acc.) on CIFAR-N 'worse' beside published methods "
-    "(paper C10N 86.71, C100N 65.15; CE standard 77.69 / 55.50).",
-    "adda-constant-lr": "Adda et al. Table 1: constant vs cosine schedule, SGD vs EMA at "
-    "several decays (constant: SGD 86.4, EMA 0.999 92.2; cosine: 91.4 for all).",
-}
-CLAIM_ORDER = tuple(CLAIMS)
-
-
 BUILDERS = {"fig1a": claim_tables.fig1a, "fig1b": claim_tables.fig1b, "table1": claim_tables.table1,
             "table3": claim_tables.table3, "table5": claim_tables.table5, "swa": claim_tables.swa,
             "fig2": noise_claims.fig2, "table2": noise_claims.table2, "adda-constant-lr": noise_claims.adda}
@@ -43,7 +22,7 @@ BUILDERS = {"fig1a": claim_tables.fig1a, "fig1b": claim_tables.fig1b, "table1": 
 def write_claim(claim, text, out, dirs, commands, command, wall_seconds, images, forward, run_seconds=0.0):
     """Builds one claim's outputs into `out`: <claim>.md, <claim>.csv, PNGs; returns their summary.
 
-    `text` states the claim with the paper's numbers (`CLAIMS`).
+    `text` states the claim with the paper's numbers (evaluation/claim_list.py's `CLAIMS`).
     """
     result = BUILDERS[claim](dirs, out)
     # The verdict is the analysis plan's (docs/analysis-plan.md), or "exploratory" for runs that predate it.
@@ -71,11 +50,21 @@ def write_claim(claim, text, out, dirs, commands, command, wall_seconds, images,
         json.dump({"claim": claim, "verdict": planned["verdict"], "would_read": planned["would_read"],
                    "exploratory": planned["exploratory"], "pending_seeds": planned["pending_seeds"],
                    "primary": planned["primary"]["statistic"].label,
-                   "primary_interval": planned["primary"]["interval"].short(), "headline": result["headline"], "wall_seconds": round(wall_seconds, 1),
+                   "primary_interval": planned["primary"]["interval"].short(), "regime": _regime_summary(planned),
+                   "headline": result["headline"], "wall_seconds": round(wall_seconds, 1),
                    "train_run_seconds": round(run_seconds, 1),
                    "train_images": images, "forward_images": forward}, handle, indent=2)
     files = [markdown, csv_path, verdict_path] + list(result["figures"])
     return {"files": files, "headline": result["headline"], "verdict": planned["verdict"], "rows": result["rows"]}
+
+
+def _regime_summary(planned):
+    """How many of the runs whose SGD gives the regime rows reached the regime, and their R1 range."""
+    rows = [row for _, _, row in planned["regime"]]
+    measured = [row for row in rows if row is not None]
+    final = [row["final_train_accuracy"] for row in measured]
+    return {"runs": len(rows), "measured": len(measured), "reached": sum(row["reached"] for row in measured),
+            "final_train_accuracy": [min(final), max(final)] if final else None}
 
 
 def _scaling_text(result):

@@ -1,10 +1,12 @@
 """Copies the claims reproduced so far (reproductions/<budget>/) into docs/RESULTS.md and docs/results/.
 
     python experiments/publish_results.py [--budget small]
+    python experiments/publish_results.py --readme   # only the README's status table (from the same files)
 """
 
 import argparse
 import os
+import re
 import shutil
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -70,12 +72,37 @@ the paper is wrong; "inconclusive" means the interval contains the margin.
 """
 
 
+# The README's status table lies between these lines (tests/test_doc_references.py checks it is current).
+STATUS_BEGIN = "<!-- status: python experiments/publish_results.py --readme writes this table -->"
+STATUS_END = "<!-- /status -->"
+
+
+def readme_status(readme_text, budget="small"):
+    """`readme_text` with its status table rewritten from reproductions/<budget>/<claim>/<claim>.json."""
+    from evaluation.claim_list import CLAIM_ORDER, status_table
+
+    table = status_table(os.path.join(ROOT, "reproductions", budget), CLAIM_ORDER, f"reproductions/{budget}/")
+    pattern = re.compile(re.escape(STATUS_BEGIN) + r"\n.*?" + re.escape(STATUS_END), re.S)
+    if not pattern.search(readme_text):
+        raise SystemExit(f"README.md has no status block ({STATUS_BEGIN} ... {STATUS_END}): add one")
+    return pattern.sub(lambda _: f"{STATUS_BEGIN}\n{table}{STATUS_END}", readme_text)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--budget", default="small")
+    parser.add_argument("--readme", action="store_true", help="rewrite only README.md's status table")
     args = parser.parse_args()
-    from evaluation.claims import CLAIM_ORDER, CLAIMS
+    from evaluation.claim_list import CLAIM_ORDER, CLAIMS
 
+    readme = os.path.join(ROOT, "README.md")
+    with open(readme, encoding="utf-8") as handle:
+        text = readme_status(handle.read(), args.budget)
+    with open(readme, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    print(f"README.md: status table from reproductions/{args.budget}")
+    if args.readme:
+        return
     source = os.path.join(ROOT, "reproductions", args.budget)
     target = os.path.join(ROOT, "docs", "results")
     os.makedirs(target, exist_ok=True)

@@ -25,7 +25,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from evaluation import claims, noise_claims, plan_claims, plan_page, plan_provenance
+from evaluation import claim_list, claims, noise_claims, plan_claims, plan_page, plan_provenance
 
 SEEDS = (0, 1, 2)
 DECAYS = (0.9, 0.99)  # the largest (0.99) is the one Fig. 2 reports
@@ -204,7 +204,7 @@ VERDICT_WORDS = re.compile(r"holds|does not hold|inconclusive|decidable|margin|v
 def _page(claim, dirs, out):
     """write_claim's page (Markdown) and its JSON for the fabricated runs, the builder's part checked for
     verdicts of its own. The runs record commit 0000000: pre-plan, so exploratory, with what the plan reads."""
-    claims.write_claim(claim, claims.CLAIMS[claim], out, dirs, commands=[], command="test", wall_seconds=1.0,
+    claims.write_claim(claim, claim_list.CLAIMS[claim], out, dirs, commands=[], command="test", wall_seconds=1.0,
                        images=0, forward=0)
     with open(os.path.join(out, f"{claim}.md"), encoding="utf-8") as handle:
         text = handle.read()
@@ -224,8 +224,15 @@ def _page(claim, dirs, out):
     # Each regime row names its run's lr and what its per-epoch "validation" accuracy was measured on.
     monitored = ("| 0.1 | the first 2,000 validation images (10 % split) |" if claim == "adda-constant-lr" else
                  "| 0.1 | the first 2,000 test images (a --full-train run has no validation split) |")
-    regime_rows = [line for line in section.split("**Regime**")[1].splitlines() if line.startswith("| ")][2:]
+    regime_rows = [line for line in section.split("**Regime**")[1].splitlines() if line.startswith("| ")][1:]
     assert regime_rows and all(monitored in line for line in regime_rows), regime_rows
+    # The JSON's regime summary (the README's status table reads it) agrees with the page's rows.
+    final = [float(value) for line in regime_rows for value in re.findall(r"R1 final training accuracy ([\d.]+) %", line)]
+    assert entry["regime"]["runs"] == len(regime_rows) and entry["regime"]["measured"] == len(final)
+    assert entry["regime"]["reached"] == sum("regime reached" in line for line in regime_rows)
+    if final:
+        assert np.allclose(100 * np.array(entry["regime"]["final_train_accuracy"]), [min(final), max(final)],
+                           atol=0.005)
     return text, entry
 
 
