@@ -43,18 +43,26 @@ def status_table(budget_dir, claim_order, link_prefix=""):
             continue
         with open(path, encoding="utf-8") as handle:
             entry = json.load(handle)
+        if entry.get("primary") is None:  # a page from before the analysis plan (no primary statistic)
+            missing.append(claim)
+            continue
         verdict = f"**{entry['verdict']}**" + (
             f" (not final: up to {entry['pending_seeds']} seeds)" if entry.get("pending_seeds") else "")
-        regime = entry.get("regime")
-        if regime is None:
-            regime_text = "not recorded: rerun app.reproduce for this claim"
-        else:
-            accuracy = regime["final_train_accuracy"]
-            regime_text = (f"{regime['reached']} of {regime['runs']}" +
-                           ("" if regime["measured"] == regime["runs"] else f" ({regime['measured']} measured)") +
-                           ("" if accuracy is None else f"; {100 * accuracy[0]:.1f}-{100 * accuracy[1]:.1f} %"))
+        if entry["verdict"] == "exploratory":  # runs before the plan's commit or from a modified tree
+            verdict = f"exploratory (the plan's rule would read: {entry.get('would_read')})"
         lines.append(f"| [{claim}]({link_prefix}{claim}/{claim}.md) | {verdict} | {entry['primary']}: "
-                     f"{entry['primary_interval']} | {regime_text} |")
+                     f"{entry['primary_interval']} | {_regime_text(entry.get('regime'))} |")
     if missing:
         lines += ["", "Not yet run under the plan: " + ", ".join(missing) + "."]
     return "\n".join(lines) + "\n"
+
+
+def _regime_text(regime):
+    """A status-table cell: "0 of 6; 78.8-83.7 %" (runs that reached the regime; their final training accuracy)."""
+    if regime is None:
+        return "not recorded: rerun app.reproduce for this claim"
+    if not regime["measured"]:
+        return "not measured (runs too short for the row)"
+    low, high = regime["final_train_accuracy"]
+    measured = "" if regime["measured"] == regime["runs"] else f" ({regime['measured']} measured)"
+    return f"{regime['reached']} of {regime['runs']}{measured}; {100 * low:.1f}-{100 * high:.1f} %"

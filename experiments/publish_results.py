@@ -1,7 +1,9 @@
 """Copies the claims reproduced so far (reproductions/<budget>/) into docs/RESULTS.md and docs/results/.
 
-    python experiments/publish_results.py [--budget small]
-    python experiments/publish_results.py --readme   # only the README's status table (from the same files)
+    python experiments/publish_results.py --budget small-v2   # docs/RESULTS.md: the pre-plan (exploratory) pages
+    python experiments/publish_results.py --readme            # only the README's status table, from reproductions/small
+
+Either way the README's status table is rewritten from reproductions/small (the verdicts under the plan).
 """
 
 import argparse
@@ -75,9 +77,11 @@ the paper is wrong; "inconclusive" means the interval contains the margin.
 # The README's status table lies between these lines (tests/test_doc_references.py checks it is current).
 STATUS_BEGIN = "<!-- status: python experiments/publish_results.py --readme writes this table -->"
 STATUS_END = "<!-- /status -->"
+README_BUDGET = "small"
+PRE_PLAN_BUDGET = "small-v2"  # the pages docs/RESULTS.md holds, under HEADER, which says they predate the plan
 
 
-def readme_status(readme_text, budget="small"):
+def readme_status(readme_text, budget=README_BUDGET):
     """`readme_text` with its status table rewritten from reproductions/<budget>/<claim>/<claim>.json."""
     from evaluation.claim_list import CLAIM_ORDER, status_table
 
@@ -90,17 +94,20 @@ def readme_status(readme_text, budget="small"):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--budget", default="small")
+    parser.add_argument("--budget", default=PRE_PLAN_BUDGET)
     parser.add_argument("--readme", action="store_true", help="rewrite only README.md's status table")
     args = parser.parse_args()
     from evaluation.claim_list import CLAIM_ORDER, CLAIMS
 
+    if not args.readme and args.budget != PRE_PLAN_BUDGET:
+        raise SystemExit(f"docs/RESULTS.md's header describes the pre-plan pages of --budget {PRE_PLAN_BUDGET}; "
+                         f"give a header for --budget {args.budget} first (experiments/publish_results.py HEADER)")
     readme = os.path.join(ROOT, "README.md")
-    with open(readme, encoding="utf-8") as handle:
-        text = readme_status(handle.read(), args.budget)
+    with open(readme, encoding="utf-8") as handle:  # always the small budget's, which its text names
+        text = readme_status(handle.read(), README_BUDGET)
     with open(readme, "w", encoding="utf-8") as handle:
         handle.write(text)
-    print(f"README.md: status table from reproductions/{args.budget}")
+    print(f"README.md: status table from reproductions/{README_BUDGET}")
     if args.readme:
         return
     source = os.path.join(ROOT, "reproductions", args.budget)

@@ -56,12 +56,21 @@ def test_the_readmes_status_table_is_written_from_the_committed_claim_files():
 def test_the_status_table_reads_each_claims_verdict_interval_and_regime(tmp_path):
     from evaluation.claim_list import status_table
 
-    (tmp_path / "table1").mkdir()
-    (tmp_path / "table1" / "table1.json").write_text(json.dumps({
-        "claim": "table1", "verdict": "inconclusive", "pending_seeds": 5, "primary": "EMA (acc.) − SGD, test",
-        "primary_interval": "+0.40 [-0.10, +0.90]",
-        "regime": {"runs": 3, "measured": 2, "reached": 1, "final_train_accuracy": [0.951, 0.9824]}}))
-    lines = status_table(str(tmp_path), ("fig1a", "table1", "swa"), "r/").splitlines()
+    def claim(name, **entry):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / f"{name}.json").write_text(json.dumps({"claim": name, **entry}))
+
+    claim("table1", verdict="inconclusive", would_read="inconclusive", pending_seeds=5,
+          primary="EMA (acc.) − SGD, test", primary_interval="+0.40 [-0.10, +0.90]",
+          regime={"runs": 3, "measured": 2, "reached": 1, "final_train_accuracy": [0.951, 0.9824]})
+    claim("table3", verdict="exploratory", would_read="holds", pending_seeds=None, primary="churn",
+          primary_interval="-2.00 [-3.00, -1.00]",
+          regime={"runs": 2, "measured": 0, "reached": 0, "final_train_accuracy": None})
+    claim("swa", verdict="holds", headline="a page from before the plan: no primary statistic")
+    lines = status_table(str(tmp_path), ("fig1a", "table1", "table3", "swa"), "r/").splitlines()
     assert lines[2:] == [
         "| [table1](r/table1/table1.md) | **inconclusive** (not final: up to 5 seeds) | EMA (acc.) − SGD, test: "
-        "+0.40 [-0.10, +0.90] | 1 of 3 (2 measured); 95.1-98.2 % |", "", "Not yet run under the plan: fig1a, swa."]
+        "+0.40 [-0.10, +0.90] | 1 of 3 (2 measured); 95.1-98.2 % |",
+        "| [table3](r/table3/table3.md) | exploratory (the plan's rule would read: holds) | churn: "
+        "-2.00 [-3.00, -1.00] | not measured (runs too short for the row) |",
+        "", "Not yet run under the plan: fig1a, swa."]
