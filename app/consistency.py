@@ -4,7 +4,8 @@ RUN_DIR holds `seed-<k>/` runs of one setup (`python -m app.train --seeds ...`),
 at least two. For the SGD model at the end of training (`baseline`) and for
 the EMA (by default early-stopped at the lowest validation loss, the largest
 decay, BatchNorm statistics recomputed once after training, as the paper's
-Table 3), and for SGD early-stopped on validation where the runs kept it
+Table 3), and for SGD early-stopped (on validation; on test in a --full-train run
+without --stop-epochs-from) where the runs kept it
 (`sgd_early`, docs/analysis-plan.md's comparator), every seed predicts the
 test split; then churn (fraction of test samples whose top-1 class differs)
 and the Jensen-Shannon divergence (natural log, mean over samples) are
@@ -92,7 +93,7 @@ def prepare(argv):
         if with_ema and method not in chosen:
             raise UsageError(f"{run.path} selected no EMA by {criterion}; train for at least one epoch")
         chosen_by_run.append(chosen)
-    # SGD early-stopped on validation, the early-stopped EMA's comparator (the plan's), where every seed has it
+    # SGD early-stopped (weights/sgd_early), the early-stopped EMA's comparator (the plan's), where every seed has it
     # (a seed evaluated before app.evaluate cached its logits, its weights gone, has not).
     early = all("sgd_early" in chosen and predictions.can_predict(run, chosen["sgd_early"])
                 for run, chosen in zip(group.runs, chosen_by_run))

@@ -65,7 +65,7 @@ def test_each_prediction_shows_progress_in_plain_lines(tiny_seed_runs, capsys):
     lines = printed.splitlines()
     start = lines.index(f"{tiny_seed_runs}: loading the cifar10 data ...")
     labels = [(seed, label) for seed in TINY_SEEDS
-              for label in ("SGD (final)", "SGD (early-stopped on validation)", "EMA 0.9 (loss) + BN recomputed")]
+              for label in ("SGD (final)", "SGD (early-stopped, acc.)", "EMA 0.9 (loss) + BN recomputed")]
     assert lines[start + 1:start + 7] == [
         f"predicting 32 test images with 6 models: seed {seed} {label} {number}/6 ..."
         for number, (seed, label) in enumerate(labels, 1)

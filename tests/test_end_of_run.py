@@ -54,7 +54,7 @@ def finished(tmp_path_factory):
 def _saved_models(summary):
     """(label, stem, metrics) of every model with a weights file, in the table's order."""
     yield "SGD (final)", "final", summary["sgd"]["final"]
-    yield "SGD (early-stopped on validation)", "sgd_early", summary["sgd"]["early_stopped"]
+    yield "SGD (early-stopped, acc.)", "sgd_early", summary["sgd"]["early_stopped"]
     for decay, entry in summary["ema"].items():
         for key, suffix in (("best_val_accuracy", "acc"), ("lowest_val_loss", "loss")):
             label = f"EMA {decay} ({LABELS[key]})"

@@ -82,7 +82,7 @@ def test_each_model_shows_progress_in_plain_lines_and_the_table_column_is_explai
     _, printed = evaluated_with_output
     assert "\r" not in printed and "\x1b" not in printed
     lines = printed.splitlines()
-    labels = ["SGD (final)", "SGD (early-stopped on validation)", "EMA 0.9 (acc.)", "EMA 0.9 (acc.) + BN recomputed",
+    labels = ["SGD (final)", "SGD (early-stopped, acc.)", "EMA 0.9 (acc.)", "EMA 0.9 (acc.) + BN recomputed",
               "EMA 0.9 (loss)", "EMA 0.9 (loss) + BN recomputed", "EMA 0.9 (last epoch)",
               "EMA 0.9 (last epoch) + BN recomputed"]
     for seed in TINY_SEEDS:

@@ -70,7 +70,7 @@ def describe_weights(stem):
     if stem == SWA_BUDGET_WEIGHTS:
         return "SWA at the budget's end (BN recomputed)"
     if stem == SGD_EARLY_WEIGHTS:
-        return "SGD (early-stopped on validation)"
+        return "SGD (early-stopped, acc.)"  # on validation, or test for a --full-train run without --stop-epochs-from
     _, decay, criterion, *bn = stem.split("_")
     label = f"EMA {decay} ({ {'acc': 'acc.', 'loss': 'loss', 'final': 'last epoch'}[criterion]})"
     return label + (" + BN recomputed" if bn else "")
