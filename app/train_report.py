@@ -128,9 +128,9 @@ def summary_table(summary, path):
     else:
         line("SGD (final)", sgd["final"])
         line(f"SGD ({name})", early)
-    chosen_by = "validation (run "  # a --stop-epochs-from run's: training/sgd_selection.py
-    if early.get("selected_on", "").startswith(chosen_by):
-        lines.append(f"  epoch chosen on the validation split of {early['selected_on'][len(chosen_by):-1]}")
+    chosen_by = run_directory.run_of_selection(early.get("selected_on"))  # a --stop-epochs-from run's
+    if chosen_by:
+        lines.append(f"  epoch chosen on the validation split of {chosen_by}")
     shown = set()
     for key, entry in summary.get("ema", {}).items():
         if key in shown:

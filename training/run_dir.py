@@ -48,6 +48,7 @@ SWA_BUDGET_WEIGHTS = "swa_budget"  # a branch past the budget: its average at th
 SGD_EARLY_WEIGHTS = "sgd_early"  # SGD at its validation-selected epoch (training/sgd_selection.py)
 # summary.json's `selected_on` of the EMAs of a run with --ema-select final.
 FINAL_EPOCH_SELECTION = "none: the final epoch (--ema-select final)"
+_CHOSEN_BY_RUN = "validation (run {})"  # `selected_on` of epochs taken from a --stop-epochs-from run
 BEST_MODEL_FILE = "best.keras"  # the best saved model on the validation split, whole (training/best_model.py)
 
 
@@ -59,6 +60,19 @@ def ema_stem(decay, criterion, bn_recomputed=False):
 def ema_final_stem(decay):
     """`ema_<decay>_final`: the EMA of `decay` at the last epoch (training/final_ema.py)."""
     return f"ema_{float(decay):g}_final"
+
+
+def selected_on_run(run):
+    """summary.json's `selected_on` for epochs a `--stop-epochs-from` validation run chose."""
+    return _CHOSEN_BY_RUN.format(run)
+
+
+def run_of_selection(selected_on):
+    """The `--stop-epochs-from` run named in a `selected_on` (`selected_on_run`'s), or None."""
+    prefix, suffix = _CHOSEN_BY_RUN.split("{}")
+    if selected_on and selected_on.startswith(prefix) and selected_on.endswith(suffix):
+        return selected_on[len(prefix):-len(suffix)]
+    return None
 
 
 def describe_weights(stem):

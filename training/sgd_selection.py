@@ -68,7 +68,7 @@ def summary_entry(config, rows, split="validation"):
         chosen = next((row for row in rows if int(row["epoch"]) == epoch), None)
         if chosen is None:  # the validation run's epoch lies past this run's last: nothing was kept
             return None
-        selected_on = f"validation (run {config.stop_epochs_from})"
+        selected_on = run_directory.selected_on_run(config.stop_epochs_from)
     else:
         chosen = max(rows, key=lambda row: row["val_accuracy"])
         selected_on = split

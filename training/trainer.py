@@ -244,7 +244,7 @@ def _selected_on(config, data):
     if config.ema_select == "final":
         return run_directory.FINAL_EPOCH_SELECTION
     if config.ema_select_epochs is not None:
-        return f"validation (run {config.stop_epochs_from})"
+        return run_directory.selected_on_run(config.stop_epochs_from)
     return data.evaluation_split
 
 
