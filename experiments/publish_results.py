@@ -10,6 +10,7 @@ import argparse
 import os
 import re
 import shutil
+import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HEADER = """# Reproductions of the papers' claims
@@ -88,8 +89,14 @@ def readme_status(readme_text, budget=README_BUDGET):
     table = status_table(os.path.join(ROOT, "reproductions", budget), CLAIM_ORDER, f"reproductions/{budget}/")
     pattern = re.compile(re.escape(STATUS_BEGIN) + r"\n.*?" + re.escape(STATUS_END), re.S)
     if not pattern.search(readme_text):
-        raise SystemExit(f"README.md has no status block ({STATUS_BEGIN} ... {STATUS_END}): add one")
+        _refuse(f"README.md has no status block ({STATUS_BEGIN} ... {STATUS_END}): add one")
     return pattern.sub(lambda _: f"{STATUS_BEGIN}\n{table}{STATUS_END}", readme_text)
+
+
+def _refuse(message):
+    """Bad input: one line naming the fix, exit status 2, nothing written."""
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
 
 
 def main():
@@ -100,7 +107,7 @@ def main():
     from evaluation.claim_list import CLAIM_ORDER, CLAIMS
 
     if not args.readme and args.budget != PRE_PLAN_BUDGET:
-        raise SystemExit(f"docs/RESULTS.md's header describes the pre-plan pages of --budget {PRE_PLAN_BUDGET}; "
+        _refuse(f"docs/RESULTS.md's header describes the pre-plan pages of --budget {PRE_PLAN_BUDGET}; "
                          f"give a header for --budget {args.budget} first (experiments/publish_results.py HEADER)")
     readme = os.path.join(ROOT, "README.md")
     with open(readme, encoding="utf-8") as handle:  # always the small budget's, which its text names
@@ -143,7 +150,5 @@ def main():
 
 
 if __name__ == "__main__":
-    import sys
-
     sys.path.insert(0, ROOT)
     main()
