@@ -9,9 +9,11 @@ split), into `train` and `validation`; the hold-out keeps the training labels
 does not have). `full_train` trains on the whole training set and evaluates on
 the test set. `limit_train=N` keeps the first N training examples after that.
 
-Loading decodes each split into memory once (CIFAR-10: 150 MB as uint8; the
-50,000 train JPEGs decode in ~3.7 s on 2 shared CPU cores); data/pipeline.py
-turns the arrays into tf.data streams.
+Loading reads each split's encoded images and decodes only the ones the run
+keeps, into memory (all of CIFAR-10: 150 MB as uint8; its 50,000 train JPEGs
+decode in ~3.7 s on 2 shared CPU cores, and `--limit-train 5000
+--limit-validation 2000` decodes 7,000 of them); data/pipeline.py turns the
+arrays into tf.data streams.
 
 Missing data: data/availability.py fails in one line before TensorFlow is
 imported; `check_data_available` is the same check asked of TFDS itself, for
@@ -68,31 +70,37 @@ def load_arrays(config):
     """The run's split data as NumPy arrays (for a training loop without tf.data)."""
     builder = check_data_available(config)
     _prepare(builder, config)
-    images, labels = _read_split(builder, "train", datasets.train_label_key(config))
-    test_images, test_labels = _read_split(builder, "test", datasets.TEST_LABEL)
+    num_examples = builder.info.splits["train"].num_examples
     if config.full_train:
-        train_index = np.arange(len(labels))
-        validation_images, validation_labels = test_images, test_labels
+        train_index, validation_index = np.arange(num_examples), None
     else:
-        train_index, validation_index = split_indices(
-            len(labels), config.validation_fraction, config.split_seed
-        )
-        validation_images, validation_labels = images[validation_index], labels[validation_index]
+        train_index, validation_index = split_indices(num_examples, config.validation_fraction, config.split_seed)
     train_index = train_index[: datasets.check_limit(config, len(train_index))]
     if config.limit_validation is not None:
-        if config.limit_validation > len(validation_labels):
+        available = len(validation_index) if validation_index is not None else builder.info.splits["test"].num_examples
+        if config.limit_validation > available:
             raise UsageError(
                 f"--limit-validation {config.limit_validation} is larger than the "
-                f"{len(validation_labels)} examples of the {'test' if config.full_train else 'validation'} "
-                f"split; use at most {len(validation_labels)}"
+                f"{available} examples of the {'test' if config.full_train else 'validation'} "
+                f"split; use at most {available}"
             )
-        validation_images = validation_images[: config.limit_validation]
-        validation_labels = validation_labels[: config.limit_validation]
-    train_images = images[train_index]
+    # One read of the train split; only the kept examples' images are decoded.
+    kept = train_index if validation_index is None else np.concatenate(
+        [train_index, validation_index[: config.limit_validation]])
+    images, labels = _read_split(builder, "train", datasets.train_label_key(config), kept)
+    train_images, train_labels = images[: len(train_index)], labels[: len(train_index)]
+    test_images, test_labels = _read_split(builder, "test", datasets.TEST_LABEL)
+    if validation_index is None:
+        validation_images = test_images[: config.limit_validation]
+        validation_labels = test_labels[: config.limit_validation]
+        if config.limit_validation is None:  # one copy of the test images (data/pipeline.py checks `is`)
+            validation_images = test_images
+    else:
+        validation_images, validation_labels = images[len(train_index):], labels[len(train_index):]
     mean, std = channel_stats(train_images)
     return Arrays(
         train_images=train_images,
-        train_labels=labels[train_index],
+        train_labels=train_labels,
         validation_images=validation_images,
         validation_labels=validation_labels,
         test_images=test_images,
@@ -197,13 +205,29 @@ def _prepare(builder, config):
         raise _not_prepared(config, builder, f"could not be prepared ({reason})") from None
 
 
-def _read_split(builder, split, label_key):
+def _read_split(builder, split, label_key, indices=None):
+    """Images (uint8) and labels (int32) of `split`'s examples at `indices` (all when None), in that order.
+
+    Reads the encoded images and decodes only those at `indices`, with the
+    dataset's own image feature (the decoding TFDS applies when it decodes).
+    """
     pipeline.tensorflow()  # before TFDS starts TensorFlow
-    arrays = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1, shuffle_files=False))
-    labels = arrays[label_key].astype(np.int32)
+    import tensorflow as tf
+
+    records = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1, shuffle_files=False,
+                                               decoders={"image": tfds.decode.SkipDecoding()}))
+    labels = records[label_key].astype(np.int32)
     if labels.size and labels.min() < 0:
         raise ValueError(f"{builder.name} {split} has no {label_key!r} (it holds -1)")
-    return arrays["image"], labels
+    encoded = records["image"]
+    if indices is not None:
+        encoded, labels = encoded[indices], labels[indices]
+    feature = builder.info.features["image"]
+    if not len(encoded):
+        return np.zeros((0, *feature.shape), np.uint8), labels
+    decoded = tf.data.Dataset.from_tensor_slices(encoded).map(
+        feature.decode_example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).batch(4096)
+    return np.concatenate(list(tfds.as_numpy(decoded))), labels
 
 
 def _not_prepared(config, builder, what_failed):

@@ -4,7 +4,9 @@
 # on the JAX backend, each spread over TEST_WORKERS pytest-xdist workers
 # (default 2; a file's tests stay on one worker, so its module fixtures are
 # built once).
-#   bash tests/run.sh          # everything (CI runs this)
+#   bash tests/run.sh          # the CI tier: all but the tests marked `extended` (pytest.ini)
+#   bash tests/run.sh full     # everything: also the extended variants (before changing resume,
+#                              # signal, multi-device or multi-process code)
 #   bash tests/run.sh quick    # the inner loop: the tests that train no ResNet
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,14 +22,16 @@ JAX_FILES=(tests/test_ema.py tests/test_ema_rules.py tests/test_batch_norm.py te
            tests/test_bootstrap.py tests/test_stability.py tests/test_readme_example.py
            tests/test_power_ema.py tests/test_posthoc.py tests/test_callback_state.py)
 # Under a minute on 2 cores: MultiEMA and SWA on small models, the rest NumPy and argument checks.
-# BatchNormRecompute, the EMA selection rules and PowerFunctionEMA (70 s more) run in `all` only.
+# BatchNormRecompute, the EMA selection rules and PowerFunctionEMA (70 s more) run in `ci` and `full` only.
 QUICK_FILES=(tests/test_stats.py tests/test_schedules.py tests/test_metrics.py tests/test_optimizer.py
              tests/test_cli.py tests/test_report.py tests/test_noise_claims.py tests/test_bootstrap.py
              tests/test_ema.py tests/test_swa.py tests/test_run_dir.py tests/test_tiny_imagenet.py
              tests/test_regime.py tests/test_doc_references.py)
-case "${1:-all}" in
-    all)
-        python -m pytest -q "${WORKERS[@]}" tests
+case "${1:-ci}" in
+    ci|full)
+        SELECT=(-m "not extended")
+        [ "${1:-ci}" = full ] && SELECT=()
+        python -m pytest -q "${WORKERS[@]}" "${SELECT[@]}" tests
         echo "--- the same callback tests on the JAX backend:"
         KERAS_BACKEND=jax python -m pytest -q "${WORKERS[@]}" "${JAX_FILES[@]}"
         ;;
@@ -35,7 +39,7 @@ case "${1:-all}" in
         python -m pytest -q "${WORKERS[@]}" "${QUICK_FILES[@]}"
         ;;
     *)
-        echo "usage: bash tests/run.sh [all|quick]" >&2
+        echo "usage: bash tests/run.sh [ci|full|quick]" >&2
         exit 2
         ;;
 esac

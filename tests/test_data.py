@@ -292,8 +292,9 @@ def cifar10():
 def read_from(cifar10, monkeypatch):
     """`load_arrays` reads the module's copy instead of decoding 60,000 JPEGs per test."""
 
-    def read_split(builder, split, label_key):
-        return cifar10[split]["image"], cifar10[split][label_key].astype(np.int32)
+    def read_split(builder, split, label_key, indices=None):
+        images, labels = cifar10[split]["image"], cifar10[split][label_key].astype(np.int32)
+        return (images, labels) if indices is None else (images[indices], labels[indices])
 
     monkeypatch.setattr(loading, "_read_split", read_split)
 
@@ -304,6 +305,13 @@ def test_read_split_returns_the_tfds_images_and_labels(cifar10):
     images, labels = loading._read_split(builder, "test", "label")
     assert np.array_equal(images, cifar10["test"]["image"]) and labels.dtype == np.int32
     assert np.array_equal(labels, cifar10["test"]["label"])
+    # Decoding only some examples: TFDS's own decoding of those rows, in the order asked for.
+    indices = np.array([49_999, 3, 17, 3, 0])
+    images, labels = loading._read_split(builder, "train", "label", indices)
+    assert np.array_equal(images, cifar10["train"]["image"][indices])
+    assert np.array_equal(labels, cifar10["train"]["label"][indices]) and labels.dtype == np.int32
+    images, labels = loading._read_split(builder, "train", "label", np.array([], np.int64))
+    assert images.shape == (0, 32, 32, 3) and images.dtype == np.uint8 and labels.shape == (0,)
 
 
 def _digests(images, labels):

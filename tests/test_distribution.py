@@ -56,7 +56,7 @@ def _toy(backend, mode, tmp_path, devices=(1, 2)):
     return runs
 
 
-@pytest.mark.parametrize("mode", ["toy", "toy-bn"])
+@pytest.mark.parametrize("mode", [pytest.param("toy", marks=pytest.mark.extended), "toy-bn"])  # CI: with BatchNorm
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_a_small_model_on_two_devices_equals_one(backend, mode, tmp_path):
     one, two = _toy(backend, mode, tmp_path)
@@ -80,6 +80,7 @@ def test_a_small_model_on_two_devices_equals_one(backend, mode, tmp_path):
         (["--devices", "3"], "--batch-size 32 does not split across --devices 3; use a multiple of 3"),
     ],
 )
+@needs_cifar10  # the device count is checked once the data are read
 def test_bad_device_counts_are_one_line_errors(tmp_path, extra, message):
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
     result = subprocess.run([sys.executable, "-m", "app.train", *ARGV, *extra, "--out", str(tmp_path / "o")],

@@ -38,7 +38,10 @@ def _run_arrays(out):
     return arrays
 
 
-@pytest.fixture(scope="module", params=BACKENDS)
+# tests/run.sh (CI) runs the TensorFlow variant; `full` adds JAX (test_distribution.py checks 2-device
+# equality on JAX at the callback level in CI) and the kill on 2 devices (test_resume.py kills 1 device).
+@pytest.fixture(scope="module", params=[pytest.param(backend, marks=[pytest.mark.extended] * (backend != "tensorflow"))
+                                        for backend in BACKENDS])
 def app_runs(request, tmp_path_factory):
     backend, root = request.param, tmp_path_factory.mktemp("app")
     runs = {}
@@ -88,6 +91,7 @@ def test_sync_batch_norm_builds_every_batch_norm_layer_synchronized(flag):
 
 
 @needs_cifar10
+@pytest.mark.extended
 def test_a_two_device_run_killed_mid_epoch_resumes_exactly(app_runs):
     backend, root, runs = app_runs
     out = root / "killed"

@@ -195,6 +195,7 @@ def reference(tmp_path_factory):
 
 @pytest.mark.skipif(not os.path.isdir(os.path.join(TFDS_DIR, "cifar10")),
                     reason="needs the prepared cifar10 in ../shared/data/tfds (see README, Test)")
+@pytest.mark.extended  # CI: test_two_processes_train_the_run_of_one (the same processes, a small model)
 def test_two_processes_run_app_train_as_one_process_on_two_devices(reference, tmp_path):
     run = str(tmp_path / "run")
     _check_finished(_run_all([(["train", *TRAIN, "--out", run], env) for env in _process_environments()],
@@ -237,6 +238,7 @@ def _assert_the_run_of_one_process(run, reference, resumed=False):
 
 @pytest.mark.skipif(not os.path.isdir(os.path.join(TFDS_DIR, "cifar10")),
                     reason="needs the prepared cifar10 in ../shared/data/tfds (see README, Test)")
+@pytest.mark.extended
 def test_a_sigterm_stops_every_process_at_one_step_and_the_resumed_run_is_the_one_process_run(reference, tmp_path):
     """Issue 19: JAX's preemption service took SIGTERM over and the processes went on. Now process 0's
     SIGTERM after step 5 stops both at the step JAX's service agrees on, each with a checkpoint there."""

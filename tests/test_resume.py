@@ -134,7 +134,7 @@ def killed_mid_epoch(tmp_path_factory):
     "kill",
     [
         MID_EPOCH,
-        {"KILL_AT_EPOCH": "2"},  # right after the epoch-2 checkpoint
+        pytest.param({"KILL_AT_EPOCH": "2"}, marks=pytest.mark.extended),  # right after the epoch-2 checkpoint
     ],
     ids=["mid-epoch", "epoch-boundary"],
 )
@@ -198,8 +198,8 @@ def test_ctrl_c_is_one_line_exit_130_and_resumes_exactly(uninterrupted, tmp_path
         (6, "terminated at epoch 2 step 4; run the same command to resume from {last}, saved after step 3 of "
             "epoch 2 (nothing to redo)", "at epoch 2, step 4"),
         # Step 8 is epoch 2's last: its checkpoint comes after the epoch's evaluation, then the stop.
-        (7, "terminated after epoch 2; run the same command to resume from {last}, saved at the end of "
-            "epoch 2 (nothing to redo)", "at epoch 3, step 1"),
+        pytest.param(7, "terminated after epoch 2; run the same command to resume from {last}, saved at the end "
+                        "of epoch 2 (nothing to redo)", "at epoch 3, step 1", marks=pytest.mark.extended),
     ],
     ids=["mid-epoch", "epoch-end"],
 )

@@ -16,6 +16,7 @@ from tests.test_resume import _untimed, _untimed_csv, checkpoint_arrays, run
 pytestmark = test_resume.pytestmark  # needs the prepared cifar10
 
 
+@pytest.mark.extended  # CI resumes SWA in tests/test_swa.py and app.train in tests/test_resume.py
 def test_a_cyclic_swa_branch_past_the_budget_killed_mid_cycle_resumes_exactly(tmp_path):
     """--swa-cycle-epochs 2 --swa-lr 0.02 --swa-epochs 4: two cycles over epochs 2-5 (steps
     5-20) of a 3-epoch budget; killed at step 14, in epoch 4, past the budget."""

@@ -343,8 +343,8 @@ def test_a_trial_killed_between_epochs_resumes_at_its_checkpoint(searched, tmp_p
             r"epoch 1 \(1 step to redo\)", [1]),
     # Noted in the last epoch's last step: its evaluation and checkpoint first (the line then says it stopped
     # after that epoch, as app.train's does); the rerun trains nothing and only records the trial.
-    (True, r"terminated after epoch 2; run the same command to resume from {last}, saved at the end "
-           r"of epoch 2 \(nothing to redo\)", []),
+    pytest.param(True, r"terminated after epoch 2; run the same command to resume from {last}, saved at the "
+                       r"end of epoch 2 \(nothing to redo\)", [], marks=pytest.mark.extended),
 ], ids=["mid-epoch", "last-evaluation"])
 def test_sigterm_in_a_trial_is_one_line_exit_143_and_the_rerun_resumes_the_trial(
         searched, tmp_path, monkeypatch, capsys, last_batch, line, rerun_begins):
