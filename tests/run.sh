@@ -29,11 +29,10 @@ QUICK_FILES=(tests/test_stats.py tests/test_schedules.py tests/test_metrics.py t
              tests/test_regime.py tests/test_doc_references.py)
 case "${1:-ci}" in
     ci|full)
-        SELECT=(-m "not extended")
-        [ "${1:-ci}" = full ] && SELECT=()
+        if [ "${1:-ci}" = full ]; then SELECT=(); else SELECT=(-m "not extended"); fi
         python -m pytest -q "${WORKERS[@]}" "${SELECT[@]}" tests
         echo "--- the same callback tests on the JAX backend:"
-        KERAS_BACKEND=jax python -m pytest -q "${WORKERS[@]}" "${JAX_FILES[@]}"
+        KERAS_BACKEND=jax python -m pytest -q "${WORKERS[@]}" "${SELECT[@]}" "${JAX_FILES[@]}"
         ;;
     quick)
         python -m pytest -q "${WORKERS[@]}" "${QUICK_FILES[@]}"
