@@ -90,11 +90,11 @@ def load_arrays(config):
     images, labels = _read_split(builder, "train", datasets.train_label_key(config), kept)
     train_images, train_labels = images[: len(train_index)], labels[: len(train_index)]
     test_images, test_labels = _read_split(builder, "test", datasets.TEST_LABEL)
-    if validation_index is None:
-        validation_images = test_images[: config.limit_validation]
-        validation_labels = test_labels[: config.limit_validation]
-        if config.limit_validation is None:  # one copy of the test images (data/pipeline.py checks `is`)
-            validation_images = test_images
+    if validation_index is None:  # the test split; uncut, the same arrays (data/pipeline.py checks `is`)
+        validation_images, validation_labels = test_images, test_labels
+        if config.limit_validation is not None:
+            validation_images = test_images[: config.limit_validation]
+            validation_labels = test_labels[: config.limit_validation]
     else:
         validation_images, validation_labels = images[len(train_index):], labels[len(train_index):]
     mean, std = channel_stats(train_images)
@@ -211,9 +211,7 @@ def _read_split(builder, split, label_key, indices=None):
     Reads the encoded images and decodes only those at `indices`, with the
     dataset's own image feature (the decoding TFDS applies when it decodes).
     """
-    pipeline.tensorflow()  # before TFDS starts TensorFlow
-    import tensorflow as tf
-
+    tf = pipeline.tensorflow()  # before TFDS starts TensorFlow
     records = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1, shuffle_files=False,
                                                decoders={"image": tfds.decode.SkipDecoding()}))
     labels = records[label_key].astype(np.int32)

@@ -13,6 +13,9 @@ import shutil
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from app.errors import UsageError, entry_point  # noqa: E402  (one-line errors, exit status 2)
 HEADER = """# Reproductions of the papers' claims
 
 **Exploratory: every result on this page predates the analysis plan.** Its
@@ -89,25 +92,20 @@ def readme_status(readme_text, budget=README_BUDGET):
     table = status_table(os.path.join(ROOT, "reproductions", budget), CLAIM_ORDER, f"reproductions/{budget}/")
     pattern = re.compile(re.escape(STATUS_BEGIN) + r"\n.*?" + re.escape(STATUS_END), re.S)
     if not pattern.search(readme_text):
-        _refuse(f"README.md has no status block ({STATUS_BEGIN} ... {STATUS_END}): add one")
+        raise UsageError(f"README.md has no status block ({STATUS_BEGIN} ... {STATUS_END}): add one")
     return pattern.sub(lambda _: f"{STATUS_BEGIN}\n{table}{STATUS_END}", readme_text)
 
 
-def _refuse(message):
-    """Bad input: one line naming the fix, exit status 2, nothing written."""
-    print(f"error: {message}", file=sys.stderr)
-    raise SystemExit(2)
-
-
-def main():
+@entry_point
+def main(argv):
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--budget", default=PRE_PLAN_BUDGET)
     parser.add_argument("--readme", action="store_true", help="rewrite only README.md's status table")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     from evaluation.claim_list import CLAIM_ORDER, CLAIMS
 
     if not args.readme and args.budget != PRE_PLAN_BUDGET:
-        _refuse(f"docs/RESULTS.md's header describes the pre-plan pages of --budget {PRE_PLAN_BUDGET}; "
+        raise UsageError(f"docs/RESULTS.md's header describes the pre-plan pages of --budget {PRE_PLAN_BUDGET}; "
                          f"give a header for --budget {args.budget} first (experiments/publish_results.py HEADER)")
     readme = os.path.join(ROOT, "README.md")
     with open(readme, encoding="utf-8") as handle:  # always the small budget's, which its text names
@@ -150,5 +148,4 @@ def main():
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, ROOT)
     main()

@@ -40,7 +40,7 @@ def _run_arrays(out):
 
 # tests/run.sh (CI) runs the TensorFlow variant; `full` adds JAX (test_distribution.py checks 2-device
 # equality on JAX at the callback level in CI) and the kill on 2 devices (test_resume.py kills 1 device).
-@pytest.fixture(scope="module", params=[pytest.param(backend, marks=[pytest.mark.extended] * (backend != "tensorflow"))
+@pytest.fixture(scope="module", params=[pytest.param(backend, marks=() if backend == "tensorflow" else pytest.mark.extended)
                                         for backend in BACKENDS])
 def app_runs(request, tmp_path_factory):
     backend, root = request.param, tmp_path_factory.mktemp("app")
