@@ -314,8 +314,10 @@ def test_noisy_labels_and_mixed_precision_through_app_train(tmp_path):
                 "128", "--batch-size", "64", "--epochs", "1", "--ema-decays", "0.9", "--out", out])
     config = load_config(out)
     assert (config.label_noise, config.precision) == ("aggre", "mixed_bfloat16")
+    # The labels alone (TFDS's PartialDecoding: no image is read into the result).
+    labels_only = tfds.decode.PartialDecoding({"aggre_label": True, "worse_label": True})
     train_split = tfds.as_numpy(tfds.load("cifar10_n", split="train", data_dir=TFDS_DIR, batch_size=-1,
-                                          shuffle_files=False))
+                                          shuffle_files=False, decoders=labels_only))
     kept, _ = loading.split_indices(50_000, 0.2, config.split_seed)
     arrays = predictions.load_arrays(config)
     np.testing.assert_array_equal(arrays.train_labels, train_split["aggre_label"][kept[:128]])
