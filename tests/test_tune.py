@@ -292,6 +292,17 @@ def test_an_interrupted_search_resumes_to_the_same_best(searched, tmp_path, monk
     assert os.stat(first_history).st_mtime_ns == stamp  # the finished trial did not rerun
 
 
+def assert_same_history(trial, whole):
+    """Every history row of `trial` as the uninterrupted trial `whole`'s, wall-clock columns aside."""
+    untimed = ("epoch_seconds", "evaluation_seconds", "train_images_per_second", "train_seconds")
+    got, want = read_history(trial), read_history(whole)
+    assert [sorted(row) for row in got] == [sorted(row) for row in want]
+    for got_row, want_row in zip(got, want):
+        for key in want_row:
+            if key not in untimed:
+                assert got_row[key] == pytest.approx(want_row[key], rel=1e-5, abs=1e-6), key
+
+
 # Another kill point of the resume from the epoch-1 checkpoint that the SIGTERM test below runs end to end.
 @pytest.mark.extended
 def test_a_trial_killed_between_epochs_resumes_at_its_checkpoint(searched, tmp_path, monkeypatch):
@@ -323,13 +334,7 @@ def test_a_trial_killed_between_epochs_resumes_at_its_checkpoint(searched, tmp_p
     assert not os.path.exists(os.path.join(trial, "checkpoint"))  # a finished trial keeps no checkpoint
     whole = os.path.join(searched[0], "trial_2")  # lr 0.2 there
     assert read_json(os.path.join(whole, "config.json"))["lr"] == 0.2
-    untimed = ("epoch_seconds", "evaluation_seconds", "train_images_per_second", "train_seconds")
-    got, want = read_history(trial), read_history(whole)
-    assert [sorted(row) for row in got] == [sorted(row) for row in want]
-    for got_row, want_row in zip(got, want):
-        for key in want_row:
-            if key not in untimed:
-                assert got_row[key] == pytest.approx(want_row[key], rel=1e-5, abs=1e-6), key
+    assert_same_history(trial, whole)
     # KerasTuner's result covers both epochs: the same objective, epoch and decay as the uninterrupted trial's.
     assert read_json(os.path.join(trial, "summary.json"))["objective"] == read_json(
         os.path.join(whole, "summary.json"))["objective"]
@@ -393,14 +398,7 @@ def test_sigterm_in_a_trial_is_one_line_exit_143_and_the_rerun_resumes_the_trial
     assert {t["status"] for t in read_trials(tuner_dir).values()} == {"COMPLETED"}
     whole = read_json(os.path.join(searched[0], "trial_2", "summary.json"))["objective"]  # lr 0.2 there
     assert read_json(os.path.join(searched[0], "trial_2", "config.json"))["lr"] == 0.2
-    # Every history row, as the uninterrupted trial's (wall-clock columns aside).
-    untimed = ("epoch_seconds", "evaluation_seconds", "train_images_per_second", "train_seconds")
-    got, want = read_history(trial), read_history(os.path.join(searched[0], "trial_2"))
-    assert [sorted(row) for row in got] == [sorted(row) for row in want]
-    for got_row, want_row in zip(got, want):
-        for key in want_row:
-            if key not in untimed:
-                assert got_row[key] == pytest.approx(want_row[key], rel=1e-5, abs=1e-6), key
+    assert_same_history(trial, os.path.join(searched[0], "trial_2"))
     assert (resumed["objective"], resumed["epoch"], resumed["decay"]) == pytest.approx(
         (whole["value"], whole["epoch"], whole["decay"]), rel=1e-5)
     assert stopping.message("terminated") == stopping.start_up_line("terminated")  # outside app.tune again
