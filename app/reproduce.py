@@ -142,6 +142,7 @@ def main(argv):
                 print(f"[{claim}] skipped: it needs the step that failed above: {failed[0].text()}", flush=True)
                 continue
             try:
+                started = time.time()  # the claim's share of this command: its search too
                 # A claim's search before its runs (the noisy one waits for fig2): what it picks decides
                 # which runs the SGD columns need, so the steps are planned again after it.
                 tunes = [step for step in steps[claim] if step.command == "tune" and not step.done()]
@@ -150,7 +151,7 @@ def main(argv):
                     _run_step(step)
                 if tunes:
                     steps, dirs, setups = plan(args.budget, out, args.data_dir, args.seeds)
-                results[claim] = _run_claim(claim, steps[claim], dirs, setups, out, args)
+                results[claim] = _run_claim(claim, steps[claim], dirs, setups, out, args, started)
             except StepFailed as failure:
                 if len(claims) == 1:
                     raise
@@ -279,8 +280,7 @@ def _progress(step):
     return 0.0, ""
 
 
-def _run_claim(claim, steps, dirs, setups, out, args):
-    started = time.time()
+def _run_claim(claim, steps, dirs, setups, out, args, started):
     for step in steps:
         if step.done():
             print(f"[{claim}] done already: {step.text()}", flush=True)

@@ -39,8 +39,9 @@ def write_claim(claim, text, out, dirs, commands, command, wall_seconds, images,
     parts.append(_provenance_text(result["runs"], commands) + "\n\n")
     parts.append(f"Command: `{command}`. Its training runs took {run_seconds / 60:.0f} min here (2 CPU cores; "
                  f"sum of their summary.json wall times) and process about {images:,} training and "
-                 f"{forward:,} forward images (evaluation, BN recompute); the command that last wrote this page "
-                 f"took {wall_seconds:.0f} s (it runs only the steps not done yet). Steps:\n\n")
+                 f"{forward:,} forward images (evaluation, BN recompute); the steps of it that the last "
+                 f"`app.reproduce` to write this page had left took {wall_seconds:.0f} s there (finished steps are "
+                 f"not rerun). Steps:\n\n")
     parts += [f"    {text}\n" for text in commands]
     markdown = os.path.join(out, f"{claim}.md")
     with open(markdown, "w", encoding="utf-8") as handle:

@@ -160,6 +160,8 @@ def test_kill_and_resume_equals_the_uninterrupted_run(uninterrupted, killed_mid_
     attempt = time.time() - started
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resuming" in resumed.stdout
+    if kill == MID_EPOCH:
+        assert "at epoch 2, step 3" in resumed.stdout  # the step-6 checkpoint
     assert_same_run(out, uninterrupted)
     if kill == MID_EPOCH:
         # summary.json's wall time is the whole run's: the killed attempt's recorded 1000 s plus this one's.
@@ -194,8 +196,14 @@ def test_ctrl_c_is_one_line_exit_130_and_leaves_the_checkpoint_a_kill_resumes_fr
     assert [key for key in want if not np.array_equal(got[key], want[key])] == []
     assert got_meta["global_step"] == 6 and _untimed(got_meta) == _untimed(want_meta)
     assert _untimed_csv(out / "history.csv") == _untimed_csv(killed_mid_epoch / "history.csv")
-    # What the resume reads of the run directory besides: nothing the killed run did not also leave.
+    # What the resume reads of the run directory besides: nothing the killed run did not also leave,
+    # and the post-hoc snapshots both wrote (steps 2, 4, 6) hold the same arrays.
     assert _relative_files(out) <= _relative_files(killed_mid_epoch)
+    snapshots = sorted(p.name for p in (out / "power_ema").iterdir())
+    assert len(snapshots) == 3
+    for name in snapshots:
+        with np.load(out / "power_ema" / name) as a, np.load(killed_mid_epoch / "power_ema" / name) as b:
+            assert sorted(a.files) == sorted(b.files) and all(np.array_equal(a[k], b[k]) for k in a.files)
 
 
 def _relative_files(out):

@@ -389,6 +389,7 @@ def test_sigterm_in_a_trial_is_one_line_exit_143_and_the_rerun_resumes_the_trial
         last = os.path.join(trial, "checkpoint", "last.npz")
         assert re.fullmatch(line.format(last=re.escape(last)) + "\n", capsys.readouterr().err)
         assert [t["status"] for t in read_trials(tuner_dir).values()] == ["RUNNING"]
+        assert len(read_history(trial)) == 2 - len(rerun_begins)  # the epochs the checkpoint holds
         assert stopping.POSITION.checkpoint_files is None  # the trial's position ended with it
         begun.clear()
         monkeypatch.setattr(TerminatedInTheSecondEpoch, "on_train_batch_end", lambda *args, **kwargs: None)
@@ -399,6 +400,10 @@ def test_sigterm_in_a_trial_is_one_line_exit_143_and_the_rerun_resumes_the_trial
     whole = read_json(os.path.join(searched[0], "trial_2", "summary.json"))["objective"]  # lr 0.2 there
     assert read_json(os.path.join(searched[0], "trial_2", "config.json"))["lr"] == 0.2
     assert_same_history(trial, os.path.join(searched[0], "trial_2"))
+    # The trial's own summary.json: the uninterrupted trial's objective.
+    objective = read_json(os.path.join(trial, "summary.json"))["objective"]
+    assert (objective["epoch"], objective["decay"]) == (whole["epoch"], whole["decay"])
+    assert objective["value"] == pytest.approx(whole["value"], rel=1e-5)
     assert (resumed["objective"], resumed["epoch"], resumed["decay"]) == pytest.approx(
         (whole["value"], whole["epoch"], whole["decay"]), rel=1e-5)
     assert stopping.message("terminated") == stopping.start_up_line("terminated")  # outside app.tune again
