@@ -78,16 +78,21 @@ def assert_same_run(out, uninterrupted):
     # Post-hoc EMA snapshots: the same steps, the same averages (rewritten after the resume).
     snapshots = sorted(p.name for p in (out / "power_ema").iterdir())
     assert snapshots == sorted(p.name for p in (uninterrupted / "power_ema").iterdir()) and len(snapshots) == 6
-    for name in snapshots:
-        with np.load(out / "power_ema" / name) as a, np.load(uninterrupted / "power_ema" / name) as b:
-            assert sorted(a.files) == sorted(b.files)
-            assert all(np.array_equal(a[k], b[k]) for k in a.files)
+    assert_same_snapshots(out, uninterrupted, snapshots)
     summary = json.loads((out / "summary.json").read_text())
     assert summary == {
         **json.loads((uninterrupted / "summary.json").read_text()),
         "wall_time_seconds": summary["wall_time_seconds"],
         "timing": summary["timing"],
     }
+
+
+def assert_same_snapshots(out, reference, names):
+    """The post-hoc EMA snapshot files `names` of both runs hold the same arrays, bitwise."""
+    for name in names:
+        with np.load(out / "power_ema" / name) as a, np.load(reference / "power_ema" / name) as b:
+            assert sorted(a.files) == sorted(b.files)
+            assert all(np.array_equal(a[k], b[k]) for k in a.files)
 
 
 TIMING = ("epoch_seconds", "train_images_per_second", "evaluation_seconds")
@@ -201,9 +206,7 @@ def test_ctrl_c_is_one_line_exit_130_and_leaves_the_checkpoint_a_kill_resumes_fr
     assert _relative_files(out) <= _relative_files(killed_mid_epoch)
     snapshots = sorted(p.name for p in (out / "power_ema").iterdir())
     assert len(snapshots) == 3
-    for name in snapshots:
-        with np.load(out / "power_ema" / name) as a, np.load(killed_mid_epoch / "power_ema" / name) as b:
-            assert sorted(a.files) == sorted(b.files) and all(np.array_equal(a[k], b[k]) for k in a.files)
+    assert_same_snapshots(out, killed_mid_epoch, snapshots)
 
 
 def _relative_files(out):
