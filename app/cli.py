@@ -204,6 +204,10 @@ def _add_ema_arguments(group):
                        help="which epoch of each EMA is saved and tested: best (best validation accuracy, "
                        "lowest validation loss, paper §4.1) or final (the last epoch, Adda et al.'s Table 1) "
                        "(default: best)")
+    group.add_argument("--ema-evaluate", default=None,
+                       help="when the EMAs are evaluated: every-epoch (the curves), or selected: each EMA only at "
+                       "the epochs fixed in advance (--stop-epochs-from, --ema-select final), skipping the other "
+                       "evaluations; --bn-recompute epoch still evaluates every EMA every epoch (default: every-epoch)")
     group.add_argument("--ema-bn-mode", "--ema-bn", dest="ema_bn_mode", default=None,
                        help="EMA BatchNorm statistics: eman (EMA of the trained model's) or copy (default: eman)")
     group.add_argument("--bn-recompute", default=None,
@@ -216,6 +220,7 @@ def _add_ema_arguments(group):
 # (--stop-epochs-from is not one: it also picks the epoch of SGD's early-stopped weights.)
 _EMA_FLAGS = {"ema_every_steps": ("--ema-every-steps", config_lib.DEFAULT_EVERY_STEPS),
               "ema_warmup": ("--ema-warmup", "steps"), "ema_select": ("--ema-select", "best"),
+              "ema_evaluate": ("--ema-evaluate", "every-epoch"),
               "ema_bn_mode": ("--ema-bn-mode", "eman"), "bn_recompute": ("--bn-recompute", "end"),
               "ema_batch_scaling": ("--ema-batch-scaling", False)}
 EMA_ONLY_FLAGS = tuple(flag for flag, _ in _EMA_FLAGS.values())  # app.reproduce drops these from runs without EMAs
@@ -230,6 +235,7 @@ def _ema_modes(args):
             raise UsageError(f"{flag} acts on the EMAs, and --ema-decays gives none; give decays or drop {flag}")
     choice(args.ema_bn_mode, config_lib.EMA_BN_MODES, "--ema-bn-mode")
     choice(args.ema_select, config_lib.EMA_SELECT_MODES, "--ema-select")
+    choice(args.ema_evaluate, config_lib.EMA_EVALUATE_MODES, "--ema-evaluate")
     choice(args.ema_warmup, config_lib.EMA_WARMUP_MODES, "--ema-warmup mode")
     choice(args.bn_recompute, config_lib.BN_RECOMPUTE_MODES, "--bn-recompute mode")
     return {dest: getattr(args, dest) for dest in _EMA_FLAGS}
@@ -253,6 +259,9 @@ def _ema_fields(args, epochs):
         select_epochs = inputs.stop_epochs_from(args.stop_epochs_from, decays, epochs)
     elif args.ema_select == "final":
         select_epochs = {f"{decay:g}": {"accuracy": epochs, "loss": epochs} for decay in decays}
+    if args.ema_evaluate == "selected" and select_epochs is None:
+        raise UsageError("--ema-evaluate selected evaluates each EMA only at epochs fixed in advance; add "
+                         "--stop-epochs-from RUN (a final run) or --ema-select final, or drop --ema-evaluate")
     if args.bootstrap_every_epochs < 0:
         raise UsageError("--bootstrap-every-epochs must be >= 0")
     if args.bootstrap_every_epochs and not decays:

@@ -97,12 +97,13 @@ def _check_data(claims, setups, steps, data_dir):
 
 
 def _without_later_inputs(argv):
-    """`argv` without the flags naming what earlier steps write (a validation run, a tuner's best.json)."""
+    """`argv` without the flags naming what earlier steps write (a validation run, a tuner's best.json), and
+    `--ema-evaluate`, whose `selected` needs the epochs `--stop-epochs-from` reads."""
     kept, skip = [], False
     for value in argv:
         if skip:
             skip = False
-        elif value in ("--stop-epochs-from", "--lr-from", "--swa-lr-from"):
+        elif value in ("--stop-epochs-from", "--lr-from", "--swa-lr-from", "--ema-evaluate"):
             skip = True
         else:
             kept.append(value)

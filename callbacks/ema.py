@@ -45,9 +45,12 @@ class MultiEMA(state_protocol.StatefulCallback):
 
     After every epoch each EMA is swapped into the model, evaluated with the
     model's own compiled test function, and the trained weights are restored
-    exactly. The results enter the epoch logs, before any callback placed
+    exactly (with `evaluate_every_epoch=False`, only at the epochs that
+    `select_epochs` fixes for it: nothing else is computed at the others).
+    The results enter the epoch logs, before any callback placed
     after this one sees them, as `ema_<decay>_val_<metric>` and
-    `ema_best_val_accuracy` (the maximum over decays). Per decay, the EMA
+    `ema_best_val_accuracy` (the maximum over decays, on epochs where every
+    decay was evaluated). Per decay, the EMA
     weights at the epoch of best validation accuracy and at the epoch of
     lowest validation loss are kept in host memory (`selected_weights`,
     `save_selected`, `summary`). Every epoch this class takes or returns
@@ -110,6 +113,11 @@ class MultiEMA(state_protocol.StatefulCallback):
             on the full training set does with the epochs chosen on the
             validation run (§4.1: "early stopping is not tuned again on the
             test set"). Defaults to `None`.
+        evaluate_every_epoch: `True` to evaluate every EMA at every epoch
+            validated (the curves); `False` to evaluate each EMA only at the
+            epochs `select_epochs` fixes for it, which keeps the selections
+            and skips the other evaluations (a final run whose curves nobody
+            reads). `False` needs `select_epochs`. Defaults to `True`.
         batch_scale: `B / B_ref` when the decays were chosen for a reference
             batch B_ref but training uses batch B: they act as `a ** (B / B_ref)`
             with the warm-up counted in reference-batch steps (the EMA scaling
@@ -132,6 +140,7 @@ class MultiEMA(state_protocol.StatefulCallback):
         validation_data=None,
         validation_batch_size=None,
         select_epochs=None,
+        evaluate_every_epoch=True,
         batch_scale=1.0,
         accuracy_metric="accuracy",
         verbose=0,
@@ -146,6 +155,13 @@ class MultiEMA(state_protocol.StatefulCallback):
         self.validation_batch_size = arguments.checked_optional_int("validation_batch_size", validation_batch_size)
         self._selection = EpochSelection(self.decays, select_epochs)
         self.select_epochs = self._selection.select_epochs
+        if not isinstance(evaluate_every_epoch, bool):
+            raise arguments.invalid("evaluate_every_epoch", evaluate_every_epoch, "True or False")
+        if not evaluate_every_epoch and self.select_epochs is None:
+            raise arguments.invalid("evaluate_every_epoch", evaluate_every_epoch,
+                                    "True when select_epochs is None (False evaluates each EMA only at "
+                                    "the epochs select_epochs fixes)")
+        self.evaluate_every_epoch = evaluate_every_epoch
         if accuracy_metric is not None and not (isinstance(accuracy_metric, str) and accuracy_metric):
             raise arguments.invalid("accuracy_metric", accuracy_metric, "a metric name or None")
         self.accuracy_metric = accuracy_metric
@@ -156,7 +172,7 @@ class MultiEMA(state_protocol.StatefulCallback):
         self.effective_decays = tuple(decay ** (self.batch_scale / self.every_steps) for decay in self.decays)
         self.averages = EMAAverages(len(self.decays), self.decays_at, self.every_steps, self.bn_mode)
         self._share_identical = True  # tests compare with False
-        self._epochs_begun = self._epochs_evaluated = 0
+        self._epochs_begun = self._epochs_validated = 0
         self._last_epoch = None
 
     __deepcopy__ = state_protocol.fresh_copy
@@ -165,13 +181,13 @@ class MultiEMA(state_protocol.StatefulCallback):
         return {"decays": self.decays, "every_steps": self.every_steps, "warmup": self.warmup,
                 "bn_mode": self.bn_mode, "validation_data": self.validation_data,
                 "validation_batch_size": self.validation_batch_size, "select_epochs": self.select_epochs,
-                "batch_scale": self.batch_scale, "accuracy_metric": self.accuracy_metric, "verbose": self.verbose}
+                "evaluate_every_epoch": self.evaluate_every_epoch, "batch_scale": self.batch_scale, "accuracy_metric": self.accuracy_metric, "verbose": self.verbose}
 
     # Hooks.
 
     def on_train_begin(self, logs=None):
         self.averages.build(self._synced_model())
-        self._epochs_begun = self._epochs_evaluated = 0
+        self._epochs_begun = self._epochs_validated = 0
         self._last_epoch = None
         self._start_or_restore()
         if self.verbose:
@@ -187,13 +203,14 @@ class MultiEMA(state_protocol.StatefulCallback):
     def on_epoch_end(self, epoch, logs=None):
         self._last_epoch = epoch
         if self._has_validation_data(logs or {}):
+            self._epochs_validated += 1
             results = self._evaluate_and_select(epoch)
             if logs is not None:
                 logs.update(results)
 
     def on_train_end(self, logs=None):
         # A fit with no epoch left (a resumed run that had trained them all) has nothing to evaluate.
-        if self._epochs_begun and not self._epochs_evaluated:
+        if self._epochs_begun and not self._epochs_validated:
             warnings.warn(
                 "MultiEMA evaluated no EMA: pass `validation_data` to MultiEMA or to `fit`.",
                 stacklevel=2,
@@ -328,6 +345,10 @@ class MultiEMA(state_protocol.StatefulCallback):
 
     def _evaluate_and_select(self, epoch):
         groups = self.identical_groups() if self._share_identical else [[i] for i in range(len(self.decays))]
+        if not self.evaluate_every_epoch:  # only the averages whose selection is at this epoch
+            groups = [group for group in groups if any(self._selection.fixes(i, epoch) for i in group)]
+            if not groups:
+                return {}
         groups = [[self.decays[i] for i in group] for group in groups]
         evaluated = variables.map_swapped_in(self, functools.partial(self._evaluate_group, epoch, groups), groups)
         results, accuracies = {}, []
@@ -335,9 +356,9 @@ class MultiEMA(state_protocol.StatefulCallback):
             for decay in decays:
                 results.update({f"ema_{decay:g}_val_{name}": value for name, value in metrics.items()})
             accuracies.append(accuracy)
-        if None not in accuracies:
+        # The maximum over decays, never over the few evaluated at a selected epoch.
+        if None not in accuracies and sum(map(len, groups)) == len(self.decays):
             results["ema_best_val_accuracy"] = max(accuracies)
-        self._epochs_evaluated += 1
         return results
 
     def _evaluate_group(self, epoch, groups, decays):
@@ -387,5 +408,6 @@ class MultiEMA(state_protocol.StatefulCallback):
 
     def _describe(self):
         pairs = ", ".join(f"{d:g} -> {e:.6f}" for d, e in zip(self.decays, self.effective_decays))
-        return f"MultiEMA: every {self.every_steps} steps; effective per-step decays: {pairs}"
+        evaluated = "" if self.evaluate_every_epoch else "; each evaluated only at its select_epochs"
+        return f"MultiEMA: every {self.every_steps} steps; effective per-step decays: {pairs}{evaluated}"
 

@@ -115,6 +115,10 @@ class EpochSelection:
         if lower_loss:
             self._selected["loss"][index] = selected
 
+    def fixes(self, index, epoch):
+        """Whether `select_epochs` fixes 0-based `epoch` for EMA `index` (by either criterion)."""
+        return self.select_epochs is not None and epoch in self.select_epochs[self.decays[index]].values()
+
     def get(self, index, criterion):
         """The selection (`epoch`, `val_loss`, `val_accuracy`, `weights`), or None."""
         return self._selected[checked_criterion(criterion)][index]

@@ -75,6 +75,10 @@ def test_defaults_follow_the_paper():
         (["--stop-epochs-from", "runs/x"], "--stop-epochs-from is for the final --full-train run; add --full-train"),
         (["--full-train", "--stop-epochs-from", "/nonexistent/run"], "--stop-epochs-from: no finished run in /nonexistent/run"),
         (["--ema-select", "last"], "unknown --ema-select 'last'; choose from best, final"),
+        (["--ema-evaluate", "never"], "unknown --ema-evaluate 'never'; choose from every-epoch, selected"),
+        (["--ema-evaluate", "selected"], "--ema-evaluate selected evaluates each EMA only at epochs fixed in "
+                                         "advance; add --stop-epochs-from RUN (a final run) or --ema-select final"),
+        (["--ema-decays", "--ema-evaluate", "selected"], "--ema-evaluate acts on the EMAs, and --ema-decays gives none"),
         (["--full-train", "--stop-epochs-from", "runs/x", "--ema-select", "final"],
          "--ema-select final keeps the last epoch; drop --stop-epochs-from"),
         (["--swa", "--swa-start-epoch", "1"], "--swa-start-epoch must be >= 2"),
@@ -237,6 +241,9 @@ def test_stop_epochs_from_reads_the_validation_runs_selection(tmp_path):
     base = ("--full-train", "--epochs", "10", "--stop-epochs-from", str(tmp_path))
     config = parse(*base, "--ema-decays", "0.9", "0.99")
     assert config.ema_select_epochs == {"0.9": {"accuracy": 7, "loss": 5}, "0.99": {"accuracy": 9, "loss": 8}}
+    assert config.ema_evaluate == "every-epoch"
+    assert parse(*base, "--ema-decays", "0.9", "0.99", "--ema-evaluate", "selected").ema_evaluate == "selected"
+    assert parse("--ema-select", "final", "--ema-evaluate", "selected").ema_evaluate == "selected"
     with pytest.raises(UsageError, match="has no EMA of decay 0.999; use its decays: --ema-decays 0.9 0.99"):
         parse(*base, "--ema-decays", "0.999")
     with pytest.raises(UsageError, match="selected epoch 9 for decay 0.99, beyond --epochs 8"):

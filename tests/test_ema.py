@@ -194,6 +194,56 @@ def test_selection_and_saved_weights(eman_run, tmp_path):
                 np.testing.assert_array_equal(got, want)
 
 
+# Epochs (0-based) fixed per decay; 0.3 and 0.968 hold one average after epoch 0 (warm-up), not after.
+ONLY_SELECTED = {0.15: {"accuracy": 0, "loss": 2}, 0.3: {"accuracy": 1, "loss": 1}, 0.968: {"accuracy": 2}}
+
+
+@pytest.mark.filterwarnings("ignore:Early stopping conditioned on metric")
+def test_evaluate_only_the_selected_epochs(eman_run, tmp_path):
+    """evaluate_every_epoch=False evaluates each EMA at its fixed epochs alone; the training, the
+    averages and the selections are those of the run that evaluates every epoch."""
+    run = train(tmp_path, select_epochs=ONLY_SELECTED, evaluate_every_epoch=False)
+    for epoch in range(EPOCHS):
+        for got, want in zip(run.after.weights[epoch], eman_run.after.weights[epoch]):
+            np.testing.assert_array_equal(got, want)
+        for decay in DECAYS:
+            for got, want in zip(run.after.ema_weights[epoch][decay], eman_run.after.ema_weights[epoch][decay]):
+                np.testing.assert_array_equal(got, want)
+        logged = {key for key in run.after.logs[epoch] if key.startswith("ema_")}
+        fixed = [decay for decay in DECAYS if epoch in ONLY_SELECTED[decay].values()]
+        assert logged == {f"ema_{decay:g}_val_{name}" for decay in fixed for name in ("loss", "accuracy")}
+        for key in logged:  # no maximum over the few decays evaluated
+            assert run.after.logs[epoch][key] == pytest.approx(eman_run.after.logs[epoch][key], rel=1e-6)
+    summary = run.ema.summary()
+    for decay, fixed in ONLY_SELECTED.items():
+        key = f"{decay:g}"
+        for criterion, name in (("accuracy", "best_val_accuracy"), ("loss", "lowest_val_loss")):
+            if criterion not in fixed:
+                assert summary[key][name] is None
+                continue
+            epoch = fixed[criterion]
+            assert summary[key][name] == pytest.approx({
+                "epoch": epoch, "val_loss": eman_run.history[f"ema_{key}_val_loss"][epoch],
+                "val_accuracy": eman_run.history[f"ema_{key}_val_accuracy"][epoch]}, rel=1e-6)
+            for got, want in zip(run.ema.selected_weights(decay, criterion), eman_run.after.ema_weights[epoch][decay]):
+                np.testing.assert_array_equal(got, want)
+    assert run.ema.get_config()["evaluate_every_epoch"] is False
+    assert not run.ema.missing_selections()
+
+
+def test_an_average_is_the_same_whatever_other_decays_are_kept(eman_run):
+    """app.reproduce's final runs keep the largest decay alone: it must be the average it is among others."""
+    model = build_model()
+    ema = MultiEMA(decays=(0.968,), every_steps=EVERY_STEPS, validation_data=EMA_VALIDATION)
+    after = AfterEMA(ema)
+    model.fit(*TRAIN, batch_size=BATCH_SIZE, epochs=EPOCHS, validation_data=FIT_VALIDATION, shuffle=False,
+              verbose=0, callbacks=[ema, after])
+    for epoch in range(EPOCHS):
+        for got, want in zip(after.ema_weights[epoch][0.968], eman_run.after.ema_weights[epoch][0.968]):
+            np.testing.assert_array_equal(got, want)
+        assert after.logs[epoch]["ema_0.968_val_accuracy"] == eman_run.after.logs[epoch]["ema_0.968_val_accuracy"]
+
+
 def test_fit_validation_data_and_validation_freq():
     model = build_model()
     ema = MultiEMA(decays=(0.5,), every_steps=2)

@@ -57,6 +57,9 @@ from tests.ema_setup import (  # noqa: E402,F401  (fixtures: eman_run, copy_run,
         # fit batches its own validation data: the batch size would be ignored.
         ({"validation_batch_size": 64}, "Invalid value for argument `validation_batch_size`. Received: "
                                         "validation_batch_size=64. Expected None when validation_data is None"),
+        ({"evaluate_every_epoch": False}, "Invalid value for argument `evaluate_every_epoch`. Received: "
+                                          "evaluate_every_epoch=False. Expected True when select_epochs is None"),
+        ({"evaluate_every_epoch": 0}, "Received: evaluate_every_epoch=0. Expected True or False."),
     ],
 )
 def test_argument_validation(kwargs, message):

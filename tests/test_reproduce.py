@@ -107,8 +107,17 @@ def test_table1_is_the_mean_over_the_final_runs(tiny):
     assert float(row["gain"]) == pytest.approx(np.mean(gains))
     half = 12.706204736 * np.std(gains, ddof=1) / np.sqrt(2)  # t(0.975, 1 degree of freedom)
     assert float(row["gain_high"]) - float(row["gain"]) == pytest.approx(half, abs=1e-9)
-    for final in finals:  # each final run logged its test curve every epoch
-        assert len(_history(final)) == 3
+    for final, summary in zip(finals, summaries):  # each final run logged SGD's test curve every epoch
+        history = _history(final)
+        assert len(history) == 3 and all(row["val_accuracy"] for row in history)
+        assert list(history[0])[-3:] == ["epoch_seconds", "train_images_per_second", "evaluation_seconds"]
+        # and each EMA only at the epochs the validation run chose for it (--ema-evaluate selected)
+        for decay, entry in summary["ema"].items():
+            chosen = {entry[key]["epoch"]: entry[key] for key in ("best_val_accuracy", "lowest_val_loss")}
+            assert {int(row["epoch"]) for row in history if row[f"ema_{decay}_val_accuracy"]} == set(chosen)
+            for epoch, selected in chosen.items():
+                row = history[epoch - 1]
+                assert float(row[f"ema_{decay}_val_accuracy"]) == pytest.approx(selected["val_accuracy"], abs=1e-6)
         # Finished: the checkpoints are gone (no --keep-checkpoint), the weights stay.
         assert not os.path.exists(os.path.join(final, "checkpoint"))
         assert not os.path.exists(os.path.join(final, "swa", "checkpoint"))
@@ -356,9 +365,9 @@ def test_sgd_columns_get_runs_at_sgds_own_lr_when_the_search_picks_another(tmp_p
         expected = expected.replace(f"--lr-from {tuning} ", f"--lr-from {os.path.join(tuning, 'best_sgd_final.json')} ")
         # No statistic reads a twin's EMAs: it trains none (--ema-decays with no values, no flag acting on EMAs).
         expected = re.sub(r"--ema-decays( [0-9.]+)+ --ema-every-steps \d+", "--ema-decays", expected)
-        expected = re.sub(r" --bn-recompute \w+", "", expected)
+        expected = re.sub(r" --(bn-recompute|ema-evaluate) [\w-]+", "", expected)
         assert twin.text() == expected
-        assert "--ema-every-steps" not in twin.text() and "--bn-recompute" not in twin.text()
+        assert all(flag not in twin.text() for flag in ("--ema-every-steps", "--bn-recompute", "--ema-evaluate"))
         argv = original.argv
         if original.command == "train":
             # Saved: each epoch's evaluation of the decays on the validation images, and their BN recompute:
@@ -368,8 +377,10 @@ def test_sgd_columns_get_runs_at_sgds_own_lr_when_the_search_picks_another(tmp_p
             validation = int(reproduce.flag_value(argv, "--limit-validation"))
             train = int(reproduce.flag_value(argv, "--limit-train"))  # of the 80/20 split's training part too
             recompute = epochs if reproduce.flag_value(argv, "--bn-recompute") == "epoch" else 2
+            # A final run evaluates each EMA only at its two selected epochs.
+            evaluated = 2 if reproduce.flag_value(argv, "--ema-evaluate") == "selected" else epochs
             assert original.forward_images - twin.forward_images == (
-                decays * validation * epochs + decays * (train + validation) * recompute)
+                decays * validation * evaluated + decays * (train + validation) * recompute)
             assert twin.train_images == original.train_images
             # Its test evaluation: SGD's last and early-stopped weights, and SWA where it branches.
             assert twin.tested == (2 + ("--swa" in argv), 0 if "--full-train" in argv else validation)

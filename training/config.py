@@ -28,6 +28,8 @@ SCHEDULES = ("cosine", "constant", "multistep", "step", "linear")
 BN_RECOMPUTE_MODES = ("none", "epoch", "end")
 # Which epoch of each EMA a run keeps: the best on validation (paper §4.1) or the last.
 EMA_SELECT_MODES = ("best", "final")
+# Which epochs MultiEMA evaluates the EMAs at: all (the curves), or only the fixed selected ones.
+EMA_EVALUATE_MODES = ("every-epoch", "selected")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 
 # Paper Table 22: CIFAR-10/100 200 epochs, Tiny-ImageNet 150.
@@ -131,6 +133,9 @@ class TrainConfig:
     # "best": select by validation accuracy / loss (or at the stop epochs);
     # "final": keep every EMA's last epoch (Adda et al. read the final epoch).
     ema_select: str = "best"
+    # "every-epoch": every EMA evaluated after every epoch (the curves); "selected": each only at
+    # the epochs fixed in advance (ema_select_epochs), which a final run's tables read.
+    ema_evaluate: str = "every-epoch"
     ema_bn_mode: str = "eman"
     bn_recompute: str = "end"
     swa: bool = False

@@ -29,10 +29,15 @@ LEADING_COLUMNS = (
 ROW_NAMES = {"loss": "train_loss", "accuracy": "train_accuracy"}
 
 
+# Last, whichever epoch first has them: a final run's EMA columns (--ema-evaluate selected) start later.
+TRAILING_COLUMNS = ("epoch_seconds", "train_images_per_second", "evaluation_seconds")
+
+
 def rows_to_csv(rows):
     columns = list(LEADING_COLUMNS)
     for row in rows:
-        columns.extend(key for key in row if key not in columns)
+        columns.extend(key for key in row if key not in columns and key not in TRAILING_COLUMNS)
+    columns.extend(key for key in TRAILING_COLUMNS if any(key in row for row in rows))
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns, restval="", lineterminator="\n")
     writer.writeheader()
@@ -120,8 +125,9 @@ class RunLogger(keras.callbacks.Callback):
         if "val_accuracy" in row:
             parts.append(f"SGD {100 * row['val_accuracy']:.2f}%")
         best = best_ema(row)
-        if best is not None:
-            parts.append(f"EMA {100 * best[1]:.2f}% ({best[0]})")
+        if best is not None:  # not every decay evaluated (--ema-evaluate selected): no best over decays
+            where = "" if "ema_best_val_accuracy" in row else ", at its selected epoch"
+            parts.append(f"EMA {100 * best[1]:.2f}% ({best[0]}{where})")
         if row.get("swa_val_accuracy") is not None:
             parts.append(f"SWA {100 * row['swa_val_accuracy']:.2f}%")
         if "epoch_seconds" in row:

@@ -72,6 +72,7 @@ def build_callbacks(config, data, model, path=None):
             bn_mode=config.ema_bn_mode,
             validation_data=data.validation,
             select_epochs=_select_epochs(config),
+            evaluate_every_epoch=config.ema_evaluate == "every-epoch",
             verbose=1 if sys.stdout.isatty() else 0,  # live evaluation progress
         )
         if config.bn_recompute != "none" and recomputed_layers(model):
