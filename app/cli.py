@@ -207,7 +207,8 @@ def _add_ema_arguments(group):
     group.add_argument("--ema-evaluate", default=None,
                        help="when the EMAs are evaluated: every-epoch (the curves), or selected: each EMA only at "
                        "the epochs fixed in advance (--stop-epochs-from, --ema-select final), skipping the other "
-                       "evaluations; --bn-recompute epoch still evaluates every EMA every epoch (default: every-epoch)")
+                       "evaluations; --bn-recompute epoch and --track-stability still evaluate every EMA every epoch "
+                       "(default: every-epoch)")
     group.add_argument("--ema-bn-mode", "--ema-bn", dest="ema_bn_mode", default=None,
                        help="EMA BatchNorm statistics: eman (EMA of the trained model's) or copy (default: eman)")
     group.add_argument("--bn-recompute", default=None,

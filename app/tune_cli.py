@@ -156,6 +156,8 @@ def parse_config(argv, model_names=config_lib.MODEL_NAMES, environ=None):
             "app.tune scores trials on the validation split: drop --full-train "
             "(best.json's final-run command adds it)"
         )
+    if train.ema_evaluate == "selected":
+        raise UsageError("app.tune scores each trial on its EMAs' validation curve: drop --ema-evaluate selected")
     choice(args.oracle, ORACLES, "--oracle")
     choice(args.objective, OBJECTIVE_NAMES, "--objective")
     if args.objective == "ema" and not train.ema_decays:

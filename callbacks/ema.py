@@ -181,7 +181,8 @@ class MultiEMA(state_protocol.StatefulCallback):
         return {"decays": self.decays, "every_steps": self.every_steps, "warmup": self.warmup,
                 "bn_mode": self.bn_mode, "validation_data": self.validation_data,
                 "validation_batch_size": self.validation_batch_size, "select_epochs": self.select_epochs,
-                "evaluate_every_epoch": self.evaluate_every_epoch, "batch_scale": self.batch_scale, "accuracy_metric": self.accuracy_metric, "verbose": self.verbose}
+                "evaluate_every_epoch": self.evaluate_every_epoch, "batch_scale": self.batch_scale,
+                "accuracy_metric": self.accuracy_metric, "verbose": self.verbose}
 
     # Hooks.
 

@@ -165,13 +165,13 @@ def _best_decay_text(dirs, final):
     score = {d: np.mean([run.summary["ema"][d]["best_val_accuracy"]["val_accuracy"] for run in validation.runs])
              for d in decays}
     winner = max(decays, key=lambda d: (score[d], -float(d)))
-    # The epoch seed 0's validation run selected, which every final run took (the finals keep the largest decay only).
+    # Read on seed 0's validation run, which fixes the final runs' epochs (the finals keep the largest decay only).
     epoch = common.group(dirs["validation"]).runs[0].summary["ema"][winner]["best_val_accuracy"]["epoch"]
     budget = final.config["epochs"]
     return (f"The validation runs rank α={winner} first ({100 * score[winner]:.2f} % mean best validation "
-            f"accuracy); its epoch selected on seed 0's validation run (the final runs' early stopping), "
-            f"{epoch} of {budget}, is {'' if epoch < 0.75 * budget else 'not '}before 75 % of the run "
-            "(paper App. B: always < 3/4).")
+            f"accuracy); its epoch of best validation accuracy on seed 0's validation run (the run that fixes the "
+            f"final runs' epochs), {epoch} of {budget}, is {'' if epoch < 0.75 * budget else 'not '}before 75 % "
+            "of the run (paper App. B: always < 3/4).")
 
 
 def _selected_on(group, method):

@@ -19,6 +19,7 @@ import re
 from data import datasets
 from training.run_dir import (CONFIG_FILE, CONSISTENCY_FILE, EVALUATION_FILE, HISTORY_FILE,  # noqa: F401
                               SUMMARY_FILE, TRANSFER_FILE)
+from training.run_dir import field_defaults
 from training.run_dir import read_history as _read_history
 from callbacks.ema_selection import SUMMARY_KEYS
 from callbacks.warmup import warmup_released_after
@@ -175,7 +176,10 @@ def _check_compatible(group, run):
         return
     first = group.runs[0]
     ours, theirs = _shared(first.config), _shared(run.config)
-    differing = sorted(key for key in set(ours) | set(theirs) if ours.get(key) != theirs.get(key))
+    # A field newer than one of the runs is its default there (seeds of one setup made before and after it).
+    defaults = field_defaults()
+    differing = sorted(key for key in set(ours) | set(theirs)
+                       if ours.get(key, defaults.get(key)) != theirs.get(key, defaults.get(key)))
     if differing:
         raise UsageError(
             f"runs {first.path} and {run.path} are both {group.dataset}/{group.model} but differ in "

@@ -53,11 +53,12 @@ def swa_start_epoch(epochs):
 def ratio_rows(steps_per_epoch, epochs, decays, every_steps, warmup_epochs, swa_start=None):
     """[(quantity, paper, this budget)] as % of the run: each decay's window and release, lr warm-up, SWA start.
 
-    Paired by rank: the smallest decay here against the paper's smallest.
+    Paired by rank from the largest: the largest decay here against the paper's largest, and so on down (a
+    run that keeps the largest decay alone, as app.reproduce's final runs do, pairs it with 0.998).
     """
     steps = steps_per_epoch * epochs
     rows = []
-    for paper_decay, decay in zip(PAPER_DECAYS, sorted(decays)):
+    for paper_decay, decay in list(zip(sorted(PAPER_DECAYS, reverse=True), sorted(decays, reverse=True)))[::-1]:
         rows.append((f"window T/(1-α), α={paper_decay:g} / {decay:g}",
                      _percent(PAPER_EVERY_STEPS / (1 - paper_decay), PAPER_STEPS),
                      _percent(every_steps / (1 - decay), steps)))

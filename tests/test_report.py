@@ -9,6 +9,7 @@ import pytest
 
 from app import report as report_app
 from evaluation import figures, runs
+from utils.errors import UsageError
 
 EPOCHS = 4
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -237,6 +238,19 @@ def test_runs_of_one_setup_with_different_configs_are_refused(tmp_path, capsys):
     with pytest.raises(SystemExit):
         report_app.main([str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "report")])
     assert "differ in lr; report them separately" in capsys.readouterr().err
+
+
+def test_a_config_field_newer_than_one_seed_is_its_default_there(tmp_path):
+    """Seed 0 made before --ema-evaluate existed (no such key), seed 1 after: one setup while it is the default."""
+    _write_run(tmp_path / "a", "cifar10", "resnet18", 0, SEED_NUMBERS[0])
+    _write_run(tmp_path / "b", "cifar10", "resnet18", 1, SEED_NUMBERS[1])
+    config = json.load(open(tmp_path / "b" / "config.json"))
+    json.dump(dict(config, ema_evaluate="every-epoch", devices=1), open(tmp_path / "b" / "config.json", "w"))
+    (group,) = runs.load_groups([str(tmp_path / "a"), str(tmp_path / "b")])
+    assert len(group.runs) == 2
+    json.dump(dict(config, ema_evaluate="selected"), open(tmp_path / "b" / "config.json", "w"))
+    with pytest.raises(UsageError, match="differ in ema_evaluate; report them separately"):
+        runs.load_groups([str(tmp_path / "a"), str(tmp_path / "b")])
 
 
 def test_fig1b_names_the_decays_the_warm_up_held_together():

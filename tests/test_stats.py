@@ -121,6 +121,11 @@ def test_scaled_decays_keep_the_papers_fractions():
         assert abs(ours - paper) < 0.15  # percentage points of the run
     warmup = [r for r in rows if r[0] == "lr warm-up"][0]
     assert warmup[1:] == pytest.approx((2.5, 2.5))
+    # A run that keeps the largest decay alone (app.reproduce's final runs): it pairs with the paper's largest.
+    alone = scaling.ratio_rows(313, 30, decays[-1:], 16, scaling.scaled_warmup_epochs(30))
+    assert [name for name, _, _ in alone if "α=" in name] == [
+        f"window T/(1-α), α={scaling.PAPER_DECAYS[-1]:g} / {decays[-1]:g}",
+        f"decay released (step), α={scaling.PAPER_DECAYS[-1]:g} / {decays[-1]:g}"]
 
 
 def test_too_short_a_run_is_refused():

@@ -490,6 +490,7 @@ def test_a_distributed_search_with_a_chief_and_two_workers(tmp_path):
         (["--full-train"], "drop --full-train"),
         (["--lr", "0.1"], "app.tune does not take --lr; use --lrs"),
         (["--seeds", "1", "2"], "give --seed, not --seeds"),
+        (["--ema-select", "final", "--ema-evaluate", "selected"], "drop --ema-evaluate selected"),
         (["--oracle", "random", "--lrs", "0.1"], "give its ends, two values > 0"),
         (["--oracle", "hyperband"], "unknown --oracle 'hyperband'"),
         (["--objective", "swa"], "unknown --objective 'swa'"),

@@ -144,6 +144,12 @@ def _comparable(config_dict):
     }
 
 
+def field_defaults():
+    """Every config field's default as config.json holds it: what a run saved before the field existed
+    had (runs from before data parallelism ran on one device)."""
+    return dict(_jsonable(TrainConfig().to_dict()), devices=1)
+
+
 def check(path, config, finished_ok=False):
     """Raises ConfigError if `path` cannot hold this run. Writes nothing.
 
@@ -173,9 +179,7 @@ def check(path, config, finished_ok=False):
     theirs = _comparable(saved)
     if config.devices is None:
         ours.pop("devices")  # not resolved yet (app.train checks again once it is)
-    # A field newer than the saved run is its default there; runs from before
-    # data parallelism ran on one device.
-    defaults = dict(_jsonable(TrainConfig().to_dict()), devices=1)
+    defaults = field_defaults()
     differing = sorted(key for key in ours if theirs.get(key, defaults[key]) != _jsonable(ours[key]))
     if differing:
         raise ConfigError(f"`out` {path} holds a different run (differs in: {', '.join(differing)}); "
