@@ -24,6 +24,7 @@ from callbacks import variables
 from callbacks import warmup as warmup_rule
 from callbacks.defaults import BN_MODES, DEFAULT_DECAYS, DEFAULT_EVERY_STEPS
 from callbacks.ema_averages import EMAAverages
+from callbacks import ema_selection
 from callbacks.ema_selection import CRITERIA, SUMMARY_KEYS, EpochSelection, weights_file_name
 
 
@@ -352,15 +353,7 @@ class MultiEMA(state_protocol.StatefulCallback):
                 return {}
         groups = [[self.decays[i] for i in group] for group in groups]
         evaluated = variables.map_swapped_in(self, functools.partial(self._evaluate_group, epoch, groups), groups)
-        results, accuracies = {}, []
-        for decays, (metrics, accuracy) in evaluated:
-            for decay in decays:
-                results.update({f"ema_{decay:g}_val_{name}": value for name, value in metrics.items()})
-            accuracies.append(accuracy)
-        # The maximum over decays, never over the few evaluated at a selected epoch.
-        if None not in accuracies and sum(map(len, groups)) == len(self.decays):
-            results["ema_best_val_accuracy"] = max(accuracies)
-        return results
+        return ema_selection.epoch_logs(evaluated, len(self.decays))
 
     def _evaluate_group(self, epoch, groups, decays):
         """Evaluates the EMA swapped in, which every decay in `decays` holds, and offers it for selection."""
@@ -368,7 +361,7 @@ class MultiEMA(state_protocol.StatefulCallback):
             print(f"\r\033[Kepoch {epoch + 1}: evaluating EMA {', '.join(f'{d:g}' for d in decays)} "
                   f"({groups.index(decays) + 1}/{len(groups)} distinct)", end="", flush=True)
         metrics = self._evaluate()
-        accuracy = self._accuracy(metrics)
+        accuracy = ema_selection.selection_accuracy(metrics, self.accuracy_metric)
         # Copied only if selected; sharded on the devices under ModelParallel (never gathered to one host).
         weights = functools.cache(lambda: variables.kept_copy(self.model.weights))
         for decay in decays:
@@ -377,17 +370,6 @@ class MultiEMA(state_protocol.StatefulCallback):
 
     def _evaluate(self):
         return validation.evaluate(self._synced_model(), self.validation_data, self.validation_batch_size)
-
-    def _accuracy(self, metrics):
-        if self.accuracy_metric is None:
-            return None
-        if self.accuracy_metric not in metrics:
-            raise ValueError(
-                f"MultiEMA selects by the metric accuracy_metric={self.accuracy_metric!r}, but "
-                f"evaluate() returns {sorted(metrics)}: pass the accuracy metric's name, "
-                "or accuracy_metric=None to select by the loss only."
-            )
-        return metrics[self.accuracy_metric]
 
     # Small helpers.
 

@@ -65,6 +65,36 @@ def checked_select_epochs(select_epochs, decays):
     return fixed
 
 
+def selection_accuracy(metrics, accuracy_metric):
+    """The accuracy `MultiEMA` selects by in `evaluate()`'s `metrics`, or None with `accuracy_metric=None`."""
+    if accuracy_metric is None:
+        return None
+    if accuracy_metric not in metrics:
+        raise ValueError(
+            f"MultiEMA selects by the metric accuracy_metric={accuracy_metric!r}, but "
+            f"evaluate() returns {sorted(metrics)}: pass the accuracy metric's name, "
+            "or accuracy_metric=None to select by the loss only."
+        )
+    return metrics[accuracy_metric]
+
+
+def epoch_logs(evaluated, num_decays):
+    """`ema_<decay>_val_<metric>` for every evaluated group, and `ema_best_val_accuracy`.
+
+    `evaluated` pairs each group of decays (holding one average) with its
+    `(metrics, accuracy)`. The best is the maximum over all `num_decays`,
+    never over the few evaluated at a selected epoch.
+    """
+    results, accuracies = {}, []
+    for decays, (metrics, accuracy) in evaluated:
+        for decay in decays:
+            results.update({f"ema_{decay:g}_val_{name}": value for name, value in metrics.items()})
+        accuracies.append(accuracy)
+    if None not in accuracies and sum(len(decays) for decays, _ in evaluated) == num_decays:
+        results["ema_best_val_accuracy"] = max(accuracies)
+    return results
+
+
 class EpochSelection:
     """The selected epochs and weights of `len(decays)` EMAs.
 

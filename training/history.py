@@ -29,7 +29,8 @@ LEADING_COLUMNS = (
 ROW_NAMES = {"loss": "train_loss", "accuracy": "train_accuracy"}
 
 
-# Last, whichever epoch first has them: a final run's EMA columns (--ema-evaluate selected) start later.
+# `EpochTimer.timings()`'s keys, in its order. Last in history.csv, whichever epoch first has them:
+# a final run's EMA columns (--ema-evaluate selected) start later.
 TRAILING_COLUMNS = ("epoch_seconds", "train_images_per_second", "evaluation_seconds")
 
 
@@ -171,11 +172,8 @@ class EpochTimer(keras.callbacks.Callback):
     def timings(self):
         now = time.time()
         train_end = self._train_end or now
-        return {
-            "epoch_seconds": now - self._started,
-            "train_images_per_second": self._batches * self.batch_size / max(train_end - self._started, 1e-9),
-            "evaluation_seconds": now - train_end,
-        }
+        rate = self._batches * self.batch_size / max(train_end - self._started, 1e-9)
+        return dict(zip(TRAILING_COLUMNS, (now - self._started, rate, now - train_end)))
 
     def clear_status(self):
         if self.live:
