@@ -55,6 +55,15 @@ def test_keeps_a_fixed_epoch(tmp_path):
         np.testing.assert_array_equal(saved, expected)
 
 
+def test_creates_a_weights_folder_that_is_gone(tmp_path):
+    # A parked run directory committed to git comes back without its empty weights/ (seen on a resumed run).
+    path = tmp_path / "weights" / "sgd_early.weights.h5"
+    recorder = _Recorder()
+    model = _fit([KeepSGDEpoch(str(path), epoch=2), recorder])
+    for saved, expected in zip(_saved(model, str(path)), recorder.weights[2]):
+        np.testing.assert_array_equal(saved, expected)
+
+
 def test_a_resumed_run_does_not_replace_a_better_earlier_epoch(tmp_path):
     path = tmp_path / "sgd_early.weights.h5"
     _fit([KeepSGDEpoch(str(path), best_so_far=1.1)])  # no epoch can beat an accuracy above 1

@@ -15,6 +15,7 @@ history rows already written, and the file was written at that epoch.
 """
 
 import math
+import os
 
 import keras
 
@@ -47,6 +48,8 @@ class KeepSGDEpoch(keras.callbacks.Callback):
             self.best = value
         elif epoch != self.epoch:
             return
+        # The folder may be gone on a resumed run: git and some copies drop an empty one.
+        os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
         atomic_write(self.path, self.model.save_weights)
 
 

@@ -203,6 +203,7 @@ def finish(config, data, model, averaging, rows, path, report=_silent):
     """Saves every model and builds summary.json."""
     weights_dir = os.path.join(path, run_directory.WEIGHTS_DIR)
     report("saving_weights", directory=weights_dir)
+    os.makedirs(weights_dir, exist_ok=True)  # a resumed run's empty weights/ may be gone (git drops empty folders)
     model.save_weights(run_directory.weights_path(path, run_directory.FINAL_WEIGHTS))
     summary = {
         "evaluation_split": data.evaluation_split,
