@@ -133,15 +133,21 @@ def plot_ema_vs_sgd(group, path, ema_column, ema_label, smoothing_window=1, sgd_
     sgd_label = "SGD" if sgd_group is None else f"SGD (lr {sgd_group.config['lr']:g})"
     lines = axes.plot(epochs, 100 * smooth(sgd, smoothing_window), color="tab:blue", label=sgd_label)
     _band(axes, sgd_runs, "val_accuracy", "tab:blue", smoothing_window)
+    # Two runs, two learning rates: each curve says its own.
+    curve_label = ema_label if sgd_group is None else f"{ema_label} (lr {group.config['lr']:g})"
     if has_column(group.runs, ema_column):
         _, ema = mean_curve(group.runs, ema_column)
-        lines += axes.plot(epochs, 100 * smooth(ema, smoothing_window), color="tab:red", label=ema_label)
+        lines += axes.plot(epochs, 100 * smooth(ema, smoothing_window), color="tab:red", label=curve_label)
         _band(axes, group.runs, ema_column, "tab:red", smoothing_window)
     _label_epochs(axes, group)
     if has_column(group.runs, "lr"):
         lr_axes = axes.twinx()
-        _, lr = mean_curve(group.runs, "lr")
-        lines += lr_axes.plot(epochs, lr, color="gray", linestyle=":", label="learning rate η")
+        schedules = [(group, "gray", "learning rate η")]
+        if sgd_group is not None and has_column(sgd_group.runs, "lr"):
+            schedules = [(group, "tab:red", "η of the EMA's run"), (sgd_group, "tab:blue", "η of SGD's run")]
+        for runs_group, color, label in schedules:
+            lr_epochs, lr = mean_curve(runs_group.runs, "lr")
+            lines += lr_axes.plot(lr_epochs, lr, color=color, linestyle=":", alpha=0.7, label=label)
         lr_axes.set_ylabel("learning rate η")
         lr_axes.set_ylim(bottom=0)
     # Below the axes and a figure title: neither covers a curve nor is clipped (issue 27).
