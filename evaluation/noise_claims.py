@@ -65,13 +65,16 @@ def fig2(dirs, out):
                 f"{100 * ema[peak]:.2f} % (epoch {peak + 1}, lr {lr[peak]:.3g}; an epoch read off the test curve, "
                 f"so described, not tested); SGD's last epoch {100 * sgd[-1]:.2f} %, its training accuracy on the "
                 f"noisy labels then {100 * train[-1]:.2f} % (with augmentation).")
-    return common.result(rows, table, headline, group, [path], common.release_text(group.config))
+    twin = common.has_twin(dirs, "noisy_final")  # SGD's curve read from its own runs: their provenance too
+    return common.result(rows, table, headline, group, [path], common.release_text(group.config),
+                         extra_runs=sgd_group.runs if twin else ())
 
 
 def table2(dirs, out):
     group = common.runs_of(dirs, "noisy_final")
     ema = common.test_values(group, "ema_acc")
-    sgd = common.test_values(common.paired_sgd(dirs, group, "noisy_final"), "baseline")  # at SGD's own lr, where made
+    sgd_group = common.paired_sgd(dirs, group, "noisy_final")
+    sgd = common.test_values(sgd_group, "baseline")  # at SGD's own lr, where made
     interval = stats.paired_interval(ema, sgd)
     rows = [{"method": "EMA (acc.) — ours", "accuracy_mean": common.mean_std(ema)[0], "accuracy_std": common.mean_std(ema)[1]},
             {"method": "CE (standard) — ours, SGD final", "accuracy_mean": common.mean_std(sgd)[0],
@@ -85,7 +88,8 @@ def table2(dirs, out):
     headline = (f"Table 2 ({group.dataset}, {len(ema)} seeds, {group.model}, {common.test_examples(group):,} test images): "
                 f"EMA (acc., epoch chosen on the noisy validation split, BN recomputed) {100 * np.mean(ema):.2f} % vs "
                 f"standard CE (SGD final) {100 * np.mean(sgd):.2f} % ({interval.text()}).")
-    return common.result(rows, table, headline, group)
+    twin = common.has_twin(dirs, "noisy_final")
+    return common.result(rows, table, headline, group, extra_runs=sgd_group.runs if twin else ())
 
 
 # Adda et al. Table 1.

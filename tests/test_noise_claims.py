@@ -672,3 +672,15 @@ def test_a_run_upstream_of_the_runs_read_can_make_a_claim_exploratory(tmp_path):
     assert result["exploratory"] == f"{os.path.join(dirs['tuning_noisy'], 'trial_1')} records no clean commit"
     os.remove(os.path.join(dirs["tuning_noisy"], "trial_1", "config.json"))
     assert plan_claims.assess("table2", dirs)["exploratory"] is None  # the final runs and the validation run decide
+
+
+def test_fig2_and_table2_list_the_sgd_twins_runs_they_read(tmp_path):
+    """With SGD at its own tuned lr (noisy/final-sgd), the pages' provenance names those runs too."""
+    dirs = _noisy_final(str(tmp_path), [0.6] * 3, [0.55] * 3, ema_test=[0.6] * 3, baseline_test=[0.55] * 3)
+    twin = os.path.join(str(tmp_path), "final-sgd")
+    shutil.copytree(dirs["noisy_final"], twin)
+    dirs["noisy_final_sgd"] = twin
+    for builder in (noise_claims.fig2, noise_claims.table2):
+        paths = [run.path for run in builder(dirs, str(tmp_path))["runs"]]
+        assert sorted(paths) == sorted([os.path.join(dirs["noisy_final"], f"seed-{s}") for s in SEEDS]
+                                       + [os.path.join(twin, f"seed-{s}") for s in SEEDS]), builder.__name__
