@@ -168,8 +168,18 @@ def _early_stopped_sgd(group, sgd, method, label, metric="accuracy", **options):
     """The plan's comparator wherever an early-stopped EMA is compared: EMA − SGD early-stopped on validation."""
     if not _has_method(sgd, "sgd_early"):
         return []
-    return [Statistic(f"{label} − SGD early-stopped on validation", _test(group, method, metric),
-                      _test(sgd, "sgd_early", metric), **options)]
+    statistic = Statistic(f"{label} − SGD early-stopped on validation", _test(group, method, metric),
+                          _test(sgd, "sgd_early", metric), **options)
+    if all(_early_stopped_at_last_epoch(run) for run in sgd.runs):
+        statistic.note = ("SGD's epoch chosen on validation is its last in every run read, so SGD early-stopped "
+                          "is SGD's final model here: this row repeats the final-SGD comparison.")
+    return [statistic]
+
+
+def _early_stopped_at_last_epoch(run):
+    sgd = (run.summary or {}).get("sgd") or {}
+    early, final = sgd.get("early_stopped") or {}, sgd.get("final") or {}
+    return early.get("epoch") is not None and early.get("epoch") == final.get("epoch")
 
 
 def _distinct(*groups):

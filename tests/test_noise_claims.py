@@ -684,3 +684,24 @@ def test_fig2_and_table2_list_the_sgd_twins_runs_they_read(tmp_path):
         paths = [run.path for run in builder(dirs, str(tmp_path))["runs"]]
         assert sorted(paths) == sorted([os.path.join(dirs["noisy_final"], f"seed-{s}") for s in SEEDS]
                                        + [os.path.join(twin, f"seed-{s}") for s in SEEDS]), builder.__name__
+
+
+@pytest.mark.parametrize("early_epoch, noted", [(8, True), (5, False)])
+def test_an_early_stopped_sgd_at_its_last_epoch_is_said_to_repeat_the_final_one(tmp_path, early_epoch, noted):
+    dirs = _noisy_final(str(tmp_path), [0.6] * 3, [0.55] * 3, ema_test=[0.6] * 3, baseline_test=[0.55] * 3)
+    for seed in SEEDS:
+        run = os.path.join(dirs["noisy_final"], f"seed-{seed}")
+        path = os.path.join(run, "summary.json")
+        with open(path, encoding="utf-8") as handle:
+            summary = json.load(handle)
+        summary["sgd"]["early_stopped"] = {**summary["sgd"]["final"], "epoch": early_epoch}
+        _write_json(path, summary)
+        path = os.path.join(run, "evaluation.json")
+        with open(path, encoding="utf-8") as handle:
+            evaluation = json.load(handle)
+        evaluation["models"]["sgd_early"] = _model("weights/sgd_early.weights.h5", 0.55)
+        _write_json(path, evaluation)
+    assert {int(json.load(open(os.path.join(dirs["noisy_final"], f"seed-{s}", "summary.json")))["sgd"]["final"]["epoch"])
+            for s in SEEDS} == {8}
+    secondary = [s for s in plan_claims.table2(dirs)[0] if not s.primary]
+    assert ("repeats the final-SGD comparison" in secondary[0].note) is noted
