@@ -122,9 +122,14 @@ def per_seed_table(group, columns, digits=2, scale=100):
 
 
 def result(rows, table, headline, group, figures_drawn=(), mechanism="", extra_runs=()):
-    """A builder's output: numbers, never a verdict (a page's verdict is evaluation/plan_claims.py's)."""
+    """A builder's output: numbers, never a verdict (a page's verdict is evaluation/plan_claims.py's).
+
+    `extra_runs`: other runs the page read (an SGD twin's); one that is already in `group` is listed once.
+    """
+    read = list(group.runs)
+    read += [run for run in extra_runs if all(run.path != other.path for other in read)]
     return dict(rows=rows, table=table, figures=list(figures_drawn), headline=headline, mechanism=mechanism,
-                runs=list(group.runs) + list(extra_runs), config=group.config)
+                runs=read, config=group.config)
 
 
 def release_text(config):

@@ -65,9 +65,8 @@ def fig2(dirs, out):
                 f"{100 * ema[peak]:.2f} % (epoch {peak + 1}, lr {lr[peak]:.3g}; an epoch read off the test curve, "
                 f"so described, not tested); SGD's last epoch {100 * sgd[-1]:.2f} %, its training accuracy on the "
                 f"noisy labels then {100 * train[-1]:.2f} % (with augmentation).")
-    twin = common.has_twin(dirs, "noisy_final")  # SGD's curve read from its own runs: their provenance too
     return common.result(rows, table, headline, group, [path], common.release_text(group.config),
-                         extra_runs=sgd_group.runs if twin else ())
+                         extra_runs=sgd_group.runs)  # SGD's own runs where it has a twin: their provenance too
 
 
 def table2(dirs, out):
@@ -88,8 +87,7 @@ def table2(dirs, out):
     headline = (f"Table 2 ({group.dataset}, {len(ema)} seeds, {group.model}, {common.test_examples(group):,} test images): "
                 f"EMA (acc., epoch chosen on the noisy validation split, BN recomputed) {100 * np.mean(ema):.2f} % vs "
                 f"standard CE (SGD final) {100 * np.mean(sgd):.2f} % ({interval.text()}).")
-    twin = common.has_twin(dirs, "noisy_final")
-    return common.result(rows, table, headline, group, extra_runs=sgd_group.runs if twin else ())
+    return common.result(rows, table, headline, group, extra_runs=sgd_group.runs)
 
 
 # Adda et al. Table 1.
