@@ -282,12 +282,14 @@ def _progress(step):
 
 
 def _run_claim(claim, steps, dirs, setups, out, args, started):
+    ran = 0
     for step in steps:
         if step.done():
             print(f"[{claim}] done already: {step.text()}", flush=True)
             continue
         print(f"[{claim}] running: {step.text()}", flush=True)
         _run_step(step)
+        ran += 1
     claim_dir = os.path.join(out, claim)
     os.makedirs(claim_dir, exist_ok=True)
     commands = [step.text() for step in steps]
@@ -297,7 +299,7 @@ def _run_claim(claim, steps, dirs, setups, out, args, started):
     )
     result = claim_pages.write_claim(
         claim, CLAIMS[claim], claim_dir, dirs, commands=commands, command=reproduce_command,
-        wall_seconds=time.time() - started, run_seconds=_train_seconds(steps),
+        wall_seconds=time.time() - started, run_seconds=_train_seconds(steps), steps_run=ran,
         images=sum(step.train_images for step in steps), forward=sum(step.forward_images for step in steps),
     )
     print(f"[{claim}] wrote {', '.join(result['files'])}", flush=True)

@@ -19,7 +19,8 @@ BUILDERS = {"fig1a": claim_tables.fig1a, "fig1b": claim_tables.fig1b, "table1": 
             "fig2": noise_claims.fig2, "table2": noise_claims.table2, "adda-constant-lr": noise_claims.adda}
 
 
-def write_claim(claim, text, out, dirs, commands, command, wall_seconds, images, forward, run_seconds=0.0):
+def write_claim(claim, text, out, dirs, commands, command, wall_seconds, images, forward, run_seconds=0.0,
+                steps_run=None):
     """Builds one claim's outputs into `out`: <claim>.md, <claim>.csv, PNGs; returns their summary.
 
     `text` states the claim with the paper's numbers (evaluation/claim_list.py's `CLAIMS`).
@@ -37,11 +38,14 @@ def write_claim(claim, text, out, dirs, commands, command, wall_seconds, images,
         parts.append(f"![{claim}]({os.path.basename(path)})\n\n")
     parts.append(_scaling_text(result) + "\n\n")
     parts.append(_provenance_text(result["runs"], commands) + "\n\n")
+    searches = [name for name, flag in (("lr", " -m app.tune "), ("SWA-lr", " -m app.tune_swa "))
+                if any(flag in f" {text} " for text in commands)]
+    searched = " and ".join(searches) + (" searches" if len(searches) > 1 else " search")
     parts.append(f"Command: `{command}`. Its training runs took {run_seconds / 60:.0f} min here (2 CPU cores; "
-                 f"sum of their summary.json wall times) and process about {images:,} training and "
-                 f"{forward:,} forward images (evaluation, BN recompute); the steps of it that the last "
-                 f"`app.reproduce` to write this page had left took {wall_seconds:.0f} s there (finished steps are "
-                 f"not rerun). Steps:\n\n")
+                 f"sum of their summary.json wall times{f'; the {searched} not counted: no trial records its time' if searches else ''}). "
+                 f"All its steps{f', the {searched} included,' if searches else ''} process about {images:,} training "
+                 f"and {forward:,} forward images (evaluation, BN recompute). "
+                 f"{_last_call_text(steps_run, commands, wall_seconds)} Steps:\n\n")
     parts += [f"    {text}\n" for text in commands]
     markdown = os.path.join(out, f"{claim}.md")
     with open(markdown, "w", encoding="utf-8") as handle:
@@ -66,6 +70,17 @@ def _regime_summary(planned):
     final = [row["final_train_accuracy"] for row in measured]
     return {"runs": len(rows), "measured": len(measured), "reached": sum(row["reached"] for row in measured),
             "final_train_accuracy": [min(final), max(final)] if final else None}
+
+
+def _last_call_text(steps_run, commands, wall_seconds):
+    """What the `app.reproduce` that wrote the page did: finished steps are kept, so a rerun may only render."""
+    if steps_run is None:
+        return ""
+    if not steps_run:
+        return (f"The last `app.reproduce` to write this page found all {len(commands)} steps done and only "
+                f"rendered it.")
+    return (f"The last `app.reproduce` to write this page ran {steps_run} of its {len(commands)} steps "
+            f"(the others were done already) in {wall_seconds:.0f} s.")
 
 
 def _scaling_text(result):

@@ -92,6 +92,14 @@ def _split_label(group):
     return "test" if split == "test" else "validation"
 
 
+def _accuracy_axis_label(group):
+    """The y-axis of a per-epoch curve; a test curve on part of the test set says which part (Fig. 2)."""
+    limit = group.config.get("limit_validation")
+    if _split_label(group) == "test" and limit:
+        return f"test accuracy (%), first {limit:,} images"
+    return f"{_split_label(group)} accuracy (%)"
+
+
 def _seeds_text(group):
     count = len(group.runs)
     return f"mean of {count} seeds, shaded: their range" if count > 1 else "1 seed"
@@ -113,7 +121,7 @@ def _label_epochs(axes, group):
 
     axes.set_xlabel("epoch")
     axes.xaxis.set_major_locator(MaxNLocator(integer=True))
-    axes.set_ylabel(f"{_split_label(group)} accuracy (%)")
+    axes.set_ylabel(_accuracy_axis_label(group))
     axes.grid(alpha=0.3)
 
 

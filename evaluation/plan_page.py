@@ -36,7 +36,21 @@ def _scope(claim, result):
     untested = " Not tested: \"competitive with specialized methods\" (none is run here)." if claim == "table2" else ""
     return (f"**Scope**: the verdict is the primary statistic's, on {config['dataset']} / {config['model']}, "
             f"{images:,} training images × {config['epochs']} epochs, {_seeds_read(result)} seeds; it does not "
-            f"test the paper's other datasets, architectures or budgets.{untested}")
+            f"test the paper's other datasets, architectures or budgets.{untested}{_regime_scope(result)}")
+
+
+def _regime_scope(result):
+    """The plan: where no run reached the regime, the page says "regime not reached" beside the verdict."""
+    rows = [row for _, _, row in result["regime"] if row is not None]
+    reached = sum(row["reached"] for row in rows)
+    if not rows or reached == len(rows):
+        return ""
+    final = [100 * row["final_train_accuracy"] for row in rows]
+    if reached:
+        return f" Regime reached in {reached} of {len(rows)} runs read (Regime, below)."
+    return (f" **Regime not reached** in any of the {len(rows)} runs read (SGD's final training accuracy "
+            f"{min(final):.1f}-{max(final):.1f} %; the regime asks ≥ 97 % with validation accuracy saturated; Regime, "
+            f"below): the verdict is about training that stops short of the state the paper's mechanism rests on.")
 
 
 def _tuned_lrs(claim, dirs):

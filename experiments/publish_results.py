@@ -27,8 +27,10 @@ None of these runs reaches the regime the paper's mechanism needs (SGD ends at
 with the seeds each would need: [results/exploratory-reanalysis.md](results/exploratory-reanalysis.md).
 Known defects of the pages below, left as they were: table1's SWA column is the
 branch at 1.23 budgets (the budget-matched SWA is on the swa page); fig2's
-verdict tests EMA's peak vs SGD's final, not "dominates"; table2 tests EMA vs
-standard training, not "competitive with specialized methods".
+verdict tests EMA's peak vs SGD's final, not "dominates", and its claim line
+misreads the paper's 55.0 % as SGD's final accuracy (§4.3: it is the EMA's own
+plateau at the end of training); table2 tests EMA vs standard training, not
+"competitive with specialized methods".
 
 Each claim below is one command, `python -m app.reproduce CLAIM --budget small
 --data-dir ../shared/data/tfds`, run on this repository's CPU machine (2 shared

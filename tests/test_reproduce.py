@@ -70,6 +70,9 @@ def test_fig1a_table_is_the_validation_runs_history(tiny):
         assert per_decay[row["best_decay"]] == pytest.approx(max(per_decay.values()))
     assert os.path.getsize(os.path.join(base, "fig1a", "fig1a.png")) > 10_000
     assert results["fig1a"]["verdict"] in stats.PLAN_VERDICTS
+    with open(os.path.join(base, "fig1a", "fig1a.md"), encoding="utf-8") as handle:
+        ran = re.search(r"The last `app.reproduce` to write this page ran (\d+) of its (\d+) steps", handle.read())
+    assert ran and ran.group(1) == ran.group(2)  # the first claim of a fresh --out runs every step
 
 
 @needs_cifar10
@@ -212,6 +215,8 @@ def test_rerun_skips_finished_steps(tiny, capsys):
     # final run and its test.
     assert out.count("done already") == 7 and "running:" not in out
     assert os.path.getmtime(os.path.join(base, "protocol", "final", "seed-0", "summary.json")) == before
+    with open(os.path.join(base, "table1", "table1.md"), encoding="utf-8") as handle:
+        assert "The last `app.reproduce` to write this page found all 7 steps done and only rendered it" in handle.read()
     # The final runs' SWA lr is the one app.tune_swa chose on the validation run, over the tiny grid.
     with open(os.path.join(base, "protocol", "validation", "swa-tuning", "best_swa_lr.json"), encoding="utf-8") as f:
         tuned = json.load(f)
