@@ -13,6 +13,7 @@ import json
 import os
 
 from evaluation import claim_tables, noise_claims, plan_page, report, runs, scaling
+from training import run_dir as run_directory
 
 BUILDERS = {"fig1a": claim_tables.fig1a, "fig1b": claim_tables.fig1b, "table1": claim_tables.table1,
             "table3": claim_tables.table3, "table5": claim_tables.table5, "swa": claim_tables.swa,
@@ -102,7 +103,8 @@ def _scaling_text(result):
 
 def _provenance_text(used, commands):
     """Which code and command produced each run the page reads (config.json's provenance, command.txt)."""
-    lines = ["| run | seed | commit | tree | command.txt is a step below |", "|---|---|---|---|---|"]
+    lines = ["| run | seed | commit | tree | resumed (attempts.jsonl) | command.txt matches a step below |",
+             "|---|---|---|---|---|---|"]
     planned = {" ".join(command.split()) for command in commands}
     for run in used:
         provenance = run.config.get("provenance") or {}
@@ -116,8 +118,20 @@ def _provenance_text(used, commands):
             recorded = None
         matches = "—" if recorded is None else ("yes" if _matches(recorded, planned) else f"no: `{recorded}`")
         lines.append(f"| {run.path} | {run.config.get('seed', '?')} | {commit[:10] if commit else 'not recorded'} "
-                     f"| {tree} | {matches} |")
-    return "**Provenance** (each run's config.json and command.txt):\n\n" + "\n".join(lines)
+                     f"| {tree} | {_resumes_text(run.path)} | {matches} |")
+    return "**Provenance** (each run's config.json, attempts.jsonl and command.txt):\n\n" + "\n".join(lines)
+
+
+def _resumes_text(path):
+    """Where a run was resumed, under which commit, from its attempts.jsonl."""
+    attempts = run_directory.read_attempts(path)
+    if attempts is None:
+        return "not recorded (run predates attempts.jsonl)"
+    resumes = [a for a in attempts if a.get("resumed_at")]
+    listed = ", ".join(f"epoch {a['resumed_at']['epoch']} at {(a.get('git_commit') or 'no commit')[:10]}"
+                       f"{'' if a.get('git_dirty') is False else ' (tree not clean)'}" for a in resumes)
+    earlier = "; earlier resumes not recorded" if any(a.get("note") for a in attempts) else ""
+    return (listed or "no") + earlier
 
 
 def _matches(recorded, planned):

@@ -66,8 +66,21 @@ def exploratory_reason(groups, commit=None, upstream=()):
         made = provenance.get("git_commit")
         if made is None or provenance.get("git_dirty") is not False:
             return f"{path} records no clean commit"
-        ancestor = subprocess.run(["git", "merge-base", "--is-ancestor", commit, made], cwd=ROOT,
-                                  capture_output=True, timeout=10)
-        if ancestor.returncode != 0:
+        if not _descends(commit, made):
             return f"{path} was made from {made[:10]}, before the plan's commit {commit[:10]}"
+        # A resumed run ran under each attempt's code (training/run_dir.py, attempts.jsonl; none for a run made
+        # before that file existed, or a tuning trial): every attempt's code is held to the same rule.
+        for attempt in (run_directory.read_attempts(path) if os.path.isdir(path) else None) or ():
+            resumed = attempt.get("resumed_at")
+            where = f"resumed at epoch {resumed['epoch']}" if resumed else "its first attempt"
+            if attempt.get("git_commit") is None or attempt.get("git_dirty") is not False:
+                return f"{path} ({where}) records no clean commit"
+            if not _descends(commit, attempt["git_commit"]):
+                return f"{path} ({where}) ran {attempt['git_commit'][:10]}, before the plan's commit {commit[:10]}"
     return None
+
+
+def _descends(ancestor, commit):
+    """Whether `commit` is `ancestor` or a later commit on its history."""
+    return subprocess.run(["git", "merge-base", "--is-ancestor", ancestor, commit], cwd=ROOT, capture_output=True,
+                          timeout=10).returncode == 0

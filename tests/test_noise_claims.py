@@ -26,6 +26,7 @@ import numpy as np
 import pytest
 
 from evaluation import claim_list, claims, noise_claims, plan_claims, plan_page, plan_provenance
+from training import run_dir as run_directory
 
 SEEDS = (0, 1, 2)
 DECAYS = (0.9, 0.99)  # the largest (0.99) is the one Fig. 2 reports
@@ -672,6 +673,17 @@ def test_a_run_upstream_of_the_runs_read_can_make_a_claim_exploratory(tmp_path):
     assert result["exploratory"] == f"{os.path.join(dirs['tuning_noisy'], 'trial_1')} records no clean commit"
     os.remove(os.path.join(dirs["tuning_noisy"], "trial_1", "config.json"))
     assert plan_claims.assess("table2", dirs)["exploratory"] is None  # the final runs and the validation run decide
+    # A run resumed under older or uncommitted code (attempts.jsonl) cannot decide either.
+    first = subprocess.run(["git", "rev-list", "--max-parents=0", "HEAD"], cwd=plan_provenance.ROOT,
+                           capture_output=True, text=True, check=True).stdout.split()[0]
+    run = os.path.join(dirs["noisy_final"], "seed-1")
+    for resumed_under, reason in (({"git_commit": first, "git_dirty": False}, f"ran {first[:10]}, before the plan's"),
+                                  ({"git_commit": head, "git_dirty": True}, "records no clean commit"),
+                                  ({"git_commit": head, "git_dirty": False}, None)):
+        run_directory.record_attempt(run, {"git_commit": head, "git_dirty": False})
+        run_directory.record_attempt(run, resumed_under, resumed_at={"epoch": 5, "step": 1})
+        exploratory = plan_claims.assess("table2", dirs)["exploratory"]
+        assert (exploratory is None) if reason is None else (f"{run} (resumed at epoch 5) {reason}" in exploratory)
 
 
 def test_fig2_and_table2_list_the_sgd_twins_runs_they_read(tmp_path):

@@ -167,6 +167,10 @@ def test_kill_and_resume_equals_the_uninterrupted_run(uninterrupted, killed_mid_
     assert "resuming" in resumed.stdout
     if kill == MID_EPOCH:
         assert "at epoch 2, step 3" in resumed.stdout  # the step-6 checkpoint
+        attempts = [json.loads(line) for line in (out / "attempts.jsonl").read_text().splitlines()]
+        assert [a["resumed_at"] for a in attempts] == [None, {"epoch": 2, "step": 3}]
+        commit = json.loads((out / "config.json").read_text())["provenance"]["git_commit"]
+        assert [a["git_commit"] for a in attempts] == [commit, commit]
     assert_same_run(out, uninterrupted)
     if kill == MID_EPOCH:
         # summary.json's wall time is the whole run's: the killed attempt's recorded 1000 s plus this one's.

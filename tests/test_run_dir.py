@@ -43,6 +43,25 @@ def test_create_writes_config_and_command(tmp_path):
     assert open(os.path.join(path, "command.txt")).read() == f"python -m app.train --lr 0.05 --out {path}\n"
 
 
+def test_attempts_list_each_start_and_the_commit_it_ran(tmp_path):
+    """attempts.jsonl: a fresh start begins it, each resume appends; a run made before the file existed
+    gets its first attempt from config.json at its first resume, marked as such."""
+    path = str(tmp_path / "run")
+    first, later = {"git_commit": "a" * 40, "git_dirty": False}, {"git_commit": "b" * 40, "git_dirty": True}
+    run_dir.create(path, TrainConfig(lr=0.05), ["--lr", "0.05"], extra={"provenance": first})
+    assert run_dir.read_attempts(path) is None  # as a run made before the file existed
+    run_dir.record_attempt(path, later, resumed_at={"epoch": 4, "step": 2})
+    attempts = run_dir.read_attempts(path)
+    assert [(a["git_commit"], a["git_dirty"], a["resumed_at"]) for a in attempts] == [
+        ("a" * 40, False, None), ("b" * 40, True, {"epoch": 4, "step": 2})]
+    assert attempts[0]["started"] is None and "not listed" in attempts[0]["note"] and attempts[1]["started"]
+    run_dir.record_attempt(path, first, resumed_at={"epoch": 9, "step": 1})
+    assert [a["resumed_at"] for a in run_dir.read_attempts(path)] == [None, {"epoch": 4, "step": 2},
+                                                                       {"epoch": 9, "step": 1}]
+    run_dir.record_attempt(path, later)  # a fresh start (no checkpoint) replaces the list
+    assert [(a["git_commit"], a["resumed_at"]) for a in run_dir.read_attempts(path)] == [("b" * 40, None)]
+
+
 def test_a_different_run_is_refused_and_left_untouched(tmp_path):
     path = str(tmp_path / "run")
     run_dir.create(path, TrainConfig(lr=0.05), ["--lr", "0.05"])

@@ -33,8 +33,8 @@ def run(tmp_path_factory):
 def test_run_directory_holds_everything(run):
     out, argv, _ = run
     assert sorted(os.listdir(out)) == [
-        "best.keras", "checkpoint", "command.txt", "config.json", "history.csv", "run.lock", "summary.json", "swa",
-        "tensorboard", "weights",
+        "attempts.jsonl", "best.keras", "checkpoint", "command.txt", "config.json", "history.csv", "run.lock",
+        "summary.json", "swa", "tensorboard", "weights",
     ]
     config = json.load(open(os.path.join(out, "config.json")))
     assert config["lr"] == 0.1 and config["ema_decays"] == [0.9, 0.99]
@@ -50,6 +50,8 @@ def test_run_directory_holds_everything(run):
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True)
     assert provenance["git_commit"] == (head.stdout.strip() if head.returncode == 0 else None)
     # git_dirty: tests/test_provenance.py checks it on repositories in known states.
+    (attempt,) = [json.loads(line) for line in open(os.path.join(out, "attempts.jsonl"))]
+    assert attempt["resumed_at"] is None and attempt["git_commit"] == provenance["git_commit"]
     assert open(os.path.join(out, "command.txt")).read().split()[3:] == argv
     assert sorted(os.listdir(os.path.join(out, "weights"))) == sorted(
         ["final.weights.h5", "swa.weights.h5", "sgd_early.weights.h5"]

@@ -35,6 +35,8 @@ CONSISTENCY_FILE = "consistency.json"  # per multi-seed directory, by app.consis
 SWA_TUNING_DIR = "swa-tuning"  # by app.tune_swa: one SWA branch per learning rate (training/swa_tuning.py)
 SWA_TUNING_FILE = "best_swa_lr.json"  # its choice, in SWA_TUNING_DIR, read by app.train --swa-lr-from
 TEST_LOGITS_FILE = "test_logits.npz"  # per run, by app.evaluate: the Table 3 models' test logits
+# One JSON line per start of app.train on the run: when, from which commit, where it resumed (`record_attempt`).
+ATTEMPTS_FILE = "attempts.jsonl"
 # Held (flock) by the process writing the run; the OS releases it when that process ends, however it ends.
 LOCK_FILE = "run.lock"
 # A run of several JAX processes: process k > 0 writes its own copy of the run in <run>/process-<k>/.
@@ -291,6 +293,37 @@ def create(path, config, argv, extra=None):
     )
     command = "python -m app.train " + shlex.join(argv)
     atomic_write_text(os.path.join(path, COMMAND_FILE), command + "\n")
+
+
+def record_attempt(path, provenance, resumed_at=None):
+    """Adds this start of the run to attempts.jsonl: a fresh start begins the file, a resume (`resumed_at`:
+    {"epoch", "step"}) appends to it, so a run resumed under other code says so. A run made before the file
+    existed gets, at its first resume, a line for its first attempt from config.json, marked as such."""
+    file = os.path.join(path, ATTEMPTS_FILE)
+    lines = []
+    if resumed_at is not None and not os.path.exists(file):
+        try:
+            with open(os.path.join(path, CONFIG_FILE), encoding="utf-8") as handle:
+                first = json.load(handle).get("provenance") or {}
+        except (OSError, ValueError):
+            first = {}
+        lines.append({"started": None, "git_commit": first.get("git_commit"), "git_dirty": first.get("git_dirty"),
+                      "resumed_at": None, "note": "the first attempt, from config.json; resumes before this file "
+                                                  "existed are not listed"})
+    lines.append({"started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                  "git_commit": provenance.get("git_commit"), "git_dirty": provenance.get("git_dirty"),
+                  "resumed_at": resumed_at})
+    with open(file, "w" if resumed_at is None else "a", encoding="utf-8") as handle:
+        handle.writelines(json.dumps(line, sort_keys=True) + "\n" for line in lines)
+
+
+def read_attempts(path):
+    """The run's attempts.jsonl as a list of dicts; None for a run that has none (made before it existed)."""
+    try:
+        with open(os.path.join(path, ATTEMPTS_FILE), encoding="utf-8") as handle:
+            return [json.loads(line) for line in handle if line.strip()]
+    except FileNotFoundError:
+        return None
 
 
 def read_summary(path):

@@ -111,9 +111,10 @@ def _train(config, data, path, argv, report, clock):
     checkpoint_dir = os.path.join(path, checkpoint.DIRECTORY)
     stopping.start(stopping.checkpoint_files(checkpoint_dir), data.steps_per_epoch)
     resumed = checkpoint.load(checkpoint_dir)  # UsageError if unreadable
+    code = provenance.collect()
     if resumed is None:
-        run_directory.create(path, config, argv, extra={
-            "evaluation_split": data.evaluation_split, "provenance": provenance.collect()})
+        run_directory.create(path, config, argv, extra={"evaluation_split": data.evaluation_split, "provenance": code})
+        run_directory.record_attempt(path, code)
         # Snapshots of an attempt killed before its first checkpoint: this start replaces them.
         shutil.rmtree(os.path.join(path, run_directory.POWER_EMA_DIR), ignore_errors=True)
     schedule = recipe.build_schedule(config, data.steps_per_epoch)
@@ -143,6 +144,7 @@ def _train(config, data, path, argv, report, clock):
         epoch, step = checkpoint.resume_position(meta, data.steps_per_epoch)
         start_epoch, skip_batches = epoch - 1, step - 1  # both counted from 0: epochs done, batches to skip
         checkpoint.report_fallback(resumed, data.steps_per_epoch, report)
+        run_directory.record_attempt(path, code, resumed_at={"epoch": epoch, "step": step})
         report("resumed", path=path, epoch=epoch, step=step)
     report("started", config=config, data=data, model=model, path=path)
     try:
