@@ -168,7 +168,7 @@ def power_text(interval, needed, seconds_per_seed=None, pairs=False, rerun=None)
     if needed is None:
         seeds = "no number of seeds up to 1,000 decides it (mean on the margin)"
     elif seeds_needed <= have:
-        seeds = f"{what} decide it (these {have} do)"
+        seeds = f"{what} are enough to decide it at the observed spread ({have} were run)"
     else:
         seeds = f"{what} needed to decide it at this spread"
         if seeds_needed > MAX_SEEDS:
