@@ -42,8 +42,9 @@ def write_claim(claim, text, out, dirs, commands, command, wall_seconds, images,
     searches = [name for name, flag in (("lr", " -m app.tune "), ("SWA-lr", " -m app.tune_swa "))
                 if any(flag in f" {text} " for text in commands)]
     searched = " and ".join(searches) + (" searches" if len(searches) > 1 else " search")
+    left_out = f"; the {searched} not counted: no trial records its time" if searches else ""
     parts.append(f"Command: `{command}`. Its training runs took {run_seconds / 60:.0f} min here (2 CPU cores; "
-                 f"sum of their summary.json wall times{f'; the {searched} not counted: no trial records its time' if searches else ''}). "
+                 f"sum of their summary.json wall times{left_out}). "
                  f"All its steps{f', the {searched} included,' if searches else ''} process about {images:,} training "
                  f"and {forward:,} forward images (evaluation, BN recompute). "
                  f"{_last_call_text(steps_run, commands, wall_seconds)} Steps:\n\n")

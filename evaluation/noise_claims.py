@@ -66,9 +66,9 @@ def fig2(dirs, out):
     test_set = f"the first {limit:,} clean test images each epoch" if limit else "the clean test set each epoch"
     headline = (f"Fig. 2 ({group.dataset} 'worse' labels, {len(group.runs)} seeds, {test_set}): EMA α={decay} − SGD, "
                 f"mean over all {len(rows)} epochs: {interval.text()}. EMA α={decay}'s mean curve peaks at "
-                f"{100 * ema[peak]:.2f} % (epoch {peak + 1}, lr {lr[peak]:.3g}; described only: that epoch was picked "
-                f"on this same test curve, so no interval is given); SGD's last epoch {100 * sgd[-1]:.2f} %, its training accuracy on the "
-                f"noisy labels then {100 * train[-1]:.2f} % (with augmentation).")
+                f"{100 * ema[peak]:.2f} % (epoch {peak + 1}, lr {lr[peak]:.3g}; described only: that epoch was "
+                f"picked on this same test curve, so no interval is given); SGD's last epoch {100 * sgd[-1]:.2f} %, "
+                f"its training accuracy on the noisy labels then {100 * train[-1]:.2f} % (with augmentation).")
     return common.result(rows, table, headline, group, [path], common.release_text(group.config),
                          extra_runs=sgd_group.runs)  # SGD's own runs where it has a twin: their provenance too
 

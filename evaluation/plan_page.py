@@ -49,8 +49,8 @@ def _regime_scope(result):
     if reached:
         return f" Regime reached in {reached} of {len(rows)} runs read (Regime, below)."
     return (f" **Regime not reached** in any of the {len(rows)} runs read (SGD's final training accuracy "
-            f"{min(final):.1f}-{max(final):.1f} %; the regime asks ≥ 97 % with validation accuracy saturated; Regime, "
-            f"below): the verdict is about training that stops short of the state the paper's mechanism rests on.")
+            f"{min(final):.1f}-{max(final):.1f} %; the regime asks ≥ 97 % with validation accuracy saturated; "
+            f"Regime, below): the verdict is about training that stops short of the state the paper's mechanism rests on.")
 
 
 def _tuned_lrs(claim, dirs):

@@ -216,7 +216,8 @@ def test_rerun_skips_finished_steps(tiny, capsys):
     assert out.count("done already") == 7 and "running:" not in out
     assert os.path.getmtime(os.path.join(base, "protocol", "final", "seed-0", "summary.json")) == before
     with open(os.path.join(base, "table1", "table1.md"), encoding="utf-8") as handle:
-        assert "The last `app.reproduce` to write this page found all 7 steps done and only rendered it" in handle.read()
+        page = handle.read()
+    assert "The last `app.reproduce` to write this page found all 7 steps done and only rendered it" in page
     # The final runs' SWA lr is the one app.tune_swa chose on the validation run, over the tiny grid.
     with open(os.path.join(base, "protocol", "validation", "swa-tuning", "best_swa_lr.json"), encoding="utf-8") as f:
         tuned = json.load(f)
