@@ -65,6 +65,11 @@ def has_twin(dirs, *keys):
     return any(dirs.get(f"{key}_sgd") for key in keys)
 
 
+def lr_columns(twin):
+    """(header, row key) of a per-epoch table's lr: with an SGD twin, each run's own schedule ("lr", "sgd_lr")."""
+    return [("lr (EMA's runs)", "lr"), ("lr (SGD's runs)", "sgd_lr")] if twin else [("lr", "lr")]
+
+
 def validation(dirs):
     """The 80/20 validation runs: seed 0's (`validation`) and the other seeds' (`validation_seeds`)."""
     return runs_of(dirs, "validation", "validation_seeds")

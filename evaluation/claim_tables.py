@@ -37,12 +37,13 @@ def fig1a(dirs, out):
     sgd = np.stack([common.column(run, "val_accuracy") for run in sgd_group.runs])
     best = np.stack([common.column(run, "ema_best_val_accuracy") for run in group.runs])
     epochs, lr = figures.mean_curve(group.runs, "lr")
+    _, sgd_lr = figures.mean_curve(sgd_group.runs, "lr")  # the EMA's schedule where SGD has no twin
     count = sgd.shape[1]
     per_decay = np.stack([figures.mean_curve(group.runs, f"ema_{d}_val_accuracy")[1] for d in decays])
     rows = []
     for i, epoch in enumerate(epochs):
         gap = stats.paired_interval(best[:, i], sgd[:, i])
-        rows.append({"epoch": int(epoch), "lr": lr[i], "sgd_val_accuracy": sgd[:, i].mean(),
+        rows.append({"epoch": int(epoch), "lr": lr[i], "sgd_lr": sgd_lr[i], "sgd_val_accuracy": sgd[:, i].mean(),
                      "ema_best_val_accuracy": best[:, i].mean(), "best_decay": decays[int(np.argmax(per_decay[:, i]))],
                      "gap": gap.mean, "gap_low": gap.low, "gap_high": gap.high, "seeds": len(group.runs)})
     mean_best = best.mean(axis=0)
@@ -50,9 +51,10 @@ def fig1a(dirs, out):
     ahead = stats.paired_interval((best - sgd).mean(axis=1), np.zeros(len(group.runs)))  # the plan's secondary
     end = stats.paired_interval(best[:, -1], sgd[:, -1])
     shown = sorted({1, 2, 3, max(1, count // 4), count // 2, 3 * count // 4, peak + 1, count - 1, count})
+    lrs = common.lr_columns(twin)
     table = report.markdown_table(
-        ["epoch", "lr", "SGD (%)", "best EMA (%)", "its decay", "EMA − SGD", "95 % CI"],
-        [[str(r["epoch"]), f"{r['lr']:.3g}", f"{100 * r['sgd_val_accuracy']:.2f}",
+        ["epoch", *[header for header, _ in lrs], "SGD (%)", "best EMA (%)", "its decay", "EMA − SGD", "95 % CI"],
+        [[str(r["epoch"]), *[f"{r[key]:.3g}" for _, key in lrs], f"{100 * r['sgd_val_accuracy']:.2f}",
           f"{100 * r['ema_best_val_accuracy']:.2f}", r["best_decay"], f"{100 * r['gap']:+.2f}",
           "—" if math.isnan(r["gap_low"]) else f"[{100 * r['gap_low']:+.2f}, {100 * r['gap_high']:+.2f}]"]
          for r in rows if r["epoch"] in shown])

@@ -57,21 +57,12 @@ def write_claim(claim, text, out, dirs, commands, command, wall_seconds, images,
         json.dump({"claim": claim, "verdict": planned["verdict"], "would_read": planned["would_read"],
                    "exploratory": planned["exploratory"], "pending_seeds": planned["pending_seeds"],
                    "primary": planned["primary"]["statistic"].label,
-                   "primary_interval": planned["primary"]["interval"].short(), "regime": _regime_summary(planned),
+                   "primary_interval": planned["primary"]["interval"].short(), "regime": plan_page.regime_summary(planned),
                    "headline": result["headline"], "wall_seconds": round(wall_seconds, 1),
                    "train_run_seconds": round(run_seconds, 1),
                    "train_images": images, "forward_images": forward}, handle, indent=2)
     files = [markdown, csv_path, verdict_path] + list(result["figures"])
     return {"files": files, "headline": result["headline"], "verdict": planned["verdict"], "rows": result["rows"]}
-
-
-def _regime_summary(planned):
-    """How many of the runs whose SGD gives the regime rows reached the regime, and their R1 range."""
-    rows = [row for _, _, row in planned["regime"]]
-    measured = [row for row in rows if row is not None]
-    final = [row["final_train_accuracy"] for row in measured]
-    return {"runs": len(rows), "measured": len(measured), "reached": sum(row["reached"] for row in measured),
-            "final_train_accuracy": [min(final), max(final)] if final else None}
 
 
 def _last_call_text(steps_run, commands, wall_seconds):

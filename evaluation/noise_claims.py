@@ -48,14 +48,15 @@ def fig2(dirs, out):
     ema_mean = common.epoch_means(group.runs, f"ema_{decay}_val_accuracy")
     sgd_mean = common.epoch_means(sgd_group.runs, "val_accuracy")
     interval = stats.paired_interval(ema_mean, sgd_mean)  # the plan's statistic (evaluation/plan_claims.fig2)
+    twin = common.has_twin(dirs, "noisy_final")
     path = figures.plot_ema_vs_sgd(group, os.path.join(out, "fig2.png"), f"ema_{decay}_val_accuracy", f"EMA α={decay}",
-                                   sgd_group=sgd_group if dirs.get("noisy_final_sgd") else None)
+                                   sgd_group=sgd_group if twin else None)
     shown = sorted({1, len(rows) // 4, len(rows) // 2, peak + 1, 3 * len(rows) // 4, len(rows)})
-    twin = sgd_group.runs[0].path != group.runs[0].path
-    lr_headers = ["lr (EMA's runs)", "lr (SGD's runs)"] if twin else ["lr"]
+    lrs = common.lr_columns(twin)
     table = report.markdown_table(
-        ["epoch", *lr_headers, "SGD test (%)", f"EMA α={decay} test (%)", "SGD train acc. on noisy labels (%)"],
-        [[str(r["epoch"]), *[f"{r[key]:.3g}" for key in ("lr", "sgd_lr")[:len(lr_headers)]],
+        ["epoch", *[header for header, _ in lrs], "SGD test (%)", f"EMA α={decay} test (%)",
+         "SGD train acc. on noisy labels (%)"],
+        [[str(r["epoch"]), *[f"{r[key]:.3g}" for _, key in lrs],
           f"{100 * r['sgd_test_accuracy']:.2f}", f"{100 * r[f'ema_{decay}_test_accuracy']:.2f}",
           f"{100 * r['sgd_train_accuracy_noisy_labels']:.2f}"]
          for r in rows if r["epoch"] in shown])

@@ -39,18 +39,28 @@ def _scope(claim, result):
             f"test the paper's other datasets, architectures or budgets.{untested}{_regime_scope(result)}")
 
 
+def regime_summary(result):
+    """How many of the runs whose SGD gives the regime rows reached the regime, and their R1 range."""
+    rows = [row for _, _, row in result["regime"]]
+    measured = [row for row in rows if row is not None]
+    final = [row["final_train_accuracy"] for row in measured]
+    return {"runs": len(rows), "measured": len(measured), "reached": sum(row["reached"] for row in measured),
+            "final_train_accuracy": [min(final), max(final)] if final else None}
+
+
 def _regime_scope(result):
     """The plan: where no run reached the regime, the page says "regime not reached" beside the verdict."""
-    rows = [row for _, _, row in result["regime"] if row is not None]
-    reached = sum(row["reached"] for row in rows)
-    if not rows or reached == len(rows):
+    summary = regime_summary(result)
+    measured, reached = summary["measured"], summary["reached"]
+    if not measured or reached == measured:
         return ""
-    final = [100 * row["final_train_accuracy"] for row in rows]
     if reached:
-        return f" Regime reached in {reached} of {len(rows)} runs read (Regime, below)."
-    return (f" **Regime not reached** in any of the {len(rows)} runs read (SGD's final training accuracy "
-            f"{min(final):.1f}-{max(final):.1f} %; the regime asks ≥ 97 % with validation accuracy saturated; "
-            f"Regime, below): the verdict is about training that stops short of the state the paper's mechanism rests on.")
+        return f" Regime reached in {reached} of {measured} runs read (Regime, below)."
+    low, high = (100 * value for value in summary["final_train_accuracy"])
+    return (f" **Regime not reached** in any of the {measured} runs read (SGD's final training accuracy "
+            f"{low:.1f}-{high:.1f} %; the regime asks ≥ 97 % with validation accuracy saturated; Regime, "
+            f"below): the verdict is about training that stops short of the state the paper's mechanism "
+            f"rests on.")
 
 
 def _tuned_lrs(claim, dirs):

@@ -62,25 +62,25 @@ def exploratory_reason(groups, commit=None, upstream=()):
         return "the plan's commit is unknown (not a git checkout)"
     read = [(run.path, run.config) for group in groups for run in group.runs] + list(upstream)
     for path, config in read:
-        provenance = config.get("provenance") or {}
-        made = provenance.get("git_commit")
-        if made is None or provenance.get("git_dirty") is not False:
-            return f"{path} records no clean commit"
-        if not _descends(commit, made):
-            return f"{path} was made from {made[:10]}, before the plan's commit {commit[:10]}"
+        reason = _unfit(config.get("provenance") or {}, commit, path, "was made from")
+        if reason:
+            return reason
         # A resumed run ran under each attempt's code (training/run_dir.py, attempts.jsonl; none for a run made
         # before that file existed, or a tuning trial): every attempt's code is held to the same rule.
         for attempt in (run_directory.read_attempts(path) if os.path.isdir(path) else None) or ():
             resumed = attempt.get("resumed_at")
             where = f"resumed at epoch {resumed['epoch']}" if resumed else "its first attempt"
-            if attempt.get("git_commit") is None or attempt.get("git_dirty") is not False:
-                return f"{path} ({where}) records no clean commit"
-            if not _descends(commit, attempt["git_commit"]):
-                return f"{path} ({where}) ran {attempt['git_commit'][:10]}, before the plan's commit {commit[:10]}"
+            reason = _unfit(attempt, commit, f"{path} ({where})", "ran")
+            if reason:
+                return reason
     return None
 
 
-def _descends(ancestor, commit):
-    """Whether `commit` is `ancestor` or a later commit on its history."""
-    return subprocess.run(["git", "merge-base", "--is-ancestor", ancestor, commit], cwd=ROOT, capture_output=True,
-                          timeout=10).returncode == 0
+def _unfit(code, commit, what, verb):
+    """Why code recorded as {"git_commit", "git_dirty"} cannot decide under the plan, or None."""
+    made = code.get("git_commit")
+    if made is None or code.get("git_dirty") is not False:
+        return f"{what} records no clean commit"
+    descends = subprocess.run(["git", "merge-base", "--is-ancestor", commit, made], cwd=ROOT, capture_output=True,
+                              timeout=10).returncode == 0
+    return None if descends else f"{what} {verb} {made[:10]}, before the plan's commit {commit[:10]}"
